@@ -1,0 +1,27 @@
+// fiber/detail/context.cpp — the one translation unit that includes Boost.Context.
+//
+// We use fcontext (make_fcontext / jump_fcontext), the assembly primitive under
+// boost::context::fiber, directly: cogent's fiber keeps its own bookkeeping
+// (parent chain, values, stacks), so the extra layer would only add cost.
+#include "fiber/detail/context.hpp"
+
+#include <boost/context/detail/fcontext.hpp>
+
+namespace cogent::detail {
+
+namespace bcd = boost::context::detail;
+
+context make_context(void* stack_top, std::size_t size, void (*entry)(transfer)) noexcept {
+  // transfer and bcd::transfer_t have the same layout; entry's signature is
+  // converted through a trampoline-free cast that the static_asserts justify.
+  static_assert(sizeof(transfer) == sizeof(bcd::transfer_t));
+  static_assert(offsetof(transfer, data) == offsetof(bcd::transfer_t, data));
+  return bcd::make_fcontext(stack_top, size, reinterpret_cast<void (*)(bcd::transfer_t)>(reinterpret_cast<void (*)()>(entry)));
+}
+
+transfer jump_context(context to, void* data) noexcept {
+  bcd::transfer_t t = bcd::jump_fcontext(to, data);
+  return transfer{t.fctx, t.data};
+}
+
+}  // namespace cogent::detail

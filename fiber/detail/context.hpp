@@ -1,0 +1,31 @@
+// fiber/detail/context.hpp — the machine-context switch primitive cogent uses.
+//
+// Defines cogent::detail::{context, transfer, make_context, jump_context}: a
+// thin, inlinable-by-LTO veneer over Boost.Context's fcontext. context.cpp is
+// the only file in the project that includes <boost/context/...>; everything
+// else sees these three declarations.
+#pragma once
+
+#include <cstddef>
+
+namespace cogent::detail {
+
+// context is an opaque saved machine context (a stack pointer into a suspended stack).
+using context = void*;
+
+// transfer is what a jump delivers to the resumed side: the context of the side
+// that jumped (to be saved so it can be resumed later) and a user pointer.
+struct transfer {
+  context from;
+  void* data;
+};
+
+// make_context() prepares a context that, when first jumped to, runs entry(t)
+// on the stack [stack_top - size, stack_top). `entry` must never return.
+context make_context(void* stack_top, std::size_t size, void (*entry)(transfer)) noexcept;
+
+// jump_context() suspends the caller and resumes `to`, delivering `data`.
+// Returns when some other context jumps back to the caller.
+transfer jump_context(context to, void* data) noexcept;
+
+}  // namespace cogent::detail

@@ -1,0 +1,153 @@
+// fiber/detail/fiber_impl.hpp — the fiber control block and the switch core.
+//
+// Defines cogent::detail::fiber_impl (what a cogent::fiber handle points to),
+// fiber_body<Fn> (an impl that owns the callable), and the entry points the hub
+// uses to switch without going through handles. Private to cogent.
+#pragma once
+
+#include <any>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "fiber/detail/context.hpp"
+#include "fiber/stack.hpp"
+
+namespace cogent {
+class fiber;
+template <class T>
+T any_value_cast(std::any&& v);
+namespace detail {
+
+// fiber_impl is one fiber's state. For created fibers it is placed at the top
+// of the fiber's own stack; a thread's main fiber lives on the heap.
+class fiber_impl {
+ public:
+  fiber_impl(const stack& s, std::string&& name);  // a created fiber (parent = current)
+  explicit fiber_impl(std::nullptr_t);             // a thread's main fiber
+  fiber_impl(const fiber_impl&) = delete;
+  fiber_impl& operator=(const fiber_impl&) = delete;
+  virtual ~fiber_impl();
+
+  // run() invokes the callable with the first switch's value; called once, on
+  // the fiber's own stack. release_body() destroys the callable (also on that stack).
+  virtual std::any run(std::any&& arg) = 0;
+  virtual void release_body() noexcept = 0;
+
+  // Scheduler slot: owned by the layer above (the hub). Not touched here.
+  void* sched = nullptr;
+
+  context ctx = nullptr;          // saved context while suspended
+  fiber_impl* parent = nullptr;   // strong reference; null only for main fibers
+  std::uint32_t refs = 1;         // handles + children naming us as parent
+  bool started = false;
+  bool dead = false;
+  bool is_main = false;
+  const void* thread_tag = nullptr;  // identifies the owning thread
+  std::uint64_t id = 0;
+  std::any in_value;             // value delivered by the switch that resumes us
+  std::exception_ptr in_exc;     // or an exception to raise at our suspension point
+  stack stk;                     // empty for main fibers
+  std::string user_name;         // empty: "fiber-<id>"
+#if defined(__SANITIZE_ADDRESS__)
+  void* asan_fake_stack = nullptr;
+  const void* asan_bottom = nullptr;
+  std::size_t asan_size = 0;
+#endif
+
+  std::string name() const;
+  // write_name() formats the name without allocating (for signal handlers).
+  void write_name(char* buf, std::size_t len) const noexcept;
+};
+
+// current_impl() is the running fiber of this thread (creating the main fiber on first use).
+fiber_impl* current_impl();
+// switch_to() is fiber::switch_to() on a raw impl: the hub's fast path.
+std::any switch_to(fiber_impl* target, std::any&& value, std::exception_ptr exc);
+// ref()/unref() adjust the reference count; the last unref destroys (unwinding if suspended).
+inline void ref(fiber_impl* f) noexcept { ++f->refs; }
+void unref(fiber_impl* f) noexcept;
+
+// allocate_fiber_stack() validates `stack_size` (0 = default) and allocates a
+// stack with room for a body of `body_size` bytes at its top. Throws fiber_error.
+stack allocate_fiber_stack(std::size_t stack_size, std::size_t body_size, const std::string& name);
+// body_address() is where a body of that size/alignment goes on stack s.
+inline void* body_address(const stack& s, std::size_t size, std::size_t align) noexcept {
+  std::size_t a = align < 64 ? 64 : align;
+  auto top = reinterpret_cast<std::uintptr_t>(s.top());
+  return reinterpret_cast<void*>((top - size) & ~(a - 1));
+}
+
+template <class T>
+struct callable_arg {};
+template <class R, class C, class A>
+struct callable_arg<R (C::*)(A)> { using type = A; };
+template <class R, class C, class A>
+struct callable_arg<R (C::*)(A) const> { using type = A; };
+template <class R, class C, class A>
+struct callable_arg<R (C::*)(A) noexcept> { using type = A; };
+template <class R, class C, class A>
+struct callable_arg<R (C::*)(A) const noexcept> { using type = A; };
+template <class R, class A>
+struct callable_arg<R (*)(A)> { using type = A; };
+template <class R, class A>
+struct callable_arg<R (*)(A) noexcept> { using type = A; };
+
+template <class Fn, class = void>
+struct single_arg_of {};
+template <class Fn>
+struct single_arg_of<Fn, std::void_t<decltype(&Fn::operator())>> : callable_arg<decltype(&Fn::operator())> {};
+template <class Fn>
+struct single_arg_of<Fn, std::enable_if_t<std::is_pointer_v<Fn>>> : callable_arg<Fn> {};
+
+
+template <class R>
+std::any wrap_result(R&& r) {
+  if constexpr (std::is_same_v<std::decay_t<R>, std::any>) {
+    return std::forward<R>(r);
+  } else {
+    return std::any(std::forward<R>(r));
+  }
+}
+
+// fiber_body is a fiber_impl that owns a callable of type Fn.
+template <class Fn>
+class fiber_body final : public fiber_impl {
+ public:
+  template <class F>
+  fiber_body(F&& fn, const stack& s, std::string&& name) : fiber_impl(s, std::move(name)) {
+    _fn.emplace(std::forward<F>(fn));
+  }
+
+  std::any run(std::any&& arg) override {
+    Fn& fn = *_fn;
+    if constexpr (std::is_invocable_v<Fn&>) {
+      return call([&] { return fn(); });
+    } else if constexpr (std::is_invocable_v<Fn&, std::any&&>) {
+      return call([&] { return fn(std::move(arg)); });
+    } else {
+      using A = typename single_arg_of<Fn>::type;
+      return call([&] { return fn(::cogent::any_value_cast<A>(std::move(arg))); });
+    }
+  }
+  void release_body() noexcept override { _fn.reset(); }
+
+ private:
+  template <class Call>
+  static std::any call(Call&& c) {
+    if constexpr (std::is_void_v<decltype(c())>) {
+      c();
+      return {};
+    } else {
+      return wrap_result(c());
+    }
+  }
+  std::optional<Fn> _fn;
+};
+
+}  // namespace detail
+}  // namespace cogent

@@ -1,0 +1,379 @@
+// fiber/fiber.cpp — the switch core: current fiber, switch with value or
+// exception, entry/finish to parent, unwind-on-last-reference, overflow checks,
+// AddressSanitizer fiber annotations.
+#include "fiber/fiber.hpp"
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+namespace cogent {
+namespace detail {
+namespace {
+
+// Hot thread-locals use initial-exec TLS: no __tls_get_addr call on a switch.
+#define COGENT_TLS thread_local __attribute__((tls_model("initial-exec")))
+
+COGENT_TLS fiber_impl* t_current = nullptr;
+COGENT_TLS char t_tag = 0;  // its address identifies the thread
+
+std::atomic<std::uint64_t> g_next_id{1};
+
+// main_holder owns the thread's main fiber reference and drops it at thread exit.
+class main_fiber final : public fiber_impl {
+ public:
+  main_fiber() : fiber_impl(nullptr) {}
+  std::any run(std::any&&) override { return {}; }
+  void release_body() noexcept override {}
+};
+
+struct main_holder {
+  fiber_impl* main = nullptr;
+  ~main_holder() {
+    if (main != nullptr) {
+      t_current = nullptr;
+      unref(main);
+    }
+  }
+};
+thread_local main_holder t_main;
+
+bool inspect_fault(const void* addr, char* buf, std::size_t len) noexcept {
+  fiber_impl* f = t_current;
+  if (f == nullptr || f->is_main || !f->stk.guarded) {
+    return false;
+  }
+  auto a = static_cast<const char*>(addr);
+  // The guard page, plus the slack a large frame may skip over into.
+  if (a >= f->stk.bottom - 4096 && a < f->stk.bottom) {
+    f->write_name(buf, len);
+    return true;
+  }
+  return false;
+}
+
+fiber_impl* init_thread() {
+  auto* m = new main_fiber;
+  t_main.main = m;
+  t_current = m;
+  return m;
+}
+
+[[noreturn]] void throw_error(const std::string& msg) { throw fiber_error(msg); }
+
+// ---- the switch ------------------------------------------------------------
+
+void destroy(fiber_impl* f) noexcept;
+
+// resumed() runs first in a fiber that was just resumed: it saves the context
+// of the fiber that jumped to us, finishes the ASan switch, and frees a
+// finished fiber nobody references any more (it cannot free itself: it was
+// running on the stack being freed).
+inline void resumed(transfer t) noexcept {
+  auto* from = static_cast<fiber_impl*>(t.data);
+  from->ctx = t.from;
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(t_current->asan_fake_stack, &from->asan_bottom, &from->asan_size);
+#endif
+  if (from->dead) {
+    if (from->refs == 0) {
+      destroy(from);
+    }
+  } else if (!from->is_main && !from->stk.guarded) {
+    // Canary stacks: the saved stack pointer and the canary must both be in bounds.
+    auto sp = static_cast<const char*>(t.from);
+    if (sp < from->stk.bottom + stack_canary_bytes || !canary_intact(from->stk.bottom)) {
+      char name[128];
+      from->write_name(name, sizeof name);
+      report_overflow_and_abort(name);
+    }
+  }
+}
+
+inline void jump(fiber_impl* self, fiber_impl* target) noexcept {
+  t_current = target;
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(self->dead ? nullptr : &self->asan_fake_stack, target->asan_bottom,
+                                 target->asan_size);
+#endif
+  transfer t = jump_context(target->ctx, self);
+  resumed(t);
+}
+
+[[noreturn]] void entry(transfer t) noexcept {
+  resumed(t);
+  fiber_impl* self = t_current;
+  std::any result;
+  std::exception_ptr error;
+  try {
+    if (self->in_exc) {
+      std::rethrow_exception(std::exchange(self->in_exc, nullptr));  // thrown in before start: never runs
+    }
+    result = self->run(std::move(self->in_value));
+  } catch (fiber_exit& e) {
+    result = std::move(e.value());
+  } catch (...) {
+    error = std::current_exception();
+  }
+  self->release_body();
+  self->dead = true;
+  fiber_impl* target = self->parent;
+  while (target->dead) {
+    target = target->parent;
+  }
+  target->in_value = std::move(result);
+  target->in_exc = std::move(error);
+  jump(self, target);
+  __builtin_unreachable();  // a dead fiber is never resumed
+}
+
+void destroy(fiber_impl* f) noexcept {
+  fiber_impl* parent = f->parent;
+  if (f->is_main) {
+    delete f;
+  } else {
+    stack s = f->stk;
+    f->~fiber_impl();
+    release_stack(s);
+  }
+  if (parent != nullptr) {
+    unref(parent);
+  }
+}
+
+// kill_for_destroy() unwinds a suspended fiber whose last reference went away:
+// fiber_exit is raised at its suspension point with us as its parent.
+void kill_for_destroy(fiber_impl* f) noexcept {
+  fiber_impl* self = current_impl();
+  f->refs = 1;  // alive again for the duration of the unwind
+  ref(self);
+  fiber_impl* old_parent = std::exchange(f->parent, self);
+  unref(old_parent);
+  try {
+    switch_to(f, {}, std::make_exception_ptr(fiber_exit{}));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cogent: fiber '%s' raised while being destroyed: %s\n", f->name().c_str(), e.what());
+  } catch (...) {
+    std::fprintf(stderr, "cogent: fiber '%s' raised while being destroyed\n", f->name().c_str());
+  }
+  if (!f->dead) {
+    // It caught fiber_exit and switched back instead of dying: we cannot
+    // free a stack that is still in use. Leak it, loudly.
+    std::fprintf(stderr, "cogent: fiber '%s' swallowed fiber_exit during destruction; its stack is leaked\n",
+                 f->name().c_str());
+    return;
+  }
+  if (--f->refs == 0) {
+    destroy(f);
+  }
+}
+
+}  // namespace
+
+// ---- fiber_impl ------------------------------------------------------------
+
+fiber_impl::fiber_impl(const stack& s, std::string&& name)
+    : thread_tag(&t_tag), id(g_next_id.fetch_add(1, std::memory_order_relaxed)), stk(s),
+      user_name(std::move(name)) {
+  parent = current_impl();
+  ref(parent);
+  char* body_lo = static_cast<char*>(static_cast<void*>(this));
+  ctx = make_context(body_lo, static_cast<std::size_t>(body_lo - s.bottom), entry);
+#if defined(__SANITIZE_ADDRESS__)
+  asan_bottom = s.bottom;
+  asan_size = static_cast<std::size_t>(body_lo - s.bottom);
+#endif
+}
+
+fiber_impl::fiber_impl(std::nullptr_t)
+    : started(true), is_main(true), thread_tag(&t_tag), id(g_next_id.fetch_add(1, std::memory_order_relaxed)) {
+  install_overflow_handler(inspect_fault);
+}
+
+fiber_impl::~fiber_impl() = default;
+
+std::string fiber_impl::name() const {
+  char buf[128];
+  write_name(buf, sizeof buf);
+  return buf;
+}
+
+void fiber_impl::write_name(char* buf, std::size_t len) const noexcept {
+  if (!user_name.empty()) {
+    std::snprintf(buf, len, "%s", user_name.c_str());
+  } else if (is_main) {
+    std::snprintf(buf, len, "main");
+  } else {
+    std::snprintf(buf, len, "fiber-%llu", static_cast<unsigned long long>(id));
+  }
+}
+
+fiber_impl* current_impl() {
+  fiber_impl* c = t_current;
+  return c != nullptr ? c : init_thread();
+}
+
+std::any switch_to(fiber_impl* target, std::any&& value, std::exception_ptr exc) {
+  fiber_impl* self = current_impl();
+  if (target->thread_tag != &t_tag) [[unlikely]] {
+    throw_error("cogent: cannot switch to fiber '" + target->name() + "': it belongs to another thread");
+  }
+  while (target->dead) {
+    target = target->parent;
+  }
+  if (target == self) {
+    if (exc) {
+      std::rethrow_exception(exc);
+    }
+    return std::move(value);
+  }
+  target->in_value = std::move(value);
+  target->in_exc = std::move(exc);
+  target->started = true;
+  jump(self, target);
+  if (self->in_exc) [[unlikely]] {
+    std::rethrow_exception(std::exchange(self->in_exc, nullptr));
+  }
+  return std::move(self->in_value);
+}
+
+void unref(fiber_impl* f) noexcept {
+  if (--f->refs != 0) {
+    return;
+  }
+  if (!f->started || f->dead || f->is_main) {
+    destroy(f);
+  } else if (f != t_current) {
+    kill_for_destroy(f);
+  }
+  // else: the running fiber dropped its last handle to itself; it is freed
+  // by whoever it switches to when it finishes (see resumed()).
+}
+
+stack allocate_fiber_stack(std::size_t stack_size, std::size_t body_size, const std::string& name) {
+  if (stack_size != 0 && (stack_size < stack_limits::min_size || stack_size > stack_limits::max_size)) {
+    throw_error("cogent: fiber '" + (name.empty() ? std::string("<unnamed>") : name) + "': stack_size " +
+                std::to_string(stack_size) + " is outside [" + std::to_string(stack_limits::min_size) + ", " +
+                std::to_string(stack_limits::max_size) + "]");
+  }
+  current_impl();  // the thread's main fiber (and the overflow handler) exist before any other
+  stack s = allocate_stack(stack_size);
+  if (body_size + 4096 > s.size / 2) {
+    release_stack(s);
+    throw_error("cogent: fiber '" + name + "': callable of " + std::to_string(body_size) +
+                " bytes is too large for its stack");
+  }
+  return s;
+}
+
+void throw_bad_value(const char* expected, const std::type_info& got) {
+  throw_error(std::string("cogent: fiber '") + current_impl()->name() + "' received a value of type " +
+              (got == typeid(void) ? "<none>" : got.name()) + " where " + expected + " was expected");
+}
+
+}  // namespace detail
+
+// ---- fiber handle ----------------------------------------------------------
+
+fiber::fiber(const fiber& o) noexcept : _impl(o._impl) {
+  if (_impl != nullptr) {
+    detail::ref(_impl);
+  }
+}
+
+fiber& fiber::operator=(const fiber& o) noexcept {
+  if (o._impl != nullptr) {
+    detail::ref(o._impl);
+  }
+  if (_impl != nullptr) {
+    detail::unref(_impl);
+  }
+  _impl = o._impl;
+  return *this;
+}
+
+fiber& fiber::operator=(fiber&& o) noexcept {
+  if (this != &o) {
+    detail::fiber_impl* old = std::exchange(_impl, std::exchange(o._impl, nullptr));
+    if (old != nullptr) {
+      detail::unref(old);
+    }
+  }
+  return *this;
+}
+
+fiber::~fiber() {
+  if (_impl != nullptr) {
+    detail::unref(_impl);
+  }
+}
+
+fiber fiber::current() noexcept {
+  detail::fiber_impl* f = detail::current_impl();
+  detail::ref(f);
+  return adopt(f);
+}
+
+fiber fiber::adopt(detail::fiber_impl* f) noexcept {
+  fiber h;
+  h._impl = f;
+  return h;
+}
+
+static detail::fiber_impl* need(detail::fiber_impl* f) {
+  if (f == nullptr) {
+    throw fiber_error("cogent: operation on an empty fiber handle");
+  }
+  return f;
+}
+
+std::any fiber::switch_to(std::any value) { return detail::switch_to(need(_impl), std::move(value), nullptr); }
+
+std::any fiber::throw_in(std::exception_ptr e) {
+  if (!e) {
+    throw fiber_error("cogent: throw_in() into fiber '" + need(_impl)->name() + "' with a null exception");
+  }
+  return detail::switch_to(need(_impl), {}, std::move(e));
+}
+
+fiber fiber::parent() const {
+  detail::fiber_impl* p = need(_impl)->parent;
+  if (p == nullptr) {
+    return {};
+  }
+  detail::ref(p);
+  return adopt(p);
+}
+
+void fiber::set_parent(const fiber& p) {
+  detail::fiber_impl* self = need(_impl);
+  if (p._impl == nullptr) {
+    throw fiber_error("cogent: set_parent() of fiber '" + self->name() + "' to an empty handle");
+  }
+  if (self->is_main) {
+    throw fiber_error("cogent: the main fiber cannot have a parent");
+  }
+  if (p._impl->thread_tag != self->thread_tag) {
+    throw fiber_error("cogent: set_parent() of fiber '" + self->name() + "' to fiber '" + p._impl->name() +
+                      "' of another thread");
+  }
+  for (detail::fiber_impl* a = p._impl; a != nullptr; a = a->parent) {
+    if (a == self) {
+      throw fiber_error("cogent: set_parent() of fiber '" + self->name() + "' to '" + p._impl->name() +
+                        "' would make a parent cycle");
+    }
+  }
+  detail::ref(p._impl);
+  detail::unref(std::exchange(self->parent, p._impl));
+}
+
+bool fiber::dead() const noexcept { return _impl != nullptr && _impl->dead; }
+bool fiber::started() const noexcept { return _impl != nullptr && _impl->started; }
+std::string fiber::name() const { return need(_impl)->name(); }
+std::uint64_t fiber::id() const noexcept { return _impl != nullptr ? _impl->id : 0; }
+
+}  // namespace cogent

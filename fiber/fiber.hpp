@@ -1,0 +1,221 @@
+// fiber/fiber.hpp — greenlet-style fibers: manual switching, parent chain,
+// values and exceptions passed on switch, throw into a fiber, unwinding destroy.
+//
+// Defines cogent::fiber (a reference-counted handle to a fiber),
+// cogent::fiber_options, cogent::fiber_error (misuse) and cogent::fiber_exit
+// (greenlet's GreenletExit).
+//
+// Semantics, as in Python's greenlet:
+//  - A fiber runs a callable on its own stack. It does not run until first
+//    switched to; the value of that first switch becomes the callable's
+//    argument. Later switches into it make its pending switch_to() return the
+//    value passed.
+//  - Every thread has an implicit main fiber (fiber::current() before any
+//    switch); it is never dead.
+//  - Parent chain: a fiber's parent defaults to the fiber that created it. When
+//    a fiber finishes, its return value goes to its parent's pending
+//    switch_to(); an uncaught exception is re-raised there instead. Switching
+//    to a dead fiber switches to its parent (up the chain).
+//  - throw_in(e) raises e at the fiber's suspension point; into a fiber that
+//    never started, the fiber dies without running its callable and e goes to
+//    its parent. fiber_exit kills quietly: it is caught at the fiber's entry and
+//    its value is delivered to the parent as a normal return value.
+//  - When the last handle to a suspended, started fiber goes away, the fiber is
+//    unwound: fiber_exit is raised at its suspension point so destructors run
+//    (greenlet's kill-on-GC), then its stack is released.
+//
+// Values: switch_to() carries a std::any (a type-erased value, like greenlet's
+// *args); small values (ints, pointers, small structs) move without allocating.
+// The typed helpers switch_to<T>() and fiber callables taking a typed argument
+// any_cast for you and throw fiber_error naming the fiber on a type mismatch.
+//
+// Threads: a fiber belongs to the thread that created it. Switching to it, or
+// copying/destroying handles to it, from another thread is misuse
+// (switch_to() throws fiber_error). Handles are not thread-safe.
+//
+// Example:
+//   cogent::fiber ping, pong;
+//   ping = cogent::fiber([&](int n) {
+//     while (n < 3) n = pong.switch_to<int>(n + 1);
+//     return n;
+//   });
+//   pong = cogent::fiber([&](int n) {
+//     while (true) n = ping.switch_to<int>(n + 1);
+//   });
+//   int last = ping.switch_to<int>(0);  // 0 -> pong 1 -> ping 2 -> pong 3 -> ping 4: returns 4 to main
+#pragma once
+
+#include <any>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+
+#include "fiber/stack.hpp"
+
+namespace cogent {
+
+// fiber_error is thrown for misuse: a parent cycle, a switch to a fiber of
+// another thread, a bad stack size, a value of the wrong type. The message
+// names the fiber.
+class fiber_error : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+// fiber_exit kills a fiber quietly (greenlet's GreenletExit). Raise it inside
+// a fiber, or throw_in() it: it unwinds the fiber's stack and the fiber
+// finishes normally, its value() going to the parent.
+//
+// It deliberately does NOT derive from std::exception, so `catch (const
+// std::exception&)` in user code does not swallow a kill (gevent #838). Code
+// that uses `catch (...)` must rethrow.
+class fiber_exit {
+ public:
+  fiber_exit() = default;
+  explicit fiber_exit(std::any value) : _value(std::move(value)) {}
+  virtual ~fiber_exit() = default;
+  const std::any& value() const noexcept { return _value; }
+  std::any& value() noexcept { return _value; }
+  virtual const char* what() const noexcept { return "cogent::fiber_exit"; }
+
+ private:
+  std::any _value;
+};
+
+// fiber_options configures a new fiber.
+struct fiber_options {
+  // stack_size is the usable stack in bytes; 0 = stack_limits::default_size
+  // (256 KiB, lazily committed). Must be 0 or within [stack_limits::min_size,
+  // stack_limits::max_size], else fiber_error.
+  std::size_t stack_size = 0;
+  // name is shown in errors and overflow reports; empty = "fiber-<id>".
+  std::string name;
+};
+
+namespace detail {
+class fiber_impl;
+[[noreturn]] void throw_bad_value(const char* expected, const std::type_info& got);
+}  // namespace detail
+
+// fiber is a reference-counted handle to a fiber (copy = another reference).
+// An empty handle (default-constructed) refers to nothing.
+class fiber {
+ public:
+  fiber() noexcept = default;
+
+  // fiber(fn, opts) creates a fiber that will run fn. fn may take no argument,
+  // a std::any (the first switch's value) or a T (any_cast from it); it may
+  // return void, std::any, or a value (wrapped in std::any). The fiber does not
+  // run until first switched to. Its parent is the creating fiber.
+  // Throws fiber_error for a bad stack size, std::system_error if no memory.
+  template <class Fn, class = std::enable_if_t<!std::is_same_v<std::decay_t<Fn>, fiber>>>
+  explicit fiber(Fn&& fn, fiber_options opts = {});
+
+  fiber(const fiber& o) noexcept;
+  fiber(fiber&& o) noexcept : _impl(std::exchange(o._impl, nullptr)) {}
+  fiber& operator=(const fiber& o) noexcept;
+  fiber& operator=(fiber&& o) noexcept;
+  // ~fiber() drops a reference; the last one unwinds a suspended fiber (see banner).
+  ~fiber();
+
+  // current() returns the fiber running on this thread (the main fiber if no
+  // other was switched to). Never switches.
+  static fiber current() noexcept;
+
+  // switch_to() suspends the calling fiber and runs this one (or its first live
+  // ancestor if this one is dead), delivering `value`. Returns the value of the
+  // next switch back into the caller (or the return value of a child that
+  // finished with the caller as parent); rethrows an exception thrown into the
+  // caller or raised by such a child. Switching to the running fiber returns
+  // `value` at once. May switch. Throws fiber_error if this handle is empty or
+  // the fiber belongs to another thread.
+  std::any switch_to(std::any value = {});
+
+  // switch_to<T>(value) is switch_to() with the result any_cast to T
+  // (T = void discards it). Throws fiber_error naming the types on a mismatch.
+  template <class T, class V = std::any>
+  T switch_to(V&& value = {});
+
+  // throw_in() raises `e` in this fiber at its suspension point and switches to
+  // it; returns like switch_to(). Into a fiber that never started, the fiber
+  // dies without running and `e` goes to its parent. Default: fiber_exit.
+  std::any throw_in(std::exception_ptr e);
+  std::any throw_in() { return throw_in(std::make_exception_ptr(fiber_exit{})); }
+
+  // parent() returns the parent (empty for the main fiber).
+  fiber parent() const;
+  // set_parent() re-parents this fiber. Throws fiber_error if that would make
+  // a cycle, if p is empty, or if p belongs to another thread.
+  void set_parent(const fiber& p);
+
+  // dead() is true once the fiber finished (returned, raised, or was killed).
+  bool dead() const noexcept;
+  // started() is true once the fiber was first switched to.
+  bool started() const noexcept;
+  // name() is the name given in fiber_options or "fiber-<id>" ("main" for a main fiber).
+  std::string name() const;
+  // id() is a process-unique number (main fibers included).
+  std::uint64_t id() const noexcept;
+
+  explicit operator bool() const noexcept { return _impl != nullptr; }
+  friend bool operator==(const fiber& a, const fiber& b) noexcept { return a._impl == b._impl; }
+
+  // impl() is for cogent's own layers (the hub); not part of the public API.
+  detail::fiber_impl* impl() const noexcept { return _impl; }
+  static fiber adopt(detail::fiber_impl* f) noexcept;  // takes a reference the caller already owns
+
+ private:
+  detail::fiber_impl* _impl = nullptr;
+};
+
+template <class T>
+T any_value_cast(std::any&& v) {
+  if constexpr (std::is_void_v<T>) {
+    return;
+  } else if constexpr (std::is_same_v<std::decay_t<T>, std::any>) {
+    return std::move(v);
+  } else {
+    if (auto* p = std::any_cast<std::decay_t<T>>(&v)) {
+      return std::move(*p);
+    }
+    detail::throw_bad_value(typeid(std::decay_t<T>).name(), v.type());
+  }
+}
+
+template <class T, class V>
+T fiber::switch_to(V&& value) {
+  if constexpr (std::is_same_v<std::decay_t<V>, std::any>) {
+    return any_value_cast<T>(switch_to(std::any(std::forward<V>(value))));
+  } else {
+    return any_value_cast<T>(switch_to(std::any(std::forward<V>(value))));
+  }
+}
+
+}  // namespace cogent
+
+#include "fiber/detail/fiber_impl.hpp"
+
+namespace cogent {
+
+template <class Fn, class>
+fiber::fiber(Fn&& fn, fiber_options opts) {
+  using body = detail::fiber_body<std::decay_t<Fn>>;
+  // The fiber's bookkeeping and its callable live at the top of its own stack:
+  // creating a fiber costs no heap allocation.
+  detail::stack s = detail::allocate_fiber_stack(opts.stack_size, sizeof(body), opts.name);
+  void* where = detail::body_address(s, sizeof(body), alignof(body));
+  try {
+    _impl = ::new (where) body(std::forward<Fn>(fn), s, std::move(opts.name));
+  } catch (...) {
+    detail::release_stack(s);
+    throw;
+  }
+}
+
+}  // namespace cogent

@@ -1,0 +1,293 @@
+// fiber/stack.cpp — the stack allocator: chunked, pooled, lazily committed,
+// guard page while the map-count budget allows, canary beyond it; and the
+// SIGSEGV handler that names the fiber whose guard page was hit.
+#include "fiber/stack.hpp"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <system_error>
+#include <vector>
+
+#if defined(COGENT_VALGRIND)
+#include <valgrind/valgrind.h>
+#endif
+
+namespace cogent {
+namespace detail {
+namespace {
+
+constexpr std::size_t page_size = 4096;
+constexpr std::size_t chunk_stacks = 256;          // default stacks carved per mmap
+constexpr std::size_t pool_trim_threshold = 4096;  // pooled stacks beyond this give their pages back
+
+std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+
+// The guard budget: each guard page splits a mapping into two VMAs. Keep the
+// guards to a quarter of vm.max_map_count after reserving room for the rest of
+// the process (libraries, malloc arenas, thread stacks, our chunks).
+std::size_t compute_guard_budget() {
+  long max_maps = 65530;
+  if (FILE* f = std::fopen("/proc/sys/vm/max_map_count", "r")) {
+    if (std::fscanf(f, "%ld", &max_maps) != 1) {
+      max_maps = 65530;
+    }
+    std::fclose(f);
+  }
+  long budget = (max_maps - 8192) / 4;
+  return budget > 0 ? static_cast<std::size_t>(budget) : 0;
+}
+
+std::atomic<std::size_t> g_guarded{0};
+std::size_t guard_budget() {
+  static const std::size_t budget = compute_guard_budget();
+  return budget;
+}
+
+bool try_take_guard() {
+  std::size_t cur = g_guarded.load(std::memory_order_relaxed);
+  while (cur < guard_budget()) {
+    if (g_guarded.compare_exchange_weak(cur, cur + 1, std::memory_order_relaxed)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+[[noreturn]] void throw_errno(int err, const char* what) { throw std::system_error(err, std::generic_category(), what); }
+
+void* map_region(std::size_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    throw_errno(errno, "cogent: mmap of fiber stack failed");
+  }
+  // Huge pages would commit 2 MiB for a fiber that touches 4 KiB.
+  ::madvise(p, bytes, MADV_NOHUGEPAGE);
+  return p;
+}
+
+// Turns the lowest page of [base, base+bytes) into a guard if the budget
+// allows; returns the stack descriptor for the rest.
+stack carve(char* base, std::size_t bytes, bool pooled) {
+  stack s;
+  s.pooled = pooled;
+  if (try_take_guard()) {
+    if (::mprotect(base, page_size, PROT_NONE) == 0) {
+      s.guarded = true;
+    } else {
+      g_guarded.fetch_sub(1, std::memory_order_relaxed);  // ENOMEM: map budget exhausted after all
+    }
+  }
+  s.bottom = base + page_size;  // the guard slot is kept even when unguarded: layouts stay uniform
+  s.size = bytes - page_size;
+#if defined(COGENT_VALGRIND)
+  VALGRIND_STACK_REGISTER(s.bottom, s.bottom + s.size);
+#endif
+  return s;
+}
+
+// Stacks released by threads that exited, for other threads to reuse.
+struct global_pool {
+  std::mutex mu;
+  std::vector<stack> stacks;
+};
+global_pool& shared_pool() {
+  static global_pool* p = new global_pool;  // leaked on purpose: outlives every thread
+  return *p;
+}
+
+thread_local bool t_pool_dead = false;  // trivially destructible: readable during thread exit
+
+struct thread_pool {
+  std::vector<stack> free;
+  char* chunk_next = nullptr;  // uncarved remainder of the current chunk
+  std::size_t chunk_left = 0;
+  std::size_t live = 0;
+
+  ~thread_pool() {
+    t_pool_dead = true;
+    if (free.empty()) {
+      return;
+    }
+    auto& g = shared_pool();
+    std::lock_guard lock(g.mu);
+    g.stacks.insert(g.stacks.end(), free.begin(), free.end());
+  }
+};
+thread_local thread_pool t_pool;
+
+constexpr std::size_t default_slot = stack_limits::default_size + page_size;
+
+stack allocate_default() {
+  thread_pool& tp = t_pool;
+  if (!tp.free.empty()) {
+    stack s = tp.free.back();
+    tp.free.pop_back();
+    return s;
+  }
+  {
+    auto& g = shared_pool();
+    std::lock_guard lock(g.mu);
+    if (!g.stacks.empty()) {
+      stack s = g.stacks.back();
+      g.stacks.pop_back();
+      return s;
+    }
+  }
+  if (tp.chunk_left == 0) {
+    tp.chunk_next = static_cast<char*>(map_region(default_slot * chunk_stacks));
+    tp.chunk_left = chunk_stacks;
+  }
+  char* base = tp.chunk_next;
+  tp.chunk_next += default_slot;
+  --tp.chunk_left;
+  return carve(base, default_slot, true);
+}
+
+}  // namespace
+
+stack allocate_stack(std::size_t size) {
+  stack s;
+  if (size == 0 || size == stack_limits::default_size) {
+    s = allocate_default();
+  } else {
+    std::size_t bytes = round_up(size, page_size) + page_size;
+    s = carve(static_cast<char*>(map_region(bytes)), bytes, false);
+  }
+  ++t_pool.live;
+  return s;
+}
+
+void release_stack(const stack& s) noexcept {
+  if (s.pooled && t_pool_dead) {
+    // A fiber outlived its thread's pool (destroyed during thread exit).
+    auto& g = shared_pool();
+    std::lock_guard lock(g.mu);
+    g.stacks.push_back(s);
+    return;
+  }
+  if (!t_pool_dead) {
+    --t_pool.live;
+  }
+  if (s.pooled) {
+    thread_pool& tp = t_pool;
+    if (tp.free.size() >= pool_trim_threshold) {
+      // Keep the address range (munmap would split chunk mappings and spend
+      // the map-count budget) but give the memory back.
+      ::madvise(s.bottom, s.size, MADV_DONTNEED);
+    }
+    tp.free.push_back(s);
+    return;
+  }
+#if defined(COGENT_VALGRIND)
+  // The registration id is not kept; valgrind tolerates stale registrations of unmapped ranges.
+#endif
+  if (s.guarded) {
+    g_guarded.fetch_sub(1, std::memory_order_relaxed);
+  }
+  ::munmap(s.bottom - page_size, s.size + page_size);
+}
+
+// ---- overflow reporting ----------------------------------------------------
+
+namespace {
+
+std::atomic<overflow_inspector> g_inspector{nullptr};
+struct sigaction g_prev_segv;
+struct sigaction g_prev_bus;
+
+void write_all(const char* s, std::size_t n) noexcept {
+  while (n > 0) {
+    ssize_t w = ::write(STDERR_FILENO, s, n);
+    if (w <= 0) {
+      return;
+    }
+    s += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+void on_fault(int sig, siginfo_t* info, void* uctx) {
+  char name[128];
+  overflow_inspector inspect = g_inspector.load(std::memory_order_relaxed);
+  if (inspect != nullptr && inspect(info->si_addr, name, sizeof name)) {
+    report_overflow_and_abort(name);
+  }
+  // Not ours: hand over to whoever was there before us.
+  const struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
+  if (prev.sa_flags & SA_SIGINFO) {
+    if (prev.sa_sigaction != nullptr) {
+      prev.sa_sigaction(sig, info, uctx);
+      return;
+    }
+  } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+    prev.sa_handler(sig);
+    return;
+  }
+  // Default action: reinstall it and return; the faulting instruction re-runs and kills us.
+  ::signal(sig, SIG_DFL);
+}
+
+}  // namespace
+
+void report_overflow_and_abort(const char* name) noexcept {
+  static const char head[] = "cogent: stack overflow in fiber '";
+  static const char tail[] = "' (raise fiber_options::stack_size)\n";
+  write_all(head, sizeof head - 1);
+  write_all(name, std::strlen(name));
+  write_all(tail, sizeof tail - 1);
+  std::abort();
+}
+
+void install_overflow_handler(overflow_inspector inspect) {
+  static std::once_flag once;
+  std::call_once(once, [inspect] {
+    g_inspector.store(inspect, std::memory_order_relaxed);
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGSEGV, &sa, &g_prev_segv);
+    ::sigaction(SIGBUS, &sa, &g_prev_bus);
+  });
+  // The handler must run on an alternate stack: the faulting stack is full.
+  thread_local bool has_altstack = false;
+  if (!has_altstack) {
+    stack_t cur;
+    if (::sigaltstack(nullptr, &cur) == 0 && (cur.ss_flags & SS_DISABLE) == 0 && cur.ss_sp != nullptr) {
+      has_altstack = true;  // someone (ASan, the app) already provided one
+      return;
+    }
+    constexpr std::size_t alt_size = 64 * 1024;
+    stack_t ss;
+    ss.ss_sp = ::mmap(nullptr, alt_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (ss.ss_sp == MAP_FAILED) {
+      return;  // overflow reports degrade to a plain SIGSEGV; nothing else breaks
+    }
+    ss.ss_size = alt_size;
+    ss.ss_flags = 0;
+    ::sigaltstack(&ss, nullptr);
+    has_altstack = true;  // one 64 KiB mapping per fiber-using thread, kept for the thread's life
+  }
+}
+
+}  // namespace detail
+
+stack_counters stack_stats() noexcept {
+  stack_counters c;
+  c.live = detail::t_pool.live;
+  c.pooled = detail::t_pool.free.size();
+  c.guarded_total = detail::g_guarded.load(std::memory_order_relaxed);
+  c.guard_budget = detail::guard_budget();
+  return c;
+}
+
+}  // namespace cogent

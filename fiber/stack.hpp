@@ -1,0 +1,95 @@
+// fiber/stack.hpp — fiber stacks: sizes, the pooled allocator, overflow protection.
+//
+// Defines cogent::stack_limits, cogent::stack_stats() and the internal
+// allocator (cogent::detail::stack, allocate_stack, release_stack).
+//
+// How stacks work:
+//  - Memory comes from mmap(MAP_NORESERVE): only the pages a fiber touches are
+//    committed. A suspended fiber that did little costs one page (4 KiB).
+//  - Default-size stacks are carved from large chunks and pooled per thread;
+//    creating a fiber normally costs no syscall. Stacks that pile up in the pool
+//    beyond pool_trim_threshold have their pages returned (MADV_DONTNEED).
+//  - Overflow protection: a PROT_NONE guard page below each stack while the
+//    process's mapping budget allows (each guard splits a mapping; Linux caps a
+//    process at vm.max_map_count, 65530 by default, so 1,000,000 fibers cannot
+//    all have one). Beyond the budget a stack gets a canary instead, checked at
+//    every switch away from the fiber. Either way an overflow prints
+//    "cogent: stack overflow in fiber '<name>'" on stderr and aborts; it is
+//    never silent corruption.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace cogent {
+
+// stack_limits are the bounds fiber_options::stack_size must respect.
+struct stack_limits {
+  static constexpr std::size_t min_size = 16 * 1024;             // below this, libc calls overflow
+  static constexpr std::size_t max_size = std::size_t{1} << 30;  // 1 GiB: anything larger is a bug
+  static constexpr std::size_t default_size = 256 * 1024;        // lazily committed: costs what is used
+};
+
+// stack_counters is a snapshot of the stack allocator of the calling thread.
+struct stack_counters {
+  std::size_t live = 0;           // stacks handed out and not yet released (this thread)
+  std::size_t pooled = 0;         // default-size stacks waiting for reuse (this thread)
+  std::size_t guarded_total = 0;  // stacks with a guard page (process-wide)
+  std::size_t guard_budget = 0;   // how many guarded stacks the map-count budget allows (process-wide)
+};
+
+// stack_stats() returns the calling thread's stack counters. Never switches.
+stack_counters stack_stats() noexcept;
+
+namespace detail {
+
+// stack is one fiber stack: usable memory is [bottom, top).
+struct stack {
+  char* bottom = nullptr;     // lowest usable address (just above the guard page, if any)
+  std::size_t size = 0;       // usable bytes
+  bool guarded = false;       // a PROT_NONE page sits right below `bottom`
+  bool pooled = false;        // came from the default-size pool
+  char* top() const noexcept { return bottom + size; }
+};
+
+// stack_canary_bytes is the size of the canary region at the bottom of an
+// unguarded stack. It must stay all-zero: zero lets the check read the
+// kernel's shared zero page instead of committing a page per fiber.
+inline constexpr std::size_t stack_canary_bytes = 64;
+
+// allocate_stack() returns a stack of at least `size` usable bytes (0 = the
+// default). Throws std::system_error if memory cannot be mapped. `size` must
+// already be validated against stack_limits.
+stack allocate_stack(std::size_t size);
+
+// release_stack() gives a stack back (to the pool or to the kernel).
+void release_stack(const stack& s) noexcept;
+
+// canary_intact() reports whether an unguarded stack's canary is untouched.
+inline bool canary_intact(const char* bottom) noexcept {
+  const auto* w = reinterpret_cast<const std::uint64_t*>(bottom);
+  std::uint64_t acc = 0;
+  for (std::size_t i = 0; i < stack_canary_bytes / sizeof(std::uint64_t); ++i) {
+    acc |= w[i];
+  }
+  return acc == 0;
+}
+
+// overflow_inspector is called by the SIGSEGV handler (on the alternate
+// signal stack) with the faulting address; if the address is in the guard page
+// of the fiber running on this thread it writes that fiber's name into buf and
+// returns true. Must be async-signal-safe.
+using overflow_inspector = bool (*)(const void* fault_addr, char* buf, std::size_t len) noexcept;
+
+// install_overflow_handler() sets up, once per thread, the alternate signal
+// stack and (once per process) the SIGSEGV/SIGBUS handler that reports a
+// guard-page hit using `inspect`. Faults that are not ours are passed on to the
+// handler that was installed before (or the default action).
+void install_overflow_handler(overflow_inspector inspect);
+
+// report_overflow_and_abort() prints "cogent: stack overflow in fiber '<name>'"
+// on stderr with write(2) (async-signal-safe) and aborts.
+[[noreturn]] void report_overflow_and_abort(const char* name) noexcept;
+
+}  // namespace detail
+}  // namespace cogent

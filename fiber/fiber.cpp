@@ -217,6 +217,11 @@ fiber_impl* current_impl() {
   return c != nullptr ? c : init_thread();
 }
 
+fiber_impl* thread_main_impl() {
+  current_impl();
+  return t_main.main;
+}
+
 std::any switch_to(fiber_impl* target, std::any&& value, std::exception_ptr exc) {
   fiber_impl* self = current_impl();
   if (target->thread_tag != &t_tag) [[unlikely]] {

@@ -44,6 +44,8 @@
 //   });
 //   int last = ping.switch_to<int>(0);  // 0 -> pong 1 -> ping 2 -> pong 3 -> ping 4: returns 4 to main
 #pragma once
+// Everything declared in cogent headers is exported from the library (built with -fvisibility=hidden).
+#pragma GCC visibility push(default)
 
 #include <any>
 #include <cstddef>
@@ -219,3 +221,5 @@ fiber::fiber(Fn&& fn, fiber_options opts) {
 }
 
 }  // namespace cogent
+
+#pragma GCC visibility pop

@@ -17,6 +17,8 @@
 //    "cogent: stack overflow in fiber '<name>'" on stderr and aborts; it is
 //    never silent corruption.
 #pragma once
+// Everything declared in cogent headers is exported from the library (built with -fvisibility=hidden).
+#pragma GCC visibility push(default)
 
 #include <cstddef>
 #include <cstdint>
@@ -93,3 +95,5 @@ void install_overflow_handler(overflow_inspector inspect);
 
 }  // namespace detail
 }  // namespace cogent
+
+#pragma GCC visibility pop

@@ -5,6 +5,8 @@
 // the only file in the project that includes <boost/context/...>; everything
 // else sees these three declarations.
 #pragma once
+// Everything declared in cogent headers is exported from the library (built with -fvisibility=hidden).
+#pragma GCC visibility push(default)
 
 #include <cstddef>
 
@@ -29,3 +31,5 @@ context make_context(void* stack_top, std::size_t size, void (*entry)(transfer))
 transfer jump_context(context to, void* data) noexcept;
 
 }  // namespace cogent::detail
+
+#pragma GCC visibility pop

@@ -4,6 +4,8 @@
 // fiber_body<Fn> (an impl that owns the callable), and the entry points the hub
 // uses to switch without going through handles. Private to cogent.
 #pragma once
+// Everything declared in cogent headers is exported from the library (built with -fvisibility=hidden).
+#pragma GCC visibility push(default)
 
 #include <any>
 #include <cstddef>
@@ -38,8 +40,17 @@ class fiber_impl {
   virtual std::any run(std::any&& arg) = 0;
   virtual void release_body() noexcept = 0;
 
-  // Scheduler slot: owned by the layer above (the hub). Not touched here.
-  void* sched = nullptr;
+  // Scheduler slot: owned by the layer above (the hub); the fiber layer never
+  // reads or writes it. Kept inline so parking and waking allocate nothing.
+  struct sched_slot {
+    fiber_impl* next_ready = nullptr;   // intrusive ready-queue link
+    std::exception_ptr pending;          // interrupt (kill, Timeout) to raise at the next park
+    const void* pending_owner = nullptr; // who raised `pending` (a Timeout scope), or null
+    void* task = nullptr;                // the task this fiber runs, if any
+    std::uint8_t state = 0;              // hub-defined: running / parked / ready
+    std::uint8_t reason = 0;             // hub-defined wake reason
+    bool interruptible = false;          // a parked fiber may be woken by an interrupt
+  } sched;
 
   context ctx = nullptr;          // saved context while suspended
   fiber_impl* parent = nullptr;   // strong reference; null only for main fibers
@@ -64,6 +75,8 @@ class fiber_impl {
   void write_name(char* buf, std::size_t len) const noexcept;
 };
 
+// thread_main_impl() is this thread's main fiber (created on first use).
+fiber_impl* thread_main_impl();
 // current_impl() is the running fiber of this thread (creating the main fiber on first use).
 fiber_impl* current_impl();
 // switch_to() is fiber::switch_to() on a raw impl: the hub's fast path.
@@ -151,3 +164,5 @@ class fiber_body final : public fiber_impl {
 
 }  // namespace detail
 }  // namespace cogent
+
+#pragma GCC visibility pop

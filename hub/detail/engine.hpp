@@ -15,6 +15,8 @@
 //  - Results are raw kernel results: >= 0 on success, -errno on failure.
 //    Nothing in here throws on IO errors or touches global errno.
 #pragma once
+// Everything declared in cogent headers is exported from the library (built with -fvisibility=hidden).
+#pragma GCC visibility push(default)
 
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -111,3 +113,5 @@ class engine {
 std::unique_ptr<engine> make_uring_engine(unsigned entries = 4096);
 
 }  // namespace cogent::detail
+
+#pragma GCC visibility pop

@@ -1,0 +1,530 @@
+// hub/core.cpp — the hub loop: ready queue, timer heap, park/wake, interrupts,
+// IO waits on the engine, cross-thread posts, the would-block-forever check and
+// the blocked-hub watchdog.
+#include "hub/core.hpp"
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstdio>
+#include <thread>
+
+namespace cogent {
+namespace {
+
+enum : std::uint8_t { st_running = 0, st_parked = 1, st_ready = 2 };
+
+thread_local std::unique_ptr<hub> t_hub;
+thread_local hub_config t_config;
+
+using detail::fiber_impl;
+using detail::wake_reason;
+
+struct park_timer : detail::timer_node {
+  hub* h = nullptr;
+  fiber_impl* f = nullptr;
+};
+
+void report_hub_exception(const char* where) noexcept {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cogent: exception escaped into the hub from %s: %s\n", where, e.what());
+  } catch (...) {
+    std::fprintf(stderr, "cogent: unknown exception escaped into the hub from %s\n", where);
+  }
+}
+
+}  // namespace
+
+// ---- the watchdog ------------------------------------------------------------
+
+struct hub::monitor {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  std::thread thread;
+
+  monitor(hub* h, std::chrono::milliseconds limit) {
+    thread = std::thread([this, h, limit] {
+      std::uint64_t last_switches = h->_switches.load();
+      auto last_change = clock::now();
+      std::uint64_t reported = ~std::uint64_t{0};
+      std::unique_lock lock(mu);
+      while (!cv.wait_for(lock, limit / 4 + std::chrono::milliseconds(1), [this] { return stop; })) {
+        std::uint64_t s = h->_switches.load(std::memory_order_relaxed);
+        auto now = clock::now();
+        if (s != last_switches) {
+          last_switches = s;
+          last_change = now;
+          continue;
+        }
+        fiber_impl* running = h->_running.load(std::memory_order_relaxed);
+        if (running != nullptr && now - last_change >= limit && reported != s) {
+          reported = s;
+          char name[128];
+          running->write_name(name, sizeof name);  // best effort: the fiber is still running, not freed
+          auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_change).count();
+          std::fprintf(stderr, "cogent: fiber '%s' has run %lld ms without switching (blocking the hub)\n", name,
+                       static_cast<long long>(ms));
+        }
+      }
+    });
+  }
+  ~monitor() {
+    {
+      std::lock_guard lock(mu);
+      stop = true;
+    }
+    cv.notify_all();
+    thread.join();
+  }
+};
+
+// ---- creation --------------------------------------------------------------
+
+hub& hub::current() {
+  if (t_hub == nullptr) [[unlikely]] {
+    t_hub.reset(new hub(t_config));
+  }
+  return *t_hub;
+}
+
+hub* hub::current_if_exists() noexcept { return t_hub.get(); }
+
+void hub::configure(const hub_config& cfg) {
+  if (t_hub != nullptr) {
+    throw hub_error("cogent: hub::configure() called after this thread's hub was created");
+  }
+  t_config = cfg;
+}
+
+hub::hub(const hub_config& cfg) : _cfg(cfg), _engine(detail::make_uring_engine(cfg.ring_entries)) {
+  fiber_impl* main = detail::thread_main_impl();
+  _fiber = fiber([this] { loop(); }, fiber_options{0, "hub"});
+  // The hub's parent is the thread's main fiber whoever created it: if the
+  // loop ever ended, control would go back to main.
+  detail::ref(main);
+  _fiber.set_parent(fiber::adopt(main));
+  if (cfg.max_blocking_time.count() > 0) {
+    _monitor = std::make_unique<monitor>(this, cfg.max_blocking_time);
+  }
+}
+
+hub::~hub() {
+  _monitor.reset();
+  // Dropping the hub fiber unwinds its loop (fiber_exit at its suspension
+  // point). Fibers still parked keep their stacks: the thread is ending.
+  _fiber = fiber();
+}
+
+namespace detail {
+fiber_impl* hub_fiber_impl(hub& h) noexcept { return h._fiber.impl(); }
+}  // namespace detail
+
+bool hub::in_hub() const noexcept { return detail::current_impl() == _fiber.impl(); }
+
+// ---- parking and waking ------------------------------------------------------
+
+wake_reason hub::park(clock::time_point deadline, bool interruptible) {
+  fiber_impl* self = detail::current_impl();
+  fiber_impl* hub_fiber = _fiber.impl();
+  if (self == hub_fiber) [[unlikely]] {
+    throw hub_error("cogent: a blocking call was made inside the hub (timer or post() callback)");
+  }
+  if (interruptible && self->sched.pending) {
+    return wake_reason::interrupted;
+  }
+  park_timer timer;
+  if (deadline != clock::time_point::max()) {
+    timer.deadline = deadline;
+    timer.h = this;
+    timer.f = self;
+    timer.fire = [](detail::timer_node* n) {
+      auto* t = static_cast<park_timer*>(n);
+      t->h->schedule(t->f, wake_reason::timed_out);
+    };
+    add_timer(timer);
+  }
+  self->sched.state = st_parked;
+  self->sched.reason = static_cast<std::uint8_t>(wake_reason::none);
+  self->sched.interruptible = interruptible;
+  ++_parked;
+  detail::ref(self);  // a parked fiber stays alive until the hub resumes it
+  do {
+    detail::switch_to(hub_fiber, {}, nullptr);
+  } while (self->sched.state == st_parked);  // resumed by something other than the hub: park again
+  --_parked;
+  detail::unref(self);
+  if (timer.armed()) {
+    cancel_timer(timer);
+  }
+  return static_cast<wake_reason>(self->sched.reason);
+}
+
+bool hub::wait_until(clock::time_point deadline) {
+  wake_reason r = park(deadline, true);
+  throw_if_interrupted();
+  return r != wake_reason::timed_out;
+}
+
+void hub::schedule(fiber_impl* f, wake_reason why) noexcept {
+  if (f->sched.state != st_parked) {
+    return;
+  }
+  f->sched.state = st_ready;
+  f->sched.reason = static_cast<std::uint8_t>(why);
+  f->sched.next_ready = nullptr;
+  if (_ready_tail != nullptr) {
+    _ready_tail->sched.next_ready = f;
+  } else {
+    _ready_head = f;
+  }
+  _ready_tail = f;
+  ++_ready_count;
+}
+
+void hub::interrupt(fiber_impl* f, std::exception_ptr e, const void* owner) noexcept {
+  if (f->dead) {
+    return;
+  }
+  if (!f->sched.pending) {
+    f->sched.pending = std::move(e);
+    f->sched.pending_owner = owner;
+  }
+  if (f->sched.state == st_parked && f->sched.interruptible) {
+    schedule(f, wake_reason::interrupted);
+  }
+}
+
+void hub::throw_if_interrupted() {
+  fiber_impl* self = detail::current_impl();
+  if (self->sched.pending) [[unlikely]] {
+    self->sched.pending_owner = nullptr;
+    std::rethrow_exception(std::exchange(self->sched.pending, nullptr));
+  }
+}
+
+void hub::yield_now() {
+  fiber_impl* self = detail::current_impl();
+  if (self == _fiber.impl()) [[unlikely]] {
+    throw hub_error("cogent: sleep(0)/yield() called inside the hub");
+  }
+  self->sched.state = st_parked;
+  self->sched.interruptible = true;
+  schedule(self, wake_reason::woken);
+  ++_parked;
+  detail::ref(self);
+  do {
+    detail::switch_to(_fiber.impl(), {}, nullptr);
+  } while (self->sched.state == st_parked);
+  --_parked;
+  detail::unref(self);
+}
+
+int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)(int)) {
+  fiber_impl* self = detail::current_impl();
+  op.user = self;
+  op.on_complete = [](detail::io_op* o) {
+    t_hub->schedule(static_cast<fiber_impl*>(o->user), wake_reason::woken);
+  };
+  _engine->submit(op);
+  wake_reason r = park(deadline, true);
+  if (!op.done) {
+    // Timed out or interrupted: cancel, and keep the fiber (and `op`, which
+    // lives on its stack) parked until the op's own completion is reaped.
+    _engine->cancel(op);
+    while (!op.done) {
+      park(clock::time_point::max(), false);
+    }
+  }
+  if (self->sched.pending) {
+    if (op.result >= 0 && release != nullptr) {
+      release(op.result);  // it succeeded anyway: give back what it produced
+    }
+    throw_if_interrupted();
+  }
+  if (r == wake_reason::timed_out && op.result == -ECANCELED) {
+    return -ETIMEDOUT;
+  }
+  return op.result;
+}
+
+void hub::wait_idle() {
+  fiber_impl* self = detail::current_impl();
+  _idle_waiter = self;
+  struct reset {
+    hub* h;
+    fiber_impl* s;
+    ~reset() {
+      if (h->_idle_waiter == s) {
+        h->_idle_waiter = nullptr;
+      }
+    }
+  } guard{this, self};
+  park(clock::time_point::max(), true);
+  throw_if_interrupted();
+}
+
+// ---- timers -----------------------------------------------------------------
+
+namespace {
+inline bool timer_less(const detail::timer_node* a, const detail::timer_node* b) noexcept {
+  return a->deadline < b->deadline || (a->deadline == b->deadline && a->seq < b->seq);
+}
+}  // namespace
+
+void hub::heap_up(std::size_t i) noexcept {
+  detail::timer_node* n = _timers[i];
+  while (i > 0) {
+    std::size_t p = (i - 1) / 2;
+    if (!timer_less(n, _timers[p])) {
+      break;
+    }
+    _timers[i] = _timers[p];
+    _timers[i]->heap_index = i;
+    i = p;
+  }
+  _timers[i] = n;
+  n->heap_index = i;
+}
+
+void hub::heap_down(std::size_t i) noexcept {
+  detail::timer_node* n = _timers[i];
+  std::size_t size = _timers.size();
+  for (;;) {
+    std::size_t c = 2 * i + 1;
+    if (c >= size) {
+      break;
+    }
+    if (c + 1 < size && timer_less(_timers[c + 1], _timers[c])) {
+      ++c;
+    }
+    if (!timer_less(_timers[c], n)) {
+      break;
+    }
+    _timers[i] = _timers[c];
+    _timers[i]->heap_index = i;
+    i = c;
+  }
+  _timers[i] = n;
+  n->heap_index = i;
+}
+
+void hub::heap_remove(std::size_t i) noexcept {
+  detail::timer_node* gone = _timers[i];
+  detail::timer_node* last = _timers.back();
+  _timers.pop_back();
+  gone->heap_index = static_cast<std::size_t>(-1);
+  if (gone == last) {
+    return;
+  }
+  _timers[i] = last;
+  last->heap_index = i;
+  heap_down(i);
+  heap_up(last->heap_index);
+}
+
+void hub::add_timer(detail::timer_node& t) {
+  t.seq = _timer_seq++;
+  _timers.push_back(&t);
+  heap_up(_timers.size() - 1);
+}
+
+void hub::cancel_timer(detail::timer_node& t) noexcept {
+  if (t.armed()) {
+    heap_remove(t.heap_index);
+  }
+}
+
+void hub::expire_timers(clock::time_point now) {
+  while (!_timers.empty() && _timers.front()->deadline <= now) {
+    detail::timer_node* t = _timers.front();
+    heap_remove(0);
+    t->fire(t);
+  }
+}
+
+// ---- cross-thread posts -------------------------------------------------------
+
+void hub::post(std::function<void()> fn) {
+  {
+    std::lock_guard lock(_post_mu);
+    _posted.push_back(std::move(fn));
+    _has_posted.store(true, std::memory_order_release);
+  }
+  _engine->wake();
+}
+
+void hub::drain_posted() {
+  std::vector<std::function<void()>> batch;
+  {
+    std::lock_guard lock(_post_mu);
+    batch.swap(_posted);
+    _has_posted.store(false, std::memory_order_relaxed);
+  }
+  for (auto& fn : batch) {
+    try {
+      fn();
+    } catch (...) {
+      report_hub_exception("a post() callback");
+    }
+  }
+}
+
+// ---- the loop -----------------------------------------------------------------
+
+bool hub::nothing_can_happen() const noexcept {
+  return _ready_count == 0 && _timers.empty() && _engine->in_flight() == 0 &&
+         _held.load(std::memory_order_relaxed) == 0 && !_has_posted.load(std::memory_order_acquire);
+}
+
+void hub::run_ready() {
+  std::size_t n = _ready_count < _cfg.ready_batch ? _ready_count : _cfg.ready_batch;
+  while (n-- > 0) {
+    fiber_impl* f = _ready_head;
+    _ready_head = f->sched.next_ready;
+    if (_ready_head == nullptr) {
+      _ready_tail = nullptr;
+    }
+    --_ready_count;
+    f->sched.state = st_running;
+    _running.store(f, std::memory_order_relaxed);
+    _switches.fetch_add(1, std::memory_order_relaxed);
+    try {
+      detail::switch_to(f, {}, nullptr);
+    } catch (fiber_exit&) {
+      throw;  // the hub itself is being unwound
+    } catch (...) {
+      report_hub_exception("a finished fiber whose parent is the hub");
+    }
+    _running.store(nullptr, std::memory_order_relaxed);
+  }
+}
+
+void hub::loop() {
+  for (;;) {
+    if (_has_posted.load(std::memory_order_acquire)) {
+      drain_posted();
+    }
+    if (_ready_count > 0) {
+      run_ready();
+      if (_ready_count > 0) {
+        // Still busy: look at IO and timers without blocking so fibers woken
+        // by IO do not starve behind always-ready ones.
+        if (_engine->in_flight() > 0) {
+          _engine->poll();
+        }
+        if (!_timers.empty()) {
+          expire_timers(clock::now());
+        }
+        continue;
+      }
+    }
+    if (nothing_can_happen()) {
+      if (_idle_waiter != nullptr) {
+        schedule(std::exchange(_idle_waiter, nullptr));
+        continue;
+      }
+      fiber_impl* main = detail::thread_main_impl();
+      if (main->sched.state == st_parked) {
+        interrupt(main, std::make_exception_ptr(would_block_forever(
+                            "cogent: would block forever: the main fiber waits on something that nothing "
+                            "can complete (no ready fibers, timers, IO or thread-pool work)")));
+        continue;
+      }
+      // main is not waiting on the hub (it is suspended in a manual switch):
+      // there is nothing to wake; hand control back to it.
+      detail::switch_to(main, {}, nullptr);
+      continue;
+    }
+    clock::time_point deadline = _timers.empty() ? clock::time_point::max() : _timers.front()->deadline;
+    _engine->wait(deadline);
+    if (!_timers.empty()) {
+      expire_timers(clock::now());
+    }
+  }
+}
+
+// ---- free functions --------------------------------------------------------------
+
+void sleep(std::chrono::nanoseconds d) {
+  hub& h = hub::current();
+  if (d <= std::chrono::nanoseconds::zero()) {
+    h.yield_now();
+    hub::throw_if_interrupted();
+    return;
+  }
+  sleep_until(clock::now() + std::chrono::duration_cast<clock::duration>(d));
+}
+
+void sleep_until(clock::time_point deadline) {
+  hub& h = hub::current();
+  while (h.park(deadline, true) != wake_reason::timed_out) {
+    hub::throw_if_interrupted();
+  }
+  hub::throw_if_interrupted();
+}
+
+void wait() { hub::current().wait_idle(); }
+
+// ---- wait_list -------------------------------------------------------------------
+
+namespace detail {
+
+void wait_list::unlink(waiter& w) noexcept {
+  (w.prev != nullptr ? w.prev->next : _head) = w.next;
+  (w.next != nullptr ? w.next->prev : _tail) = w.prev;
+  w.prev = w.next = nullptr;
+  w.linked = false;
+  --_size;
+}
+
+bool wait_list::wait(clock::time_point deadline) {
+  hub& h = hub::current();
+  waiter w;
+  w.f = current_impl();
+  w.prev = _tail;
+  (_tail != nullptr ? _tail->next : _head) = &w;
+  _tail = &w;
+  w.linked = true;
+  ++_size;
+  struct unlinker {
+    wait_list* l;
+    waiter* w;
+    ~unlinker() {
+      if (w->linked) {
+        l->unlink(*w);
+      }
+    }
+  } guard{this, &w};
+  h.park(deadline, true);
+  if (w.linked) {
+    unlink(w);
+  }
+  if (w.f->sched.pending) {
+    if (w.notified) {
+      notify_one();  // we cannot use the wake-up: pass it on
+    }
+    hub::throw_if_interrupted();
+  }
+  return w.notified;
+}
+
+bool wait_list::notify_one() noexcept {
+  waiter* w = _head;
+  if (w == nullptr) {
+    return false;
+  }
+  unlink(*w);
+  w->notified = true;
+  t_hub->schedule(w->f, wake_reason::woken);
+  return true;
+}
+
+void wait_list::notify_all() noexcept {
+  while (notify_one()) {
+  }
+}
+
+}  // namespace detail
+}  // namespace cogent

@@ -1,0 +1,273 @@
+// hub/core.hpp — the hub: one io_uring event loop per thread, itself a fiber.
+//
+// Defines cogent::hub (the per-thread scheduler), cogent::hub_config,
+// cogent::sleep(), cogent::yield(), cogent::wait(), the timeout vocabulary
+// (timeout_duration, deadline_after) and the errors the hub raises
+// (would_block_forever, hub_error).
+//
+// How it works (gevent's hub, on io_uring): every blocking call made in a fiber
+// (sleep, join, a lock, a queue, a socket op) parks the calling fiber and
+// switches to the hub fiber. The hub runs ready fibers FIFO; when none is ready
+// it submits every queued io_uring operation and waits for a completion or the
+// nearest timer deadline in one io_uring_enter, then wakes the fibers whose
+// operations or timers completed. The thread's main fiber is an ordinary fiber
+// to the hub: calling join() from main() runs the hub until main can go on.
+//
+// Example:
+//   auto g1 = cogent::spawn([] { cogent::sleep(10ms); return 1; });
+//   auto g2 = cogent::spawn([] { cogent::sleep(10ms); return 2; });
+//   cogent::joinall({g1, g2});   // ~10 ms in all: both sleep at once
+#pragma once
+// Everything declared in cogent headers is exported from the library (built with -fvisibility=hidden).
+#pragma GCC visibility push(default)
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <vector>
+
+#include "fiber/fiber.hpp"
+#include "hub/detail/engine.hpp"
+
+namespace cogent {
+
+using clock = std::chrono::steady_clock;
+
+// timeout_duration is how long a blocking call may wait; std::nullopt (the
+// default everywhere) waits without limit. Any std::chrono duration converts.
+using timeout_duration = std::optional<std::chrono::nanoseconds>;
+
+// deadline_after() turns a timeout into an absolute deadline (max() for none;
+// negative timeouts count as zero).
+inline clock::time_point deadline_after(timeout_duration t) {
+  if (!t) {
+    return clock::time_point::max();
+  }
+  if (*t <= std::chrono::nanoseconds::zero()) {
+    return clock::now();
+  }
+  return clock::now() + std::chrono::duration_cast<clock::duration>(*t);
+}
+
+// hub_error is thrown for misuse of the hub: blocking inside the hub itself,
+// using a hub from a thread that does not own it.
+class hub_error : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+// would_block_forever is raised in the waiting fiber (main) when it waits on
+// something nothing can ever complete: no ready fibers, no timers, no IO in
+// flight, no thread-pool work (gevent's LoopExit).
+class would_block_forever : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// hub_config configures a thread's hub; pass it to hub::configure() before
+// the thread's first blocking call.
+struct hub_config {
+  // ring_entries is the io_uring submission queue size (power of two).
+  unsigned ring_entries = 4096;
+  // ready_batch bounds how many ready fibers run before the ring is polled
+  // again, so IO-ready fibers do not starve behind always-ready ones.
+  unsigned ready_batch = 256;
+  // max_blocking_time, when non-zero, starts a watchdog thread that reports on
+  // stderr, by name, a fiber that ran that long without switching (gevent's
+  // max_blocking_time). Zero = off.
+  std::chrono::milliseconds max_blocking_time{0};
+};
+
+class hub;
+namespace detail {
+
+// timer_node is an intrusive entry in the hub's timer heap. It must stay alive
+// while armed; disarm it (hub::cancel_timer) before destroying it.
+struct timer_node {
+  clock::time_point deadline{};
+  std::uint64_t seq = 0;  // FIFO order among equal deadlines
+  std::size_t heap_index = static_cast<std::size_t>(-1);
+  void (*fire)(timer_node*) = nullptr;
+  bool armed() const noexcept { return heap_index != static_cast<std::size_t>(-1); }
+};
+
+// hub_fiber_impl() is the hub's own fiber (tasks are re-parented to it).
+fiber_impl* hub_fiber_impl(hub& h) noexcept;
+
+// wake_reason says why a parked fiber was resumed.
+enum class wake_reason : std::uint8_t { none, woken, timed_out, interrupted };
+
+}  // namespace detail
+
+// hub is the per-thread scheduler. Users rarely touch it directly: blocking
+// calls find it through hub::current(). The methods below are the toolkit the
+// coordination primitives (and user-written ones) are built with.
+class hub {
+ public:
+  // current() returns this thread's hub, creating it on first use. Throws
+  // std::system_error (with errno and likely cause) if io_uring is unavailable.
+  static hub& current();
+  // current_if_exists() returns this thread's hub or null. Never creates one.
+  static hub* current_if_exists() noexcept;
+  // configure() sets the config for this thread's hub. Throws hub_error if the
+  // hub already exists.
+  static void configure(const hub_config& cfg);
+
+  hub(const hub&) = delete;
+  hub& operator=(const hub&) = delete;
+  ~hub();
+
+  // park() suspends the calling fiber until schedule() wakes it, `deadline`
+  // passes (returns timed_out) or, if `interruptible`, an interrupt arrives
+  // (returns interrupted; the exception stays pending — see
+  // throw_if_interrupted()). Always switches. Throws hub_error if called from
+  // the hub itself.
+  detail::wake_reason park(clock::time_point deadline = clock::time_point::max(), bool interruptible = true);
+
+  // wait_until() is park() that raises a pending interrupt (kill, Timeout)
+  // after the fiber is resumed. Returns true if woken, false on deadline.
+  bool wait_until(clock::time_point deadline);
+
+  // schedule() makes a parked fiber ready to run (FIFO). No effect if the
+  // fiber is not parked. Never switches.
+  void schedule(detail::fiber_impl* f, detail::wake_reason why = detail::wake_reason::woken) noexcept;
+
+  // interrupt() raises `e` in fiber f at its current (or next) blocking point:
+  // a parked interruptible fiber is woken at once; an IO wait cancels its op
+  // first and raises once the op's completion is reaped. `owner` identifies
+  // the raiser (a Timeout scope) so it can withdraw it. Never switches.
+  void interrupt(detail::fiber_impl* f, std::exception_ptr e, const void* owner = nullptr) noexcept;
+
+  // throw_if_interrupted() raises the calling fiber's pending interrupt, if any.
+  static void throw_if_interrupted();
+
+  // await_io() submits `op`, parks until it completes, and returns its result
+  // (>= 0 or -errno). If `deadline` passes first the op is cancelled and
+  // -ETIMEDOUT returned. On an interrupt the op is cancelled, its completion
+  // reaped (invariant 1), `release(result)` is called if it had succeeded
+  // anyway (e.g. close an accepted fd), and the interrupt is raised.
+  int await_io(detail::io_op& op, clock::time_point deadline = clock::time_point::max(),
+               void (*release)(int result) = nullptr);
+
+  // yield_now() moves the calling fiber to the back of the ready queue and
+  // runs every other ready fiber first (sleep(0)). May switch.
+  void yield_now();
+
+  // add_timer()/cancel_timer() arm and disarm an intrusive timer; fire(node)
+  // runs in the hub when the deadline passes. Never switch.
+  void add_timer(detail::timer_node& t);
+  void cancel_timer(detail::timer_node& t) noexcept;
+
+  // post() runs fn on this hub's thread, in the hub, soon. Thread-safe; the
+  // one way other threads talk to a hub (eventfd wake).
+  void post(std::function<void()> fn);
+
+  // hold()/release() count outside work (thread-pool jobs, cross-thread
+  // producers) that will later post() to this hub, so a wait on it is not
+  // mistaken for "would block forever". Thread-safe.
+  void hold() noexcept { _held.fetch_add(1, std::memory_order_relaxed); }
+  void release() noexcept { _held.fetch_sub(1, std::memory_order_relaxed); }
+
+  // wait_idle() parks the calling fiber until the hub has nothing left to do:
+  // no ready fibers, timers, IO or held work (gevent.wait()). May switch.
+  void wait_idle();
+
+  // engine() is the IO backend (for the net layer).
+  detail::engine& io() noexcept { return *_engine; }
+  // in_hub() is true when called from the hub fiber itself.
+  bool in_hub() const noexcept;
+  // stats for tests and tools.
+  std::size_t parked_count() const noexcept { return _parked; }
+  std::size_t timer_count() const noexcept { return _timers.size(); }
+  const char* engine_name() const noexcept { return _engine->name(); }
+
+ private:
+  friend detail::fiber_impl* detail::hub_fiber_impl(hub& h) noexcept;
+  explicit hub(const hub_config& cfg);
+  void loop();
+  void run_ready();
+  void expire_timers(clock::time_point now);
+  void drain_posted();
+  bool nothing_can_happen() const noexcept;
+  void heap_up(std::size_t i) noexcept;
+  void heap_down(std::size_t i) noexcept;
+  void heap_remove(std::size_t i) noexcept;
+
+  hub_config _cfg;
+  std::unique_ptr<detail::engine> _engine;
+  fiber _fiber;                                  // the hub's own fiber
+  detail::fiber_impl* _ready_head = nullptr;     // intrusive FIFO
+  detail::fiber_impl* _ready_tail = nullptr;
+  std::size_t _ready_count = 0;
+  std::size_t _parked = 0;
+  std::vector<detail::timer_node*> _timers;      // binary min-heap by (deadline, seq)
+  std::uint64_t _timer_seq = 0;
+  detail::fiber_impl* _idle_waiter = nullptr;
+  std::atomic<std::size_t> _held{0};
+  std::atomic<bool> _has_posted{false};
+  std::mutex _post_mu;
+  std::vector<std::function<void()>> _posted;
+  struct monitor;
+  std::unique_ptr<monitor> _monitor;
+
+ public:
+  // Watchdog bookkeeping (read by the monitor thread).
+  std::atomic<std::uint64_t> _switches{0};
+  std::atomic<detail::fiber_impl*> _running{nullptr};
+};
+
+// sleep() suspends the calling fiber for `d`; sleep(0) yields to every other
+// ready fiber (and lets the loop poll IO). Raises a pending kill or Timeout.
+// May switch.
+void sleep(std::chrono::nanoseconds d);
+// sleep_until() suspends the calling fiber until `deadline`. May switch.
+void sleep_until(clock::time_point deadline);
+// yield() is sleep(0).
+inline void yield() { sleep(std::chrono::nanoseconds::zero()); }
+// wait() runs the hub until it has nothing left to do (gevent.wait()): every
+// spawned task finished, no timers, no IO. May switch.
+void wait();
+
+namespace detail {
+
+// wait_list is the building block of the coordination primitives: fibers park
+// on it until notified, a deadline, or an interrupt. Not thread-safe (one hub).
+class wait_list {
+ public:
+  struct waiter {
+    fiber_impl* f = nullptr;
+    waiter* prev = nullptr;
+    waiter* next = nullptr;
+    bool notified = false;
+    bool linked = false;
+  };
+
+  // wait() parks the calling fiber until notify_one()/notify_all() picks it
+  // (returns true) or `deadline` passes (false). Raises a pending interrupt;
+  // a notification it received but cannot use is passed on to the next waiter.
+  // May switch.
+  bool wait(clock::time_point deadline = clock::time_point::max());
+
+  // notify_one() wakes the longest-waiting fiber; false if none. Never switches.
+  bool notify_one() noexcept;
+  // notify_all() wakes every waiting fiber. Never switches.
+  void notify_all() noexcept;
+  bool empty() const noexcept { return _head == nullptr; }
+  std::size_t size() const noexcept { return _size; }
+
+ private:
+  void unlink(waiter& w) noexcept;
+  waiter* _head = nullptr;
+  waiter* _tail = nullptr;
+  std::size_t _size = 0;
+};
+
+}  // namespace detail
+}  // namespace cogent
+
+#pragma GCC visibility pop

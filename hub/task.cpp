@@ -1,0 +1,331 @@
+// hub/task.cpp — spawn/join/kill/link, the live-task registry, the
+// unjoined-error report, joinall/killall/iwait/wait_any.
+#include "hub/task.hpp"
+
+#include <atomic>
+#include <cstdio>
+#include <mutex>
+
+namespace cogent {
+namespace detail {
+namespace {
+
+std::atomic<std::uint64_t> g_task_ids{1};
+
+// Per-thread registry of unfinished tasks (an intrusive list).
+thread_local task_state* t_live_head = nullptr;
+thread_local std::size_t t_live_count = 0;
+
+std::mutex g_handler_mu;
+task_error_handler g_handler;
+
+void register_task(task_state* s) noexcept {
+  s->reg_next = t_live_head;
+  if (t_live_head != nullptr) {
+    t_live_head->reg_prev = s;
+  }
+  t_live_head = s;
+  ++t_live_count;
+}
+
+void unregister_task(task_state* s) noexcept {
+  (s->reg_prev != nullptr ? s->reg_prev->reg_next : t_live_head) = s->reg_next;
+  if (s->reg_next != nullptr) {
+    s->reg_next->reg_prev = s->reg_prev;
+  }
+  s->reg_prev = s->reg_next = nullptr;
+  --t_live_count;
+}
+
+void report_unjoined(const task_base& t, std::exception_ptr e) {
+  task_error_handler h;
+  {
+    std::lock_guard lock(g_handler_mu);
+    h = g_handler;
+  }
+  if (h) {
+    h(t, e);
+    return;
+  }
+  std::fprintf(stderr, "cogent: task '%s' failed: %s\n", t.name().c_str(), describe_exception(e).c_str());
+}
+
+void run_task(const std::shared_ptr<task_state>& st) {
+  if (st->st == task_state::status::done) {
+    return;  // killed before it started: never runs
+  }
+  st->st = task_state::status::running;
+  try {
+    st->invoke();
+  } catch (fiber_exit&) {
+    st->killed = true;
+  } catch (...) {
+    st->error = std::current_exception();
+  }
+  st->finish();
+}
+
+}  // namespace
+
+task_state::task_state() : id(g_task_ids.fetch_add(1, std::memory_order_relaxed)) {}
+task_state::~task_state() = default;
+
+void task_state::finish() noexcept {
+  auto keep = shared_from_this();
+  st = status::done;
+  if (start_timer.armed()) {
+    hub::current().cancel_timer(start_timer);
+  }
+  unregister_task(this);
+  bool observed = waiting > 0 || !links.empty() || kill_requested;
+  joiners.notify_all();
+  task_base self(keep);
+  auto ls = std::move(links);
+  for (auto& l : ls) {
+    try {
+      l.fn(self);
+    } catch (...) {
+      std::fprintf(stderr, "cogent: link callback of task '%s' raised: %s\n", name.c_str(),
+                   describe_exception(std::current_exception()).c_str());
+    }
+  }
+  if (error && !observed) {
+    try {
+      report_unjoined(self, error);
+    } catch (...) {
+    }
+  }
+  // Drop our fiber: if it is the running one it is freed by the hub once it
+  // has switched away for the last time.
+  fib = fiber();
+}
+
+void start_task(const std::shared_ptr<task_state>& st, spawn_options&& opts,
+                std::optional<std::chrono::nanoseconds> delay) {
+  hub& h = hub::current();
+  st->name = opts.name.empty() ? "task-" + std::to_string(st->id) : std::move(opts.name);
+  fiber_options fo;
+  fo.stack_size = opts.stack_size;
+  fo.name = st->name;
+  st->fib = fiber([st] { run_task(st); }, std::move(fo));
+  fiber_impl* f = st->fib.impl();
+  fiber_impl* hub_fiber = hub_fiber_impl(h);
+  if (f->parent != hub_fiber) {
+    ref(hub_fiber);
+    unref(std::exchange(f->parent, hub_fiber));  // a task returns to the hub when it finishes
+  }
+  f->sched.task = st.get();
+  f->sched.state = 1;  // parked: schedule() may make it ready
+  register_task(st.get());
+  if (delay && *delay > std::chrono::nanoseconds::zero()) {
+    st->start_timer.owner = st.get();
+    st->start_timer.deadline = clock::now() + std::chrono::duration_cast<clock::duration>(*delay);
+    st->start_timer.fire = [](timer_node* n) {
+      task_state* s = static_cast<task_state::start_timer_node*>(n)->owner;
+      hub::current().schedule(s->fib.impl());
+    };
+    h.add_timer(st->start_timer);
+  } else {
+    h.schedule(f);
+  }
+}
+
+}  // namespace detail
+
+// ---- task_base ------------------------------------------------------------------
+
+detail::task_state& task_base::state() const {
+  if (_s == nullptr) {
+    throw std::logic_error("cogent: operation on an empty task handle");
+  }
+  return *_s;
+}
+
+bool task_base::join(timeout_duration t) const {
+  detail::task_state& s = state();
+  if (s.st == detail::task_state::status::done) {
+    return true;
+  }
+  if (detail::current_impl() == s.fib.impl()) {
+    throw hub_error("cogent: task '" + s.name + "' tried to join itself");
+  }
+  auto keep = _s;
+  clock::time_point deadline = deadline_after(t);
+  ++s.waiting;
+  struct dec {
+    detail::task_state& s;
+    ~dec() { --s.waiting; }
+  } guard{s};
+  while (s.st != detail::task_state::status::done) {
+    if (!s.joiners.wait(deadline)) {
+      return s.st == detail::task_state::status::done;
+    }
+  }
+  return true;
+}
+
+void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const {
+  auto keep = _s;
+  detail::task_state& s = state();
+  if (!e) {
+    e = std::make_exception_ptr(fiber_exit{});
+  }
+  if (s.st == detail::task_state::status::done) {
+    return;
+  }
+  s.kill_requested = true;
+  if (s.st == detail::task_state::status::pending) {
+    // Never started: it never runs. Record the outcome as if `e` ended it.
+    try {
+      std::rethrow_exception(e);
+    } catch (fiber_exit&) {
+      s.killed = true;
+    } catch (...) {
+      s.error = std::current_exception();
+    }
+    s.finish();
+    return;
+  }
+  if (detail::current_impl() == s.fib.impl()) {
+    std::rethrow_exception(e);
+  }
+  hub::current().interrupt(s.fib.impl(), std::move(e));
+  if (block) {
+    join(t);
+  }
+}
+
+std::size_t task_base::link(std::function<void(const task_base&)> fn) const {
+  detail::task_state& s = state();
+  if (s.st == detail::task_state::status::done) {
+    fn(*this);
+    return 0;
+  }
+  std::size_t id = s.next_link++;
+  s.links.push_back({id, std::move(fn)});
+  return id;
+}
+
+void task_base::unlink(std::size_t id) const {
+  auto& ls = state().links;
+  for (auto it = ls.begin(); it != ls.end(); ++it) {
+    if (it->id == id) {
+      ls.erase(it);
+      return;
+    }
+  }
+}
+
+void task_base::rethrow() const {
+  detail::task_state& s = state();
+  if (s.killed) {
+    throw task_killed("cogent: task '" + s.name + "' was killed");
+  }
+  if (s.error) {
+    std::rethrow_exception(s.error);
+  }
+}
+
+// ---- collections ------------------------------------------------------------------
+
+std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t, bool raise_error) {
+  clock::time_point deadline = deadline_after(t);
+  std::vector<task_base> done;
+  for (const task_base& g : tasks) {
+    auto left = deadline == clock::time_point::max() ? timeout_duration()
+                                                     : timeout_duration(deadline - clock::now());
+    if (!g.join(left)) {
+      break;
+    }
+    done.push_back(g);
+    if (raise_error && g.exception()) {
+      std::rethrow_exception(g.exception());
+    }
+  }
+  return done;
+}
+
+void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool block, timeout_duration t) {
+  for (const task_base& g : tasks) {
+    g.kill(e, false);
+  }
+  if (block) {
+    joinall(tasks, t);
+  }
+}
+
+iwait::iwait(std::vector<task_base> tasks, timeout_duration t) : _tasks(std::move(tasks)), _deadline(deadline_after(t)) {
+  for (const task_base& g : _tasks) {
+    _link_ids.push_back(g.link([this](const task_base& done) {
+      _done.push_back(done);
+      _wake.notify_one();
+    }));
+  }
+}
+
+iwait::~iwait() {
+  for (std::size_t i = 0; i < _tasks.size(); ++i) {
+    if (_link_ids[i] != 0) {
+      _tasks[i].unlink(_link_ids[i]);
+    }
+  }
+}
+
+task_base iwait::next() {
+  while (_returned == _done.size()) {
+    if (_returned == _tasks.size()) {
+      return {};
+    }
+    if (!_wake.wait(_deadline) && _returned == _done.size()) {
+      return {};
+    }
+  }
+  return _done[_returned++];
+}
+
+task_base wait_any(const std::vector<task_base>& tasks, timeout_duration t) {
+  iwait it(tasks, t);
+  return it.next();
+}
+
+task_base current_task() {
+  auto* s = static_cast<detail::task_state*>(detail::current_impl()->sched.task);
+  if (s == nullptr) {
+    return {};
+  }
+  return task_base(s->shared_from_this());
+}
+
+std::vector<task_base> live_tasks() {
+  std::vector<task_base> out;
+  for (detail::task_state* s = detail::t_live_head; s != nullptr; s = s->reg_next) {
+    out.emplace_back(s->shared_from_this());
+  }
+  return out;
+}
+
+std::size_t active_count() noexcept { return detail::t_live_count; }
+
+void set_task_error_handler(task_error_handler h) {
+  std::lock_guard lock(detail::g_handler_mu);
+  detail::g_handler = std::move(h);
+}
+
+std::string describe_exception(std::exception_ptr e) {
+  if (!e) {
+    return "no exception";
+  }
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (const timeout_error& x) {
+    return x.what();
+  } catch (const fiber_exit& x) {
+    return x.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+}
+
+}  // namespace cogent

@@ -1,0 +1,282 @@
+// hub/task.hpp — tasks: gevent's Greenlet on the hub.
+//
+// Defines cogent::task<T> (a handle to a spawned fiber with a typed result),
+// cogent::task_base (the untyped handle), spawn(), spawn_later(), joinall(),
+// killall(), wait_any(), iwait, current_task(), live_tasks() and the
+// unjoined-error handler.
+//
+// A task runs fn(args...) in its own fiber whose parent is the hub. It starts
+// at the hub's next turn (spawn never switches). Its result (or exception) is
+// kept in the task for join()/get(). An exception in a task nobody is waiting
+// for when it finishes is reported once on stderr with the task's name (the
+// handler is replaceable); it never terminates the process.
+//
+// Killing: kill() raises an exception (default fiber_exit) at the task's
+// blocking point; an in-flight IO op is cancelled and reaped first
+// (invariant 1). A task killed before it started never runs. A task killed with
+// fiber_exit finishes "killed": successful() is true (as in gevent), get()
+// throws task_killed.
+//
+// Example:
+//   auto g1 = cogent::spawn([](int n) { cogent::sleep(10ms); return n * 2; }, 21);
+//   auto g2 = cogent::spawn([] { throw std::runtime_error("boom"); });
+//   cogent::joinall({g1, g2});
+//   int v = g1.get();                 // 42
+//   bool ok = g2.successful();        // false; g2.exception() holds "boom"
+#pragma once
+#pragma GCC visibility push(default)
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "hub/core.hpp"
+#include "hub/timeout.hpp"
+
+namespace cogent {
+
+// task_killed is thrown by get() on a task that was killed with fiber_exit.
+class task_killed : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// spawn_options configures a spawned task.
+struct spawn_options {
+  std::string name;            // empty: "task-<id>"
+  std::size_t stack_size = 0;  // 0: the default fiber stack
+};
+
+class task_base;
+
+namespace detail {
+
+struct task_state : std::enable_shared_from_this<task_state> {
+  enum class status : std::uint8_t { pending, running, done };
+  fiber fib;
+  std::string name;
+  std::uint64_t id = 0;
+  status st = status::pending;
+  bool killed = false;
+  bool kill_requested = false;
+  std::exception_ptr error;
+  wait_list joiners;
+  std::size_t waiting = 0;  // fibers currently in join()
+  struct link_entry {
+    std::size_t id;
+    std::function<void(const task_base&)> fn;
+  };
+  std::vector<link_entry> links;
+  std::size_t next_link = 1;
+  struct start_timer_node : timer_node {
+    task_state* owner = nullptr;
+  } start_timer;  // spawn_later
+  task_state* reg_prev = nullptr;
+  task_state* reg_next = nullptr;
+
+  task_state();
+  virtual ~task_state();
+  virtual void invoke() = 0;
+  void finish() noexcept;
+};
+
+template <class T>
+struct typed_task_state : task_state {
+  std::optional<T> value;
+};
+template <>
+struct typed_task_state<void> : task_state {};
+
+template <class T, class Fn, class Tuple>
+struct task_impl final : typed_task_state<T> {
+  task_impl(Fn&& f, Tuple&& a) : fn(std::move(f)), args(std::move(a)) {}
+  void invoke() override {
+    if constexpr (std::is_void_v<T>) {
+      std::apply(fn, std::move(args));
+    } else {
+      this->value.emplace(std::apply(fn, std::move(args)));
+    }
+  }
+  Fn fn;
+  Tuple args;
+};
+
+// start_task() creates the task's fiber (parent: the hub), registers it and
+// schedules it now or after `delay`.
+void start_task(const std::shared_ptr<task_state>& st, spawn_options&& opts,
+                std::optional<std::chrono::nanoseconds> delay);
+
+}  // namespace detail
+
+// task_base is an untyped, copyable handle to a task (empty when default-constructed).
+class task_base {
+ public:
+  task_base() = default;
+  explicit task_base(std::shared_ptr<detail::task_state> s) noexcept : _s(std::move(s)) {}
+
+  // join() waits until the task finished or `t` passed; true if it finished.
+  // Never throws the task's error. Joining the running task from itself throws
+  // hub_error. May switch.
+  bool join(timeout_duration t = std::nullopt) const;
+
+  // kill() raises `e` (default fiber_exit) in the task at its blocking point.
+  // A task not yet started never runs. With block, waits up to `t` for it to
+  // finish. Killing the calling task raises `e` at once. May switch (block).
+  void kill(std::exception_ptr e = nullptr, bool block = true, timeout_duration t = std::nullopt) const;
+
+  // link() calls fn(task) when the task finishes (at once if it already has);
+  // fn runs in the finishing task's fiber, just before it dies. Returns an id
+  // for unlink().
+  std::size_t link(std::function<void(const task_base&)> fn) const;
+  void unlink(std::size_t id) const;
+
+  // Status (gevent names). ready(): finished. successful(): finished without
+  // an error (a fiber_exit kill counts as success). killed(): killed by
+  // fiber_exit. started(): its fiber began running. exception(): the error.
+  bool ready() const noexcept { return state().st == detail::task_state::status::done; }
+  bool successful() const noexcept { return ready() && !state().error; }
+  bool killed() const noexcept { return state().killed; }
+  bool started() const noexcept { return state().st != detail::task_state::status::pending; }
+  std::exception_ptr exception() const noexcept { return state().error; }
+  // rethrow() raises the task's error if it has one (task_killed if killed).
+  void rethrow() const;
+  const std::string& name() const noexcept { return state().name; }
+  std::uint64_t id() const noexcept { return state().id; }
+  explicit operator bool() const noexcept { return _s != nullptr; }
+  friend bool operator==(const task_base& a, const task_base& b) noexcept { return a._s == b._s; }
+
+ protected:
+  detail::task_state& state() const;
+  std::shared_ptr<detail::task_state> _s;
+};
+
+// task<T> is a task whose function returns T.
+template <class T>
+class task : public task_base {
+ public:
+  task() = default;
+  explicit task(std::shared_ptr<detail::typed_task_state<T>> s) noexcept : task_base(std::move(s)) {}
+
+  // get() waits for the task and returns its value, or rethrows its exception
+  // (task_killed if it was killed). Raises timeout_error if `t` passes first.
+  // May switch.
+  T get(timeout_duration t = std::nullopt) const {
+    if (!join(t)) {
+      throw timeout_error(nullptr, t.value_or(std::chrono::nanoseconds::zero()));
+    }
+    rethrow();
+    if constexpr (!std::is_void_v<T>) {
+      auto& v = static_cast<detail::typed_task_state<T>&>(state()).value;
+      if constexpr (std::is_copy_constructible_v<T>) {
+        return *v;
+      } else {
+        return std::move(*v);  // move-only results can be taken once
+      }
+    }
+  }
+};
+
+// spawn() starts fn(args...) in a new task (at the hub's next turn; spawn
+// itself never switches). Arguments are copied/moved into the task.
+template <class Fn, class... Args>
+auto spawn(spawn_options opts, Fn&& fn, Args&&... args) {
+  using R = std::invoke_result_t<std::decay_t<Fn>&, std::decay_t<Args>...>;
+  using tuple = std::tuple<std::decay_t<Args>...>;
+  auto st = std::make_shared<detail::task_impl<R, std::decay_t<Fn>, tuple>>(
+      std::decay_t<Fn>(std::forward<Fn>(fn)), tuple(std::forward<Args>(args)...));
+  detail::start_task(st, std::move(opts), std::nullopt);
+  return task<R>(std::move(st));
+}
+template <class Fn, class... Args, class = std::enable_if_t<!std::is_same_v<std::decay_t<Fn>, spawn_options>>>
+auto spawn(Fn&& fn, Args&&... args) {
+  return spawn(spawn_options{}, std::forward<Fn>(fn), std::forward<Args>(args)...);
+}
+
+// spawn_later() is spawn() that starts the task after `delay`.
+template <class Fn, class... Args>
+auto spawn_later(std::chrono::nanoseconds delay, Fn&& fn, Args&&... args) {
+  using R = std::invoke_result_t<std::decay_t<Fn>&, std::decay_t<Args>...>;
+  using tuple = std::tuple<std::decay_t<Args>...>;
+  auto st = std::make_shared<detail::task_impl<R, std::decay_t<Fn>, tuple>>(
+      std::decay_t<Fn>(std::forward<Fn>(fn)), tuple(std::forward<Args>(args)...));
+  detail::start_task(st, spawn_options{}, delay);
+  return task<R>(std::move(st));
+}
+
+// joinall() waits for every task (up to `t` overall) and returns those that
+// finished, in the given order. With raise_error, the first error found among
+// them is rethrown. May switch.
+std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t = std::nullopt,
+                               bool raise_error = false);
+inline std::vector<task_base> joinall(std::initializer_list<task_base> tasks, timeout_duration t = std::nullopt,
+                                      bool raise_error = false) {
+  return joinall(std::vector<task_base>(tasks), t, raise_error);
+}
+template <class T>
+std::vector<task_base> joinall(const std::vector<task<T>>& tasks, timeout_duration t = std::nullopt,
+                               bool raise_error = false) {
+  return joinall(std::vector<task_base>(tasks.begin(), tasks.end()), t, raise_error);
+}
+
+// killall() kills every task (see task_base::kill). May switch (block).
+void killall(const std::vector<task_base>& tasks, std::exception_ptr e = nullptr, bool block = true,
+             timeout_duration t = std::nullopt);
+
+// iwait yields tasks as they finish (gevent.iwait).
+//   for (cogent::iwait it(tasks); auto t = it.next();) { ... }
+class iwait {
+ public:
+  explicit iwait(std::vector<task_base> tasks, timeout_duration t = std::nullopt);
+  template <class T>
+  explicit iwait(const std::vector<task<T>>& tasks, timeout_duration t = std::nullopt)
+      : iwait(std::vector<task_base>(tasks.begin(), tasks.end()), t) {}
+  ~iwait();
+  iwait(const iwait&) = delete;
+  iwait& operator=(const iwait&) = delete;
+  // next() returns the next finished task, or an empty handle once all were
+  // returned or the timeout passed. May switch.
+  task_base next();
+
+ private:
+  std::vector<task_base> _tasks;
+  std::vector<std::size_t> _link_ids;
+  std::vector<task_base> _done;
+  std::size_t _returned = 0;
+  detail::wait_list _wake;
+  clock::time_point _deadline;
+};
+
+// wait_any() returns the first of `tasks` to finish, or an empty handle after `t`. May switch.
+task_base wait_any(const std::vector<task_base>& tasks, timeout_duration t = std::nullopt);
+
+// current_task() is the task running the calling fiber (empty in main or a plain fiber).
+task_base current_task();
+// live_tasks() lists this thread's tasks that have not finished (gevent's enumerate).
+std::vector<task_base> live_tasks();
+// active_count() is live_tasks().size() without building the list.
+std::size_t active_count() noexcept;
+
+// task_error_handler reports an exception of a task nobody was waiting for.
+using task_error_handler = std::function<void(const task_base&, std::exception_ptr)>;
+// set_task_error_handler() replaces the handler (process-wide; set it before
+// spawning). Passing nullptr restores the default, which prints
+// "cogent: task '<name>' failed: <what>" on stderr.
+void set_task_error_handler(task_error_handler h);
+
+// describe_exception() renders an exception_ptr as text (std::exception,
+// timeout_error, fiber_exit or unknown).
+std::string describe_exception(std::exception_ptr e);
+
+}  // namespace cogent
+
+#pragma GCC visibility pop

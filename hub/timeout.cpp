@@ -1,0 +1,46 @@
+// hub/timeout.cpp — the timeout scope: a hub timer that interrupts its fiber.
+#include "hub/timeout.hpp"
+
+#include <cstdio>
+
+namespace cogent {
+
+const char* timeout_error::what() const noexcept {
+  if (_msg[0] == '\0') {
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(_after).count();
+    std::snprintf(_msg, sizeof _msg, "cogent: timeout after %lld us", static_cast<long long>(us));
+  }
+  return _msg;
+}
+
+timeout::timeout(timeout_duration d) {
+  if (!d) {
+    return;
+  }
+  _hub = &hub::current();
+  _fiber = detail::current_impl();
+  _after = *d;
+  _node.self = this;
+  _node.deadline = deadline_after(d);
+  _node.fire = [](detail::timer_node* n) {
+    timeout* t = static_cast<node*>(n)->self;
+    t->_expired = true;
+    t->_hub->interrupt(t->_fiber, std::make_exception_ptr(timeout_error(t, t->_after)), t);
+  };
+  _hub->add_timer(_node);
+}
+
+timeout::~timeout() { cancel(); }
+
+void timeout::cancel() noexcept {
+  if (_hub == nullptr) {
+    return;
+  }
+  _hub->cancel_timer(_node);
+  if (_fiber->sched.pending_owner == this) {
+    _fiber->sched.pending = nullptr;
+    _fiber->sched.pending_owner = nullptr;
+  }
+}
+
+}  // namespace cogent

@@ -1,0 +1,118 @@
+// hub/timeout.hpp — gevent's Timeout: a deadline for whatever blocks inside a scope.
+//
+// Defines cogent::timeout_error, cogent::timeout (a scope object) and
+// cogent::with_timeout() / try_with_timeout().
+//
+// A `timeout` armed in a fiber raises timeout_error at that fiber's blocking
+// call when it expires (or, if the fiber is not blocked then, at its next
+// blocking call inside the scope). An in-flight IO op is cancelled and its
+// completion reaped before the exception is raised (invariant 1). Leaving the
+// scope disarms it.
+//
+// timeout_error deliberately does NOT derive from std::exception, so `catch
+// (const std::exception&)` does not swallow it (gevent #838: Timeout is a
+// BaseException). Catch it by name, or let it reach the scope's owner.
+//
+// Example:
+//   try {
+//     cogent::timeout t(100ms);
+//     auto line = sock.read_some(buf);   // raises timeout_error after 100 ms
+//   } catch (const cogent::timeout_error& e) { ... }
+//
+//   auto r = cogent::try_with_timeout(1s, [&] { return q.get(); });  // std::nullopt on expiry
+#pragma once
+#pragma GCC visibility push(default)
+
+#include <chrono>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+#include "hub/core.hpp"
+
+namespace cogent {
+
+class timeout;
+
+// timeout_error is raised at a blocking point when a timeout expires.
+class timeout_error {
+ public:
+  timeout_error(const timeout* source, std::chrono::nanoseconds after) noexcept : _source(source), _after(after) {}
+  virtual ~timeout_error() = default;
+  // what() says how long the timeout was.
+  virtual const char* what() const noexcept;
+  // source() is the timeout scope that raised it (null for a call's own timeout, e.g. task::get(timeout)).
+  const timeout* source() const noexcept { return _source; }
+  std::chrono::nanoseconds after() const noexcept { return _after; }
+
+ private:
+  const timeout* _source;
+  std::chrono::nanoseconds _after;
+  mutable char _msg[64] = {};
+};
+
+// timeout is a scope object: while it lives, blocking calls of the fiber that
+// created it raise timeout_error once `d` has passed. nullopt = never.
+// Never switches. Must be destroyed on the fiber that created it.
+class timeout {
+ public:
+  explicit timeout(timeout_duration d);
+  ~timeout();
+  timeout(const timeout&) = delete;
+  timeout& operator=(const timeout&) = delete;
+
+  // expired() is true once the deadline passed and the error was raised (or is pending).
+  bool expired() const noexcept { return _expired; }
+  // cancel() disarms it; a pending, not yet raised error is withdrawn.
+  void cancel() noexcept;
+  // owns() is true if `e` was raised by this scope (not an outer one).
+  bool owns(const timeout_error& e) const noexcept { return e.source() == this; }
+
+ private:
+  struct node : detail::timer_node {
+    timeout* self = nullptr;
+  };
+  node _node;
+  hub* _hub = nullptr;
+  detail::fiber_impl* _fiber = nullptr;
+  std::chrono::nanoseconds _after{};
+  bool _expired = false;
+};
+
+// with_timeout() runs fn() under a timeout; timeout_error propagates on expiry.
+// May switch (if fn does).
+template <class Fn>
+auto with_timeout(timeout_duration d, Fn&& fn) -> std::invoke_result_t<Fn&> {
+  timeout t(d);
+  return fn();
+}
+
+// try_with_timeout() runs fn() under a timeout and returns std::nullopt (or
+// false for a void fn) if this timeout expired — gevent's Timeout(s, False).
+// Errors of other (outer) timeouts propagate.
+template <class Fn>
+auto try_with_timeout(timeout_duration d, Fn&& fn) {
+  using R = std::invoke_result_t<Fn&>;
+  timeout t(d);
+  try {
+    if constexpr (std::is_void_v<R>) {
+      fn();
+      return true;
+    } else {
+      return std::optional<R>(fn());
+    }
+  } catch (const timeout_error& e) {
+    if (!t.owns(e)) {
+      throw;
+    }
+    if constexpr (std::is_void_v<R>) {
+      return false;
+    } else {
+      return std::optional<R>();
+    }
+  }
+}
+
+}  // namespace cogent
+
+#pragma GCC visibility pop

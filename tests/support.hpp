@@ -1,0 +1,60 @@
+// tests/support.hpp — shared fixtures for cogent's doctest suites.
+//
+// COGENT_TEST_CASE(name) defines a doctest case whose body runs inside a task
+// on this thread's hub (Seastar's SEASTAR_THREAD_TEST_CASE), under a
+// leak_check: at the end the hub must have no parked fibers, no live tasks, no
+// armed timers, no IO in flight, and no more live fiber stacks than at the
+// start. A leak fails the test.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <string>
+
+#include "fiber/fiber.hpp"
+#include "hub/core.hpp"
+#include "hub/task.hpp"
+
+namespace cogent::test {
+
+// leak_check records the baseline at construction and checks it in verify().
+class leak_check {
+ public:
+  leak_check() : _stacks(stack_stats().live), _tasks(active_count()) {}
+
+  // verify() lets the hub settle (finished fibers are freed once they switch
+  // away for the last time) and checks that nothing leaked.
+  void verify() {
+    hub& h = hub::current();
+    for (int i = 0; i < 10 && (h.timer_count() > 0 || h.io().in_flight() > 0 || active_count() > _tasks); ++i) {
+      cogent::sleep(std::chrono::milliseconds(1));
+    }
+    cogent::yield();
+    CHECK_MESSAGE(active_count() == _tasks, "leaked tasks: ", active_count() - _tasks);
+    CHECK_MESSAGE(h.timer_count() == 0, "leaked timers: ", h.timer_count());
+    CHECK_MESSAGE(h.io().in_flight() == 0, "leaked IO ops: ", h.io().in_flight());
+    CHECK_MESSAGE(h.parked_count() == 0, "fibers still parked: ", h.parked_count());
+    CHECK_MESSAGE(stack_stats().live <= _stacks, "leaked fiber stacks: ", stack_stats().live - _stacks);
+  }
+
+ private:
+  std::size_t _stacks;
+  std::size_t _tasks;
+};
+
+}  // namespace cogent::test
+
+// COGENT_TEST_CASE runs the body in a task, then checks for leaks.
+#define COGENT_TEST_CASE_IMPL(fn, name, ...)                                                   \
+  static void fn();                                                                            \
+  TEST_CASE(name __VA_OPT__(*) __VA_ARGS__) {                                                  \
+    cogent::test::leak_check leaks;                                                            \
+    auto t = cogent::spawn(cogent::spawn_options{std::string("test: ") + name}, [] { fn(); }); \
+    t.join();                                                                                  \
+    CHECK_MESSAGE(t.successful(), "test body raised: ", cogent::describe_exception(t.exception())); \
+    leaks.verify();                                                                            \
+  }                                                                                            \
+  static void fn()
+#define COGENT_TEST_CASE(name, ...) \
+  COGENT_TEST_CASE_IMPL(DOCTEST_ANONYMOUS(COGENT_BODY_), name __VA_OPT__(, ) __VA_ARGS__)

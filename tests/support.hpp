@@ -21,7 +21,7 @@ namespace cogent::test {
 // leak_check records the baseline at construction and checks it in verify().
 class leak_check {
  public:
-  leak_check() : _stacks(stack_stats().live), _tasks(active_count()) {}
+  leak_check() : _stacks((hub::current(), stack_stats().live)), _tasks(active_count()) {}
 
   // verify() lets the hub settle (finished fibers are freed once they switch
   // away for the last time) and checks that nothing leaked.

@@ -1,0 +1,139 @@
+// hub/pool.cpp — group membership (kept by task links), join/kill, and the
+// pool's slot accounting.
+#include "hub/pool.hpp"
+
+#include <stdexcept>
+
+namespace cogent {
+
+group::~group() {
+  for (auto& [id, m] : _members) {
+    m.handle.unlink(m.link_id);
+  }
+}
+
+void group::add(const task_base& t) {
+  if (!t) {
+    throw std::logic_error("cogent: group::add() of an empty task handle");
+  }
+  track(t);
+}
+
+void group::track(const task_base& t) {
+  if (t.ready() || _members.count(t.id()) != 0) {
+    return;
+  }
+  auto& m = _members[t.id()];
+  m.handle = t;
+  m.link_id = t.link([this](const task_base& done) { on_finished(done); });
+}
+
+void group::on_finished(const task_base& t) noexcept {
+  auto it = _members.find(t.id());
+  if (it == _members.end()) {
+    return;
+  }
+  if (t.exception()) {
+    if (!_first_error) {
+      _first_error = t.exception();
+    }
+    try {
+      _failures.push_back(t);
+    } catch (...) {
+    }
+  }
+  _members.erase(it);
+  member_left();
+  if (_members.empty()) {
+    _empty_waiters.notify_all();
+  }
+}
+
+void group::discard(const task_base& t) {
+  if (!t) {
+    return;
+  }
+  auto it = _members.find(t.id());
+  if (it == _members.end()) {
+    return;
+  }
+  it->second.handle.unlink(it->second.link_id);
+  _members.erase(it);
+  member_left();
+  if (_members.empty()) {
+    _empty_waiters.notify_all();
+  }
+}
+
+bool group::contains(const task_base& t) const noexcept {
+  return t && _members.count(t.id()) != 0;
+}
+
+std::vector<task_base> group::tasks() const {
+  std::vector<task_base> out;
+  out.reserve(_members.size());
+  for (const auto& [id, m] : _members) {
+    out.push_back(m.handle);
+  }
+  return out;
+}
+
+bool group::join(timeout_duration t, bool raise_error) {
+  clock::time_point deadline = deadline_after(t);
+  while (!_members.empty()) {
+    if (!_empty_waiters.wait(deadline) && !_members.empty()) {
+      break;
+    }
+  }
+  if (raise_error && _first_error) {
+    std::rethrow_exception(std::exchange(_first_error, nullptr));
+  }
+  return _members.empty();
+}
+
+void group::kill(std::exception_ptr e, bool block, timeout_duration t) {
+  killall(tasks(), e, false);
+  if (block) {
+    join(t);
+  }
+}
+
+pool::pool(std::size_t size) : _capacity(size) {
+  if (size == 0) {
+    throw std::invalid_argument("cogent: pool size must be at least 1");
+  }
+}
+
+void pool::add(const task_base& t) {
+  if (!t) {
+    throw std::logic_error("cogent: pool::add() of an empty task handle");
+  }
+  if (contains(t) || t.ready()) {
+    return;
+  }
+  wait_for_slot();
+  group::add(t);
+}
+
+void pool::wait_for_slot() {
+  while (full()) {
+    _slot_waiters.wait();
+  }
+}
+
+bool pool::wait_available(timeout_duration t) {
+  clock::time_point deadline = deadline_after(t);
+  while (full()) {
+    if (!_slot_waiters.wait(deadline) && full()) {
+      return false;
+    }
+  }
+  // Wake-ups are not consumed by a caller that does not take the slot: pass
+  // it on so another waiter can look too.
+  if (!_slot_waiters.empty() && !full()) {
+    _slot_waiters.notify_one();
+  }
+  return true;
+}
+
+}  // namespace cogent

@@ -1,0 +1,244 @@
+// hub/pool.hpp — gevent.pool: groups of tasks and bounded pools of tasks.
+//
+// Defines cogent::group (a set of tasks you can join, kill, map over) and
+// cogent::pool (a group with at most `size` members: spawning into a full pool
+// waits for a slot — a concurrency limit).
+//
+// Membership: a task is a member from add()/spawn() until it finishes (a link
+// removes it) or discard() removes it. Handles are kept, so a member's state
+// lives at least as long as its membership. Destroying a group does not kill
+// its members; it only forgets them.
+//
+// Errors: a member's link counts as observing it (see task.hpp), so an
+// exception in a member is not reported by the unjoined-error handler. The
+// group keeps the first one: join(t, raise_error) rethrows it, failures() lists them.
+//
+// Example:
+//   cogent::pool p(10);                            // at most 10 fetches at once
+//   auto sizes = p.map([](const std::string& url) { return fetch(url).size(); }, urls);
+//   for (auto& s : p.imap_unordered(check, hosts)) { ... }   // in finish order
+//   cogent::group g;
+//   g.spawn(worker, 1);
+//   g.spawn(worker, 2);
+//   g.join();                                      // both finished
+#pragma once
+#pragma GCC visibility push(default)
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <iterator>
+#include <optional>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "hub/core.hpp"
+#include "hub/task.hpp"
+#include "hub/timeout.hpp"
+
+namespace cogent {
+
+// group is an unbounded set of tasks (gevent.pool.Group). One hub; not thread-safe.
+//
+// Example:
+//   cogent::group g;
+//   for (int i = 0; i < 3; ++i) g.spawn([i] { cogent::sleep(10ms * i); });
+//   g.join();        // true: all three finished, g.size() == 0
+class group {
+ public:
+  group() = default;
+  // ~group() forgets its members (unlinks from them); it does not kill them.
+  virtual ~group();
+  group(const group&) = delete;
+  group& operator=(const group&) = delete;
+
+  // add() makes t a member until it finishes. A finished task is not added.
+  // Never switches for a group (a full pool waits: see pool::add()). Throws
+  // std::logic_error for an empty handle.
+  virtual void add(const task_base& t);
+  // discard() removes t without touching it. No effect if not a member. Never switches.
+  void discard(const task_base& t);
+  // contains() is true if t is a member. Never switches.
+  bool contains(const task_base& t) const noexcept;
+  // size() is the number of members. Never switches.
+  std::size_t size() const noexcept { return _members.size(); }
+  // tasks() lists the members (in no particular order). Never switches.
+  std::vector<task_base> tasks() const;
+
+  // spawn() starts fn(args...) as a task and adds it (a full pool first waits
+  // for a slot). Returns its handle. May switch (pool only).
+  template <class Fn, class... Args>
+  auto spawn(Fn&& fn, Args&&... args) {
+    wait_for_slot();
+    auto t = cogent::spawn(std::forward<Fn>(fn), std::forward<Args>(args)...);
+    track(t);
+    return t;
+  }
+
+  // join() waits until the group is empty or `t` passed; true if empty. With
+  // raise_error, rethrows the first member error recorded (and clears it).
+  // Raises a pending kill/Timeout. May switch.
+  bool join(timeout_duration t = std::nullopt, bool raise_error = false);
+
+  // kill() raises `e` (default fiber_exit) in every member (see task_base::kill);
+  // with block, waits up to `t` for the group to empty. May switch (block).
+  void kill(std::exception_ptr e = nullptr, bool block = true, timeout_duration t = std::nullopt);
+
+  // failures() lists the members that finished with an error (not a fiber_exit kill).
+  const std::vector<task_base>& failures() const noexcept { return _failures; }
+
+  // map() runs fn(item) for every item of `range` as members (a pool bounds
+  // the concurrency) and returns the results in the order of `range`. If one
+  // raises, the others still running are killed and the first error (in
+  // range order) is rethrown; if the caller is killed, so are they. Returns
+  // void for a void fn. May switch.
+  template <class Fn, class Range>
+  auto map(Fn&& fn, const Range& range);
+
+  // imap_unordered() is map() with results in the order the tasks finished.
+  // The first error raised (in finish order) kills the rest and is rethrown.
+  // Not for void fn. May switch.
+  template <class Fn, class Range>
+  auto imap_unordered(Fn&& fn, const Range& range);
+
+ protected:
+  // wait_for_slot() blocks until a member may be added (never, for a group).
+  virtual void wait_for_slot() {}
+  // member_left() runs when a member finishes or is discarded. Never switches.
+  virtual void member_left() noexcept {}
+
+ private:
+  struct member {
+    task_base handle;
+    std::size_t link_id = 0;
+  };
+  void track(const task_base& t);
+  void on_finished(const task_base& t) noexcept;
+  template <class Fn, class Range, class Collect>
+  void run_all(Fn& fn, const Range& range, Collect&& collect_in_order);
+
+  std::unordered_map<std::uint64_t, member> _members;
+  std::vector<task_base> _failures;
+  std::exception_ptr _first_error;
+  detail::wait_list _empty_waiters;
+};
+
+// pool is a group with at most `size` members (gevent.pool.Pool): spawn() and
+// add() wait while it is full.
+//
+// Example:
+//   cogent::pool p(2);
+//   for (int i = 0; i < 6; ++i) p.spawn([] { cogent::sleep(100ms); });   // 2 at a time
+//   p.join();                                                             // ~300 ms
+class pool : public group {
+ public:
+  // pool() makes a pool of `size` slots. Throws std::invalid_argument if size is 0.
+  explicit pool(std::size_t size);
+  // add() waits for a free slot, then makes t a member. May switch.
+  void add(const task_base& t) override;
+  // capacity() is the number of slots. Never switches.
+  std::size_t capacity() const noexcept { return _capacity; }
+  // free_count() is the number of free slots. Never switches.
+  std::size_t free_count() const noexcept { return size() >= _capacity ? 0 : _capacity - size(); }
+  // full() is true when no slot is free. Never switches.
+  bool full() const noexcept { return free_count() == 0; }
+  // wait_available() waits until a slot is free or `t` passed; returns true if
+  // one is free. Raises a pending kill/Timeout. May switch.
+  bool wait_available(timeout_duration t = std::nullopt);
+
+ protected:
+  void wait_for_slot() override;
+  void member_left() noexcept override { _slot_waiters.notify_one(); }
+
+ private:
+  std::size_t _capacity;
+  detail::wait_list _slot_waiters;
+};
+
+// ---- templates ------------------------------------------------------------------
+
+template <class Fn, class Range, class Collect>
+void group::run_all(Fn& fn, const Range& range, Collect&& collect) {
+  using item_type = std::decay_t<decltype(*std::begin(range))>;
+  using result_type = std::invoke_result_t<Fn&, const item_type&>;
+  std::vector<task<result_type>> started;
+  // If anything goes wrong here (an error, a kill of the caller), members we
+  // started must not outlive this frame: they refer to fn.
+  struct reaper {
+    std::vector<task<result_type>>& ts;
+    bool armed = true;
+    ~reaper() {
+      if (!armed) {
+        return;
+      }
+      std::vector<task_base> left(ts.begin(), ts.end());
+      try {
+        killall(left, nullptr, false);
+        for (const task_base& t : left) {
+          while (!t.ready()) {
+            try {
+              t.join();
+            } catch (...) {
+              // A second kill of the caller: keep waiting, fn must stay alive.
+            }
+          }
+        }
+      } catch (...) {
+      }
+    }
+  } guard{started};
+  for (const auto& item : range) {
+    started.push_back(spawn([&fn](const item_type& x) -> result_type { return fn(x); }, item));
+  }
+  collect(started);
+  guard.armed = false;
+}
+
+template <class Fn, class Range>
+auto group::map(Fn&& fn, const Range& range) {
+  using item_type = std::decay_t<decltype(*std::begin(range))>;
+  using result_type = std::invoke_result_t<Fn&, const item_type&>;
+  if constexpr (std::is_void_v<result_type>) {
+    run_all(fn, range, [](std::vector<task<void>>& ts) {
+      for (auto& t : ts) {
+        t.get();
+      }
+    });
+  } else {
+    std::vector<result_type> out;
+    run_all(fn, range, [&out](std::vector<task<result_type>>& ts) {
+      out.reserve(ts.size());
+      for (auto& t : ts) {
+        out.push_back(t.get());
+      }
+    });
+    return out;
+  }
+}
+
+template <class Fn, class Range>
+auto group::imap_unordered(Fn&& fn, const Range& range) {
+  using item_type = std::decay_t<decltype(*std::begin(range))>;
+  using result_type = std::invoke_result_t<Fn&, const item_type&>;
+  static_assert(!std::is_void_v<result_type>, "imap_unordered needs a function that returns a value");
+  std::vector<result_type> out;
+  run_all(fn, range, [&out](std::vector<task<result_type>>& ts) {
+    out.reserve(ts.size());
+    iwait it(ts);
+    while (task_base done = it.next()) {
+      for (auto& t : ts) {
+        if (t == done) {
+          out.push_back(t.get());
+          break;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace cogent
+
+#pragma GCC visibility pop

@@ -1,0 +1,138 @@
+// hub/threadpool.cpp — worker threads, the job queue, and the hand-back of
+// finished jobs to the waiting fiber's hub through hub::post().
+#include "hub/threadpool.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace cogent {
+namespace {
+
+thread_local bool t_in_worker = false;
+
+}  // namespace
+
+struct threadpool::impl {
+  std::mutex mu;
+  std::condition_variable cv;
+  detail::thread_job* head = nullptr;
+  detail::thread_job* tail = nullptr;
+  bool stop = false;
+  std::atomic<std::size_t> outstanding{0};
+  std::vector<std::thread> workers;
+
+  void worker_main() {
+    t_in_worker = true;
+    for (;;) {
+      detail::thread_job* j = nullptr;
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [this] { return stop || head != nullptr; });
+        if (head == nullptr) {
+          return;  // stopping and the queue is drained
+        }
+        j = head;
+        head = j->next;
+        if (head == nullptr) {
+          tail = nullptr;
+        }
+      }
+      j->execute();
+      // Hand the job back. After post() the worker never touches *j again: the
+      // callback runs on the owner's thread, marks it done and wakes the fiber,
+      // which may then free it. The hold is released in the same callback, on
+      // the hub's thread, so the hub never sees "not held" before the wake-up.
+      hub* h = j->owner;
+      h->post([j, h] {
+        j->done = true;
+        h->release();
+        h->schedule(j->waiter);
+      });
+      outstanding.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+};
+
+threadpool::threadpool(std::size_t threads) : _impl(std::make_unique<impl>()) {
+  threads = std::max<std::size_t>(threads, 1);
+  _impl->workers.reserve(threads);
+  try {
+    for (std::size_t i = 0; i < threads; ++i) {
+      _impl->workers.emplace_back([p = _impl.get()] { p->worker_main(); });
+    }
+  } catch (...) {
+    {
+      std::lock_guard lock(_impl->mu);
+      _impl->stop = true;
+    }
+    _impl->cv.notify_all();
+    for (auto& t : _impl->workers) {
+      t.join();
+    }
+    throw;
+  }
+}
+
+threadpool::~threadpool() {
+  {
+    std::lock_guard lock(_impl->mu);
+    _impl->stop = true;
+  }
+  _impl->cv.notify_all();
+  for (auto& t : _impl->workers) {
+    t.join();
+  }
+}
+
+std::size_t threadpool::size() const noexcept { return _impl->workers.size(); }
+
+std::size_t threadpool::pending() const noexcept { return _impl->outstanding.load(std::memory_order_relaxed); }
+
+bool threadpool::in_worker() noexcept { return t_in_worker; }
+
+void threadpool::submit_and_wait(detail::thread_job& j) {
+  if (t_in_worker) {
+    // A worker has no hub (and must not get one): run inline, as plain code would.
+    j.execute();
+    if (j.error) {
+      std::rethrow_exception(j.error);
+    }
+    return;
+  }
+  hub& h = hub::current();
+  if (h.in_hub()) {
+    throw hub_error("cogent: threadpool::run() called inside the hub (timer or post() callback)");
+  }
+  hub::throw_if_interrupted();  // a kill already pending: fn never runs
+  j.owner = &h;
+  j.waiter = detail::current_impl();
+  h.hold();
+  _impl->outstanding.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(_impl->mu);
+    j.next = nullptr;
+    (_impl->tail != nullptr ? _impl->tail->next : _impl->head) = &j;
+    _impl->tail = &j;
+  }
+  _impl->cv.notify_one();
+  // Not interruptible: the worker owns a pointer into this frame until the
+  // completion has been posted back and run. Interrupts wait for it.
+  while (!j.done) {
+    h.park(clock::time_point::max(), false);
+  }
+  hub::throw_if_interrupted();
+  if (j.error) {
+    std::rethrow_exception(j.error);
+  }
+}
+
+threadpool& default_threadpool() {
+  static threadpool pool(std::max<std::size_t>(4, std::thread::hardware_concurrency()));
+  return pool;
+}
+
+}  // namespace cogent

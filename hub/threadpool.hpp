@@ -1,0 +1,150 @@
+// hub/threadpool.hpp — run blocking code on worker threads while the fiber waits.
+//
+// Defines cogent::threadpool (a fixed set of plain std::thread workers),
+// cogent::default_threadpool() (the process-wide pool) and
+// cogent::run_in_thread() (gevent's threadpool.apply / hub.threadpool.spawn().get()).
+//
+// run(fn) hands fn to a worker thread and parks the calling fiber; other fibers
+// keep running meanwhile. When fn returns (or throws) on the worker, the result
+// (or exception) is passed back to the fiber through hub::post(), the one
+// thread-safe path into a hub. While a job is outstanding the hub is held
+// (hub::hold()), so a fiber waiting only on thread-pool work is never told it
+// would block forever.
+//
+// Kill and Timeout: a job cannot be cancelled once handed to a worker. A kill or
+// a timeout that hits a fiber waiting in run() is recorded; the fiber stays
+// parked until the job finishes (its frame holds the job's state, which the
+// worker writes) and then raises the interrupt — the result is discarded. This
+// is the thread-pool form of invariant 1: nothing touches freed memory. A kill
+// already pending when run() is called is raised at once and fn never runs.
+//
+// Workers are plain threads with no hub: code running on a worker that calls
+// blocking libc (read, getaddrinfo, sleep...) blocks that worker, as plain
+// libc would. The monkey layer checks threadpool::in_worker() (or the absence
+// of a hub) to pass such calls straight through.
+//
+// Example:
+//   cogent::threadpool tp(4);
+//   int n = tp.run([] { return expensive_blocking_call(); });   // this fiber parks; others run
+//   auto ai = cogent::run_in_thread([&] { return ::getaddrinfo(host, port, &hints, &res); });
+#pragma once
+#pragma GCC visibility push(default)
+
+#include <cstddef>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+#include "hub/core.hpp"
+
+namespace cogent {
+
+namespace detail {
+
+// thread_job is one unit of work handed to a worker. It lives in the waiting
+// fiber's frame; the worker touches it only until it posts the completion.
+struct thread_job {
+  thread_job* next = nullptr;        // intrusive queue link (guarded by the pool's mutex)
+  hub* owner = nullptr;              // the hub of the waiting fiber
+  fiber_impl* waiter = nullptr;      // the waiting fiber
+  bool done = false;                 // set on the owner's thread, in the hub
+  std::exception_ptr error;          // what fn threw, written by the worker
+  // execute() runs the job on the worker; it must not throw.
+  virtual void execute() noexcept = 0;
+
+ protected:
+  ~thread_job() = default;
+};
+
+}  // namespace detail
+
+// threadpool is a fixed set of worker threads that run blocking functions on
+// behalf of fibers.
+//
+// Example:
+//   cogent::threadpool tp(4);
+//   std::string body = tp.run([&] { return read_whole_file_blocking(path); });
+class threadpool {
+ public:
+  // threadpool() starts `threads` workers (at least 1). Throws std::system_error
+  // if a thread cannot be created. Never switches.
+  explicit threadpool(std::size_t threads);
+  // ~threadpool() lets queued jobs finish, then joins every worker. Must not be
+  // destroyed while a fiber waits in run() (that fiber would wait forever). Blocks the thread.
+  ~threadpool();
+  threadpool(const threadpool&) = delete;
+  threadpool& operator=(const threadpool&) = delete;
+
+  // run() executes fn() on a worker thread while the calling fiber parks, and
+  // returns its result or rethrows its exception. A kill/Timeout arriving
+  // meanwhile is raised only after fn has finished (fn cannot be cancelled);
+  // one pending at entry is raised at once without running fn. fn is used by
+  // reference: it stays alive in the caller's frame until run() returns.
+  // Called from a worker of any threadpool, fn runs inline on that thread.
+  // Throws hub_error if called inside the hub itself. May switch.
+  template <class Fn>
+  auto run(Fn&& fn) -> std::invoke_result_t<Fn&>;
+
+  // size() is the number of worker threads. Never switches.
+  std::size_t size() const noexcept;
+  // pending() is the number of jobs queued or running right now. Thread-safe.
+  std::size_t pending() const noexcept;
+  // in_worker() is true when called on a worker thread of any threadpool.
+  static bool in_worker() noexcept;
+
+ private:
+  // submit_and_wait() queues j, parks until it is done and raises a pending interrupt.
+  void submit_and_wait(detail::thread_job& j);
+  struct impl;
+  std::unique_ptr<impl> _impl;
+};
+
+// default_threadpool() returns the process-wide pool, created on first use
+// with max(4, hardware_concurrency) workers; joined at process exit. Never switches.
+threadpool& default_threadpool();
+
+// run_in_thread() is default_threadpool().run(fn). May switch.
+template <class Fn>
+auto run_in_thread(Fn&& fn) -> std::invoke_result_t<Fn&> {
+  return default_threadpool().run(std::forward<Fn>(fn));
+}
+
+template <class Fn>
+auto threadpool::run(Fn&& fn) -> std::invoke_result_t<Fn&> {
+  using result_type = std::invoke_result_t<Fn&>;
+  using stored = std::conditional_t<std::is_reference_v<result_type>, std::remove_reference_t<result_type>*,
+                                    std::conditional_t<std::is_void_v<result_type>, char, result_type>>;
+  struct job final : detail::thread_job {
+    explicit job(Fn& f) noexcept : fn(f) {}
+    void execute() noexcept override {
+      try {
+        if constexpr (std::is_void_v<result_type>) {
+          fn();
+        } else if constexpr (std::is_reference_v<result_type>) {
+          result.emplace(std::addressof(fn()));
+        } else {
+          result.emplace(fn());
+        }
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    Fn& fn;
+    std::optional<stored> result;
+  };
+  job j(fn);
+  submit_and_wait(j);
+  if constexpr (std::is_void_v<result_type>) {
+    return;
+  } else if constexpr (std::is_reference_v<result_type>) {
+    return static_cast<result_type>(**j.result);
+  } else {
+    return std::move(*j.result);
+  }
+}
+
+}  // namespace cogent
+
+#pragma GCC visibility pop

@@ -1,0 +1,276 @@
+// tests/hub/hub_test.cpp — the hub loop: sleep ordering and precision, sleep(0)
+// fairness, IO not starved by always-ready fibers, would-block-forever, posts
+// from other threads, blocking inside the hub, wait().
+#include "hub/core.hpp"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "hub/task.hpp"
+#include "tests/support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using cogent::clock;
+
+std::chrono::milliseconds ms_since(clock::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - t0);
+}
+
+COGENT_TEST_CASE("sleeps wake in deadline order", doctest::timeout(10)) {
+  std::vector<int> order;
+  auto a = cogent::spawn([&] { cogent::sleep(30ms); order.push_back(30); });
+  auto b = cogent::spawn([&] { cogent::sleep(10ms); order.push_back(10); });
+  auto c = cogent::spawn([&] { cogent::sleep(20ms); order.push_back(20); });
+  auto d = cogent::spawn([&] { cogent::sleep(20ms); order.push_back(21); });  // equal deadline after c: FIFO
+  cogent::joinall({a, b, c, d});
+  CHECK(order == std::vector<int>{10, 20, 21, 30});
+}
+
+COGENT_TEST_CASE("a 20 ms sleep takes [20, 40) ms", doctest::timeout(10)) {
+  for (int i = 0; i < 5; ++i) {
+    auto t0 = clock::now();
+    cogent::sleep(20ms);
+    auto took = clock::now() - t0;
+    CHECK(took >= 20ms);
+    CHECK(took < 40ms);
+  }
+}
+
+COGENT_TEST_CASE("sleeps of many fibers overlap", doctest::timeout(10)) {
+  auto t0 = clock::now();
+  std::vector<cogent::task<void>> ts;
+  for (int i = 0; i < 100; ++i) {
+    ts.push_back(cogent::spawn([] { cogent::sleep(50ms); }));
+  }
+  cogent::joinall(ts);
+  CHECK(ms_since(t0) < 150ms);
+}
+
+COGENT_TEST_CASE("sleep(0) yields to every other ready fiber, round robin", doctest::timeout(10)) {
+  std::string log;
+  auto body = [&](char name) {
+    for (int i = 0; i < 3; ++i) {
+      log += name;
+      cogent::sleep(0ms);
+    }
+  };
+  auto a = cogent::spawn(body, 'a');
+  auto b = cogent::spawn(body, 'b');
+  auto c = cogent::spawn(body, 'c');
+  cogent::joinall({a, b, c});
+  CHECK(log == "abcabcabc");
+}
+
+COGENT_TEST_CASE("IO completions are not starved by always-ready fibers", doctest::timeout(10)) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  bool stop = false;
+  long spins = 0;
+  auto spinner = [&] {
+    while (!stop) {
+      ++spins;
+      cogent::yield();
+    }
+  };
+  auto s1 = cogent::spawn(spinner);
+  auto s2 = cogent::spawn(spinner);
+  std::thread writer([&] {
+    std::this_thread::sleep_for(20ms);
+    char c = 'x';
+    CHECK(::write(fds[1], &c, 1) == 1);
+  });
+  auto t0 = clock::now();
+  char buf = 0;
+  cogent::detail::io_op op;
+  op.code = cogent::detail::op_code::read;
+  op.fd = fds[0];
+  op.buf = &buf;
+  op.len = 1;
+  int r = cogent::hub::current().await_io(op);
+  stop = true;
+  writer.join();
+  cogent::joinall({s1, s2});
+  CHECK(r == 1);
+  CHECK(buf == 'x');
+  CHECK(ms_since(t0) < 500ms);
+  CHECK(spins > 10);  // the spinners really ran meanwhile
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+COGENT_TEST_CASE("timers fire while fibers are always ready", doctest::timeout(10)) {
+  bool stop = false;
+  auto spinner = cogent::spawn([&] {
+    while (!stop) {
+      cogent::yield();
+    }
+  });
+  auto t0 = clock::now();
+  cogent::sleep(20ms);
+  stop = true;
+  spinner.join();
+  CHECK(ms_since(t0) < 100ms);
+}
+
+// Not a COGENT_TEST_CASE: would_block_forever is raised in the main fiber.
+TEST_CASE("waiting in main on a wait_list nobody can notify raises would_block_forever" * doctest::timeout(10)) {
+  cogent::detail::wait_list wl;
+  CHECK_THROWS_AS(wl.wait(), cogent::would_block_forever);
+  CHECK(wl.empty());
+  // The hub is still usable afterwards.
+  auto t = cogent::spawn([] { return 7; });
+  CHECK(t.get() == 7);
+}
+
+TEST_CASE("joining in main a task that waits forever raises would_block_forever" * doctest::timeout(10)) {
+  cogent::detail::wait_list wl;
+  auto t = cogent::spawn([&] { wl.wait(); });
+  CHECK_THROWS_AS(t.join(), cogent::would_block_forever);
+  CHECK_FALSE(t.ready());
+  t.kill();  // clean up: it is parked on wl
+  CHECK(t.ready());
+  CHECK(t.killed());
+  CHECK(cogent::hub::current().parked_count() == 0);
+}
+
+TEST_CASE("sleeping in main never raises would_block_forever" * doctest::timeout(10)) {
+  CHECK_NOTHROW(cogent::sleep(5ms));
+}
+
+COGENT_TEST_CASE("hub::post from another thread runs on the hub's thread", doctest::timeout(10)) {
+  cogent::hub& h = cogent::hub::current();
+  cogent::detail::wait_list done;
+  std::thread::id ran_on;
+  int value = 0;
+  h.hold();  // a post is coming: not "would block forever"
+  std::thread other([&] {
+    std::this_thread::sleep_for(10ms);
+    h.post([&] {
+      ran_on = std::this_thread::get_id();
+      value = 42;
+      h.release();
+      done.notify_all();
+    });
+  });
+  while (value == 0) {
+    done.wait();
+  }
+  other.join();
+  CHECK(value == 42);
+  CHECK(ran_on == std::this_thread::get_id());
+}
+
+COGENT_TEST_CASE("many posts from several threads all arrive", doctest::timeout(10)) {
+  cogent::hub& h = cogent::hub::current();
+  cogent::detail::wait_list done;
+  int count = 0;
+  constexpr int per_thread = 1000;
+  h.hold();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&] {
+      for (int j = 0; j < per_thread; ++j) {
+        h.post([&] {
+          if (++count == 4 * per_thread) {
+            h.release();
+            done.notify_all();
+          }
+        });
+      }
+    });
+  }
+  while (count < 4 * per_thread) {
+    done.wait();
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  CHECK(count == 4 * per_thread);
+}
+
+COGENT_TEST_CASE("blocking inside the hub throws hub_error", doctest::timeout(10)) {
+  cogent::hub& h = cogent::hub::current();
+  cogent::detail::wait_list done;
+  bool sleep_threw = false;
+  bool yield_threw = false;
+  bool ran = false;
+  h.post([&] {
+    ran = true;
+    try {
+      cogent::sleep(1ms);
+    } catch (const cogent::hub_error&) {
+      sleep_threw = true;
+    }
+    try {
+      cogent::yield();
+    } catch (const cogent::hub_error&) {
+      yield_threw = true;
+    }
+    done.notify_all();
+  });
+  while (!ran) {
+    done.wait(clock::now() + 1s);
+  }
+  CHECK(sleep_threw);
+  CHECK(yield_threw);
+
+  // The same from a timer callback.
+  struct probe : cogent::detail::timer_node {
+    bool threw = false;
+    cogent::detail::wait_list* wl = nullptr;
+  } p;
+  p.wl = &done;
+  p.deadline = clock::now() + 1ms;
+  p.fire = [](cogent::detail::timer_node* n) {
+    auto* self = static_cast<probe*>(n);
+    try {
+      cogent::detail::wait_list never;
+      never.wait();
+    } catch (const cogent::hub_error&) {
+      self->threw = true;
+    }
+    self->wl->notify_all();
+  };
+  h.add_timer(p);
+  done.wait(clock::now() + 1s);
+  CHECK(p.threw);
+}
+
+COGENT_TEST_CASE("wait() returns once every task finished", doctest::timeout(10)) {
+  int finished = 0;
+  for (int i = 1; i <= 5; ++i) {
+    cogent::spawn([&finished, i] {
+      cogent::sleep(std::chrono::milliseconds(5 * i));
+      ++finished;
+    });
+  }
+  auto t0 = clock::now();
+  cogent::wait();
+  CHECK(finished == 5);
+  CHECK(ms_since(t0) >= 25ms);
+  CHECK(cogent::hub::current().timer_count() == 0);
+}
+
+TEST_CASE("wait() from main with nothing to do returns at once" * doctest::timeout(10)) {
+  auto t0 = clock::now();
+  cogent::wait();
+  CHECK(ms_since(t0) < 50ms);
+}
+
+COGENT_TEST_CASE("wait_until reports deadline vs wake-up", doctest::timeout(10)) {
+  cogent::hub& h = cogent::hub::current();
+  CHECK_FALSE(h.wait_until(clock::now() + 5ms));
+  auto self = cogent::detail::current_impl();
+  auto waker = cogent::spawn([&] { h.schedule(self); });
+  CHECK(h.wait_until(clock::now() + 1s));
+  waker.join();
+}
+
+}  // namespace

@@ -1,0 +1,224 @@
+// tests/hub/pool_test.cpp — group and pool: membership kept by links, join and
+// kill, map / imap_unordered, the pool's concurrency bound and slot waits.
+#include "hub/pool.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "tests/support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using cogent::clock;
+
+COGENT_TEST_CASE("group: spawned and added tasks leave when they finish", doctest::timeout(10)) {
+  cogent::group g;
+  auto a = g.spawn([] {
+    cogent::sleep(10ms);
+    return 1;
+  });
+  auto b = cogent::spawn([] { cogent::sleep(20ms); });
+  g.add(b);
+  g.add(b);  // adding twice is a no-op
+  CHECK(g.size() == 2);
+  CHECK(g.contains(a));
+  CHECK(g.contains(b));
+  a.join();
+  CHECK(g.size() == 1);
+  CHECK_FALSE(g.contains(a));
+  CHECK(g.join());
+  CHECK(g.size() == 0);
+  CHECK(a.get() == 1);
+  auto done = cogent::spawn([] {});
+  done.join();
+  g.add(done);  // already finished: not added
+  CHECK(g.size() == 0);
+}
+
+COGENT_TEST_CASE("group: discard, join(timeout), kill", doctest::timeout(10)) {
+  cogent::group g;
+  auto slow = g.spawn([] { cogent::sleep(10s); });
+  auto other = g.spawn([] { cogent::sleep(10s); });
+  g.discard(other);
+  CHECK(g.size() == 1);
+  CHECK_FALSE(g.contains(other));
+  auto t0 = clock::now();
+  CHECK_FALSE(g.join(10ms));
+  CHECK(clock::now() - t0 >= 10ms);
+  g.kill();
+  CHECK(slow.killed());
+  CHECK(g.size() == 0);
+  CHECK_FALSE(other.ready());  // discarded: not killed with the group
+  other.kill();
+}
+
+COGENT_TEST_CASE("group: join(raise_error) rethrows the first member error", doctest::timeout(10)) {
+  cogent::group g;
+  g.spawn([] { cogent::sleep(1ms); });
+  g.spawn([] {
+    cogent::sleep(2ms);
+    throw std::runtime_error("member failed");
+  });
+  CHECK_THROWS_WITH_AS(g.join(std::nullopt, true), "member failed", std::runtime_error);
+  CHECK(g.failures().size() == 1);
+  CHECK(g.join(std::nullopt, true));  // cleared after being raised
+}
+
+COGENT_TEST_CASE("group: map keeps order, imap_unordered gives finish order", doctest::timeout(10)) {
+  cogent::group g;
+  std::vector<int> in{30, 10, 20};
+  auto out = g.map(
+      [](int ms) {
+        cogent::sleep(std::chrono::milliseconds(ms));
+        return ms * 2;
+      },
+      in);
+  CHECK(out == std::vector<int>{60, 20, 40});
+  auto unordered = g.imap_unordered(
+      [](int ms) {
+        cogent::sleep(std::chrono::milliseconds(ms));
+        return ms;
+      },
+      in);
+  CHECK(unordered == std::vector<int>{10, 20, 30});
+  int sum = 0;
+  g.map([&sum](int x) { sum += x; }, in);  // void fn
+  CHECK(sum == 60);
+  CHECK(g.size() == 0);
+}
+
+COGENT_TEST_CASE("group: map rethrows the first error and kills the rest", doctest::timeout(10)) {
+  cogent::group g;
+  int finished = 0;
+  std::vector<int> in{1, 2, 3};
+  auto t0 = clock::now();
+  CHECK_THROWS_WITH_AS(g.map(
+                           [&finished](int i) {
+                             if (i == 1) {
+                               cogent::sleep(5ms);
+                               throw std::runtime_error("item 1");
+                             }
+                             cogent::sleep(10s);
+                             ++finished;
+                             return i;
+                           },
+                           in),
+                       "item 1", std::runtime_error);
+  CHECK(clock::now() - t0 < 1s);
+  CHECK(finished == 0);
+  CHECK(g.size() == 0);
+}
+
+COGENT_TEST_CASE("group: a killed caller of map takes its tasks down", doctest::timeout(10)) {
+  cogent::group g;
+  auto caller = cogent::spawn([&] {
+    g.map([](int) { cogent::sleep(10s); }, std::vector<int>{1, 2, 3});
+  });
+  cogent::sleep(5ms);
+  CHECK(g.size() == 3);
+  caller.kill();
+  CHECK(caller.killed());
+  CHECK(g.size() == 0);
+}
+
+COGENT_TEST_CASE("group: destroying it forgets members without killing them", doctest::timeout(10)) {
+  cogent::task<void> t;
+  {
+    cogent::group g;
+    t = g.spawn([] { cogent::sleep(5ms); });
+  }
+  CHECK(t.join());  // its link to the dead group was removed: no use-after-free
+  CHECK(t.successful());
+}
+
+COGENT_TEST_CASE("pool: spawn waits while full, concurrency is bounded", doctest::timeout(10)) {
+  cogent::pool p(2);
+  CHECK(p.capacity() == 2);
+  CHECK(p.free_count() == 2);
+  int running = 0;
+  int peak = 0;
+  auto job = [&] {
+    ++running;
+    peak = std::max(peak, running);
+    cogent::sleep(20ms);
+    --running;
+  };
+  auto t0 = clock::now();
+  for (int i = 0; i < 6; ++i) {
+    p.spawn(job);
+    CHECK(p.size() <= 2);
+  }
+  CHECK(p.full());
+  CHECK(p.free_count() == 0);
+  CHECK(p.join());
+  auto took = clock::now() - t0;
+  CHECK(peak == 2);
+  CHECK(took >= 60ms);
+  CHECK(took < 200ms);
+  CHECK(p.free_count() == 2);
+}
+
+COGENT_TEST_CASE("pool: wait_available and add", doctest::timeout(10)) {
+  cogent::pool p(1);
+  auto a = p.spawn([] { cogent::sleep(20ms); });
+  CHECK(p.full());
+  CHECK_FALSE(p.wait_available(5ms));
+  CHECK(p.wait_available(1s));
+  CHECK(a.ready());
+  auto b = cogent::spawn([] { cogent::sleep(20ms); });
+  auto c = cogent::spawn([] { cogent::sleep(100ms); });
+  p.add(b);
+  auto t0 = clock::now();
+  p.add(c);  // waits for b to finish
+  CHECK(clock::now() - t0 >= 10ms);
+  CHECK(b.ready());
+  CHECK(p.contains(c));
+  p.join();
+  CHECK_THROWS_AS(cogent::pool(0), std::invalid_argument);
+}
+
+COGENT_TEST_CASE("pool: map with a bound runs in waves, results in order", doctest::timeout(10)) {
+  cogent::pool p(3);
+  std::vector<int> in;
+  for (int i = 0; i < 9; ++i) {
+    in.push_back(i);
+  }
+  auto t0 = clock::now();
+  auto out = p.map(
+      [](int i) {
+        cogent::sleep(20ms);
+        return i * i;
+      },
+      in);
+  auto took = clock::now() - t0;
+  for (int i = 0; i < 9; ++i) {
+    CHECK(out[i] == i * i);
+  }
+  CHECK(took >= 60ms);
+  CHECK(took < 200ms);
+  auto names = p.imap_unordered([](int i) { return std::to_string(i); }, std::vector<int>{1, 2});
+  CHECK(names.size() == 2);
+}
+
+COGENT_TEST_CASE("pool: kill frees slots for waiting spawners", doctest::timeout(10)) {
+  cogent::pool p(1);
+  auto blocker = p.spawn([] { cogent::sleep(10s); });
+  bool spawned = false;
+  auto spawner = cogent::spawn([&] {
+    p.spawn([] {});
+    spawned = true;
+  });
+  cogent::sleep(5ms);
+  CHECK_FALSE(spawned);
+  p.kill();
+  spawner.join();
+  CHECK(spawned);
+  p.join();
+  CHECK(blocker.killed());
+}
+
+}  // namespace

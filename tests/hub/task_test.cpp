@@ -1,0 +1,384 @@
+// tests/hub/task_test.cpp — tasks: spawn/join/get with values and exceptions,
+// timeouts on get/join, kill at every kind of blocking point, links, the
+// collection helpers, the registry and the unjoined-error report.
+#include "hub/task.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "tests/support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using cogent::clock;
+
+struct custom_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// pipe_fds closes a pipe at scope exit.
+struct pipe_fds {
+  int r = -1;
+  int w = -1;
+  pipe_fds() {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    r = fds[0];
+    w = fds[1];
+  }
+  ~pipe_fds() {
+    ::close(r);
+    ::close(w);
+  }
+};
+
+// read_one() reads one byte through hub::await_io (parks on IO).
+int read_one(int fd, char* buf, cogent::clock::time_point deadline = cogent::clock::time_point::max()) {
+  cogent::detail::io_op op;
+  op.code = cogent::detail::op_code::read;
+  op.fd = fd;
+  op.buf = buf;
+  op.len = 1;
+  return cogent::hub::current().await_io(op, deadline);
+}
+
+COGENT_TEST_CASE("spawn and get values, arguments and move-only results", doctest::timeout(10)) {
+  auto a = cogent::spawn([](int x, int y) { return x * y; }, 6, 7);
+  auto b = cogent::spawn([](std::string s) { return s + "!"; }, std::string("hi"));
+  auto c = cogent::spawn([] { return std::make_unique<int>(5); });
+  auto d = cogent::spawn([] {});
+  CHECK(a.get() == 42);
+  CHECK(b.get() == "hi!");
+  CHECK(*c.get() == 5);
+  d.get();
+  CHECK(d.successful());
+  CHECK(a.ready());
+  CHECK(a.started());
+}
+
+COGENT_TEST_CASE("spawn never switches; the task starts at the next turn", doctest::timeout(10)) {
+  bool ran = false;
+  auto t = cogent::spawn([&] { ran = true; });
+  CHECK_FALSE(ran);
+  CHECK_FALSE(t.started());
+  t.join();
+  CHECK(ran);
+}
+
+COGENT_TEST_CASE("exceptions come back through get and exception()", doctest::timeout(10)) {
+  auto t = cogent::spawn([]() -> int { throw custom_error("boom"); });
+  CHECK(t.join());
+  CHECK_FALSE(t.successful());
+  CHECK(t.exception() != nullptr);
+  CHECK_THROWS_WITH_AS(t.get(), "boom", custom_error);
+  CHECK(cogent::describe_exception(t.exception()) == "boom");
+}
+
+COGENT_TEST_CASE("get(timeout) raises timeout_error, join(timeout) returns false", doctest::timeout(10)) {
+  auto t = cogent::spawn([] {
+    cogent::sleep(200ms);
+    return 1;
+  });
+  auto t0 = clock::now();
+  CHECK_FALSE(t.join(10ms));
+  CHECK(clock::now() - t0 >= 10ms);
+  bool raised = false;
+  try {
+    t.get(10ms);
+  } catch (const cogent::timeout_error& e) {
+    raised = true;
+    CHECK(e.source() == nullptr);
+  }
+  CHECK(raised);
+  CHECK_FALSE(t.ready());
+  t.kill();
+}
+
+COGENT_TEST_CASE("joining yourself is a hub_error", doctest::timeout(10)) {
+  auto self = cogent::current_task();
+  REQUIRE(self);
+  CHECK_THROWS_AS(self.join(), cogent::hub_error);
+}
+
+COGENT_TEST_CASE("kill while sleeping", doctest::timeout(10)) {
+  bool unwound = false;
+  auto t = cogent::spawn([&] {
+    struct guard {
+      bool& b;
+      ~guard() { b = true; }
+    } g{unwound};
+    cogent::sleep(10s);
+  });
+  cogent::sleep(1ms);
+  auto t0 = clock::now();
+  t.kill();
+  CHECK(clock::now() - t0 < 100ms);
+  CHECK(t.ready());
+  CHECK(t.killed());
+  CHECK(t.successful());  // gevent: a GreenletExit kill counts as success
+  CHECK(unwound);
+  CHECK_THROWS_AS(t.get(), cogent::task_killed);
+}
+
+COGENT_TEST_CASE("kill while joining another task", doctest::timeout(10)) {
+  auto sleeper = cogent::spawn([] { cogent::sleep(10s); });
+  auto joiner = cogent::spawn([&] { sleeper.join(); });
+  cogent::sleep(1ms);
+  joiner.kill();
+  CHECK(joiner.killed());
+  CHECK_FALSE(sleeper.ready());
+  sleeper.kill();
+}
+
+COGENT_TEST_CASE("kill while waiting on a wait_list", doctest::timeout(10)) {
+  cogent::detail::wait_list wl;
+  auto t = cogent::spawn([&] { wl.wait(); });
+  cogent::sleep(1ms);
+  CHECK(wl.size() == 1);
+  t.kill();
+  CHECK(t.killed());
+  CHECK(wl.empty());
+}
+
+COGENT_TEST_CASE("kill while parked on IO cancels and reaps the op first", doctest::timeout(10)) {
+  pipe_fds p;
+  char buf = 0;
+  bool after = false;
+  auto t = cogent::spawn([&] {
+    read_one(p.r, &buf);
+    after = true;
+  });
+  cogent::sleep(1ms);
+  CHECK(cogent::hub::current().io().in_flight() == 1);
+  t.kill();
+  CHECK(t.killed());
+  CHECK_FALSE(after);
+  CHECK(cogent::hub::current().io().in_flight() == 0);
+  // The pipe still works: nothing was consumed by the cancelled read.
+  char c = 'z';
+  REQUIRE(::write(p.w, &c, 1) == 1);
+  char got = 0;
+  CHECK(read_one(p.r, &got) == 1);
+  CHECK(got == 'z');
+}
+
+COGENT_TEST_CASE("IO deadline returns -ETIMEDOUT", doctest::timeout(10)) {
+  pipe_fds p;
+  char buf = 0;
+  CHECK(read_one(p.r, &buf, clock::now() + 10ms) == -ETIMEDOUT);
+}
+
+COGENT_TEST_CASE("a task killed before it starts never runs", doctest::timeout(10)) {
+  bool ran = false;
+  auto t = cogent::spawn([&] { ran = true; });
+  t.kill();
+  CHECK(t.ready());
+  CHECK(t.killed());
+  cogent::sleep(1ms);
+  CHECK_FALSE(ran);
+  auto later = cogent::spawn_later(5ms, [&] { ran = true; });
+  later.kill();
+  cogent::sleep(10ms);
+  CHECK_FALSE(ran);
+}
+
+COGENT_TEST_CASE("kill with a custom exception", doctest::timeout(10)) {
+  auto t = cogent::spawn([] { cogent::sleep(10s); });
+  cogent::sleep(1ms);
+  t.kill(std::make_exception_ptr(custom_error("stop")));
+  CHECK(t.ready());
+  CHECK_FALSE(t.killed());
+  CHECK_FALSE(t.successful());
+  CHECK_THROWS_WITH_AS(t.get(), "stop", custom_error);
+}
+
+COGENT_TEST_CASE("kill without block, then join", doctest::timeout(10)) {
+  auto t = cogent::spawn([] { cogent::sleep(10s); });
+  cogent::sleep(1ms);
+  t.kill(nullptr, false);
+  CHECK_FALSE(t.ready());
+  CHECK(t.join(1s));
+  CHECK(t.killed());
+}
+
+COGENT_TEST_CASE("a task killing itself raises at once", doctest::timeout(10)) {
+  bool after = false;
+  auto t = cogent::spawn([&] {
+    cogent::current_task().kill();
+    after = true;
+  });
+  t.join();
+  CHECK(t.killed());
+  CHECK_FALSE(after);
+}
+
+COGENT_TEST_CASE("catch (const std::exception&) does not swallow a kill", doctest::timeout(10)) {
+  bool swallowed = false;
+  auto t = cogent::spawn([&] {
+    try {
+      cogent::sleep(10s);
+    } catch (const std::exception&) {
+      swallowed = true;
+    }
+  });
+  cogent::sleep(1ms);
+  t.kill();
+  CHECK(t.killed());
+  CHECK_FALSE(swallowed);
+}
+
+COGENT_TEST_CASE("link runs on finish, at once if finished; unlink removes it", doctest::timeout(10)) {
+  std::vector<std::string> log;
+  auto t = cogent::spawn([] {
+    cogent::sleep(1ms);
+    return 3;
+  });
+  t.link([&](const cogent::task_base& done) {
+    log.push_back("a");
+    CHECK(done == t);
+    CHECK(done.ready());
+  });
+  auto id = t.link([&](const cogent::task_base&) { log.push_back("b"); });
+  t.unlink(id);
+  t.join();
+  CHECK(log == std::vector<std::string>{"a"});
+  t.link([&](const cogent::task_base&) { log.push_back("late"); });
+  CHECK(log == std::vector<std::string>{"a", "late"});
+}
+
+COGENT_TEST_CASE("a link that throws is reported, not fatal", doctest::timeout(10)) {
+  auto t = cogent::spawn([] {});
+  t.link([](const cogent::task_base&) { throw std::runtime_error("in link"); });
+  CHECK(t.join());
+  CHECK(t.successful());
+}
+
+COGENT_TEST_CASE("joinall, killall, iwait and wait_any", doctest::timeout(10)) {
+  std::vector<cogent::task<int>> ts;
+  for (int i : {30, 10, 20}) {
+    ts.push_back(cogent::spawn([i] {
+      cogent::sleep(std::chrono::milliseconds(i));
+      return i;
+    }));
+  }
+  std::vector<int> order;
+  for (cogent::iwait it(ts); auto t = it.next();) {
+    for (auto& x : ts) {
+      if (x == t) {
+        order.push_back(x.get());
+      }
+    }
+  }
+  CHECK(order == std::vector<int>{10, 20, 30});
+
+  auto slow = cogent::spawn([] { cogent::sleep(10s); });
+  auto fast = cogent::spawn([] { cogent::sleep(5ms); });
+  auto first = cogent::wait_any({slow, fast});
+  CHECK(first == fast);
+  CHECK_FALSE(cogent::wait_any({slow}, 5ms));
+
+  auto done = cogent::joinall({fast, slow}, 10ms);
+  CHECK(done.size() == 1);
+  cogent::killall({slow});
+  CHECK(slow.killed());
+  CHECK(cogent::joinall({fast, slow}).size() == 2);
+}
+
+COGENT_TEST_CASE("joinall with raise_error rethrows the first error", doctest::timeout(10)) {
+  auto ok = cogent::spawn([] { return 1; });
+  auto bad = cogent::spawn([]() -> int { throw custom_error("bad"); });
+  CHECK_THROWS_WITH_AS(cogent::joinall({ok, bad}, std::nullopt, true), "bad", custom_error);
+  CHECK(cogent::joinall({ok, bad}).size() == 2);  // without raise_error: no throw
+}
+
+COGENT_TEST_CASE("current_task inside tasks", doctest::timeout(10)) {
+  cogent::task_base seen;
+  auto t = cogent::spawn([&] { seen = cogent::current_task(); });
+  t.join();
+  CHECK(seen == t);
+  CHECK(cogent::current_task() != t);
+}
+
+TEST_CASE("current_task is empty in main" * doctest::timeout(10)) {
+  CHECK_FALSE(cogent::current_task());
+}
+
+COGENT_TEST_CASE("live_tasks and active_count", doctest::timeout(10)) {
+  std::size_t base = cogent::active_count();
+  CHECK(cogent::live_tasks().size() == base);
+  std::vector<cogent::task<void>> ts;
+  for (int i = 0; i < 3; ++i) {
+    ts.push_back(cogent::spawn([] { cogent::sleep(5ms); }));
+  }
+  CHECK(cogent::active_count() == base + 3);
+  auto live = cogent::live_tasks();
+  CHECK(live.size() == base + 3);
+  for (auto& t : ts) {
+    CHECK(std::find(live.begin(), live.end(), cogent::task_base(t)) != live.end());
+  }
+  cogent::joinall(ts);
+  CHECK(cogent::active_count() == base);
+}
+
+COGENT_TEST_CASE("an unjoined exception is reported exactly once and never terminates", doctest::timeout(10)) {
+  int reports = 0;
+  std::string what;
+  std::string name;
+  cogent::set_task_error_handler([&](const cogent::task_base& t, std::exception_ptr e) {
+    ++reports;
+    what = cogent::describe_exception(e);
+    name = t.name();
+  });
+  auto t = cogent::spawn(cogent::spawn_options{"doomed"}, [] { throw custom_error("unseen"); });
+  cogent::sleep(5ms);
+  CHECK(reports == 1);
+  CHECK(what == "unseen");
+  CHECK(name == "doomed");
+  t.join();  // joining later does not report again
+  CHECK_THROWS_AS(t.get(), custom_error);
+  CHECK(reports == 1);
+
+  // A task someone is joining when it fails is not reported.
+  auto joined = cogent::spawn([] {
+    cogent::sleep(1ms);
+    throw custom_error("seen");
+  });
+  joined.join();
+  CHECK(reports == 1);
+  // Killing with a custom error counts as observed too.
+  auto killed = cogent::spawn([] { cogent::sleep(10s); });
+  cogent::sleep(1ms);
+  killed.kill(std::make_exception_ptr(custom_error("k")));
+  CHECK(reports == 1);
+  cogent::set_task_error_handler(nullptr);
+}
+
+COGENT_TEST_CASE("spawn_later orders by delay", doctest::timeout(10)) {
+  std::vector<int> order;
+  auto a = cogent::spawn_later(30ms, [&] { order.push_back(30); });
+  auto b = cogent::spawn_later(10ms, [&] { order.push_back(10); });
+  auto c = cogent::spawn([&] { order.push_back(0); });
+  auto t0 = clock::now();
+  CHECK_FALSE(b.started());
+  cogent::joinall({a, b, c});
+  CHECK(order == std::vector<int>{0, 10, 30});
+  CHECK(clock::now() - t0 >= 30ms);
+}
+
+COGENT_TEST_CASE("named tasks", doctest::timeout(10)) {
+  auto t = cogent::spawn(cogent::spawn_options{"worker-1"}, [] {});
+  CHECK(t.name() == "worker-1");
+  auto u = cogent::spawn([] {});
+  CHECK(u.name() == "task-" + std::to_string(u.id()));
+  cogent::joinall({t, u});
+}
+
+}  // namespace

@@ -52,7 +52,12 @@ void report_unjoined(const task_base& t, std::exception_ptr e) {
 
 void run_task(const std::shared_ptr<task_state>& st) {
   if (st->st == task_state::status::done) {
-    return;  // killed before it started: never runs
+    // Killed before it started, after it was queued to run: it never runs.
+    // finish() left the fiber to us (the hub's ready queue held a raw pointer
+    // to it); drop it now that it is running — the hub frees it once it has
+    // switched away for the last time.
+    st->fib = fiber();
+    return;
   }
   st->st = task_state::status::running;
   try {
@@ -96,7 +101,12 @@ void task_state::finish() noexcept {
     }
   }
   // Drop our fiber: if it is the running one it is freed by the hub once it
-  // has switched away for the last time.
+  // has switched away for the last time. A fiber that never started but sits
+  // in the hub's ready queue (killed right after spawn) must stay alive until
+  // the hub runs it: run_task() then drops it without running the task.
+  if (fib && !fib.started() && fib.impl()->sched.state == 2 /* ready: queued in the hub */) {
+    return;
+  }
   fib = fiber();
 }
 

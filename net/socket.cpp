@@ -1,0 +1,547 @@
+// net/socket.cpp — stream, listening and datagram sockets over hub::await_io.
+#include "net/socket.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <system_error>
+#include <utility>
+
+namespace cogent::net {
+namespace {
+
+using cogent::detail::io_op;
+using cogent::detail::op_code;
+
+// One op moves at most this much (io_op::len is 32-bit; stay well inside int).
+constexpr std::size_t k_max_chunk = std::size_t{1} << 30;
+
+inline std::uint32_t clamp_len(std::size_t n) noexcept {
+  return static_cast<std::uint32_t>(std::min(n, k_max_chunk));
+}
+
+void close_fd(int fd) noexcept {
+  if (fd >= 0) {
+    ::close(fd);
+  }
+}
+
+[[noreturn]] void throw_sys(int err, const std::string& what) {
+  throw std::system_error(err, std::generic_category(), "cogent::net: " + what);
+}
+
+}  // namespace
+
+end_of_stream::end_of_stream(std::size_t got, std::size_t wanted)
+    : std::runtime_error("cogent::net: end of stream after " + std::to_string(got) + " of " +
+                         std::to_string(wanted) + " bytes"),
+      _got(got),
+      _wanted(wanted) {}
+
+// ---- basic_socket -------------------------------------------------------------
+
+basic_socket::basic_socket(basic_socket&& o) noexcept
+    : _fd(std::exchange(o._fd, -1)), _timeout(o._timeout) {}
+
+basic_socket& basic_socket::operator=(basic_socket&& o) noexcept {
+  if (this != &o) {
+    close_fd(std::exchange(_fd, std::exchange(o._fd, -1)));
+    _timeout = o._timeout;
+  }
+  return *this;
+}
+
+basic_socket::~basic_socket() { close_fd(_fd); }
+
+int basic_socket::release() noexcept { return std::exchange(_fd, -1); }
+
+void basic_socket::close() {
+  if (_fd < 0) {
+    return;
+  }
+  int fd = std::exchange(_fd, -1);
+  hub& h = hub::current();
+  if (h.in_hub()) {
+    // A timer or post() callback cannot park: close synchronously.
+    if (_waiters != nullptr) {
+      for (auto* w = _waiters; w != nullptr; w = w->next) {
+        h.io().cancel(*w->op);
+      }
+    }
+    close_fd(fd);
+    return;
+  }
+  if (_waiters != nullptr) [[unlikely]] {
+    // Wake every fiber blocked on this socket (they raise EBADF), and wait
+    // until they have let go of it: only then is the fd ours to close, and
+    // only then may the caller destroy the socket object.
+    cogent::detail::wait_list closing;
+    _closer = &closing;
+    for (auto* w = _waiters; w != nullptr; w = w->next) {
+      h.io().cancel(*w->op);
+    }
+    try {
+      while (_waiters != nullptr) {
+        closing.wait(clock::time_point::max());
+      }
+    } catch (...) {
+      _closer = nullptr;
+      close_fd(fd);  // killed while waiting: still never leak the fd
+      throw;
+    }
+    _closer = nullptr;
+  }
+  io_op op;
+  op.code = op_code::close;
+  op.fd = fd;
+  int r;
+  try {
+    r = h.await_io(op);
+  } catch (...) {
+    // Interrupted (kill/Timeout) while closing: make sure the fd is gone.
+    if (op.result == -ECANCELED) {
+      close_fd(fd);
+    }
+    throw;
+  }
+  if (r == -ECANCELED) {
+    close_fd(fd);
+  }
+  // Other close errors (EIO, EINTR) leave the fd closed on Linux: nothing to do.
+}
+
+int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(int)) {
+  detail::socket_waiter w;
+  w.op = &op;
+  w.next = _waiters;
+  if (_waiters != nullptr) {
+    _waiters->prev = &w;
+  }
+  _waiters = &w;
+  struct unlink {
+    basic_socket* s;
+    detail::socket_waiter* w;
+    ~unlink() {
+      if (w->prev != nullptr) {
+        w->prev->next = w->next;
+      } else {
+        s->_waiters = w->next;
+      }
+      if (w->next != nullptr) {
+        w->next->prev = w->prev;
+      }
+      if (s->_waiters == nullptr && s->_closer != nullptr) {
+        s->_closer->notify_all();
+      }
+    }
+  } guard{this, &w};
+  int r = hub::current().await_io(op, deadline, release);
+  if (_fd < 0) [[unlikely]] {
+    // close() ran while this op was in flight.
+    if (r == -ECANCELED) {
+      return -EBADF;
+    }
+  }
+  if (_fd < 0 && r >= 0 && release != nullptr) [[unlikely]] {
+    // The socket was closed while this op completed: give back its product.
+    release(r);
+    return -EBADF;
+  }
+  return r;
+}
+
+void basic_socket::throw_closed(const char* what) {
+  throw_sys(EBADF, std::string(what) + " on a closed socket");
+}
+
+void basic_socket::throw_error(int err, const char* what) const {
+  if (err == EBADF && _fd < 0) {
+    throw_sys(EBADF, std::string(what) + ": socket closed while waiting");
+  }
+  if (err == ETIMEDOUT) {
+    throw_sys(ETIMEDOUT, std::string(what) + " timed out");
+  }
+  throw_sys(err, what);
+}
+
+address basic_socket::local_address() const {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd_for("local_address"), reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
+    throw_sys(errno, "getsockname");
+  }
+  return address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+void basic_socket::set_option(int level, int name, const void* value, socklen_t len) {
+  if (::setsockopt(fd_for("set_option"), level, name, value, len) < 0) {
+    throw_sys(errno, "setsockopt(" + std::to_string(level) + ", " + std::to_string(name) + ")");
+  }
+}
+
+void basic_socket::get_option_raw(int level, int name, void* value, std::size_t len) const {
+  auto l = static_cast<socklen_t>(len);
+  if (::getsockopt(fd_for("get_option"), level, name, value, &l) < 0) {
+    throw_sys(errno, "getsockopt(" + std::to_string(level) + ", " + std::to_string(name) + ")");
+  }
+}
+
+void basic_socket::set_reuse_address(bool on) { set_option(SOL_SOCKET, SO_REUSEADDR, int{on ? 1 : 0}); }
+void basic_socket::set_send_buffer_size(int bytes) { set_option(SOL_SOCKET, SO_SNDBUF, bytes); }
+void basic_socket::set_receive_buffer_size(int bytes) { set_option(SOL_SOCKET, SO_RCVBUF, bytes); }
+int basic_socket::send_buffer_size() const { return get_option<int>(SOL_SOCKET, SO_SNDBUF); }
+int basic_socket::receive_buffer_size() const { return get_option<int>(SOL_SOCKET, SO_RCVBUF); }
+int basic_socket::pending_error() const { return get_option<int>(SOL_SOCKET, SO_ERROR); }
+
+// ---- stream_socket ----------------------------------------------------------------
+
+stream_socket stream_socket::connect(const address& to, timeout_duration t) {
+  if (to.empty()) {
+    throw std::invalid_argument("cogent::net: connect to an empty address");
+  }
+  int fd = ::socket(to.os_family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_sys(errno, "socket() for " + to.to_string());
+  }
+  stream_socket s(fd);
+  io_op op;
+  op.code = op_code::connect;
+  op.fd = fd;
+  op.buf = const_cast<sockaddr*>(to.sockaddr_ptr());
+  op.len = to.sockaddr_len();
+  int r = s.await(op, s.deadline_for(t));
+  if (r < 0) {
+    throw_sys(-r, (r == -ETIMEDOUT ? "connect to " + to.to_string() + " timed out"
+                                   : "connect to " + to.to_string()));
+  }
+  return s;
+}
+
+std::size_t stream_socket::read_some(void* buf, std::size_t n, timeout_duration t) {
+  io_op op;
+  op.code = op_code::recv;
+  op.fd = fd_for("read_some");
+  if (n == 0) {
+    return 0;
+  }
+  op.buf = buf;
+  op.len = clamp_len(n);
+  int r = await(op, deadline_for(t));
+  if (r < 0) [[unlikely]] {
+    throw_error(-r, "read_some");
+  }
+  return static_cast<std::size_t>(r);
+}
+
+void stream_socket::read_exactly(void* buf, std::size_t n, timeout_duration t) {
+  fd_for("read_exactly");
+  clock::time_point deadline = deadline_for(t);
+  auto* p = static_cast<char*>(buf);
+  std::size_t got = 0;
+  while (got < n) {
+    io_op op;
+    op.code = op_code::recv;
+    op.fd = fd_for("read_exactly");
+    op.buf = p + got;
+    op.len = clamp_len(n - got);
+    int r = await(op, deadline);
+    if (r < 0) [[unlikely]] {
+      throw_error(-r, "read_exactly");
+    }
+    if (r == 0) {
+      throw end_of_stream(got, n);
+    }
+    got += static_cast<std::size_t>(r);
+  }
+}
+
+std::string stream_socket::read_until_eof(std::size_t max_bytes, timeout_duration t) {
+  fd_for("read_until_eof");
+  clock::time_point deadline = deadline_for(t);
+  std::string out;
+  std::size_t chunk = 16 * 1024;
+  for (;;) {
+    // Ask for at most one byte beyond the limit: receiving it proves the excess.
+    std::size_t room = max_bytes - out.size();
+    std::size_t want = room < chunk ? room + 1 : chunk;
+    std::size_t old = out.size();
+    out.resize(old + want);
+    io_op op;
+    op.code = op_code::recv;
+    op.fd = fd_for("read_until_eof");
+    op.buf = out.data() + old;
+    op.len = clamp_len(want);
+    int r = await(op, deadline);
+    if (r < 0) [[unlikely]] {
+      throw_error(-r, "read_until_eof");
+    }
+    out.resize(old + static_cast<std::size_t>(r));
+    if (r == 0) {
+      return out;
+    }
+    if (out.size() > max_bytes) {
+      throw_sys(EMSGSIZE, "read_until_eof: more than " + std::to_string(max_bytes) + " bytes");
+    }
+    if (chunk < 256 * 1024 && static_cast<std::size_t>(r) == want) {
+      chunk *= 2;
+    }
+  }
+}
+
+std::size_t stream_socket::write_some(const void* buf, std::size_t n, timeout_duration t) {
+  io_op op;
+  op.code = op_code::send;
+  op.fd = fd_for("write_some");
+  if (n == 0) {
+    return 0;
+  }
+  op.buf = const_cast<void*>(buf);
+  op.len = clamp_len(n);
+  op.flags = MSG_NOSIGNAL;
+  int r = await(op, deadline_for(t));
+  if (r < 0) [[unlikely]] {
+    throw_error(-r, "write_some");
+  }
+  return static_cast<std::size_t>(r);
+}
+
+void stream_socket::write_all(const void* buf, std::size_t n, timeout_duration t) {
+  int fd = fd_for("write_all");
+  clock::time_point deadline = deadline_for(t);
+  const auto* p = static_cast<const char*>(buf);
+  while (n > 0) {
+    // The common case is one trip round this loop: one send op for the lot.
+    io_op op;
+    op.code = op_code::send;
+    op.fd = fd;
+    op.buf = const_cast<char*>(p);
+    op.len = clamp_len(n);
+    op.flags = MSG_NOSIGNAL;
+    int r = await(op, deadline);
+    if (r < 0) [[unlikely]] {
+      throw_error(-r, "write_all");
+    }
+    p += r;
+    n -= static_cast<std::size_t>(r);
+    if (n > 0) {
+      fd = fd_for("write_all");
+    }
+  }
+}
+
+void stream_socket::shutdown(shutdown_how how) {
+  io_op op;
+  op.code = op_code::shutdown;
+  op.fd = fd_for("shutdown");
+  op.flags = static_cast<std::uint32_t>(how);
+  int r = await(op, clock::time_point::max());
+  if (r < 0) {
+    throw_error(-r, "shutdown");
+  }
+}
+
+address stream_socket::peer_address() const {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getpeername(fd_for("peer_address"), reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
+    throw_sys(errno, "getpeername");
+  }
+  return address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+void stream_socket::set_nodelay(bool on) { set_option(IPPROTO_TCP, TCP_NODELAY, int{on ? 1 : 0}); }
+bool stream_socket::nodelay() const { return get_option<int>(IPPROTO_TCP, TCP_NODELAY) != 0; }
+
+void stream_socket::set_keepalive(bool on, std::chrono::seconds idle, std::chrono::seconds interval, int count) {
+  set_option(SOL_SOCKET, SO_KEEPALIVE, int{on ? 1 : 0});
+  if (idle.count() > 0) {
+    set_option(IPPROTO_TCP, TCP_KEEPIDLE, static_cast<int>(idle.count()));
+  }
+  if (interval.count() > 0) {
+    set_option(IPPROTO_TCP, TCP_KEEPINTVL, static_cast<int>(interval.count()));
+  }
+  if (count > 0) {
+    set_option(IPPROTO_TCP, TCP_KEEPCNT, count);
+  }
+}
+
+void stream_socket::set_linger(std::optional<std::chrono::seconds> t) {
+  linger l{};
+  l.l_onoff = t ? 1 : 0;
+  l.l_linger = t ? static_cast<int>(t->count()) : 0;
+  set_option(SOL_SOCKET, SO_LINGER, l);
+}
+
+// ---- listener -------------------------------------------------------------------
+
+listener listener::bind(const address& at, const listen_options& opts) {
+  if (at.empty()) {
+    throw std::invalid_argument("cogent::net: listen on an empty address");
+  }
+  int fd = ::socket(at.os_family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_sys(errno, "socket() for " + at.to_string());
+  }
+  listener l(fd);
+  int one = 1;
+  if (!at.is_unix()) {
+    if (opts.reuse_address) {
+      l.set_option(SOL_SOCKET, SO_REUSEADDR, one);
+    }
+    if (opts.reuse_port) {
+      l.set_option(SOL_SOCKET, SO_REUSEPORT, one);
+    }
+    if (at.is_ipv6()) {
+      l.set_option(IPPROTO_IPV6, IPV6_V6ONLY, int{opts.ipv6_only ? 1 : 0});
+    }
+  } else if (opts.unlink_existing && !at.is_abstract()) {
+    std::string path = at.host();
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      ::unlink(path.c_str());
+    }
+  }
+  if (::bind(fd, at.sockaddr_ptr(), at.sockaddr_len()) < 0) {
+    throw_sys(errno, "bind " + at.to_string());
+  }
+  if (::listen(fd, opts.backlog) < 0) {
+    throw_sys(errno, "listen " + at.to_string());
+  }
+  return l;
+}
+
+stream_socket listener::accept(timeout_duration t) {
+  io_op op;
+  op.code = op_code::accept;
+  op.fd = fd_for("accept");
+  op.flags = SOCK_CLOEXEC;
+  int r = await(op, deadline_for(t), close_fd);
+  if (r < 0) [[unlikely]] {
+    throw_error(-r, "accept");
+  }
+  return stream_socket(r);
+}
+
+stream_socket listener::accept(address& peer, timeout_duration t) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  io_op op;
+  op.code = op_code::accept;
+  op.fd = fd_for("accept");
+  op.buf = &ss;
+  op.addrlen = &len;
+  op.flags = SOCK_CLOEXEC;
+  int r = await(op, deadline_for(t), close_fd);
+  if (r < 0) [[unlikely]] {
+    throw_error(-r, "accept");
+  }
+  stream_socket s(r);
+  peer = len > 0 ? address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len) : address();
+  return s;
+}
+
+// ---- udp_socket -----------------------------------------------------------------
+
+udp_socket udp_socket::open(address_family family) {
+  int af = family == address_family::ipv4 ? AF_INET : family == address_family::ipv6 ? AF_INET6 : -1;
+  if (af < 0) {
+    throw std::invalid_argument("cogent::net: udp_socket::open needs ipv4 or ipv6");
+  }
+  int fd = ::socket(af, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_sys(errno, "socket(SOCK_DGRAM)");
+  }
+  return udp_socket(fd);
+}
+
+udp_socket udp_socket::bind(const address& at, bool reuse_address) {
+  udp_socket s = open(at.family());
+  if (reuse_address) {
+    s.set_reuse_address(true);
+  }
+  if (::bind(s._fd, at.sockaddr_ptr(), at.sockaddr_len()) < 0) {
+    throw_sys(errno, "bind " + at.to_string());
+  }
+  return s;
+}
+
+void udp_socket::connect(const address& peer) {
+  if (::connect(fd_for("connect"), peer.sockaddr_ptr(), peer.sockaddr_len()) < 0) {
+    throw_sys(errno, "connect " + peer.to_string());
+  }
+}
+
+std::size_t udp_socket::send_to(const void* buf, std::size_t n, const address& to, timeout_duration t) {
+  iovec iov{const_cast<void*>(buf), n};
+  msghdr msg{};
+  msg.msg_name = const_cast<sockaddr*>(to.sockaddr_ptr());
+  msg.msg_namelen = to.sockaddr_len();
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  io_op op;
+  op.code = op_code::sendmsg;
+  op.fd = fd_for("send_to");
+  op.buf = &msg;
+  op.flags = MSG_NOSIGNAL;
+  int r = await(op, deadline_for(t));
+  if (r < 0) [[unlikely]] {
+    throw_error(-r, "send_to");
+  }
+  return static_cast<std::size_t>(r);
+}
+
+std::size_t udp_socket::receive_from(void* buf, std::size_t n, address& from, timeout_duration t) {
+  sockaddr_storage ss;
+  iovec iov{buf, n};
+  msghdr msg{};
+  msg.msg_name = &ss;
+  msg.msg_namelen = sizeof ss;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  io_op op;
+  op.code = op_code::recvmsg;
+  op.fd = fd_for("receive_from");
+  op.buf = &msg;
+  int r = await(op, deadline_for(t));
+  if (r < 0) [[unlikely]] {
+    throw_error(-r, "receive_from");
+  }
+  from = msg.msg_namelen > 0 ? address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), msg.msg_namelen)
+                             : address();
+  return static_cast<std::size_t>(r);
+}
+
+std::size_t udp_socket::send(const void* buf, std::size_t n, timeout_duration t) {
+  io_op op;
+  op.code = op_code::send;
+  op.fd = fd_for("send");
+  op.buf = const_cast<void*>(buf);
+  op.len = clamp_len(n);
+  op.flags = MSG_NOSIGNAL;
+  int r = await(op, deadline_for(t));
+  if (r < 0) [[unlikely]] {
+    throw_error(-r, "send");
+  }
+  return static_cast<std::size_t>(r);
+}
+
+std::size_t udp_socket::receive(void* buf, std::size_t n, timeout_duration t) {
+  io_op op;
+  op.code = op_code::recv;
+  op.fd = fd_for("receive");
+  op.buf = buf;
+  op.len = clamp_len(n);
+  int r = await(op, deadline_for(t));
+  if (r < 0) [[unlikely]] {
+    throw_error(-r, "receive");
+  }
+  return static_cast<std::size_t>(r);
+}
+
+}  // namespace cogent::net

@@ -1,0 +1,745 @@
+// tests/net/socket_test.cpp — cogent::net sockets, addresses and the resolver
+// against real sockets on loopback.
+//
+// Covers: address parsing/formatting and misuse; listen/connect/accept and
+// addresses; 16 MiB checksummed through one connection with partial reads and
+// writes; EOF, half-close, read_exactly/end_of_stream, read_until_eof; peer
+// reset (ECONNRESET/EPIPE, no SIGPIPE); ECONNREFUSED; connect timeout; accept,
+// recv and connect killed or timed out without fd leaks (including an accept
+// that won the race with a kill); close() waking blocked fibers; options;
+// IPv6 loopback; UDP; Unix-domain (path and abstract); resolve("localhost")
+// and create_connection.
+#include "net/net.hpp"
+
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "hub/task.hpp"
+#include "hub/timeout.hpp"
+#include "tests/support.hpp"
+
+using namespace std::chrono_literals;
+using cogent::net::address;
+using cogent::net::listener;
+using cogent::net::stream_socket;
+using cogent::net::udp_socket;
+
+namespace {
+
+// open_fds() counts this process's open descriptors.
+int open_fds() {
+  int n = 0;
+  DIR* d = ::opendir("/proc/self/fd");
+  REQUIRE(d != nullptr);
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] != '.') {
+      ++n;
+    }
+  }
+  ::closedir(d);
+  return n - 1;  // the DIR's own fd
+}
+
+// errno_of() runs fn and returns the errno of the std::system_error it raised (0 if none).
+template <class Fn>
+int errno_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::system_error& e) {
+    return e.code().value();
+  }
+  return 0;
+}
+
+// fnv1a() folds bytes into a running 64-bit FNV-1a hash.
+std::uint64_t fnv1a(std::uint64_t h, const unsigned char* p, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) {
+    h = (h ^ p[i]) * 1099511628211ull;
+  }
+  return h;
+}
+
+struct connected_pair {
+  stream_socket client;
+  stream_socket server;
+};
+
+// make_pair() returns a connected TCP pair on 127.0.0.1.
+connected_pair make_pair() {
+  auto l = listener::bind(address::ipv4_loopback(0));
+  auto acc = cogent::spawn([&] { return l.accept(); });
+  connected_pair p;
+  p.client = stream_socket::connect(l.local_address(), 2s);
+  p.server = acc.get();
+  return p;
+}
+
+std::atomic<int> g_sigpipes{0};
+
+std::string temp_socket_path(const char* tag) {
+  return "/tmp/cogent-net-test-" + std::to_string(::getpid()) + "-" + tag + ".sock";
+}
+
+}  // namespace
+
+// ---- addresses ----------------------------------------------------------------------
+
+TEST_CASE("address: parse and format IPv4, IPv6, Unix" * doctest::timeout(10)) {
+  auto a = address::parse("1.2.3.4", 80);
+  CHECK(a.is_ipv4());
+  CHECK(a.port() == 80);
+  CHECK(a.host() == "1.2.3.4");
+  CHECK(a.to_string() == "1.2.3.4:80");
+  auto b = address::parse("::1", 443);
+  CHECK(b.is_ipv6());
+  CHECK(b.to_string() == "[::1]:443");
+  CHECK(b.is_loopback());
+  CHECK(address::parse("[::1]:80").to_string() == "[::1]:80");
+  CHECK(address::parse("127.0.0.1:65535").port() == 65535);
+  CHECK(address::parse("10.0.0.1:8080") == address::parse("10.0.0.1", 8080));
+  CHECK(address::parse("10.0.0.1:8080") != address::parse("10.0.0.1", 8081));
+  CHECK(address::parse("10.0.0.1", 1).with_port(2).port() == 2);
+  CHECK(address::ipv4_any(0).to_string() == "0.0.0.0:0");
+  CHECK(address::ipv6_any(5).to_string() == "[::]:5");
+  CHECK(address::ipv4_loopback(1).is_loopback());
+  CHECK(!address::parse("8.8.8.8", 53).is_loopback());
+  auto u = address::unix_path("/tmp/x.sock");
+  CHECK(u.is_unix());
+  CHECK(!u.is_abstract());
+  CHECK(u.to_string() == "/tmp/x.sock");
+  CHECK(u.port() == 0);
+  auto ab = address::unix_abstract("cogent");
+  CHECK(ab.is_abstract());
+  CHECK(ab.to_string() == "@cogent");
+  CHECK(address().empty());
+  CHECK(address().to_string().empty());
+  // Round trip through the kernel view.
+  auto c = address::from_sockaddr(b.sockaddr_ptr(), b.sockaddr_len());
+  CHECK(c == b);
+}
+
+TEST_CASE("address: bad strings and ports throw invalid_argument with a clear message" * doctest::timeout(10)) {
+  CHECK_THROWS_AS(address::parse("1.2.3", 80), std::invalid_argument);
+  CHECK_THROWS_AS(address::parse("localhost", 80), std::invalid_argument);
+  CHECK_THROWS_AS(address::parse("", 80), std::invalid_argument);
+  CHECK_THROWS_AS(address::parse("1.2.3.4.5", 80), std::invalid_argument);
+  CHECK_THROWS_AS(address::parse("::1::2", 80), std::invalid_argument);
+  CHECK_THROWS_AS(address::parse("1.2.3.4"), std::invalid_argument);     // no port
+  CHECK_THROWS_AS(address::parse("1.2.3.4:"), std::invalid_argument);    // empty port
+  CHECK_THROWS_AS(address::parse("1.2.3.4:x1"), std::invalid_argument);  // not a number
+  CHECK_THROWS_AS(address::parse("::1:80"), std::invalid_argument);      // v6 without brackets
+  CHECK_THROWS_AS(address::parse("[::1]80"), std::invalid_argument);
+  CHECK_THROWS_AS(address::parse("[::1"), std::invalid_argument);
+  CHECK_THROWS_AS(address::parse("1.2.3.4", 65536), std::invalid_argument);
+  CHECK_THROWS_AS(address::parse("1.2.3.4", -1), std::invalid_argument);
+  CHECK_THROWS_AS(address::parse("1.2.3.4:70000"), std::invalid_argument);
+  CHECK_THROWS_AS(address::parse("1.2.3.4:999999"), std::invalid_argument);
+  CHECK_THROWS_AS(address::ipv4_any(100000), std::invalid_argument);
+  CHECK_THROWS_AS(address::unix_path(""), std::invalid_argument);
+  CHECK_THROWS_AS(address::unix_path(std::string(200, 'x')), std::invalid_argument);
+  CHECK_THROWS_AS(address::unix_path("/tmp/x").with_port(1), std::invalid_argument);
+  try {
+    address::parse("1.2.3.4", 70000);
+    FAIL("no throw");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("70000 out of range") != std::string::npos);
+  }
+  try {
+    address::parse("not-an-ip", 1);
+    FAIL("no throw");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("not-an-ip") != std::string::npos);
+  }
+  CHECK(address::try_parse("nope", 1).empty());
+}
+
+// ---- TCP basics ----------------------------------------------------------------------
+
+COGENT_TEST_CASE("tcp: listen on port 0, connect, accept, addresses, echo", doctest::timeout(10)) {
+  auto l = listener::bind(address::ipv4_loopback(0));
+  CHECK(l.port() != 0);
+  CHECK(l.local_address().host() == "127.0.0.1");
+  auto srv = cogent::spawn([&] {
+    address peer;
+    stream_socket c = l.accept(peer);
+    CHECK(peer.is_ipv4());
+    CHECK(peer == c.peer_address());
+    char buf[64];
+    std::size_t n = c.read_some(buf, sizeof buf);
+    c.write_all(buf, n);
+    CHECK(c.read_some(buf, sizeof buf) == 0);  // EOF: client closed
+  });
+  stream_socket s = stream_socket::connect(l.local_address(), 2s);
+  CHECK(s.is_open());
+  CHECK(s.peer_address() == l.local_address());
+  s.write_all("hello");
+  char reply[5];
+  s.read_exactly(reply, 5);
+  CHECK(std::string(reply, 5) == "hello");
+  s.close();
+  CHECK(!s.is_open());
+  s.close();  // idempotent
+  srv.get();
+}
+
+COGENT_TEST_CASE("tcp: 16 MiB checksummed through one connection, partial reads and writes", doctest::timeout(60)) {
+  constexpr std::size_t total = 16u << 20;
+  auto p = make_pair();
+  // Small kernel buffers force short sends and many partial reads.
+  p.client.set_send_buffer_size(16 * 1024);
+  p.server.set_receive_buffer_size(16 * 1024);
+  std::uint64_t sent_hash = 1469598103934665603ull;
+  auto writer = cogent::spawn([&] {
+    std::mt19937 rng(42);
+    std::vector<unsigned char> chunk(256 * 1024);
+    std::size_t left = total;
+    std::size_t partial_writes = 0;
+    while (left > 0) {
+      std::size_t n = std::min<std::size_t>(left, 1 + rng() % chunk.size());
+      for (std::size_t i = 0; i < n; ++i) {
+        chunk[i] = static_cast<unsigned char>(rng());
+      }
+      sent_hash = fnv1a(sent_hash, chunk.data(), n);
+      if (rng() % 2 == 0) {
+        p.client.write_all(chunk.data(), n);
+      } else {
+        std::size_t off = 0;
+        while (off < n) {
+          std::size_t w = p.client.write_some(chunk.data() + off, n - off);
+          if (w < n - off) {
+            ++partial_writes;
+          }
+          off += w;
+        }
+      }
+      left -= n;
+    }
+    p.client.shutdown(cogent::net::shutdown_how::write);
+    return partial_writes;
+  });
+  std::uint64_t got_hash = 1469598103934665603ull;
+  std::size_t got = 0;
+  std::size_t reads = 0;
+  std::mt19937 rng(7);
+  std::vector<unsigned char> buf(300 * 1024);
+  for (;;) {
+    std::size_t want = 1 + rng() % buf.size();
+    std::size_t n = p.server.read_some(buf.data(), want);
+    if (n == 0) {
+      break;
+    }
+    ++reads;
+    got_hash = fnv1a(got_hash, buf.data(), n);
+    got += n;
+  }
+  std::size_t partial_writes = writer.get();
+  CHECK(got == total);
+  CHECK(got_hash == sent_hash);
+  CHECK(reads > 64);
+  MESSAGE("reads: " << reads << ", partial write_some calls: " << partial_writes);
+}
+
+COGENT_TEST_CASE("tcp: EOF, half-close, read_exactly end_of_stream, read_until_eof", doctest::timeout(10)) {
+  {
+    // Half-close: the client shuts its write side, still reads the reply.
+    auto p = make_pair();
+    auto srv = cogent::spawn([&] {
+      std::string req = p.server.read_until_eof();
+      p.server.write_all("got " + std::to_string(req.size()));
+      p.server.close();
+    });
+    p.client.write_all("abcdef");
+    p.client.shutdown(cogent::net::shutdown_how::write);
+    CHECK(p.client.read_until_eof() == "got 6");
+    char c;
+    CHECK(p.client.read_some(&c, 1) == 0);  // EOF stays EOF
+    srv.get();
+  }
+  {
+    // read_exactly() hitting EOF raises end_of_stream with the partial count.
+    auto p = make_pair();
+    p.server.write_all("abc");
+    p.server.close();
+    char buf[8] = {};
+    try {
+      p.client.read_exactly(buf, 8);
+      FAIL("no end_of_stream");
+    } catch (const cogent::net::end_of_stream& e) {
+      CHECK(e.bytes_read() == 3);
+      CHECK(e.bytes_wanted() == 8);
+      CHECK(std::string(buf, 3) == "abc");
+    }
+  }
+  {
+    // read_until_eof() with a limit.
+    auto p = make_pair();
+    p.server.write_all(std::string(1000, 'x'));
+    p.server.close();
+    CHECK(errno_of([&] { p.client.read_until_eof(999); }) == EMSGSIZE);
+  }
+  {
+    auto p = make_pair();
+    p.server.write_all(std::string(1000, 'y'));
+    p.server.close();
+    CHECK(p.client.read_until_eof(1000) == std::string(1000, 'y'));
+  }
+  {
+    // Zero-length reads and writes do nothing.
+    auto p = make_pair();
+    char c;
+    CHECK(p.client.read_some(&c, 0) == 0);
+    CHECK(p.client.write_some(&c, 0) == 0);
+    p.client.write_all("", 0);
+  }
+}
+
+COGENT_TEST_CASE("tcp: peer reset mid-send raises ECONNRESET/EPIPE, never SIGPIPE", doctest::timeout(20)) {
+  struct sigaction sa {};
+  struct sigaction old {};
+  sa.sa_handler = [](int) { g_sigpipes.fetch_add(1); };
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGPIPE, &sa, &old);
+  g_sigpipes = 0;
+  auto p = make_pair();
+  auto srv = cogent::spawn([&] {
+    char buf[1024];
+    (void)p.server.read_some(buf, sizeof buf);  // some data arrived: now reset
+    p.server.set_linger(0s);
+    p.server.close();                            // RST
+  });
+  std::vector<char> big(1 << 20, 'z');
+  int err = errno_of([&] {
+    for (int i = 0; i < 1000; ++i) {
+      p.client.write_all(big.data(), big.size());
+    }
+  });
+  CHECK((err == ECONNRESET || err == EPIPE));
+  // The error sticks: later writes fail too, still without SIGPIPE.
+  int err2 = errno_of([&] { p.client.write_all("x"); });
+  CHECK((err2 == EPIPE || err2 == ECONNRESET));
+  srv.get();
+  CHECK(g_sigpipes.load() == 0);
+  {
+    // A reader sees ECONNRESET as a system_error, distinct from EOF.
+    auto q = make_pair();
+    q.client.write_all("unread");  // unread data makes close() send RST
+    cogent::sleep(10ms);
+    q.server.set_linger(0s);
+    q.server.close();
+    char buf[16];
+    CHECK(errno_of([&] { (void)q.client.read_some(buf, sizeof buf); }) == ECONNRESET);
+  }
+  sigaction(SIGPIPE, &old, nullptr);
+}
+
+COGENT_TEST_CASE("tcp: ECONNREFUSED", doctest::timeout(10)) {
+  address dead;
+  {
+    auto l = listener::bind(address::ipv4_loopback(0));
+    dead = l.local_address();
+  }
+  int before = open_fds();
+  try {
+    (void)stream_socket::connect(dead, 2s);
+    FAIL("connected to a closed port");
+  } catch (const std::system_error& e) {
+    CHECK(e.code().value() == ECONNREFUSED);
+    CHECK(std::string(e.what()).find(dead.to_string()) != std::string::npos);
+  }
+  CHECK(open_fds() == before);
+}
+
+namespace {
+// full_listener() is a listener whose accept queue is full (backlog 0, one
+// connection pending, never accepted): further SYNs are dropped, so a connect
+// to it hangs until its timeout. Returns the clients that filled it.
+std::vector<stream_socket> fill_backlog(const listener& l) {
+  std::vector<stream_socket> fillers;
+  for (int i = 0; i < 8; ++i) {
+    try {
+      fillers.push_back(stream_socket::connect(l.local_address(), 200ms));
+    } catch (const std::system_error& e) {
+      REQUIRE(e.code().value() == ETIMEDOUT);
+      return fillers;
+    }
+  }
+  FAIL("could not fill the accept queue");
+  return fillers;
+}
+}  // namespace
+
+COGENT_TEST_CASE("tcp: connect timeout (full accept queue) raises ETIMEDOUT, no fd leak", doctest::timeout(20)) {
+  cogent::net::listen_options lo;
+  lo.backlog = 0;
+  auto l = listener::bind(address::ipv4_loopback(0), lo);
+  auto fillers = fill_backlog(l);
+  int before = open_fds();
+  auto t0 = cogent::clock::now();
+  CHECK(errno_of([&] { (void)stream_socket::connect(l.local_address(), 100ms); }) == ETIMEDOUT);
+  auto took = cogent::clock::now() - t0;
+  CHECK(took >= 90ms);
+  CHECK(took < 2s);
+  CHECK(open_fds() == before);
+  // The same through a Timeout scope: cogent::timeout_error, no leak.
+  bool timed_out = !cogent::try_with_timeout(100ms, [&] { (void)stream_socket::connect(l.local_address()); });
+  CHECK(timed_out);
+  CHECK(open_fds() == before);
+  // Killed while connecting: the op is cancelled and reaped, the fd closed.
+  auto t = cogent::spawn([&] { (void)stream_socket::connect(l.local_address()); });
+  cogent::sleep(20ms);
+  t.kill();
+  CHECK(t.killed());
+  CHECK(open_fds() == before);
+}
+
+COGENT_TEST_CASE("tcp: accept and recv timed out or killed leak nothing", doctest::timeout(20)) {
+  auto l = listener::bind(address::ipv4_loopback(0));
+  int before = open_fds();
+  // Per-call timeout.
+  auto t0 = cogent::clock::now();
+  CHECK(errno_of([&] { (void)l.accept(50ms); }) == ETIMEDOUT);
+  CHECK(cogent::clock::now() - t0 >= 45ms);
+  // Per-socket default timeout.
+  l.set_timeout(30ms);
+  CHECK(errno_of([&] { (void)l.accept(); }) == ETIMEDOUT);
+  // nullopt overrides the default for one call (here bounded by a Timeout scope).
+  CHECK(!cogent::try_with_timeout(60ms, [&] { (void)l.accept(std::nullopt); }));
+  l.set_timeout(std::nullopt);
+  // Killed in accept.
+  auto acc = cogent::spawn([&] { (void)l.accept(); });
+  cogent::sleep(10ms);
+  acc.kill();
+  CHECK(acc.killed());
+  CHECK(open_fds() == before);
+
+  auto p = make_pair();
+  int with_pair = open_fds();
+  char buf[16];
+  CHECK(errno_of([&] { (void)p.client.read_some(buf, sizeof buf, 30ms); }) == ETIMEDOUT);
+  p.client.set_timeout(20ms);
+  CHECK(errno_of([&] { p.client.read_exactly(buf, sizeof buf); }) == ETIMEDOUT);
+  try {
+    (void)p.client.read_some(buf, sizeof buf);
+    FAIL("no timeout");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == std::errc::timed_out);
+    CHECK(std::string(e.what()).find("timed out") != std::string::npos);
+  }
+  p.client.set_timeout(std::nullopt);
+  CHECK(!cogent::try_with_timeout(30ms, [&] { (void)p.client.read_some(buf, sizeof buf); }));
+  auto rd = cogent::spawn([&] { (void)p.client.read_some(buf, sizeof buf); });
+  cogent::sleep(10ms);
+  rd.kill();
+  CHECK(rd.killed());
+  // The socket still works after all that.
+  p.server.write_all("ok");
+  p.client.read_exactly(buf, 2);
+  CHECK(std::string(buf, 2) == "ok");
+  CHECK(open_fds() == with_pair);
+}
+
+COGENT_TEST_CASE("tcp: an accept that won the race with a kill has its fd closed", doctest::timeout(20)) {
+  auto l = listener::bind(address::ipv4_loopback(0));
+  int released = 0;
+  int cancelled = 0;
+  for (int round = 0; round < 20; ++round) {
+    int before = open_fds();
+    bool accepted = false;
+    auto acc = cogent::spawn([&] {
+      (void)l.accept();
+      accepted = true;
+    });
+    cogent::yield();  // the accepter parks in its accept op
+    // Connect with a plain blocking syscall (the handshake completes in the
+    // kernel), then kill the accepter before the hub has reaped the accept:
+    // either the cancel wins (the connection stays queued) or the accept
+    // returned an fd that the release hook must close.
+    int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(::connect(c, l.local_address().sockaddr_ptr(), l.local_address().sockaddr_len()) == 0);
+    acc.kill();
+    CHECK(acc.killed());
+    CHECK(!accepted);
+    // Was the connection consumed by the killed accept?
+    try {
+      stream_socket left = l.accept(20ms);
+      ++cancelled;
+    } catch (const std::system_error& e) {
+      CHECK(e.code().value() == ETIMEDOUT);
+      ++released;
+    }
+    ::close(c);
+    CHECK(open_fds() == before);
+  }
+  MESSAGE("accept won the race and its fd was released: " << released << ", cancel won: " << cancelled);
+}
+
+COGENT_TEST_CASE("tcp: close() wakes fibers blocked on the socket with EBADF", doctest::timeout(10)) {
+  auto p = make_pair();
+  int before = open_fds();
+  int reader_err = 0;
+  auto rd = cogent::spawn([&] {
+    char buf[8];
+    reader_err = errno_of([&] { (void)p.client.read_some(buf, sizeof buf); });
+  });
+  cogent::sleep(10ms);
+  p.client.close();
+  rd.get();
+  CHECK(reader_err == EBADF);
+  CHECK(open_fds() == before - 1);
+
+  auto l = listener::bind(address::ipv4_loopback(0));
+  int acc_errs = 0;
+  std::vector<cogent::task<void>> accepters;
+  for (int i = 0; i < 3; ++i) {
+    accepters.push_back(cogent::spawn([&] { acc_errs += errno_of([&] { (void)l.accept(); }) == EBADF; }));
+  }
+  cogent::sleep(10ms);
+  l.close();
+  cogent::joinall(accepters);
+  CHECK(acc_errs == 3);
+}
+
+COGENT_TEST_CASE("tcp: IO on a closed or moved-from socket raises EBADF", doctest::timeout(10)) {
+  auto p = make_pair();
+  stream_socket moved = std::move(p.client);
+  char buf[4];
+  CHECK(errno_of([&] { (void)p.client.read_some(buf, 4); }) == EBADF);
+  CHECK(errno_of([&] { p.client.write_all("x"); }) == EBADF);
+  moved.close();
+  CHECK(errno_of([&] { (void)moved.read_some(buf, 4); }) == EBADF);
+  CHECK(errno_of([&] { moved.read_exactly(buf, 4); }) == EBADF);
+  CHECK(errno_of([&] { (void)moved.write_some("x", 1); }) == EBADF);
+  CHECK(errno_of([&] { moved.shutdown(); }) == EBADF);
+  CHECK(errno_of([&] { (void)moved.peer_address(); }) == EBADF);
+  CHECK(errno_of([&] { (void)moved.local_address(); }) == EBADF);
+  CHECK(errno_of([&] { moved.set_nodelay(true); }) == EBADF);
+  try {
+    (void)moved.read_some(buf, 4);
+  } catch (const std::system_error& e) {
+    CHECK(std::string(e.what()).find("closed socket") != std::string::npos);
+  }
+  listener l;
+  CHECK(errno_of([&] { (void)l.accept(); }) == EBADF);
+  udp_socket u;
+  CHECK(errno_of([&] { (void)u.send_to("x", 1, address::ipv4_loopback(9)); }) == EBADF);
+  CHECK_THROWS_AS((void)stream_socket::connect(address()), std::invalid_argument);
+}
+
+COGENT_TEST_CASE("tcp: options", doctest::timeout(10)) {
+  auto p = make_pair();
+  p.client.set_nodelay(true);
+  CHECK(p.client.nodelay());
+  p.client.set_nodelay(false);
+  CHECK(!p.client.nodelay());
+  p.client.set_keepalive(true, 30s, 5s, 3);
+  CHECK(p.client.get_option<int>(SOL_SOCKET, SO_KEEPALIVE) == 1);
+  CHECK(p.client.get_option<int>(IPPROTO_TCP, TCP_KEEPIDLE) == 30);
+  CHECK(p.client.get_option<int>(IPPROTO_TCP, TCP_KEEPINTVL) == 5);
+  CHECK(p.client.get_option<int>(IPPROTO_TCP, TCP_KEEPCNT) == 3);
+  p.client.set_send_buffer_size(64 * 1024);
+  CHECK(p.client.send_buffer_size() >= 64 * 1024);
+  p.client.set_receive_buffer_size(64 * 1024);
+  CHECK(p.client.receive_buffer_size() >= 64 * 1024);
+  p.client.set_option(SOL_SOCKET, SO_RCVLOWAT, 1);
+  CHECK(p.client.get_option<int>(SOL_SOCKET, SO_RCVLOWAT) == 1);
+  p.client.set_linger(5s);
+  CHECK(p.client.get_option<linger>(SOL_SOCKET, SO_LINGER).l_linger == 5);
+  p.client.set_linger(std::nullopt);
+  CHECK(p.client.pending_error() == 0);
+  CHECK(errno_of([&] { p.client.set_option(SOL_SOCKET, 9999, 1); }) != 0);
+  CHECK(p.client.timeout() == std::nullopt);
+  p.client.set_timeout(1s);
+  CHECK(p.client.timeout() == cogent::timeout_duration(1s));
+  int fd = p.client.release();
+  CHECK(fd >= 0);
+  CHECK(!p.client.is_open());
+  stream_socket adopted(fd);
+  CHECK(adopted.fd() == fd);
+  // SO_REUSEPORT: two listeners on one port.
+  cogent::net::listen_options lo;
+  lo.reuse_port = true;
+  auto l1 = listener::bind(address::ipv4_loopback(0), lo);
+  auto l2 = listener::bind(address::ipv4_loopback(l1.port()), lo);
+  CHECK(l1.port() == l2.port());
+  // Without it the port is taken.
+  CHECK(errno_of([&] { (void)listener::bind(address::ipv4_loopback(l1.port())); }) == EADDRINUSE);
+}
+
+COGENT_TEST_CASE("tcp: IPv6 loopback", doctest::timeout(10)) {
+  listener l;
+  try {
+    l = listener::bind(address::ipv6_loopback(0));
+  } catch (const std::system_error& e) {
+    MESSAGE("IPv6 loopback unavailable, skipped: " << e.what());
+    return;
+  }
+  auto srv = cogent::spawn([&] {
+    address peer;
+    auto c = l.accept(peer);
+    CHECK(peer.is_ipv6());
+    char buf[8];
+    std::size_t n = c.read_some(buf, sizeof buf);
+    c.write_all(buf, n);
+  });
+  auto s = stream_socket::connect(address::parse("::1", l.port()), 2s);
+  CHECK(s.local_address().to_string().rfind("[::1]:", 0) == 0);
+  s.write_all("six");
+  char buf[3];
+  s.read_exactly(buf, 3);
+  CHECK(std::string(buf, 3) == "six");
+  srv.get();
+  // Dual stack: an IPv6 wildcard listener accepts IPv4 clients (v4-mapped peers).
+  listener dual;
+  try {
+    dual = listener::bind(address::ipv6_any(0));
+  } catch (const std::system_error&) {
+    return;
+  }
+  auto acc = cogent::spawn([&] {
+    address peer;
+    (void)dual.accept(peer);
+    return peer;
+  });
+  auto s4 = stream_socket::connect(address::ipv4_loopback(dual.port()), 2s);
+  CHECK(acc.get().is_loopback());
+}
+
+// ---- UDP ----------------------------------------------------------------------
+
+COGENT_TEST_CASE("udp: send_to/receive_from, connected send/receive, timeout", doctest::timeout(10)) {
+  auto a = udp_socket::bind(address::ipv4_loopback(0));
+  auto b = udp_socket::bind(address::ipv4_loopback(0));
+  CHECK(a.send_to("hello", 5, b.local_address()) == 5);
+  char buf[64];
+  address from;
+  std::size_t n = b.receive_from(buf, sizeof buf, from);
+  CHECK(std::string(buf, n) == "hello");
+  CHECK(from == a.local_address());
+  // Concurrent receive while another fiber sends.
+  auto rx = cogent::spawn([&] {
+    address f;
+    char tmp[64];
+    std::size_t m = a.receive_from(tmp, sizeof tmp, f);
+    return std::string(tmp, m);
+  });
+  cogent::yield();
+  b.send_to("back", 4, a.local_address());
+  CHECK(rx.get() == "back");
+  // Connected.
+  a.connect(b.local_address());
+  CHECK(a.send("c", 1) == 1);
+  CHECK(b.receive(buf, sizeof buf) == 1);
+  // Timeout.
+  CHECK(errno_of([&] { (void)b.receive_from(buf, sizeof buf, from, 30ms); }) == ETIMEDOUT);
+  // Truncation: the rest of a long datagram is dropped.
+  std::string big(100, 'q');
+  a.send(big.data(), big.size());
+  CHECK(b.receive(buf, 10) == 10);
+  CHECK(errno_of([&] { (void)b.receive(buf, sizeof buf, 20ms); }) == ETIMEDOUT);
+  CHECK_THROWS_AS((void)udp_socket::open(cogent::net::address_family::unix_domain), std::invalid_argument);
+  auto six = udp_socket::open(cogent::net::address_family::ipv4);
+  CHECK(six.is_open());
+}
+
+// ---- Unix-domain ----------------------------------------------------------------------
+
+COGENT_TEST_CASE("unix: stream sockets on a path and in the abstract namespace", doctest::timeout(10)) {
+  std::string path = temp_socket_path("u1");
+  ::unlink(path.c_str());
+  for (const address& at : {address::unix_path(path), address::unix_abstract("cogent-test-" + std::to_string(::getpid()))}) {
+    auto l = listener::bind(at);
+    CHECK(l.local_address() == at);
+    CHECK(l.port() == 0);
+    auto srv = cogent::spawn([&] {
+      address peer;
+      auto c = l.accept(peer);
+      CHECK(peer.is_unix());
+      std::string got(4, '\0');
+      c.read_exactly(got.data(), 4);
+      c.write_all(got + "!");
+    });
+    auto s = stream_socket::connect(at, 1s);
+    CHECK(s.peer_address() == at);
+    s.write_all("unix");
+    CHECK(s.read_until_eof() == "unix!");
+    srv.get();
+  }
+  // The file stays after close; rebinding needs unlink_existing.
+  CHECK(errno_of([&] { (void)listener::bind(address::unix_path(path)); }) == EADDRINUSE);
+  cogent::net::listen_options lo;
+  lo.unlink_existing = true;
+  auto again = listener::bind(address::unix_path(path), lo);
+  CHECK(again.is_open());
+  ::unlink(path.c_str());
+  CHECK(errno_of([&] { (void)stream_socket::connect(address::unix_path(path + ".missing")); }) == ENOENT);
+}
+
+// ---- resolver ----------------------------------------------------------------------------
+
+COGENT_TEST_CASE("resolver: localhost, literals, create_connection, misuse", doctest::timeout(30)) {
+  auto addrs = cogent::net::resolve("localhost", 80);
+  REQUIRE(!addrs.empty());
+  bool has_v4_loopback = false;
+  for (const auto& a : addrs) {
+    CHECK(a.is_loopback());
+    CHECK(a.port() == 80);
+    has_v4_loopback |= (a == address::ipv4_loopback(80));
+  }
+  CHECK(has_v4_loopback);
+  cogent::net::resolve_options v4;
+  v4.family = cogent::net::address_family::ipv4;
+  auto only4 = cogent::net::resolve("localhost", 81, v4);
+  REQUIRE(!only4.empty());
+  for (const auto& a : only4) {
+    CHECK(a.is_ipv4());
+  }
+  // Literals are parsed in place.
+  CHECK(cogent::net::resolve("10.1.2.3", 5) == std::vector<address>{address::parse("10.1.2.3", 5)});
+  CHECK(cogent::net::resolve("[::1]", 5) == std::vector<address>{address::parse("::1", 5)});
+  CHECK_THROWS_AS(cogent::net::resolve("localhost", 65536), std::invalid_argument);
+  CHECK_THROWS_AS(cogent::net::resolve("", 80), std::invalid_argument);
+  CHECK_THROWS_AS(cogent::net::create_connection("localhost", -1), std::invalid_argument);
+  // A name that cannot resolve (a NUL-free name with an invalid label).
+  try {
+    cogent::net::resolve("bad..name", 80);
+    FAIL("resolved bad..name");
+  } catch (const std::system_error& e) {
+    MESSAGE("bad..name: " << std::string(e.what()));
+  }
+  // Other fibers keep running while a resolution is out on a worker thread.
+  int ticks = 0;
+  auto ticker = cogent::spawn([&] {
+    for (int i = 0; i < 3; ++i) {
+      ++ticks;
+      cogent::yield();
+    }
+  });
+  (void)cogent::net::resolve("localhost", 1);
+  ticker.join();
+  CHECK(ticks == 3);
+
+  auto l = listener::bind(address::ipv4_loopback(0));
+  auto acc = cogent::spawn([&] { return l.accept(); });
+  auto s = cogent::net::create_connection("localhost", l.port(), 2s);
+  CHECK(s.peer_address() == l.local_address());
+  auto c = acc.get();
+  // Nothing listens: the last attempt's error comes back.
+  int dead_port = l.port();
+  l.close();
+  CHECK(errno_of([&] { (void)cogent::net::create_connection("127.0.0.1", dead_port, 1s); }) == ECONNREFUSED);
+}

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -22,6 +23,17 @@ COGENT_TLS fiber_impl* t_current = nullptr;
 COGENT_TLS char t_tag = 0;  // its address identifies the thread
 
 std::atomic<std::uint64_t> g_next_id{1};
+// Ids are handed to threads in blocks: creating a fiber costs no atomic RMW.
+constexpr std::uint64_t id_block = 1024;
+COGENT_TLS std::uint64_t t_next_id = 0;
+COGENT_TLS std::uint64_t t_id_end = 0;
+std::uint64_t next_id() noexcept {
+  if (t_next_id == t_id_end) [[unlikely]] {
+    t_next_id = g_next_id.fetch_add(id_block, std::memory_order_relaxed);
+    t_id_end = t_next_id + id_block;
+  }
+  return t_next_id++;
+}
 
 // main_holder owns the thread's main fiber reference and drops it at thread exit.
 class main_fiber final : public fiber_impl {
@@ -68,6 +80,8 @@ fiber_impl* init_thread() {
 // ---- the switch ------------------------------------------------------------
 
 void destroy(fiber_impl* f) noexcept;
+void kill_for_destroy(fiber_impl* f) noexcept;
+void kill_orphan(fiber_impl* f) noexcept;
 
 // resumed() runs first in a fiber that was just resumed: it saves the context
 // of the fiber that jumped to us, finishes the ASan switch, and frees a
@@ -78,12 +92,24 @@ inline void resumed(transfer t) noexcept {
   from->ctx = t.from;
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_finish_switch_fiber(t_current->asan_fake_stack, &from->asan_bottom, &from->asan_size);
+  if (from->dead) {
+    // The finished fiber's last frames (entry's) never return, so their redzones stay poisoned in the
+    // shadow; the next fiber on this pooled stack would trip over them in uninstrumented code (ASan's
+    // own __asan_handle_no_return). Clear the shadow of what was live: its saved sp up to the top.
+    auto* lo = static_cast<char*>(t.from);
+    auto* hi = static_cast<const char*>(from->asan_bottom) + from->asan_size;
+    if (lo < hi) {
+      __asan_unpoison_memory_region(lo, static_cast<std::size_t>(hi - lo));
+    }
+  }
 #endif
   if (from->dead) {
     if (from->refs == 0) {
       destroy(from);
     }
-  } else if (!from->is_main && !from->stk.guarded) {
+    return;
+  }
+  if (!from->is_main && !from->stk.guarded) {
     // Canary stacks: the saved stack pointer and the canary must both be in bounds.
     auto sp = static_cast<const char*>(t.from);
     if (sp < from->stk.bottom + stack_canary_bytes || !canary_intact(from->stk.bottom)) {
@@ -91,6 +117,9 @@ inline void resumed(transfer t) noexcept {
       from->write_name(name, sizeof name);
       report_overflow_and_abort(name);
     }
+  }
+  if (from->refs == 0) [[unlikely]] {
+    kill_orphan(from);  // suspended with no handle left (main fibers always have one)
   }
 }
 
@@ -172,14 +201,28 @@ void kill_for_destroy(fiber_impl* f) noexcept {
   }
 }
 
+// kill_orphan() unwinds a fiber that dropped its last handle to itself while
+// running and then switched away without finishing: nothing can reach it any
+// more, so it is killed like any suspended fiber whose last handle went away.
+// We are inside a switch into the current fiber: keep the value or exception
+// that switch is delivering across the nested switches of the kill.
+[[gnu::noinline, gnu::cold]] void kill_orphan(fiber_impl* f) noexcept {
+  fiber_impl* self = t_current;
+  std::any value = std::move(self->in_value);
+  std::exception_ptr exc = std::move(self->in_exc);
+  kill_for_destroy(f);
+  self->in_value = std::move(value);
+  self->in_exc = std::move(exc);
+}
+
 }  // namespace
 
 // ---- fiber_impl ------------------------------------------------------------
 
 fiber_impl::fiber_impl(const stack& s, std::string&& name)
-    : thread_tag(&t_tag), id(g_next_id.fetch_add(1, std::memory_order_relaxed)), stk(s),
+    : thread_tag(&t_tag), id(next_id()), stk(s),
       user_name(std::move(name)) {
-  parent = current_impl();
+  parent = t_current != nullptr ? t_current : init_thread();
   ref(parent);
   char* body_lo = static_cast<char*>(static_cast<void*>(this));
   ctx = make_context(body_lo, static_cast<std::size_t>(body_lo - s.bottom), entry);
@@ -190,7 +233,7 @@ fiber_impl::fiber_impl(const stack& s, std::string&& name)
 }
 
 fiber_impl::fiber_impl(std::nullptr_t)
-    : started(true), is_main(true), thread_tag(&t_tag), id(g_next_id.fetch_add(1, std::memory_order_relaxed)) {
+    : started(true), is_main(true), thread_tag(&t_tag), id(next_id()) {
   install_overflow_handler(inspect_fault);
 }
 
@@ -222,28 +265,45 @@ fiber_impl* thread_main_impl() {
   return t_main.main;
 }
 
-std::any switch_to(fiber_impl* target, std::any&& value, std::exception_ptr exc) {
-  fiber_impl* self = current_impl();
+namespace {
+
+// switch_core() is the whole switch, inlined into each exported entry point
+// (detail::switch_to for the hub, fiber::switch_to, fiber::throw_in) so a
+// switch is one call deep before the jump: every extra frame costs a return
+// misprediction after the stack change.
+[[gnu::always_inline]] inline std::any switch_core(fiber_impl* target, std::any&& value, std::exception_ptr&& exc) {
+  fiber_impl* self = t_current;
+  if (self == nullptr) [[unlikely]] {
+    self = init_thread();
+  }
   if (target->thread_tag != &t_tag) [[unlikely]] {
     throw_error("cogent: cannot switch to fiber '" + target->name() + "': it belongs to another thread");
   }
   while (target->dead) {
     target = target->parent;
   }
-  if (target == self) {
+  if (target == self) [[unlikely]] {
     if (exc) {
-      std::rethrow_exception(exc);
+      std::rethrow_exception(std::move(exc));
     }
     return std::move(value);
   }
   target->in_value = std::move(value);
-  target->in_exc = std::move(exc);
+  if (exc) [[unlikely]] {
+    target->in_exc = std::move(exc);
+  }
   target->started = true;
   jump(self, target);
   if (self->in_exc) [[unlikely]] {
     std::rethrow_exception(std::exchange(self->in_exc, nullptr));
   }
   return std::move(self->in_value);
+}
+
+}  // namespace
+
+std::any switch_to(fiber_impl* target, std::any&& value, std::exception_ptr exc) {
+  return switch_core(target, std::move(value), std::move(exc));
 }
 
 void unref(fiber_impl* f) noexcept {
@@ -336,13 +396,13 @@ static detail::fiber_impl* need(detail::fiber_impl* f) {
   return f;
 }
 
-std::any fiber::switch_to(std::any value) { return detail::switch_to(need(_impl), std::move(value), nullptr); }
+std::any fiber::switch_to(std::any value) { return detail::switch_core(need(_impl), std::move(value), nullptr); }
 
 std::any fiber::throw_in(std::exception_ptr e) {
   if (!e) {
     throw fiber_error("cogent: throw_in() into fiber '" + need(_impl)->name() + "' with a null exception");
   }
-  return detail::switch_to(need(_impl), {}, std::move(e));
+  return detail::switch_core(need(_impl), {}, std::move(e));
 }
 
 fiber fiber::parent() const {

@@ -103,7 +103,11 @@ global_pool& shared_pool() {
   return *p;
 }
 
-thread_local bool t_pool_dead = false;  // trivially destructible: readable during thread exit
+// Initial-exec TLS: the pool is touched on every fiber create/destroy, and the
+// default (global-dynamic) model in a shared library costs a __tls_get_addr call.
+#define COGENT_STACK_TLS thread_local __attribute__((tls_model("initial-exec")))
+
+COGENT_STACK_TLS bool t_pool_dead = false;  // trivially destructible: readable during thread exit
 
 struct thread_pool {
   std::vector<stack> free;
@@ -121,7 +125,7 @@ struct thread_pool {
     g.stacks.insert(g.stacks.end(), free.begin(), free.end());
   }
 };
-thread_local thread_pool t_pool;
+COGENT_STACK_TLS thread_pool t_pool;
 
 constexpr std::size_t default_slot = stack_limits::default_size + page_size;
 

@@ -19,9 +19,8 @@ context make_context(void* stack_top, std::size_t size, void (*entry)(transfer))
   return bcd::make_fcontext(stack_top, size, reinterpret_cast<void (*)(bcd::transfer_t)>(reinterpret_cast<void (*)()>(entry)));
 }
 
-transfer jump_context(context to, void* data) noexcept {
-  bcd::transfer_t t = bcd::jump_fcontext(to, data);
-  return transfer{t.fctx, t.data};
-}
+// The declaration in context.hpp must denote the same function as Boost's.
+static_assert(sizeof(bcd::fcontext_t) == sizeof(context));
+[[maybe_unused]] static constexpr bcd::transfer_t (*boost_jump)(bcd::fcontext_t, void*) = &bcd::jump_fcontext;
 
 }  // namespace cogent::detail

@@ -26,9 +26,19 @@ struct transfer {
 // on the stack [stack_top - size, stack_top). `entry` must never return.
 context make_context(void* stack_top, std::size_t size, void (*entry)(transfer)) noexcept;
 
+}  // namespace cogent::detail
+
+// jump_fcontext is Boost.Context's switch (libboost_context),
+// declared here under its C symbol so the switch is one direct call from the
+// fiber core — no wrapper frame (every extra frame is a mispredicted return
+// after a switch). context.cpp checks that this matches Boost's declaration.
+extern "C" cogent::detail::transfer jump_fcontext(void* const to, void* vp);
+
+namespace cogent::detail {
+
 // jump_context() suspends the caller and resumes `to`, delivering `data`.
 // Returns when some other context jumps back to the caller.
-transfer jump_context(context to, void* data) noexcept;
+inline transfer jump_context(context to, void* data) noexcept { return ::jump_fcontext(to, data); }
 
 }  // namespace cogent::detail
 

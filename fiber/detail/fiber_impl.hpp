@@ -25,6 +25,10 @@ template <class T>
 T any_value_cast(std::any&& v);
 namespace detail {
 
+// fiber_locals_hook destroys one fiber's fiber_local storage (hub/local.cpp
+// installs it; the fiber layer only calls it, from ~fiber_impl).
+inline void (*fiber_locals_hook)(void* storage) noexcept = nullptr;
+
 // fiber_impl is one fiber's state. For created fibers it is placed at the top
 // of the fiber's own stack; a thread's main fiber lives on the heap.
 class fiber_impl {
@@ -50,6 +54,18 @@ class fiber_impl {
     std::uint8_t state = 0;              // hub-defined: running / parked / ready
     std::uint8_t reason = 0;             // hub-defined wake reason
     bool interruptible = false;          // a parked fiber may be woken by an interrupt
+    // locals is this fiber's fiber_local storage (hub/local.hpp), freed with the fiber.
+    struct locals_slot {
+      void* storage = nullptr;
+      locals_slot() = default;
+      locals_slot(const locals_slot&) = delete;
+      locals_slot& operator=(const locals_slot&) = delete;
+      ~locals_slot() {
+        if (storage != nullptr && fiber_locals_hook != nullptr) {
+          fiber_locals_hook(storage);
+        }
+      }
+    } locals;
   } sched;
 
   context ctx = nullptr;          // saved context while suspended

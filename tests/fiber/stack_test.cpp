@@ -1,0 +1,218 @@
+// tests/fiber/stack_test.cpp — fiber stacks (fiber/stack.hpp), the slow suite: a stack overflow is
+// reported by fiber name and aborts, both on a guard page and (beyond the guard budget) through the
+// canary; and 1,000,000 fibers can be suspended at once. Overflow tests run in a fork()ed child.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <alloca.h>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "fiber/fiber.hpp"
+
+namespace {
+
+using cogent::fiber;
+
+// child_result is how a fork()ed child ended and what it wrote on stderr.
+struct child_result {
+  int status = 0;
+  std::string err;
+};
+
+// child_skip is the exit code of a child that could not set up its scenario.
+constexpr int child_setup_failed = 3;
+
+// run_in_child() forks, runs body in the child with stderr captured, and waits for it. body must not
+// return normally if it works (it is expected to abort); if it does return, the child exits 0.
+template <class Body>
+child_result run_in_child(Body&& body) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::dup2(fds[1], STDERR_FILENO);
+    ::close(fds[1]);
+    // doctest's own crash handler would report the expected abort as a failed test case: restore the default.
+    std::signal(SIGABRT, SIG_DFL);
+    body();
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  child_result r;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) {
+    r.err.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  REQUIRE(::waitpid(pid, &r.status, 0) == pid);
+  return r;
+}
+
+// recurse_forever() eats stack until it faults; the volatile buffer keeps every frame real, and the
+// volatile limit (never reached) keeps the compiler from treating it as infinite recursion.
+volatile int g_depth_limit = 1 << 30;
+[[gnu::noinline]] int recurse_forever(int depth) {
+  volatile char buf[1024];
+  for (std::size_t i = 0; i < sizeof buf; i += 64) {
+    buf[i] = static_cast<char>(depth);
+  }
+  if (depth >= g_depth_limit) {
+    return 0;
+  }
+  return recurse_forever(depth + 1) + buf[depth % 16];
+}
+
+// recurse_to_bottom() recurses until its frame is within a few KiB of `bottom`, then takes one last
+// "frame" (an alloca) reaching just below `bottom` and fills it: exactly what an overflowing function does
+// to the canary at the bottom of an unguarded stack, without running far into the memory beyond it
+// (below `bottom` sits the unguarded guard slot, one mapped page, then another fiber's stack).
+[[gnu::noinline]] int recurse_to_bottom(const char* bottom, int depth) {
+  volatile char buf[512];
+  for (std::size_t i = 0; i < sizeof buf; i += 64) {
+    buf[i] = static_cast<char>(depth | 1);
+  }
+  const char* here = const_cast<const char*>(&buf[0]);
+  if (here > bottom + 8192) {
+    return recurse_to_bottom(bottom, depth + 1) + buf[depth % 8];
+  }
+  // The last frame: from just below our locals down to ~256 bytes below the stack's bottom (a little
+  // further by the distance between `buf` and the stack pointer, well inside the one-page guard slot).
+  std::size_t span = static_cast<std::size_t>(here - bottom) + 256;
+  auto* last = static_cast<volatile char*>(alloca(span));
+  for (std::size_t i = 0; i < span; ++i) {
+    last[i] = static_cast<char>(0x5a);
+  }
+  return buf[0] + last[span / 2];
+}
+
+// contains() is a readable substring check for failure messages.
+bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+
+}  // namespace
+
+TEST_SUITE("stack") {
+
+// These two tests come first in the file: they need the guard budget not yet spent by this process
+// (a fork()ed child inherits it).
+TEST_CASE("a stack overflow on a guard page is reported by name and aborts" * doctest::timeout(60)) {
+  child_result r = run_in_child([] {
+    std::size_t guarded0 = cogent::stack_stats().guarded_total;
+    // A non-default size is always freshly mapped (never from the pool), so it gets a guard page while
+    // the budget allows.
+    fiber f([] { recurse_forever(0); }, {.stack_size = 64 * 1024, .name = "deep-diver"});
+    if (cogent::stack_stats().guarded_total != guarded0 + 1) {
+      std::fprintf(stderr, "no guard page: guarded %zu -> %zu of %zu\n", guarded0,
+                   cogent::stack_stats().guarded_total, cogent::stack_stats().guard_budget);
+      ::_exit(child_setup_failed);
+    }
+    f.switch_to();
+  });
+  INFO("child stderr: " << r.err);
+  REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
+  CHECK(WIFSIGNALED(r.status));
+  if (WIFSIGNALED(r.status)) {
+    CHECK(WTERMSIG(r.status) == SIGABRT);
+  }
+  // Under ASan our SIGSEGV handler still runs (ASan allows user SEGV handlers and provides the alternate
+  // signal stack), so the report is the same.
+  CHECK(contains(r.err, "stack overflow in fiber 'deep-diver'"));
+}
+
+TEST_CASE("beyond the guard budget, the canary catches an overflow at the next switch" * doctest::timeout(120)) {
+  child_result r = run_in_child([] {
+    // Spend the whole guard budget on fibers kept suspended (each is switched into once).
+    cogent::stack_counters st = cogent::stack_stats();
+    std::vector<fiber> hogs;
+    fiber main = fiber::current();
+    while (cogent::stack_stats().guarded_total < st.guard_budget) {
+      hogs.emplace_back([&main] { main.switch_to(); });
+      hogs.back().switch_to();
+      if (hogs.size() > st.guard_budget + 100000) {
+        std::fprintf(stderr, "guard budget never reached\n");
+        ::_exit(child_setup_failed);
+      }
+    }
+    // A fresh chunk's stacks have no guard page any more: the canary fiber overflows into its canary,
+    // returns from the recursion, and is caught when it switches away.
+    std::size_t guarded_before = cogent::stack_stats().guarded_total;
+    fiber canary;
+    canary = fiber(
+        [&] {
+          recurse_to_bottom(canary.impl()->stk.bottom, 0);
+          main.switch_to();
+        },
+        {.stack_size = 0, .name = "canary-fiber"});
+    if (canary.impl()->stk.guarded || cogent::stack_stats().guarded_total != guarded_before) {
+      std::fprintf(stderr, "the canary fiber got a guard page\n");
+      ::_exit(child_setup_failed);
+    }
+    canary.switch_to();
+    std::fprintf(stderr, "the overflow went unnoticed\n");
+  });
+  INFO("child stderr: " << r.err);
+  REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
+  CHECK(WIFSIGNALED(r.status));
+  if (WIFSIGNALED(r.status)) {
+    CHECK(WTERMSIG(r.status) == SIGABRT);
+  }
+  CHECK(contains(r.err, "stack overflow in fiber 'canary-fiber'"));
+}
+
+TEST_CASE("many fibers suspended at once" * doctest::timeout(60)) {
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's shadow memory and per-fiber bookkeeping make 1M fibers too heavy; 100k proves the same paths.
+  constexpr std::size_t count = 100000;
+#else
+  constexpr std::size_t count = 1000000;
+#endif
+  auto t0 = std::chrono::steady_clock::now();
+  cogent::stack_counters before = cogent::stack_stats();
+  std::size_t finished = 0;
+  std::size_t unwound = 0;
+  {
+    fiber main = fiber::current();
+    std::vector<fiber> all;
+    all.reserve(count);
+    struct count_unwind {
+      std::size_t* n;
+      ~count_unwind() { ++*n; }
+    };
+    for (std::size_t i = 0; i < count; ++i) {
+      all.emplace_back([&main, &finished, &unwound] {
+        count_unwind guard{&unwound};
+        main.switch_to();  // suspended here, mid-function
+        ++finished;
+      });
+      all.back().switch_to();
+    }
+    cogent::stack_counters during = cogent::stack_stats();
+    CHECK(during.live == before.live + count);
+    CHECK(during.guarded_total <= during.guard_budget);
+    // Resume a few to show they still work, then destroy everything (the rest unwind).
+    for (std::size_t i = 0; i < count; i += count / 10) {
+      all[i].switch_to();
+    }
+    CHECK(finished == 10);
+  }
+  CHECK(finished == 10);
+  CHECK(unwound == count);
+  cogent::stack_counters after = cogent::stack_stats();
+  CHECK(after.live == before.live);
+  CHECK(after.pooled >= count);  // the stacks went back to the pool
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  MESSAGE(count << " fibers suspended and destroyed in " << secs << " s");
+  CHECK(secs < 60.0);
+}
+
+}  // TEST_SUITE("stack")

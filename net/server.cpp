@@ -1,0 +1,238 @@
+// net/server.cpp — stream_server: accept task, per-client tasks, backoff, stop.
+#include "net/server.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <system_error>
+
+namespace cogent::net {
+namespace {
+
+bool is_resource_error(int err) noexcept {
+  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+// is_disconnect() says whether an error just means "this client went away".
+bool is_disconnect(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const end_of_stream&) {
+    return true;
+  } catch (const std::system_error& se) {
+    if (se.code().category() != std::generic_category() && se.code().category() != std::system_category()) {
+      return false;
+    }
+    int v = se.code().value();
+    return v == ECONNRESET || v == EPIPE || v == ETIMEDOUT || v == ECONNABORTED || v == EBADF ||
+           v == ENOTCONN || v == EHOSTUNREACH || v == ENETUNREACH;
+  } catch (...) {
+    return false;
+  }
+}
+
+}  // namespace
+
+stream_server::stream_server(const net::address& at, handler_type handler, server_options opts)
+    : stream_server(listener::bind(at, opts.listen), std::move(handler), std::move(opts)) {}
+
+stream_server::stream_server(listener l, handler_type handler, server_options opts)
+    : _listener(std::move(l)), _handler(std::move(handler)), _opts(std::move(opts)) {
+  if (!_listener.is_open()) {
+    throw std::invalid_argument("cogent::net: stream_server given a closed listener");
+  }
+  if (!_handler) {
+    throw std::invalid_argument("cogent::net: stream_server given an empty handler");
+  }
+  _address = _listener.local_address();
+}
+
+stream_server::~stream_server() {
+  if (_started && !_stopped) {
+    try {
+      stop(std::chrono::nanoseconds::zero());
+    } catch (...) {
+      // A destructor must not throw; a kill arriving here has already done its job.
+    }
+  }
+}
+
+void stream_server::start() {
+  if (_started || _stopped) {
+    throw std::logic_error("cogent::net: stream_server::start() called twice or after stop()");
+  }
+  _started = true;
+  _acceptor = cogent::spawn(spawn_options{"stream_server accept " + _address.to_string()}, [this] { accept_loop(); });
+}
+
+void stream_server::serve_forever() {
+  if (!_started && !_stopped) {
+    start();
+  }
+  while (!_stopped) {
+    _stopped_waiters.wait(clock::time_point::max());
+  }
+}
+
+void stream_server::stop(timeout_duration t) {
+  if (_stopped) {
+    return;
+  }
+  _stopped = true;
+  _stopped_waiters.notify_all();
+  // 1. Stop accepting: kill the accept task (an accept in flight is cancelled
+  //    and a connection it raced to take is closed), then close the listener.
+  if (_acceptor && !_acceptor.ready()) {
+    _acceptor.kill();
+  }
+  _listener.close();
+  // 2. A handler calling stop() must not wait for (or kill) itself.
+  task_base self = current_task();
+  if (self && _clients.contains(self)) {
+    _clients.discard(self);
+  }
+  // 3. Let the handlers finish up to `t`, then kill the rest.
+  if (!_clients.join(t)) {
+    _clients.kill();
+  }
+}
+
+void stream_server::accept_loop() {
+  // Backoff state: an "episode" runs from the first failed accept to the next
+  // successful one. The first episode is logged, later ones at most every 10 s
+  // (a server at its descriptor limit flaps in and out of it as clients come
+  // and go; one line per flap would flood the log).
+  std::chrono::milliseconds backoff{0};
+  int failing_errno = 0;
+  std::uint64_t failures = 0;
+  bool logged_episode = false;
+  clock::time_point last_log{};
+  for (;;) {
+    net::address peer;
+    stream_socket client;
+    try {
+      client = _listener.accept(peer, std::nullopt);
+    } catch (const std::system_error& e) {
+      if (!_listener.is_open()) {
+        return;
+      }
+      int err = e.code().value();
+      if (err == ECONNABORTED || err == EINTR || err == EPROTO || err == EPERM) {
+        continue;  // that one client is gone; nothing wrong with us
+      }
+      ++failures;
+      if (failing_errno != err) {
+        auto now = clock::now();
+        if (failing_errno == 0 && last_log != clock::time_point{} && now - last_log < std::chrono::seconds(10)) {
+          logged_episode = false;  // a repeat within 10 s: stay quiet
+        } else {
+          std::fprintf(stderr, "cogent: stream_server %s: accept failed: %s%s; backing off and retrying\n",
+                       _address.to_string().c_str(), std::strerror(err),
+                       is_resource_error(err) ? " (out of descriptors or memory)" : "");
+          logged_episode = true;
+          last_log = now;
+        }
+        failing_errno = err;
+      }
+      backoff = std::min(std::max(backoff * 2, std::chrono::milliseconds(1)), _opts.max_accept_backoff);
+      cogent::sleep(backoff);
+      continue;
+    }
+    if (failing_errno != 0) {
+      if (logged_episode) {
+        std::fprintf(stderr, "cogent: stream_server %s: accepting again after %llu failed accepts\n",
+                     _address.to_string().c_str(), static_cast<unsigned long long>(failures));
+      }
+      failing_errno = 0;
+      failures = 0;
+      logged_episode = false;
+      backoff = std::chrono::milliseconds(0);
+    }
+    ++_accepted;
+    if (_opts.nodelay && !_address.is_unix()) {
+      int one = 1;
+      (void)::setsockopt(client.fd(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    if (_opts.idle_timeout) {
+      client.set_timeout(_opts.idle_timeout);
+    }
+    auto body = [this](stream_socket s, const net::address& p) { run_client(std::move(s), p); };
+    if (_opts.workers != nullptr) {
+      auto t = _opts.workers->spawn(body, std::move(client), peer);
+      _clients.add(t);
+    } else {
+      _clients.spawn(body, std::move(client), peer);
+    }
+  }
+}
+
+void stream_server::run_client(stream_socket s, const net::address& peer) {
+  try {
+    _handler(s, peer);
+  } catch (const std::exception&) {
+    std::exception_ptr e = std::current_exception();
+    if (!is_disconnect(e)) {
+      report(peer, e);
+    }
+  }
+  // Graceful close through the engine; a kill while closing still closes (RAII).
+  s.close();
+}
+
+void stream_server::report(const net::address& peer, std::exception_ptr e) {
+  if (_opts.on_error) {
+    try {
+      _opts.on_error(peer, e);
+    } catch (...) {
+      std::fprintf(stderr, "cogent: stream_server %s: on_error callback threw\n", _address.to_string().c_str());
+    }
+    return;
+  }
+  std::fprintf(stderr, "cogent: stream_server %s: client %s: %s\n", _address.to_string().c_str(),
+               peer.to_string().c_str(), describe_exception(e).c_str());
+}
+
+int wait_for_signal(std::initializer_list<int> signals, timeout_duration t) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : signals) {
+    sigaddset(&set, s);
+  }
+  int rc = pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  if (rc != 0) {
+    throw std::system_error(rc, std::generic_category(), "cogent::net: wait_for_signal: pthread_sigmask");
+  }
+  int fd = ::signalfd(-1, &set, SFD_CLOEXEC);
+  if (fd < 0) {
+    throw std::system_error(errno, std::generic_category(), "cogent::net: wait_for_signal: signalfd");
+  }
+  struct fd_guard {
+    int fd;
+    ~fd_guard() { ::close(fd); }
+  } guard{fd};
+  signalfd_siginfo info{};
+  cogent::detail::io_op op;
+  op.code = cogent::detail::op_code::read;
+  op.fd = fd;
+  op.buf = &info;
+  op.len = sizeof info;
+  op.offset = -1;
+  int r = hub::current().await_io(op, t ? deadline_after(t) : clock::time_point::max());
+  if (r == -ETIMEDOUT) {
+    return 0;
+  }
+  if (r < 0) {
+    throw std::system_error(-r, std::generic_category(), "cogent::net: wait_for_signal: read");
+  }
+  return static_cast<int>(info.ssi_signo);
+}
+
+}  // namespace cogent::net

@@ -1,0 +1,149 @@
+// net/server.hpp — a TCP/Unix stream server that runs one task per client.
+//
+// Defines cogent::net::stream_server (gevent's StreamServer),
+// cogent::net::server_options and cogent::net::wait_for_signal() (park a fiber
+// until SIGINT/SIGTERM/..., for servers that stop cleanly on a signal).
+//
+// The server owns a listener (bound in the constructor, so port() is known at
+// once) and, once started, an accept task. Each accepted client gets its own
+// task running handler(socket, peer); when the handler returns (or throws)
+// the socket is closed. An optional cogent::pool bounds how many handlers run
+// at once: while it is full the accept task waits and new clients queue in
+// the kernel's backlog. Accept errors caused by resource exhaustion (EMFILE,
+// ENFILE, ENOBUFS, ENOMEM) are logged once per episode on stderr; the accept
+// task backs off (1 ms doubling up to max_accept_backoff) and keeps serving,
+// logging again when it recovers.
+//
+// Handler errors: disconnect-like errors (ECONNRESET, EPIPE, ETIMEDOUT from
+// the idle timeout, end_of_stream, EBADF after stop) end the client quietly;
+// any other std::exception goes to server_options::on_error (default: one line
+// on stderr). Either way only that client is affected.
+//
+// Example:
+//   cogent::net::stream_server srv(cogent::net::address::ipv4_any(7000),
+//       [](cogent::net::tcp_socket& s, const cogent::net::address& peer) {
+//         char buf[4096];
+//         while (std::size_t n = s.read_some(buf, sizeof buf)) {
+//           s.write_all(buf, n);
+//         }
+//       });
+//   srv.start();                                       // never switches
+//   cogent::spawn([&] { cogent::net::wait_for_signal({SIGINT, SIGTERM}); srv.stop(std::chrono::seconds(2)); });
+//   srv.serve_forever();                               // returns after stop()
+#pragma once
+// Everything declared in cogent headers is exported from the library (built with -fvisibility=hidden).
+#pragma GCC visibility push(default)
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <initializer_list>
+
+#include "hub/core.hpp"
+#include "hub/pool.hpp"
+#include "hub/task.hpp"
+#include "net/address.hpp"
+#include "net/socket.hpp"
+
+namespace cogent::net {
+
+// server_options configures a stream_server.
+struct server_options {
+  // listen is passed to listener::bind() when the server binds the address.
+  listen_options listen;
+  // workers, if set, bounds concurrency: each handler is spawned into this pool
+  // (the accept task waits while it is full). Must outlive the server.
+  cogent::pool* workers = nullptr;
+  // idle_timeout becomes every client socket's default timeout: a client that
+  // sends nothing for that long makes the blocked read raise ETIMEDOUT, which
+  // ends the client quietly. std::nullopt = no idle limit.
+  timeout_duration idle_timeout;
+  // nodelay sets TCP_NODELAY on each accepted TCP client.
+  bool nodelay = true;
+  // max_accept_backoff caps the pause after a resource-exhaustion accept error.
+  std::chrono::milliseconds max_accept_backoff{100};
+  // on_error receives a handler's unexpected exception (not disconnects, not
+  // kills). Default: "cogent: stream_server: client <peer>: <what>" on stderr.
+  std::function<void(const address& peer, std::exception_ptr error)> on_error;
+};
+
+// stream_server accepts stream connections and runs handler(socket, peer) in a
+// task per client.
+//
+// Example:
+//   cogent::net::stream_server srv(cogent::net::address::ipv4_loopback(0), echo_handler);
+//   srv.start();
+//   auto c = cogent::net::stream_socket::connect(srv.address());
+//   ...
+//   srv.stop(std::chrono::seconds(1));   // stop accepting, wait up to 1 s, kill the rest
+class stream_server {
+ public:
+  // handler_type is the per-client callback. It runs in the client's own task
+  // and may block; the socket is closed after it returns.
+  using handler_type = std::function<void(stream_socket&, const address&)>;
+
+  // stream_server() binds `at` (TCP v4/v6 or Unix) with options.listen.
+  // Raises std::system_error (EADDRINUSE, ...) or std::invalid_argument.
+  // Never switches.
+  stream_server(const address& at, handler_type handler, server_options opts = {});
+  // stream_server() serves an already bound listener.
+  stream_server(listener l, handler_type handler, server_options opts = {});
+  // ~stream_server() stops the server if still running (stop with a zero
+  // timeout: running handlers are killed). May switch.
+  ~stream_server();
+  stream_server(const stream_server&) = delete;
+  stream_server& operator=(const stream_server&) = delete;
+
+  // start() spawns the accept task. Raises std::logic_error if already
+  // started or stopped. Never switches.
+  void start();
+  // serve_forever() starts the server if needed and parks the calling fiber
+  // until stop() has been called (from another fiber). May switch.
+  void serve_forever();
+  // stop() stops accepting and closes the listener, waits up to `t` for the
+  // running handlers to finish (std::nullopt: as long as they take), then
+  // kills the rest and waits for them to unwind. Idempotent; a handler may
+  // call it (it is not waited for itself). May switch.
+  void stop(timeout_duration t = std::nullopt);
+
+  // port() is the bound port (0 for Unix). Never switches.
+  std::uint16_t port() const noexcept { return _address.port(); }
+  // address() is the bound address (with the real port after binding port 0).
+  const net::address& address() const noexcept { return _address; }
+  // client_count() is the number of live client tasks. Never switches.
+  std::size_t client_count() const noexcept { return _clients.size(); }
+  // accepted_count() is the number of connections accepted so far.
+  std::uint64_t accepted_count() const noexcept { return _accepted; }
+  // serving() is true between start() and stop().
+  bool serving() const noexcept { return _started && !_stopped; }
+
+ private:
+  void accept_loop();
+  void run_client(stream_socket s, const net::address& peer);
+  void report(const net::address& peer, std::exception_ptr e);
+
+  listener _listener;
+  net::address _address;
+  handler_type _handler;
+  server_options _opts;
+  cogent::group _clients;
+  task<void> _acceptor;
+  cogent::detail::wait_list _stopped_waiters;
+  std::uint64_t _accepted = 0;
+  bool _started = false;
+  bool _stopped = false;
+};
+
+// wait_for_signal() blocks `signals` in the calling thread (so they are not
+// delivered the default way), then parks the calling fiber until one of them
+// arrives (a signalfd read through the engine) or `t` passes. Returns the
+// signal number, or 0 on timeout. The signals stay blocked afterwards. Call it
+// before starting other threads (they inherit the mask), or block the signals
+// in them too. Raises std::system_error if signalfd fails. May switch.
+int wait_for_signal(std::initializer_list<int> signals, timeout_duration t = std::nullopt);
+
+}  // namespace cogent::net
+
+#pragma GCC visibility pop

@@ -387,6 +387,12 @@ void hub::run_ready() {
       _ready_tail = nullptr;
     }
     --_ready_count;
+    if (_ready_head != nullptr) {
+      // Long ready queues (100k fresh tasks) chase pointers through cold
+      // fiber control blocks, one per stack: start fetching the next one now,
+      // while f runs, instead of stalling on it at the next pop.
+      __builtin_prefetch(_ready_head, 1);
+    }
     f->sched.state = st_running;
     _running.store(f, std::memory_order_relaxed);
     _switches.fetch_add(1, std::memory_order_relaxed);

@@ -1,0 +1,193 @@
+// bench/hub_bench.cpp — hub micro-benchmarks (Google Benchmark), with a raw
+// liburing floor for the IO round trip in the same binary:
+//  1. spawn_join_100k: spawn 100,000 trivial tasks, join them (ns per task; target <= 200 ns); and
+//     spawn_join_batch1k, the same in batches of 1,000 (stacks stay cache-hot).
+//  2. sleep_100k_10ms: 100,000 tasks each sleep(10 ms), whole run (target <= 60 ms). The process's first
+//     (cold) run is measured once in main() before the benchmarks and printed; the benchmark itself
+//     reports warm runs (stacks come from the pool).
+//  3. yield_ping: two fibers ping-pong through sleep(0) (ns per yield; target <= 60 ns).
+//  4. nop_await_io vs nop_raw_uring: a NOP through hub::await_io from a fiber vs the same NOP on a raw
+//     liburing loop (prep_nop, submit_and_wait, reap) — target <= 1.3x.
+//  5. queue_handoff: producer task -> consumer (main) through cogent::queue<int> (ns per item; target <= 100 ns).
+//
+// Run (one line): taskset -c 1 ./build/bench/hub_bench --benchmark_repetitions=5
+//   --benchmark_report_aggregates_only=true [--benchmark_format=json]
+#include <benchmark/benchmark.h>
+#include <liburing.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <vector>
+
+#include "hub/core.hpp"
+#include "hub/queue.hpp"
+#include "hub/task.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+benchmark::Counter per_item(double items) {
+  return benchmark::Counter(items, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+// ---- 1. spawn + join ---------------------------------------------------------------
+
+constexpr int n_tasks = 100'000;
+
+void spawn_join_100k(benchmark::State& state) {
+  std::vector<cogent::task<void>> ts;
+  ts.reserve(n_tasks);
+  for (auto _ : state) {
+    for (int i = 0; i < n_tasks; ++i) {
+      ts.push_back(cogent::spawn([] {}));
+    }
+    for (auto& t : ts) {
+      t.join();
+    }
+    ts.clear();
+  }
+  state.counters["per_task"] = per_item(static_cast<double>(state.iterations()) * n_tasks);
+}
+BENCHMARK(spawn_join_100k)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// spawn_join_batch1k: the same 100k tasks in batches of 1,000 (the working set
+// of stacks stays in cache): separates the code path from memory effects.
+void spawn_join_batch1k(benchmark::State& state) {
+  std::vector<cogent::task<void>> ts;
+  ts.reserve(1000);
+  for (auto _ : state) {
+    for (int b = 0; b < n_tasks / 1000; ++b) {
+      for (int i = 0; i < 1000; ++i) {
+        ts.push_back(cogent::spawn([] {}));
+      }
+      for (auto& t : ts) {
+        t.join();
+      }
+      ts.clear();
+    }
+  }
+  state.counters["per_task"] = per_item(static_cast<double>(state.iterations()) * n_tasks);
+}
+BENCHMARK(spawn_join_batch1k)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- 2. 100k x sleep(10 ms) -----------------------------------------------------------
+
+void run_sleepers() {
+  for (int i = 0; i < n_tasks; ++i) {
+    cogent::spawn([] { cogent::sleep(10ms); });
+  }
+  cogent::wait();
+}
+
+void sleep_100k_10ms(benchmark::State& state) {
+  for (auto _ : state) {
+    run_sleepers();
+  }
+}
+BENCHMARK(sleep_100k_10ms)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+
+// ---- 3. sleep(0) ping ------------------------------------------------------------------
+
+void yield_ping(benchmark::State& state) {
+  bool stop = false;
+  auto other = cogent::spawn([&] {
+    while (!stop) {
+      cogent::yield();
+    }
+  });
+  cogent::yield();  // let it start
+  for (auto _ : state) {
+    cogent::yield();  // main -> other -> main: two yields
+  }
+  stop = true;
+  other.join();
+  state.counters["per_yield"] = per_item(2.0 * static_cast<double>(state.iterations()));
+}
+BENCHMARK(yield_ping);
+
+// ---- 4. NOP round trip: hub vs raw liburing ------------------------------------------------
+
+void nop_await_io(benchmark::State& state) {
+  cogent::hub& h = cogent::hub::current();
+  auto t = cogent::spawn([&] {
+    for (auto _ : state) {
+      cogent::detail::io_op op;
+      op.code = cogent::detail::op_code::nop;
+      int r = h.await_io(op);
+      benchmark::DoNotOptimize(r);
+    }
+  });
+  t.get();
+}
+BENCHMARK(nop_await_io);
+
+void nop_raw_uring(benchmark::State& state) {
+  io_uring ring;
+  if (io_uring_queue_init(64, &ring, 0) != 0) {
+    state.SkipWithError("io_uring_queue_init failed");
+    return;
+  }
+  for (auto _ : state) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, 1);
+    io_uring_submit_and_wait(&ring, 1);
+    io_uring_cqe* cqe = nullptr;
+    io_uring_peek_cqe(&ring, &cqe);
+    benchmark::DoNotOptimize(cqe->res);
+    io_uring_cqe_seen(&ring, cqe);
+  }
+  io_uring_queue_exit(&ring);
+}
+BENCHMARK(nop_raw_uring);
+
+// ---- 5. queue handoff ----------------------------------------------------------------------
+
+void queue_handoff(benchmark::State& state) {
+  cogent::queue<int> q(static_cast<std::size_t>(state.range(0)));
+  bool stop = false;
+  auto producer = cogent::spawn([&] {
+    for (int i = 0; !stop; ++i) {
+      q.put(i);
+    }
+  });
+  long sum = 0;
+  for (auto _ : state) {
+    sum += q.get();
+  }
+  stop = true;
+  while (!producer.ready()) {
+    q.get_nowait();  // let a blocked put() finish so the producer sees `stop`
+    cogent::yield();
+  }
+  benchmark::DoNotOptimize(sum);
+  state.counters["per_item"] = per_item(static_cast<double>(state.iterations()));
+}
+BENCHMARK(queue_handoff)->Arg(1)->Arg(64);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // The cold run: the first 100k sleepers of this process (fresh stacks: page
+  // faults, guard pages). Measured once, before anything else touches the hub.
+  // COGENT_BENCH_SKIP_COLD=1 skips it (for profiling one benchmark).
+  if (std::getenv("COGENT_BENCH_SKIP_COLD") == nullptr) {
+    auto t0 = std::chrono::steady_clock::now();
+    std::clock_t c0 = std::clock();
+    run_sleepers();
+    auto cold = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    double cold_cpu = 1000.0 * static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
+    std::fprintf(stderr, "sleep_100k_10ms cold (first) run: %.1f ms wall, %.1f ms cpu\n", cold, cold_cpu);
+  }
+
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) {
+    return 1;
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

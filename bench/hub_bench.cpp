@@ -22,8 +22,11 @@
 #include <vector>
 
 #include "hub/core.hpp"
-#include "hub/queue.hpp"
 #include "hub/task.hpp"
+#if __has_include("hub/queue.hpp")
+#include "hub/queue.hpp"
+#define COGENT_BENCH_HAVE_QUEUE 1
+#endif
 
 namespace {
 
@@ -144,6 +147,7 @@ void nop_raw_uring(benchmark::State& state) {
 }
 BENCHMARK(nop_raw_uring);
 
+#if defined(COGENT_BENCH_HAVE_QUEUE)
 // ---- 5. queue handoff ----------------------------------------------------------------------
 
 void queue_handoff(benchmark::State& state) {
@@ -167,6 +171,8 @@ void queue_handoff(benchmark::State& state) {
   state.counters["per_item"] = per_item(static_cast<double>(state.iterations()));
 }
 BENCHMARK(queue_handoff)->Arg(1)->Arg(64);
+
+#endif  // COGENT_BENCH_HAVE_QUEUE
 
 }  // namespace
 

@@ -26,7 +26,12 @@ namespace {
 
 constexpr std::size_t page_size = 4096;
 constexpr std::size_t chunk_stacks = 256;          // default stacks carved per mmap
-constexpr std::size_t pool_trim_threshold = 4096;  // pooled stacks beyond this give their pages back
+// Up to this many free stacks per thread keep their memory ("hot": reuse costs
+// no syscall and no page fault); beyond it a released stack gives its pages
+// back (MADV_DONTNEED) and goes on a separate cold list, used only once the
+// hot list is empty — so a burst of releases never makes later spawns pay a
+// fault on every stack.
+std::atomic<std::size_t> g_hot_limit{131072};
 
 std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
 
@@ -110,13 +115,15 @@ global_pool& shared_pool() {
 COGENT_STACK_TLS bool t_pool_dead = false;  // trivially destructible: readable during thread exit
 
 struct thread_pool {
-  std::vector<stack> free;
+  std::vector<stack> free;  // hot: memory still committed
+  std::vector<stack> cold;  // pages given back
   char* chunk_next = nullptr;  // uncarved remainder of the current chunk
   std::size_t chunk_left = 0;
   std::size_t live = 0;
 
   ~thread_pool() {
     t_pool_dead = true;
+    free.insert(free.end(), cold.begin(), cold.end());
     if (free.empty()) {
       return;
     }
@@ -134,6 +141,11 @@ stack allocate_default() {
   if (!tp.free.empty()) {
     stack s = tp.free.back();
     tp.free.pop_back();
+    return s;
+  }
+  if (!tp.cold.empty()) {
+    stack s = tp.cold.back();
+    tp.cold.pop_back();
     return s;
   }
   {
@@ -182,10 +194,12 @@ void release_stack(const stack& s) noexcept {
   }
   if (s.pooled) {
     thread_pool& tp = t_pool;
-    if (tp.free.size() >= pool_trim_threshold) {
+    if (tp.free.size() >= g_hot_limit.load(std::memory_order_relaxed)) {
       // Keep the address range (munmap would split chunk mappings and spend
       // the map-count budget) but give the memory back.
       ::madvise(s.bottom, s.size, MADV_DONTNEED);
+      tp.cold.push_back(s);
+      return;
     }
     tp.free.push_back(s);
     return;
@@ -285,10 +299,14 @@ void install_overflow_handler(overflow_inspector inspect) {
 
 }  // namespace detail
 
+void set_stack_pool_limit(std::size_t hot_stacks) noexcept {
+  detail::g_hot_limit.store(hot_stacks, std::memory_order_relaxed);
+}
+
 stack_counters stack_stats() noexcept {
   stack_counters c;
   c.live = detail::t_pool.live;
-  c.pooled = detail::t_pool.free.size();
+  c.pooled = detail::t_pool.free.size() + detail::t_pool.cold.size();
   c.guarded_total = detail::g_guarded.load(std::memory_order_relaxed);
   c.guard_budget = detail::guard_budget();
   return c;

@@ -7,8 +7,9 @@
 //  - Memory comes from mmap(MAP_NORESERVE): only the pages a fiber touches are
 //    committed. A suspended fiber that did little costs one page (4 KiB).
 //  - Default-size stacks are carved from large chunks and pooled per thread;
-//    creating a fiber normally costs no syscall. Stacks that pile up in the pool
-//    beyond pool_trim_threshold have their pages returned (MADV_DONTNEED).
+//    creating a fiber normally costs no syscall and no page fault. Free stacks
+//    beyond the hot limit (set_stack_pool_limit, default 131072 per thread)
+//    have their pages returned (MADV_DONTNEED) and are reused last.
 //  - Overflow protection: a PROT_NONE guard page below each stack while the
 //    process's mapping budget allows (each guard splits a mapping; Linux caps a
 //    process at vm.max_map_count, 65530 by default, so 1,000,000 fibers cannot
@@ -39,6 +40,11 @@ struct stack_counters {
   std::size_t guarded_total = 0;  // stacks with a guard page (process-wide)
   std::size_t guard_budget = 0;   // how many guarded stacks the map-count budget allows (process-wide)
 };
+
+// set_stack_pool_limit() sets how many free default-size stacks each thread
+// keeps with their memory committed (the rest give their pages back). A freed
+// stack holds only the pages its fiber touched (often one, 4 KiB). Never switches.
+void set_stack_pool_limit(std::size_t hot_stacks) noexcept;
 
 // stack_stats() returns the calling thread's stack counters. Never switches.
 stack_counters stack_stats() noexcept;

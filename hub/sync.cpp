@@ -1,0 +1,200 @@
+// hub/sync.cpp — handoff_list, event, mutex, rlock, semaphore.
+#include "hub/sync.hpp"
+
+#include <string>
+
+namespace cogent {
+namespace detail {
+
+// ---- handoff_list ---------------------------------------------------------------
+
+void handoff_list::link(node& n) noexcept {
+  n.prev = _tail;
+  n.next = nullptr;
+  (_tail != nullptr ? _tail->next : _head) = &n;
+  _tail = &n;
+  n.linked = true;
+  ++_size;
+}
+
+void handoff_list::unlink(node& n) noexcept {
+  (n.prev != nullptr ? n.prev->next : _head) = n.next;
+  (n.next != nullptr ? n.next->prev : _tail) = n.prev;
+  n.prev = n.next = nullptr;
+  n.linked = false;
+  --_size;
+}
+
+bool handoff_list::wait(node& n, clock::time_point deadline) {
+  if (deadline_passed(deadline)) {
+    return false;
+  }
+  hub& h = hub::current();
+  n.f = current_impl();
+  n.granted = false;
+  link(n);
+  struct unlinker {
+    handoff_list* l;
+    node* n;
+    ~unlinker() {
+      if (n->linked) {
+        l->unlink(*n);
+      }
+    }
+  } guard{this, &n};
+  for (;;) {
+    wake_reason r = h.park(deadline, true);
+    if (n.granted) {
+      return true;  // a grant wins; a pending interrupt is raised at the next blocking call
+    }
+    if (n.f->sched.pending) {
+      unlink(n);
+      hub::throw_if_interrupted();
+    }
+    if (r == wake_reason::timed_out || deadline_passed(deadline)) {
+      unlink(n);
+      return false;
+    }
+    // Woken for another reason (an interrupt that was withdrawn): wait on.
+  }
+}
+
+handoff_list::node* handoff_list::first() const noexcept {
+  for (node* n = _head; n != nullptr; n = n->next) {
+    if (!n->f->sched.pending) {
+      return n;
+    }
+  }
+  return nullptr;
+}
+
+void handoff_list::grant(node& n) noexcept {
+  unlink(n);
+  n.granted = true;
+  hub::current().schedule(n.f, wake_reason::woken);
+}
+
+}  // namespace detail
+
+// ---- event ------------------------------------------------------------------------
+
+void event::set() noexcept {
+  _flag = true;
+  ++_generation;
+  _waiters.notify_all();
+}
+
+bool event::wait(timeout_duration t) {
+  if (_flag) {
+    return true;
+  }
+  clock::time_point deadline = deadline_after(t);
+  std::uint64_t generation = _generation;
+  // A set() since we began counts even if clear() followed it; other wake-ups
+  // (a notification passed on by a killed waiter) are rechecked.
+  while (!_flag && _generation == generation) {
+    if (detail::deadline_passed(deadline)) {
+      return false;
+    }
+    if (!_waiters.wait(deadline)) {
+      return _flag || _generation != generation;
+    }
+  }
+  return true;
+}
+
+// ---- mutex ------------------------------------------------------------------------
+
+bool mutex::owned() const noexcept { return _owner != nullptr && _owner == detail::current_impl(); }
+
+bool mutex::acquire(timeout_duration t) {
+  detail::fiber_impl* self = detail::current_impl();
+  if (_owner == nullptr) {
+    _owner = self;  // free implies no waiter can claim it: release() hands it over directly
+    return true;
+  }
+  if (_owner == self) {
+    throw lock_error("cogent::mutex::acquire(): the calling fiber already owns this lock (it would deadlock; "
+                     "use cogent::rlock for re-entry)");
+  }
+  detail::handoff_list::node n;
+  return _waiters.wait(n, deadline_after(t));  // on a grant, release() made us the owner
+}
+
+void mutex::release() {
+  if (_owner == nullptr) {
+    throw lock_error("cogent::mutex::release(): the lock is not locked");
+  }
+  if (_owner != detail::current_impl()) {
+    throw lock_error("cogent::mutex::release(): the calling fiber does not own the lock");
+  }
+  if (detail::handoff_list::node* n = _waiters.first()) {
+    _owner = n->f;
+    _waiters.grant(*n);
+  } else {
+    _owner = nullptr;
+  }
+}
+
+// ---- rlock ------------------------------------------------------------------------
+
+bool rlock::owned() const noexcept { return _owner != nullptr && _owner == detail::current_impl(); }
+
+bool rlock::acquire(timeout_duration t) {
+  detail::fiber_impl* self = detail::current_impl();
+  if (_owner == nullptr) {
+    _owner = self;
+    _count = 1;
+    return true;
+  }
+  if (_owner == self) {
+    ++_count;
+    return true;
+  }
+  detail::handoff_list::node n;
+  return _waiters.wait(n, deadline_after(t));  // on a grant, release() made us the owner with count 1
+}
+
+void rlock::release() {
+  if (_owner == nullptr) {
+    throw lock_error("cogent::rlock::release(): the lock is not locked");
+  }
+  if (_owner != detail::current_impl()) {
+    throw lock_error("cogent::rlock::release(): the calling fiber does not own the lock");
+  }
+  if (--_count > 0) {
+    return;
+  }
+  if (detail::handoff_list::node* n = _waiters.first()) {
+    _owner = n->f;
+    _count = 1;
+    _waiters.grant(*n);
+  } else {
+    _owner = nullptr;
+  }
+}
+
+// ---- semaphore --------------------------------------------------------------------
+
+bool semaphore::acquire(timeout_duration t) {
+  if (_counter > 0) {
+    --_counter;  // a free unit implies no waiter can claim it: release() hands units over directly
+    return true;
+  }
+  detail::handoff_list::node n;
+  return _waiters.wait(n, deadline_after(t));  // on a grant, release() gave us its unit
+}
+
+void semaphore::release() {
+  if (_bounded && _counter >= _initial) {
+    throw lock_error("cogent::bounded_semaphore::release(): released more times than acquired (the counter would "
+                     "exceed its initial value " + std::to_string(_initial) + ")");
+  }
+  if (detail::handoff_list::node* n = _waiters.first()) {
+    _waiters.grant(*n);
+  } else {
+    ++_counter;
+  }
+}
+
+}  // namespace cogent

@@ -25,7 +25,7 @@ void group::track(const task_base& t) {
   }
   auto& m = _members[t.id()];
   m.handle = t;
-  m.link_id = t.link([this](const task_base& done) { on_finished(done); });
+  m.link_id = t.link([this](const task_base& done) { on_finished(done); }, /*observes=*/false);
 }
 
 void group::on_finished(const task_base& t) noexcept {

@@ -82,7 +82,10 @@ void task_state::finish() noexcept {
     hub::current().cancel_timer(start_timer);
   }
   unregister_task(this);
-  bool observed = waiting > 0 || !links.empty() || kill_requested;
+  bool observed = waiting > 0 || kill_requested;
+  for (const auto& l : links) {
+    observed = observed || l.observes;
+  }
   joiners.notify_all();
   task_base self(keep);
   auto ls = std::move(links);
@@ -205,14 +208,14 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
   }
 }
 
-std::size_t task_base::link(std::function<void(const task_base&)> fn) const {
+std::size_t task_base::link(std::function<void(const task_base&)> fn, bool observes) const {
   detail::task_state& s = state();
   if (s.st == detail::task_state::status::done) {
     fn(*this);
     return 0;
   }
   std::size_t id = s.next_link++;
-  s.links.push_back({id, std::move(fn)});
+  s.links.push_back({id, std::move(fn), observes});
   return id;
 }
 

@@ -75,6 +75,7 @@ struct task_state : std::enable_shared_from_this<task_state> {
   struct link_entry {
     std::size_t id;
     std::function<void(const task_base&)> fn;
+    bool observes;  // this link handles the task's error (suppresses the unjoined report)
   };
   std::vector<link_entry> links;
   std::size_t next_link = 1;
@@ -136,8 +137,10 @@ class task_base {
 
   // link() calls fn(task) when the task finishes (at once if it already has);
   // fn runs in the finishing task's fiber, just before it dies. Returns an id
-  // for unlink().
-  std::size_t link(std::function<void(const task_base&)> fn) const;
+  // for unlink(). A link that `observes` counts as someone handling the task's
+  // error, so the unjoined-error report is not printed; bookkeeping links
+  // (a group tracking its members) pass observes = false.
+  std::size_t link(std::function<void(const task_base&)> fn, bool observes = true) const;
   void unlink(std::size_t id) const;
 
   // Status (gevent names). ready(): finished. successful(): finished without

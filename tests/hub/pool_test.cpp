@@ -221,4 +221,23 @@ COGENT_TEST_CASE("pool: kill frees slots for waiting spawners", doctest::timeout
   CHECK(blocker.killed());
 }
 
+COGENT_TEST_CASE("group: a member's error nobody joins is still reported once", doctest::timeout(10)) {
+  int reports = 0;
+  std::string name;
+  cogent::set_task_error_handler([&](const cogent::task_base& t, std::exception_ptr) {
+    ++reports;
+    name = t.name();
+  });
+  cogent::group g;
+  auto t = cogent::spawn(cogent::spawn_options{"member"}, [] { throw std::runtime_error("lost"); });
+  g.add(t);
+  while (!t.ready()) {
+    cogent::sleep(1ms);
+  }
+  cogent::set_task_error_handler(nullptr);
+  CHECK(reports == 1);
+  CHECK(name == "member");
+  CHECK(g.size() == 0);
+}
+
 }  // namespace

@@ -1,0 +1,1005 @@
+// monkey/hooks.cpp — the interposed libc functions.
+//
+// Each hook first decides whether it may cooperate (detail::enter/enter_fd:
+// patched, a hub on this thread, not the hub fiber, a socket/pipe/file the
+// user did not make non-blocking). If not, it calls the real function and
+// nothing else happens. If so, it does the same work through io_uring (or a
+// hub timer) while the fiber is parked, and returns exactly what libc would:
+// the same value, the same errno. Hooks never throw (C callers): a kill or
+// Timeout becomes -1/EINTR with the interrupt left pending (see monkey.hpp).
+//
+// Bookkeeping-only hooks (socket, accept's result, fcntl, ioctl FIONBIO,
+// setsockopt, dup*, pipe*, open*, close) keep the per-fd table in step.
+#undef _FORTIFY_SOURCE  // we define the plain symbols; fortify's inline wrappers would get in the way
+// With _FILE_OFFSET_BITS=64 (meson's default) glibc's headers rename pread,
+// fcntl, open... to their *64 symbols; we must define both names ourselves.
+// On LP64 off_t is 64-bit either way.
+#undef _FILE_OFFSET_BITS
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdarg>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "monkey/detail/core.hpp"
+
+using namespace cogent::monkey::detail;
+
+#define COGENT_HOOK extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+// The kernel clamps one read/write to MAX_RW_COUNT, after checking the whole
+// user range; io_op lengths are 32-bit. Larger calls go straight to libc so
+// errors (EFAULT for absurd sizes) and clamping are exactly the kernel's.
+constexpr std::size_t max_rw = static_cast<std::size_t>(INT_MAX) & ~std::size_t{4095};
+
+// What the kernel reports for SO_RCVTIMEO/SO_SNDTIMEO expiry.
+constexpr int timed_out_errno = EAGAIN;
+
+std::int64_t timeval_ns(const timeval& tv) noexcept {
+  return static_cast<std::int64_t>(tv.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(tv.tv_usec) * 1000;
+}
+
+// sock_timeout() is fd's SO_RCVTIMEO (rcv) or SO_SNDTIMEO in ns, 0 = none.
+// A description shared with a dup is asked of the kernel (the dup may have
+// changed it).
+std::int64_t sock_timeout(int fd, fd_entry& e, bool rcv) noexcept {
+  if (e.flags.load(std::memory_order_relaxed) & flag_shared) [[unlikely]] {
+    timeval tv{};
+    socklen_t len = sizeof tv;
+    if (real.getsockopt(fd, SOL_SOCKET, rcv ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &len) < 0) {
+      return 0;
+    }
+    return timeval_ns(tv);
+  }
+  return (rcv ? e.rcv_timeout_ns : e.snd_timeout_ns).load(std::memory_order_relaxed);
+}
+
+// finish_in() maps an await result of an input call to libc's return.
+ssize_t finish_in(int r) noexcept {
+  if (r == -ETIMEDOUT) {
+    return fail(-timed_out_errno);
+  }
+  return r < 0 ? fail(r) : r;
+}
+
+// input() runs one input op (read/readv/recv/recvmsg) on fd: a socket honours
+// SO_RCVTIMEO; files and pipes wait without limit.
+ssize_t input(call_ctx& c, int fd, fd_entry& e, fd_kind k, io_op& op) noexcept {
+  clock::time_point dl = k == kind_socket ? deadline_ns(sock_timeout(fd, e, true)) : clock::time_point::max();
+  return finish_in(await_op(c, op, dl));
+}
+
+// ---- output ----------------------------------------------------------------------
+//
+// Sockets: try the send at once with MSG_DONTWAIT (the buffer almost always
+// has room: no park, one syscall) and park on an io_uring POLLOUT only when
+// it is full. A blocking send writes everything, so partial progress loops.
+// Pipes and files: io_uring write ops (pipes loop on partial writes too).
+
+// out_blocked() waits for room after `done` bytes went out; returns 0 to
+// retry, or the final return value of the call in *ret.
+bool out_blocked(call_ctx& c, int fd, fd_entry& e, clock::time_point& dl, bool& dl_set, std::size_t done,
+                 ssize_t* ret) noexcept {
+  if (!dl_set) {
+    dl = deadline_ns(sock_timeout(fd, e, false));
+    dl_set = true;
+  }
+  int w = await_ready(c, fd, POLLOUT, dl);
+  if (w >= 0) {
+    return false;
+  }
+  if (done > 0) {
+    *ret = static_cast<ssize_t>(done);  // libc returns the partial count after an interruption
+  } else {
+    *ret = fail(w == -ETIMEDOUT ? -timed_out_errno : w);
+  }
+  return true;
+}
+
+ssize_t sock_send(call_ctx& c, int fd, fd_entry& e, const void* buf, std::size_t n, int flags) noexcept {
+  if (has_pending(c)) {
+    return fail(interrupted(c));
+  }
+  std::size_t done = 0;
+  clock::time_point dl;
+  bool dl_set = false;
+  for (;;) {
+    ssize_t r = real.send(fd, static_cast<const char*>(buf) + done, n - done, flags | MSG_DONTWAIT);
+    if (r >= 0) {
+      done += static_cast<std::size_t>(r);
+      if (done >= n) {
+        return static_cast<ssize_t>(done);
+      }
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      return done > 0 ? static_cast<ssize_t>(done) : -1;
+    }
+    ssize_t ret;
+    if (out_blocked(c, fd, e, dl, dl_set, done, &ret)) {
+      return ret;
+    }
+  }
+}
+
+// advance() drops the first `k` bytes from an iovec array (in place).
+void advance(iovec*& v, int& cnt, std::size_t k) noexcept {
+  while (cnt > 0 && k >= v->iov_len) {
+    k -= v->iov_len;
+    ++v;
+    --cnt;
+  }
+  if (cnt > 0) {
+    v->iov_base = static_cast<char*>(v->iov_base) + k;
+    v->iov_len -= k;
+  }
+}
+
+std::size_t iov_total(const iovec* v, int cnt) noexcept {
+  std::size_t t = 0;
+  for (int i = 0; i < cnt; ++i) {
+    t += v[i].iov_len;
+  }
+  return t;
+}
+
+// sock_sendmsg() is sock_send() for a msghdr (writev, sendto, sendmsg). On a
+// partial send the rest goes out from a private copy of the iovecs, without
+// the ancillary data (the kernel sent that with the first bytes).
+ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int flags) noexcept {
+  if (has_pending(c)) {
+    return fail(interrupted(c));
+  }
+  std::size_t total = iov_total(msg->msg_iov, static_cast<int>(msg->msg_iovlen));
+  std::size_t done = 0;
+  clock::time_point dl;
+  bool dl_set = false;
+  std::vector<iovec> rest;
+  msghdr m = *msg;
+  for (;;) {
+    ssize_t r = real.sendmsg(fd, &m, flags | MSG_DONTWAIT);
+    if (r >= 0) {
+      done += static_cast<std::size_t>(r);
+      if (done >= total) {
+        return static_cast<ssize_t>(done);
+      }
+      if (r > 0) {
+        if (rest.empty()) {
+          rest.assign(msg->msg_iov, msg->msg_iov + msg->msg_iovlen);
+          m.msg_iov = rest.data();
+          m.msg_control = nullptr;
+          m.msg_controllen = 0;
+        }
+        iovec* v = m.msg_iov;
+        int cnt = static_cast<int>(m.msg_iovlen);
+        advance(v, cnt, static_cast<std::size_t>(r));
+        m.msg_iov = v;
+        m.msg_iovlen = static_cast<std::size_t>(cnt);
+      }
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      return done > 0 ? static_cast<ssize_t>(done) : -1;
+    }
+    ssize_t ret;
+    if (out_blocked(c, fd, e, dl, dl_set, done, &ret)) {
+      return ret;
+    }
+  }
+}
+
+// file_write() writes through io_uring: a regular file in one op (like the
+// kernel, which writes it whole or reports a short count), a pipe until all
+// is written (a blocking pipe write does).
+ssize_t file_write(call_ctx& c, int fd, fd_kind k, const void* buf, std::size_t n, std::int64_t offset) noexcept {
+  std::size_t done = 0;
+  do {
+    io_op op;
+    op.code = op_code::write;
+    op.fd = fd;
+    op.buf = const_cast<char*>(static_cast<const char*>(buf) + done);
+    op.len = static_cast<std::uint32_t>(n - done);
+    op.offset = offset;
+    int r = await_op(c, op, clock::time_point::max());
+    if (r < 0) {
+      return done > 0 ? static_cast<ssize_t>(done) : fail(r);
+    }
+    done += static_cast<std::size_t>(r);
+    if (r == 0 || k == kind_regular) {
+      break;
+    }
+  } while (done < n);
+  return static_cast<ssize_t>(done);
+}
+
+ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt) noexcept {
+  std::size_t total = iov_total(iov, cnt);
+  std::size_t done = 0;
+  std::vector<iovec> rest;
+  const iovec* v = iov;
+  int left = cnt;
+  do {
+    io_op op;
+    op.code = op_code::writev;
+    op.fd = fd;
+    op.buf = const_cast<iovec*>(v);
+    op.len = static_cast<std::uint32_t>(left);
+    int r = await_op(c, op, clock::time_point::max());
+    if (r < 0) {
+      return done > 0 ? static_cast<ssize_t>(done) : fail(r);
+    }
+    done += static_cast<std::size_t>(r);
+    if (r == 0 || k == kind_regular || done >= total) {
+      break;
+    }
+    if (rest.empty()) {
+      rest.assign(iov, iov + cnt);
+      v = rest.data();
+    }
+    iovec* mv = const_cast<iovec*>(v);
+    advance(mv, left, static_cast<std::size_t>(r));
+    v = mv;
+  } while (left > 0);
+  return static_cast<ssize_t>(done);
+}
+
+// ---- poll / select ---------------------------------------------------------------
+
+// poll_wait() parks until fds are ready or the deadline; the kernel (a
+// zero-timeout poll) then reports exactly which, so revents are libc's.
+int poll_wait(call_ctx& c, pollfd* fds, nfds_t n, clock::time_point dl) noexcept {
+  for (;;) {
+    int w = await_poll(c, fds, n, dl);
+    if (w < 0) {
+      return fail(w);
+    }
+    int r = real.poll(fds, n, 0);
+    if (r != 0 || w == 0) {
+      return r;
+    }
+    // Woken but nothing ready any more (someone else consumed it): wait again.
+  }
+}
+
+bool valid_timespec(const timespec* ts) noexcept {
+  return ts->tv_sec >= 0 && ts->tv_nsec >= 0 && ts->tv_nsec < 1'000'000'000;
+}
+
+clock::time_point deadline_ts(const timespec& ts) noexcept {
+  // Saturate instead of overflowing for absurd timeouts.
+  if (ts.tv_sec > 100L * 365 * 24 * 3600) {
+    return clock::time_point::max();
+  }
+  return clock::now() + std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+timespec remaining(clock::time_point dl) noexcept {
+  auto left = dl - clock::now();
+  if (left < clock::duration::zero()) {
+    left = clock::duration::zero();
+  }
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+  return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+}
+
+// sleep_for() is the cooperative core of the sleep family: 0, or a negative
+// errno (interrupt) with *rem filled.
+int sleep_for(call_ctx& c, const timespec& req, timespec* rem) noexcept {
+  if (req.tv_sec == 0 && req.tv_nsec == 0) {
+    // A zero sleep yields (cogent's sleep(0)), but never fails.
+    if (!has_pending(c)) {
+      c.h->yield_now();
+    }
+    return 0;
+  }
+  clock::time_point dl = deadline_ts(req);
+  int r = park_until(c, dl);
+  if (r < 0 && rem != nullptr) {
+    *rem = remaining(dl);
+  }
+  return r;
+}
+
+// tracked state per gethostbyname() result: the last result on this thread
+// (libc's static buffer, per thread here, each call with its own buffer so
+// concurrent fibers never share one while their lookups run).
+struct host_result {
+  hostent he{};
+  std::vector<char> buf;
+};
+thread_local std::unique_ptr<host_result> t_host;
+
+}  // namespace
+
+// ---- sockets: creation and bookkeeping ------------------------------------------
+
+COGENT_HOOK int socket(int domain, int type, int protocol) noexcept {
+  int fd = real.socket(domain, type, protocol);
+  if (fd >= 0) {
+    reset_fd(fd, kind_socket, (type & SOCK_NONBLOCK) != 0);
+  }
+  return fd;
+}
+
+COGENT_HOOK int socketpair(int domain, int type, int protocol, int sv[2]) noexcept {
+  int r = real.socketpair(domain, type, protocol, sv);
+  if (r == 0) {
+    reset_fd(sv[0], kind_socket, (type & SOCK_NONBLOCK) != 0);
+    reset_fd(sv[1], kind_socket, (type & SOCK_NONBLOCK) != 0);
+  }
+  return r;
+}
+
+COGENT_HOOK int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if ((flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) != 0 || !enter_fd(c, fd, e, k) || k != kind_socket) {
+    int r = real.accept4(fd, addr, addrlen, flags);
+    if (r >= 0) {
+      reset_fd(r, kind_socket, (flags & SOCK_NONBLOCK) != 0);
+    }
+    return r;
+  }
+  io_op op;
+  op.code = op_code::accept;
+  op.fd = fd;
+  op.buf = addr;
+  op.addrlen = addrlen;
+  op.flags = static_cast<std::uint32_t>(flags);
+  int r = await_op(c, op, deadline_ns(sock_timeout(fd, *e, true)));
+  if (r >= 0) {
+    reset_fd(r, kind_socket, (flags & SOCK_NONBLOCK) != 0);
+  }
+  return static_cast<int>(finish_in(r));
+}
+
+COGENT_HOOK int accept(int fd, sockaddr* addr, socklen_t* addrlen) {
+  call_ctx c;
+  if (!enter(c)) {
+    int r = real.accept(fd, addr, addrlen);
+    if (r >= 0) {
+      reset_fd(r, kind_socket, false);
+    }
+    return r;
+  }
+  return accept4(fd, addr, addrlen, 0);
+}
+
+COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if (!enter_fd(c, fd, e, k) || k != kind_socket) {
+    return real.connect(fd, addr, len);
+  }
+  io_op op;
+  op.code = op_code::connect;
+  op.fd = fd;
+  op.buf = const_cast<sockaddr*>(addr);
+  op.len = len;
+  int r = await_op(c, op, deadline_ns(sock_timeout(fd, *e, false)));
+  if (r == -ETIMEDOUT) {
+    return fail(-EINPROGRESS);  // a blocking connect whose SO_SNDTIMEO expired
+  }
+  return r < 0 ? fail(r) : 0;
+}
+
+COGENT_HOOK int shutdown(int fd, int how) noexcept { return real.shutdown(fd, how); }
+
+COGENT_HOOK int close(int fd) {
+  // Forget the fd first: once closed, its number may be reused at once by
+  // another thread, whose creation hook then records the new file.
+  reset_fd(fd);
+  return real.close(fd);
+}
+
+// ---- reads ---------------------------------------------------------------------
+
+COGENT_HOOK ssize_t read(int fd, void* buf, size_t n) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if (n > max_rw || !enter_fd(c, fd, e, k)) {
+    return real.read(fd, buf, n);
+  }
+  io_op op;
+  op.fd = fd;
+  op.buf = buf;
+  op.len = static_cast<std::uint32_t>(n);
+  if (k == kind_socket) {
+    op.code = op_code::recv;
+  } else {
+    op.code = op_code::read;
+    op.offset = -1;  // the file position, like read(2)
+  }
+  return input(c, fd, *e, k, op);
+}
+
+COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if (cnt < 0 || cnt > IOV_MAX || iov_total(iov, cnt) > max_rw || !enter_fd(c, fd, e, k)) {
+    return real.readv(fd, iov, cnt);
+  }
+  io_op op;
+  op.code = op_code::readv;
+  op.fd = fd;
+  op.buf = const_cast<iovec*>(iov);
+  op.len = static_cast<std::uint32_t>(cnt);
+  op.offset = -1;
+  return input(c, fd, *e, k, op);
+}
+
+namespace {
+ssize_t pread_impl(int fd, void* buf, size_t n, off_t offset) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  // Only regular files: io_uring ignores the offset of a pipe or socket
+  // where pread(2) fails with ESPIPE, and a negative offset means "current
+  // position" to io_uring but EINVAL to pread(2).
+  if (offset < 0 || n > max_rw || !enter_fd(c, fd, e, k) || k != kind_regular) {
+    return real.pread(fd, buf, n, offset);
+  }
+  io_op op;
+  op.code = op_code::read;
+  op.fd = fd;
+  op.buf = buf;
+  op.len = static_cast<std::uint32_t>(n);
+  op.offset = offset;
+  return input(c, fd, *e, k, op);
+}
+
+ssize_t pwrite_impl(int fd, const void* buf, size_t n, off_t offset) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if (offset < 0 || n > max_rw || !enter_fd(c, fd, e, k) || k != kind_regular) {
+    return real.pwrite(fd, buf, n, offset);
+  }
+  return file_write(c, fd, k, buf, n, offset);
+}
+}  // namespace
+
+COGENT_HOOK ssize_t pread(int fd, void* buf, size_t n, off_t offset) { return pread_impl(fd, buf, n, offset); }
+COGENT_HOOK ssize_t pread64(int fd, void* buf, size_t n, off_t offset) { return pread_impl(fd, buf, n, offset); }
+
+COGENT_HOOK ssize_t recv(int fd, void* buf, size_t n, int flags) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if ((flags & MSG_DONTWAIT) != 0 || n > max_rw || !enter_fd(c, fd, e, k) || k != kind_socket) {
+    return real.recv(fd, buf, n, flags);
+  }
+  io_op op;
+  op.code = op_code::recv;
+  op.fd = fd;
+  op.buf = buf;
+  op.len = static_cast<std::uint32_t>(n);
+  op.flags = static_cast<std::uint32_t>(flags);
+  return input(c, fd, *e, k, op);
+}
+
+COGENT_HOOK ssize_t recvmsg(int fd, msghdr* msg, int flags) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if ((flags & MSG_DONTWAIT) != 0 || msg == nullptr || !enter_fd(c, fd, e, k) || k != kind_socket) {
+    return real.recvmsg(fd, msg, flags);
+  }
+  io_op op;
+  op.code = op_code::recvmsg;
+  op.fd = fd;
+  op.buf = msg;
+  op.flags = static_cast<std::uint32_t>(flags);
+  return input(c, fd, *e, k, op);
+}
+
+COGENT_HOOK ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr, socklen_t* addrlen) {
+  if (addr == nullptr) {
+    return recv(fd, buf, n, flags);
+  }
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if ((flags & MSG_DONTWAIT) != 0 || addrlen == nullptr || n > max_rw || !enter_fd(c, fd, e, k) ||
+      k != kind_socket) {
+    return real.recvfrom(fd, buf, n, flags, addr, addrlen);
+  }
+  iovec v{buf, n};
+  msghdr m{};
+  m.msg_name = addr;
+  m.msg_namelen = *addrlen;
+  m.msg_iov = &v;
+  m.msg_iovlen = 1;
+  io_op op;
+  op.code = op_code::recvmsg;
+  op.fd = fd;
+  op.buf = &m;
+  op.flags = static_cast<std::uint32_t>(flags);
+  ssize_t r = input(c, fd, *e, k, op);
+  if (r >= 0) {
+    *addrlen = m.msg_namelen;
+  }
+  return r;
+}
+
+// ---- writes ---------------------------------------------------------------------
+
+COGENT_HOOK ssize_t write(int fd, const void* buf, size_t n) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if (n > max_rw || !enter_fd(c, fd, e, k)) {
+    return real.write(fd, buf, n);
+  }
+  if (k == kind_socket) {
+    return sock_send(c, fd, *e, buf, n, 0);  // flags 0: SIGPIPE as write(2) raises it
+  }
+  return file_write(c, fd, k, buf, n, -1);
+}
+
+COGENT_HOOK ssize_t writev(int fd, const iovec* iov, int cnt) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if (cnt < 0 || cnt > IOV_MAX || iov_total(iov, cnt) > max_rw || !enter_fd(c, fd, e, k)) {
+    return real.writev(fd, iov, cnt);
+  }
+  if (k == kind_socket) {
+    msghdr m{};
+    m.msg_iov = const_cast<iovec*>(iov);
+    m.msg_iovlen = static_cast<std::size_t>(cnt);
+    return sock_sendmsg(c, fd, *e, &m, 0);
+  }
+  return file_writev(c, fd, k, iov, cnt);
+}
+
+COGENT_HOOK ssize_t pwrite(int fd, const void* buf, size_t n, off_t offset) {
+  return pwrite_impl(fd, buf, n, offset);
+}
+COGENT_HOOK ssize_t pwrite64(int fd, const void* buf, size_t n, off_t offset) {
+  return pwrite_impl(fd, buf, n, offset);
+}
+
+COGENT_HOOK ssize_t send(int fd, const void* buf, size_t n, int flags) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if ((flags & MSG_DONTWAIT) != 0 || n > max_rw || !enter_fd(c, fd, e, k) || k != kind_socket) {
+    return real.send(fd, buf, n, flags);
+  }
+  return sock_send(c, fd, *e, buf, n, flags);
+}
+
+COGENT_HOOK ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr, socklen_t len) {
+  if (addr == nullptr) {
+    return send(fd, buf, n, flags);
+  }
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if ((flags & MSG_DONTWAIT) != 0 || n > max_rw || !enter_fd(c, fd, e, k) || k != kind_socket) {
+    return real.sendto(fd, buf, n, flags, addr, len);
+  }
+  iovec v{const_cast<void*>(buf), n};
+  msghdr m{};
+  m.msg_name = const_cast<sockaddr*>(addr);
+  m.msg_namelen = len;
+  m.msg_iov = &v;
+  m.msg_iovlen = 1;
+  return sock_sendmsg(c, fd, *e, &m, flags);
+}
+
+COGENT_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if ((flags & MSG_DONTWAIT) != 0 || msg == nullptr || msg->msg_iovlen > IOV_MAX ||
+      (msg->msg_iovlen > 0 && msg->msg_iov == nullptr) || !enter_fd(c, fd, e, k) || k != kind_socket) {
+    return real.sendmsg(fd, msg, flags);
+  }
+  return sock_sendmsg(c, fd, *e, msg, flags);
+}
+
+// ---- poll / select ------------------------------------------------------------------
+
+COGENT_HOOK int poll(pollfd* fds, nfds_t n, int timeout) {
+  call_ctx c;
+  if (timeout == 0 || !enter(c)) {
+    return real.poll(fds, n, timeout);
+  }
+  // Fast path: whatever is ready now (and every error: EFAULT, EINVAL,
+  // POLLNVAL) comes straight from the kernel.
+  int r = real.poll(fds, n, 0);
+  if (r != 0) {
+    return r;
+  }
+  clock::time_point dl = timeout < 0 ? clock::time_point::max() : clock::now() + std::chrono::milliseconds(timeout);
+  return poll_wait(c, fds, n, dl);
+}
+
+COGENT_HOOK int ppoll(pollfd* fds, nfds_t n, const timespec* ts, const sigset_t* mask) {
+  call_ctx c;
+  // A signal mask cannot be applied to one fiber: exactly libc (blocks the thread).
+  if (mask != nullptr || (ts != nullptr && (!valid_timespec(ts) || (ts->tv_sec == 0 && ts->tv_nsec == 0))) ||
+      !enter(c)) {
+    return real.ppoll(fds, n, ts, mask);
+  }
+  int r = real.poll(fds, n, 0);
+  if (r != 0) {
+    return r;
+  }
+  return poll_wait(c, fds, n, ts == nullptr ? clock::time_point::max() : deadline_ts(*ts));
+}
+
+COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv) {
+  call_ctx c;
+  bool zero = tv != nullptr && tv->tv_sec == 0 && tv->tv_usec == 0;
+  bool bad_tv = tv != nullptr && (tv->tv_sec < 0 || tv->tv_usec < 0 || tv->tv_usec >= 1'000'000);
+  if (zero || bad_tv || nfds < 0 || nfds > FD_SETSIZE || !enter(c)) {
+    return real.select(nfds, rd, wr, ex, tv);
+  }
+  // probe() asks the kernel with a zero timeout on copies of the sets and
+  // writes them back only when it reports something (or the wait is over).
+  fd_set in_rd, in_wr, in_ex;
+  if (rd != nullptr) {
+    in_rd = *rd;
+  }
+  if (wr != nullptr) {
+    in_wr = *wr;
+  }
+  if (ex != nullptr) {
+    in_ex = *ex;
+  }
+  auto probe = [&](bool last) {
+    fd_set r2 = in_rd, w2 = in_wr, e2 = in_ex;
+    timeval z{0, 0};
+    int n = real.select(nfds, rd ? &r2 : nullptr, wr ? &w2 : nullptr, ex ? &e2 : nullptr, &z);
+    if (n > 0 || (n == 0 && last)) {
+      if (rd != nullptr) {
+        *rd = r2;
+      }
+      if (wr != nullptr) {
+        *wr = w2;
+      }
+      if (ex != nullptr) {
+        *ex = e2;
+      }
+    }
+    return n;
+  };
+  int n = probe(false);
+  if (n != 0) {
+    return n;
+  }
+  std::vector<pollfd> pfds;
+  for (int fd = 0; fd < nfds; ++fd) {
+    short ev = 0;
+    if (rd != nullptr && FD_ISSET(fd, &in_rd)) {
+      ev |= POLLIN;
+    }
+    if (wr != nullptr && FD_ISSET(fd, &in_wr)) {
+      ev |= POLLOUT;
+    }
+    if (ex != nullptr && FD_ISSET(fd, &in_ex)) {
+      ev |= POLLPRI;
+    }
+    if (ev != 0) {
+      pfds.push_back(pollfd{fd, ev, 0});
+    }
+  }
+  clock::time_point dl = clock::time_point::max();
+  if (tv != nullptr) {
+    dl = deadline_ts(timespec{tv->tv_sec, tv->tv_usec * 1000});
+  }
+  // Linux writes the time left back into *tv.
+  auto update_tv = [&] {
+    if (tv != nullptr) {
+      timespec left = remaining(dl);
+      tv->tv_sec = left.tv_sec;
+      tv->tv_usec = left.tv_nsec / 1000;
+    }
+  };
+  for (;;) {
+    int w = await_poll(c, pfds.data(), pfds.size(), dl);
+    if (w < 0) {
+      update_tv();
+      return fail(w);
+    }
+    n = probe(w == 0);
+    if (n != 0 || w == 0) {
+      update_tv();
+      return n;
+    }
+  }
+}
+
+// ---- sleeping ------------------------------------------------------------------------
+
+COGENT_HOOK unsigned sleep(unsigned seconds) {
+  call_ctx c;
+  if (!enter(c)) {
+    return real.sleep(seconds);
+  }
+  timespec req{static_cast<time_t>(seconds), 0}, rem{};
+  int r = sleep_for(c, req, &rem);
+  if (r < 0) {
+    errno = -r;
+    return static_cast<unsigned>(rem.tv_sec);  // glibc: the whole seconds not slept
+  }
+  return 0;
+}
+
+COGENT_HOOK int usleep(useconds_t us) {
+  call_ctx c;
+  if (!enter(c)) {
+    return real.usleep(us);
+  }
+  timespec req{static_cast<time_t>(us / 1'000'000), static_cast<long>(us % 1'000'000) * 1000};
+  int r = sleep_for(c, req, nullptr);
+  return r < 0 ? fail(r) : 0;
+}
+
+COGENT_HOOK int nanosleep(const timespec* req, timespec* rem) {
+  call_ctx c;
+  if (req == nullptr || !valid_timespec(req) || !enter(c)) {
+    return real.nanosleep(req, rem);
+  }
+  int r = sleep_for(c, *req, rem);
+  return r < 0 ? fail(r) : 0;
+}
+
+COGENT_HOOK int clock_nanosleep(clockid_t clk, int flags, const timespec* req, timespec* rem) {
+  call_ctx c;
+  bool known_clock = clk == CLOCK_REALTIME || clk == CLOCK_MONOTONIC || clk == CLOCK_BOOTTIME;
+  if (!known_clock || (flags & ~TIMER_ABSTIME) != 0 || req == nullptr || !valid_timespec(req) || !enter(c)) {
+    return real.clock_nanosleep(clk, flags, req, rem);
+  }
+  timespec rel = *req;
+  if (flags & TIMER_ABSTIME) {
+    timespec now{};
+    clock_gettime(clk, &now);
+    std::int64_t left = (static_cast<std::int64_t>(req->tv_sec) - now.tv_sec) * 1'000'000'000 +
+                        (req->tv_nsec - now.tv_nsec);
+    if (left <= 0) {
+      return 0;
+    }
+    rel = timespec{static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
+    rem = nullptr;  // not written for absolute sleeps
+  }
+  int r = sleep_for(c, rel, rem);
+  return r < 0 ? -r : 0;  // clock_nanosleep returns the error number
+}
+
+// ---- name resolution ------------------------------------------------------------------
+
+COGENT_HOOK int getaddrinfo(const char* node, const char* service, const addrinfo* hints, addrinfo** res) {
+  call_ctx c;
+  if (!enter(c)) {
+    return real.getaddrinfo(node, service, hints, res);
+  }
+  return resolve_getaddrinfo(c, node, service, hints, res);
+}
+
+COGENT_HOOK int gethostbyname_r(const char* name, hostent* ret, char* buf, size_t len, hostent** result,
+                                int* h_errnop) {
+  call_ctx c;
+  if (!enter(c)) {
+    return real.gethostbyname_r(name, ret, buf, len, result, h_errnop);
+  }
+  return resolve_gethostbyname_r(c, name, ret, buf, len, result, h_errnop);
+}
+
+COGENT_HOOK hostent* gethostbyname(const char* name) {
+  call_ctx c;
+  if (!enter(c)) {
+    return real.gethostbyname(name);
+  }
+  auto mine = std::make_unique<host_result>();
+  std::size_t len = 1024;
+  for (;;) {
+    mine->buf.resize(len);
+    hostent* res = nullptr;
+    int herr = 0;
+    int rc = resolve_gethostbyname_r(c, name, &mine->he, mine->buf.data(), len, &res, &herr);
+    if (rc == ERANGE && len < (std::size_t{1} << 20)) {
+      len *= 2;
+      continue;
+    }
+    if (res == nullptr) {
+      h_errno = herr;
+      if (rc != 0) {
+        errno = rc < 0 ? -rc : rc;
+      }
+      return nullptr;
+    }
+    // Like libc's static buffer: valid until this thread's next call.
+    t_host = std::move(mine);
+    return &t_host->he;
+  }
+}
+
+// ---- fd flags and options ----------------------------------------------------------------
+
+namespace {
+int fcntl_impl(int fd, int cmd, void* arg) {
+  int r = real.fcntl(fd, cmd, arg);
+  if (r < 0) {
+    return r;
+  }
+  switch (cmd) {
+    case F_SETFL:
+      if (fd_entry* e = entry_for(fd)) {
+        if (static_cast<int>(reinterpret_cast<std::intptr_t>(arg)) & O_NONBLOCK) {
+          e->flags.fetch_or(flag_nonblock, std::memory_order_relaxed);
+        } else {
+          e->flags.fetch_and(static_cast<std::uint8_t>(~flag_nonblock), std::memory_order_relaxed);
+        }
+      }
+      break;
+    case F_DUPFD:
+    case F_DUPFD_CLOEXEC:
+      copy_fd(fd, r);
+      break;
+    default:
+      break;
+  }
+  return r;
+}
+}  // namespace
+
+COGENT_HOOK int fcntl(int fd, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  void* arg = va_arg(ap, void*);  // as glibc does: every argument fits a pointer slot
+  va_end(ap);
+  return fcntl_impl(fd, cmd, arg);
+}
+
+COGENT_HOOK int fcntl64(int fd, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  void* arg = va_arg(ap, void*);
+  va_end(ap);
+  return fcntl_impl(fd, cmd, arg);
+}
+
+COGENT_HOOK int ioctl(int fd, unsigned long request, ...) noexcept {
+  va_list ap;
+  va_start(ap, request);
+  void* arg = va_arg(ap, void*);
+  va_end(ap);
+  int r = real.ioctl(fd, request, arg);
+  if (r == 0 && request == FIONBIO && arg != nullptr) {
+    if (fd_entry* e = entry_for(fd)) {
+      if (*static_cast<const int*>(arg) != 0) {
+        e->flags.fetch_or(flag_nonblock, std::memory_order_relaxed);
+      } else {
+        e->flags.fetch_and(static_cast<std::uint8_t>(~flag_nonblock), std::memory_order_relaxed);
+      }
+    }
+  }
+  return r;
+}
+
+COGENT_HOOK int setsockopt(int fd, int level, int name, const void* value, socklen_t len) noexcept {
+  int r = real.setsockopt(fd, level, name, value, len);
+  // The kernel keeps the timeouts too (for calls that go straight to libc);
+  // we keep a copy so a cooperative call needs no getsockopt.
+  if (r == 0 && level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) && len >= sizeof(timeval)) {
+    if (fd_entry* e = entry_for(fd)) {
+      timeval tv{};
+      std::memcpy(&tv, value, sizeof tv);
+      (name == SO_RCVTIMEO ? e->rcv_timeout_ns : e->snd_timeout_ns).store(timeval_ns(tv), std::memory_order_relaxed);
+    }
+  }
+  return r;
+}
+
+COGENT_HOOK int getsockopt(int fd, int level, int name, void* value, socklen_t* len) noexcept {
+  return real.getsockopt(fd, level, name, value, len);
+}
+
+// ---- fd creation: dup, pipe, open ---------------------------------------------------------
+
+COGENT_HOOK int dup(int fd) noexcept {
+  int r = real.dup(fd);
+  if (r >= 0) {
+    copy_fd(fd, r);
+  }
+  return r;
+}
+
+COGENT_HOOK int dup2(int from, int to) noexcept {
+  int r = real.dup2(from, to);
+  if (r >= 0 && from != to) {
+    copy_fd(from, to);
+  }
+  return r;
+}
+
+COGENT_HOOK int dup3(int from, int to, int flags) noexcept {
+  int r = real.dup3(from, to, flags);
+  if (r >= 0) {
+    copy_fd(from, to);
+  }
+  return r;
+}
+
+COGENT_HOOK int pipe(int fds[2]) noexcept {
+  int r = real.pipe(fds);
+  if (r == 0) {
+    reset_fd(fds[0], kind_fifo, false);
+    reset_fd(fds[1], kind_fifo, false);
+  }
+  return r;
+}
+
+COGENT_HOOK int pipe2(int fds[2], int flags) noexcept {
+  int r = real.pipe2(fds, flags);
+  if (r == 0) {
+    reset_fd(fds[0], kind_fifo, (flags & O_NONBLOCK) != 0);
+    reset_fd(fds[1], kind_fifo, (flags & O_NONBLOCK) != 0);
+  }
+  return r;
+}
+
+namespace {
+mode_t open_mode(int flags, va_list ap) {
+  if ((flags & O_CREAT) != 0 || (flags & O_TMPFILE) == O_TMPFILE) {
+    return va_arg(ap, mode_t);
+  }
+  return 0;
+}
+int opened(int fd) {
+  if (fd >= 0) {
+    reset_fd(fd);  // classified (fstat) on first cooperative use
+  }
+  return fd;
+}
+}  // namespace
+
+COGENT_HOOK int open(const char* path, int flags, ...) {
+  va_list ap;
+  va_start(ap, flags);
+  mode_t mode = open_mode(flags, ap);
+  va_end(ap);
+  return opened(real.open(path, flags, mode));
+}
+
+COGENT_HOOK int open64(const char* path, int flags, ...) {
+  va_list ap;
+  va_start(ap, flags);
+  mode_t mode = open_mode(flags, ap);
+  va_end(ap);
+  return opened(real.open(path, flags, mode));
+}
+
+COGENT_HOOK int openat(int dir, const char* path, int flags, ...) {
+  va_list ap;
+  va_start(ap, flags);
+  mode_t mode = open_mode(flags, ap);
+  va_end(ap);
+  return opened(real.openat(dir, path, flags, mode));
+}
+
+COGENT_HOOK int openat64(int dir, const char* path, int flags, ...) {
+  va_list ap;
+  va_start(ap, flags);
+  mode_t mode = open_mode(flags, ap);
+  va_end(ap);
+  return opened(real.openat(dir, path, flags, mode));
+}

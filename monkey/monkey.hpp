@@ -1,0 +1,112 @@
+// monkey/monkey.hpp — gevent's monkey.patch_all() for C++: blocking libc calls
+// made from fibers park the fiber on the hub instead of blocking the thread.
+//
+// Defines cogent::monkey::patch_all() and cogent::monkey::is_patched(). The
+// library (cogent_monkey, shared and static) defines the libc functions below
+// itself, so calls from your code AND from unmodified C libraries (hiredis,
+// libcurl, ...) reach it before libc; each hook calls the real libc function
+// (dlsym(RTLD_NEXT)) unless it can cooperate.
+//
+// Interposed: socket socketpair accept accept4 connect read readv write writev
+// pread pwrite (and *64) recv recvfrom recvmsg send sendto sendmsg close
+// shutdown poll ppoll select sleep usleep nanosleep clock_nanosleep
+// getaddrinfo gethostbyname gethostbyname_r fcntl (fcntl64) ioctl(FIONBIO)
+// setsockopt getsockopt dup dup2 dup3 pipe pipe2 open openat (and *64).
+//
+// Who cooperates. A hooked call cooperates only when ALL of these hold:
+//  - patch_all() has been called (before it every hook is exactly libc);
+//  - the calling thread has a hub and the caller is not the hub fiber itself
+//    (timer/post() callbacks). The thread's main fiber counts: gevent patches
+//    main too, so main() blocking in read() runs the other fibers meanwhile.
+//    A thread without a hub (plain std::thread, thread-pool workers) gets
+//    exactly libc;
+//  - for fd calls: the fd is a socket, a pipe/FIFO or a regular file (ttys,
+//    eventfd, epoll, timerfd, ... go straight to libc), and the user has not
+//    made it non-blocking (fcntl O_NONBLOCK, SOCK_NONBLOCK, FIONBIO, pipe2,
+//    MSG_DONTWAIT): then libc runs unchanged, EAGAIN included;
+//  - stderr (fd 2) writes are never made cooperative: crash handlers (stack
+//    overflow reports) write there from signal handlers, where parking is
+//    impossible.
+//
+// What a cooperating call does: reads/recv/accept/connect become io_uring ops
+// the fiber parks on; writes/sends are tried at once with MSG_DONTWAIT and
+// park on an io_uring POLLOUT only when the socket buffer is full (blocking
+// semantics kept: the whole buffer is written); poll/select first poll with
+// a zero timeout, then park on one io_uring poll op per fd; sleeps park on a
+// hub timer; getaddrinfo/gethostbyname run on cogent's thread pool. Results
+// and errno are libc's: SO_RCVTIMEO expiry -> EAGAIN, SO_SNDTIMEO on connect
+// -> EINPROGRESS, refused connect -> ECONNREFUSED, F_GETFL reports what the
+// user set (the kernel fd keeps exactly the user's flags).
+//
+// Kill and Timeout inside a hooked call. C frames must never be unwound, so a
+// kill or cogent::timeout that hits a fiber parked in a hook cancels and
+// reaps the io_uring op (invariant 1), then the call fails with -1/EINTR (or
+// returns what the op produced, if it completed anyway) and the interrupt
+// stays PENDING: it is raised at the fiber's next cogent switch point
+// (cogent::sleep, join, any cogent socket call, hub::throw_if_interrupted()).
+// While it is pending, further hooked blocking calls do not block: the first
+// fails with EINTR; if the same fiber retries with the interrupt still
+// pending (C code that loops on EINTR, e.g. hiredis's reader) the retries
+// fail with ECANCELED so the C code takes its error path and returns.
+//
+// Linking (the hooks must be found before libc's definitions):
+//  - shared: link libcogent_monkey.so into the EXECUTABLE (meson:
+//    dependencies : cogent_monkey_dep). The executable references
+//    patch_all(), so --as-needed keeps it, and as a direct dependency it
+//    precedes libc in the global symbol scope, for every library loaded.
+//  - static: link libcogent_monkey.a with --whole-archive and export the
+//    hooks from the executable's dynamic symbol table so shared libraries
+//    (libhiredis, libcurl, ...) bind to them (meson: cogent_monkey_static_dep
+//    does both: -Wl,--whole-archive ... -Wl,--no-whole-archive and
+//    -Wl,--dynamic-list=monkey/monkey.dynlist).
+//  - LD_PRELOAD=libcogent_monkey.so also works for binaries that call
+//    patch_all() through it.
+//  - ASan/UBSan builds work: the sanitizer's interceptors and ours chain
+//    (asan -> cogent_monkey -> libc when shared; exe(cogent_monkey) -> asan ->
+//    libc when static).
+//
+// Ordering rules:
+//  - Call patch_all() early in main(), before creating threads and before
+//    the C libraries open their connections. It creates the calling
+//    thread's hub. fds created earlier are classified lazily (fstat/F_GETFL)
+//    on their first cooperative use.
+//  - Other threads cooperate once they have a hub (any cogent call creating
+//    one, e.g. cogent::spawn). patch_all() is process-wide and idempotent;
+//    there is no unpatch.
+//
+// Known gaps: fds closed behind libc's back (close_range, syscall(SYS_close),
+// an fclose of an fdopen'd socket) or created by calls we do not hook
+// (eventfd, accept via cogent::net's io_uring op) can leave a stale table
+// entry until the number is reused through a hooked call; ppoll with a
+// signal mask, F_SETLKW, pselect, reads/writes over 2 GiB in one call, and
+// fds at or above the hard RLIMIT_NOFILE at patch_all() go straight to
+// libc (blocking the thread); clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME)
+// does not follow clock jumps during the sleep; closing an fd another fiber
+// is parked on does not wake it (same as libc: Linux does not either).
+//
+// Example:
+//   int main() {
+//     cogent::monkey::patch_all();
+//     for (int i = 0; i < 100; ++i) {
+//       cogent::spawn([] { ::sleep(1); });   // the 100 sleeps overlap
+//     }
+//     cogent::wait();                        // ~1 s in all
+//   }
+#pragma once
+#pragma GCC visibility push(default)
+
+namespace cogent::monkey {
+
+// patch_all() turns the hooks on for the whole process (they are exactly libc
+// until then), resolves the real libc functions, sizes the per-fd table to
+// the hard RLIMIT_NOFILE and creates the calling thread's hub. Idempotent.
+// Throws std::system_error if io_uring is unavailable (hub creation). Never
+// switches.
+void patch_all();
+
+// is_patched() is true once patch_all() ran.
+bool is_patched() noexcept;
+
+}  // namespace cogent::monkey
+
+#pragma GCC visibility pop

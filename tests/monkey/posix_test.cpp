@@ -1,0 +1,727 @@
+// tests/monkey/posix_test.cpp — monkey/monkey.hpp on plain POSIX calls.
+//
+// Sleeps overlap across 1000 fibers; a pipe read parks only its fiber; poll
+// and select wake on readiness or timeout; getaddrinfo/gethostbyname from
+// many fibers; a file round trip through io_uring; the user's O_NONBLOCK,
+// FIONBIO, SO_RCVTIMEO and SO_SNDTIMEO keep libc's behaviour; calls from a
+// plain std::thread and a thread-pool worker are untouched; bad fds, flags
+// and sizes give libc's errors (checked against the same call on a thread
+// without a hub); kill/Timeout inside a hooked call give EINTR, then the
+// interrupt is raised at the next cogent switch point.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "hub/task.hpp"
+#include "hub/threadpool.hpp"
+#include "hub/timeout.hpp"
+#include "monkey/monkey.hpp"
+#include "tests/support.hpp"
+
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+namespace {
+
+double since(steady::time_point t0) { return std::chrono::duration<double>(steady::now() - t0).count(); }
+
+// ticker counts how often a fiber got to run while something else was parked.
+struct ticker {
+  int ticks = 0;
+  bool stop = false;
+  cogent::task<void> t;
+  ticker() {
+    t = cogent::spawn([this] {
+      while (!stop) {
+        ++ticks;
+        cogent::sleep(1ms);
+      }
+    });
+  }
+  ~ticker() {
+    stop = true;
+    t.join();
+  }
+};
+
+// libc_result runs f on a plain thread (no hub: exactly libc) and returns
+// (return value, errno): the reference for a cooperative call.
+template <class F>
+std::pair<long, int> libc_result(F f) {
+  std::pair<long, int> out;
+  std::thread([&] {
+    errno = 0;
+    long r = static_cast<long>(f());
+    out = {r, r < 0 ? errno : 0};
+  }).join();
+  return out;
+}
+
+template <class F>
+std::pair<long, int> here_result(F f) {
+  errno = 0;
+  long r = static_cast<long>(f());
+  return {r, r < 0 ? errno : 0};
+}
+
+// closed_port() is a loopback TCP port nobody listens on.
+int closed_port() {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(s);
+  return ntohs(a.sin_port);
+}
+
+// listener() is a blocking loopback listener; *port gets its port.
+int listener(int* port) {
+  int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(s, 128) == 0);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  *port = ntohs(a.sin_port);
+  return s;
+}
+
+sockaddr_in loopback(int port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  return a;
+}
+
+}  // namespace
+
+// Runs first (doctest orders by file and line): nothing is patched yet, so
+// sleeps in two tasks do not overlap.
+COGENT_TEST_CASE("before patch_all every hook is exactly libc", doctest::timeout(10)) {
+  if (cogent::monkey::is_patched()) {
+    MESSAGE("patch_all() already ran in this process (test filter/order): skipped");
+    return;
+  }
+  auto t0 = steady::now();
+  auto a = cogent::spawn([] { ::usleep(100'000); });
+  auto b = cogent::spawn([] { ::usleep(100'000); });
+  cogent::joinall({a, b});
+  CHECK(since(t0) >= 0.19);  // serial: each usleep blocked the whole thread
+}
+
+COGENT_TEST_CASE("sleep, usleep, nanosleep, clock_nanosleep overlap in 1000 fibers", doctest::timeout(30)) {
+  cogent::monkey::patch_all();
+  REQUIRE(cogent::monkey::is_patched());
+  auto t0 = steady::now();
+  std::vector<cogent::task<int>> tasks;
+  for (int i = 0; i < 1000; ++i) {
+    tasks.push_back(cogent::spawn([i] {
+      switch (i % 5) {
+        case 0:
+          return static_cast<int>(::sleep(1));
+        case 1:
+          return ::usleep(300'000);
+        case 2: {
+          timespec ts{0, 300'000'000};
+          return ::nanosleep(&ts, nullptr);
+        }
+        case 3: {
+          timespec ts{0, 300'000'000};
+          return ::clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, nullptr);
+        }
+        default: {
+          timespec ts{};
+          clock_gettime(CLOCK_MONOTONIC, &ts);
+          ts.tv_nsec += 300'000'000;
+          if (ts.tv_nsec >= 1'000'000'000) {
+            ts.tv_nsec -= 1'000'000'000;
+            ++ts.tv_sec;
+          }
+          return ::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr);
+        }
+      }
+    }));
+  }
+  cogent::joinall(tasks);
+  double took = since(t0);
+  for (auto& t : tasks) {
+    CHECK(t.get() == 0);
+  }
+  CHECK(took >= 0.99);
+  CHECK(took < 2.0);  // serial would be 200 s + 800 * 0.3 s
+  // Errors are libc's.
+  timespec bad{0, 2'000'000'000};
+  CHECK(here_result([&] { return ::nanosleep(&bad, nullptr); }) ==
+        libc_result([&] { return ::nanosleep(&bad, nullptr); }));
+  CHECK(::clock_nanosleep(CLOCK_MONOTONIC, 0, &bad, nullptr) == EINVAL);
+}
+
+TEST_CASE("the main fiber cooperates too" * doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  int ticks = 0;
+  bool stop = false;
+  auto t = cogent::spawn([&] {
+    while (!stop) {
+      ++ticks;
+      cogent::sleep(1ms);
+    }
+  });
+  ::usleep(100'000);  // main parks on the hub; the task runs meanwhile
+  stop = true;
+  t.join();
+  CHECK(ticks >= 20);
+}
+
+COGENT_TEST_CASE("a pipe read parks only its fiber", doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  ticker tk;
+  auto reader = cogent::spawn([&] {
+    char buf[16] = {};
+    ssize_t n = ::read(p[0], buf, sizeof buf);
+    return std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+  });
+  auto writer = cogent::spawn([&] {
+    cogent::sleep(100ms);
+    return ::write(p[1], "hello", 5);
+  });
+  CHECK(reader.get() == "hello");
+  CHECK(writer.get() == 5);
+  CHECK(tk.ticks >= 20);  // the hub kept running other fibers
+  // EOF after the write end closes.
+  ::close(p[1]);
+  char c;
+  CHECK(::read(p[0], &c, 1) == 0);
+  ::close(p[0]);
+}
+
+COGENT_TEST_CASE("poll and select on sockets wake on readiness or timeout", doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  int a[2], b[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, a) == 0);
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, b) == 0);
+  ticker tk;
+
+  // Timeout: nothing to read for 100 ms.
+  pollfd pf[3] = {{a[0], POLLIN, 0}, {-1, POLLIN, 0}, {b[0], POLLIN, 0}};
+  auto t0 = steady::now();
+  CHECK(::poll(pf, 3, 100) == 0);
+  CHECK(since(t0) >= 0.095);
+  CHECK(tk.ticks >= 20);
+
+  // Readiness: b[0] becomes readable after 50 ms; only it is reported.
+  auto w = cogent::spawn([&] {
+    cogent::sleep(50ms);
+    (void)::write(b[1], "x", 1);
+  });
+  t0 = steady::now();
+  CHECK(::poll(pf, 3, 5000) == 1);
+  CHECK(since(t0) < 1.0);
+  CHECK(pf[0].revents == 0);
+  CHECK(pf[1].revents == 0);
+  CHECK(pf[2].revents == POLLIN);
+  w.join();
+
+  // Already ready (fast path), POLLNVAL for a closed fd, as libc.
+  int closed = ::dup(a[0]);
+  ::close(closed);
+  pollfd nv[2] = {{b[0], POLLIN, 0}, {closed, POLLIN, 0}};
+  CHECK(::poll(nv, 2, 1000) == 2);
+  CHECK(nv[1].revents == POLLNVAL);
+
+  // select: timeout with the time left written back, then readiness.
+  fd_set rs;
+  FD_ZERO(&rs);
+  FD_SET(a[0], &rs);
+  timeval tv{0, 100'000};
+  t0 = steady::now();
+  CHECK(::select(a[0] + 1, &rs, nullptr, nullptr, &tv) == 0);
+  CHECK(since(t0) >= 0.095);
+  CHECK(!FD_ISSET(a[0], &rs));
+  auto w2 = cogent::spawn([&] {
+    cogent::sleep(50ms);
+    (void)::write(a[1], "y", 1);
+  });
+  FD_ZERO(&rs);
+  FD_SET(a[0], &rs);
+  FD_SET(b[0], &rs);  // readable already: reported at once
+  tv = timeval{5, 0};
+  CHECK(::select(std::max(a[0], b[0]) + 1, &rs, nullptr, nullptr, &tv) == 1);
+  CHECK(FD_ISSET(b[0], &rs));
+  char c;
+  CHECK(::read(b[0], &c, 1) == 1);
+  FD_ZERO(&rs);
+  FD_SET(a[0], &rs);
+  tv = timeval{5, 0};
+  CHECK(::select(a[0] + 1, &rs, nullptr, nullptr, &tv) == 1);
+  CHECK(FD_ISSET(a[0], &rs));
+  CHECK(tv.tv_sec < 5);
+  w2.join();
+  for (int fd : {a[0], a[1], b[0], b[1]}) {
+    ::close(fd);
+  }
+}
+
+COGENT_TEST_CASE("getaddrinfo and gethostbyname from many fibers", doctest::timeout(30)) {
+  cogent::monkey::patch_all();
+  std::vector<cogent::task<bool>> tasks;
+  for (int i = 0; i < 50; ++i) {
+    tasks.push_back(cogent::spawn([i] {
+      if (i % 5 == 0) {
+        hostent* h = ::gethostbyname("localhost");
+        return h != nullptr && h->h_addr_list[0] != nullptr;
+      }
+      addrinfo hints{};
+      hints.ai_family = AF_INET;
+      hints.ai_socktype = SOCK_STREAM;
+      addrinfo* res = nullptr;
+      int rc = ::getaddrinfo("localhost", "80", &hints, &res);
+      bool ok = rc == 0 && res != nullptr &&
+                reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr.s_addr == htonl(INADDR_LOOPBACK) &&
+                reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_port == htons(80);
+      if (res != nullptr) {
+        ::freeaddrinfo(res);
+      }
+      return ok;
+    }));
+  }
+  for (auto& t : tasks) {
+    CHECK(t.get());
+  }
+  // Failures are libc's.
+  addrinfo hints{};
+  hints.ai_flags = AI_NUMERICHOST;
+  addrinfo* res = nullptr;
+  int here = ::getaddrinfo("not-a-number", nullptr, &hints, &res);
+  int ref = 0;
+  std::thread([&] { ref = ::getaddrinfo("not-a-number", nullptr, &hints, &res); }).join();
+  CHECK(here == ref);
+  CHECK(here == EAI_NONAME);
+}
+
+COGENT_TEST_CASE("regular file write/read round trip through io_uring", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  char path[] = "/tmp/cogent_monkey_XXXXXX";
+  int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::unlink(path);
+  std::string data(1 << 20, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    data[i] = static_cast<char>('a' + i % 23);
+  }
+  CHECK(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
+  CHECK(::lseek(fd, 0, SEEK_CUR) == static_cast<off_t>(data.size()));  // the file position moved
+  CHECK(::lseek(fd, 0, SEEK_SET) == 0);
+  std::string back(data.size(), '\0');
+  std::size_t got = 0;
+  while (got < back.size()) {
+    ssize_t n = ::read(fd, back.data() + got, back.size() - got);
+    REQUIRE(n > 0);
+    got += static_cast<std::size_t>(n);
+  }
+  CHECK(back == data);
+  CHECK(::read(fd, back.data(), 10) == 0);  // EOF
+  CHECK(::pwrite(fd, "XYZ", 3, 100) == 3);
+  char three[3];
+  CHECK(::pread(fd, three, 3, 100) == 3);
+  CHECK(std::memcmp(three, "XYZ", 3) == 0);
+  iovec iov[2] = {{const_cast<char*>("ab"), 2}, {const_cast<char*>("cd"), 2}};
+  CHECK(::lseek(fd, 0, SEEK_SET) == 0);
+  CHECK(::writev(fd, iov, 2) == 4);
+  char four[4];
+  iovec riov[1] = {{four, 4}};
+  CHECK(::pread(fd, four, 4, 0) == 4);
+  CHECK(std::memcmp(four, "abcd", 4) == 0);
+  CHECK(::lseek(fd, 0, SEEK_SET) == 0);
+  CHECK(::readv(fd, riov, 1) == 4);
+  // pread with a negative offset, pwrite on a pipe: libc's EINVAL / ESPIPE.
+  CHECK(here_result([&] { return ::pread(fd, four, 4, -1); }) ==
+        libc_result([&] { return ::pread(fd, four, 4, -1); }));
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  CHECK(here_result([&] { return ::pwrite(p[1], "x", 1, 0); }) ==
+        libc_result([&] { return ::pwrite(p[1], "x", 1, 0); }));
+  ::close(p[0]);
+  ::close(p[1]);
+  ::close(fd);
+}
+
+COGENT_TEST_CASE("the user's O_NONBLOCK, FIONBIO and MSG_DONTWAIT give EAGAIN at once", doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  char c;
+  // SOCK_NONBLOCK at creation.
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, s) == 0);
+  CHECK(here_result([&] { return ::read(s[0], &c, 1); }) == std::pair<long, int>{-1, EAGAIN});
+  CHECK((::fcntl(s[0], F_GETFL) & O_NONBLOCK) != 0);
+  ::close(s[0]);
+  ::close(s[1]);
+
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  CHECK((::fcntl(s[0], F_GETFL) & O_NONBLOCK) == 0);  // reports what the user set
+  // fcntl(F_SETFL, O_NONBLOCK).
+  REQUIRE(::fcntl(s[0], F_SETFL, ::fcntl(s[0], F_GETFL) | O_NONBLOCK) == 0);
+  CHECK((::fcntl(s[0], F_GETFL) & O_NONBLOCK) != 0);
+  auto t0 = steady::now();
+  CHECK(here_result([&] { return ::read(s[0], &c, 1); }) == std::pair<long, int>{-1, EAGAIN});
+  CHECK(here_result([&] { return ::recv(s[0], &c, 1, 0); }) == std::pair<long, int>{-1, EAGAIN});
+  pollfd pf{s[0], POLLIN, 0};
+  CHECK(::poll(&pf, 1, 0) == 0);
+  REQUIRE(::fcntl(s[0], F_SETFL, ::fcntl(s[0], F_GETFL) & ~O_NONBLOCK) == 0);
+  CHECK((::fcntl(s[0], F_GETFL) & O_NONBLOCK) == 0);
+  // MSG_DONTWAIT on a blocking socket.
+  CHECK(here_result([&] { return ::recv(s[0], &c, 1, MSG_DONTWAIT); }) == std::pair<long, int>{-1, EAGAIN});
+  // ioctl(FIONBIO).
+  int on = 1;
+  REQUIRE(::ioctl(s[0], FIONBIO, &on) == 0);
+  CHECK(here_result([&] { return ::read(s[0], &c, 1); }) == std::pair<long, int>{-1, EAGAIN});
+  on = 0;
+  REQUIRE(::ioctl(s[0], FIONBIO, &on) == 0);
+  // A dup shares the description: O_NONBLOCK set through it applies here too.
+  int d = ::dup(s[0]);
+  REQUIRE(::fcntl(d, F_SETFL, O_NONBLOCK) == 0);
+  CHECK(here_result([&] { return ::read(s[0], &c, 1); }) == std::pair<long, int>{-1, EAGAIN});
+  REQUIRE(::fcntl(d, F_SETFL, 0) == 0);
+  ::close(d);
+  CHECK(since(t0) < 0.5);
+  // Blocking again: a read now parks until data comes.
+  auto w = cogent::spawn([&] {
+    cogent::sleep(30ms);
+    (void)::write(s[1], "z", 1);
+  });
+  CHECK(::read(s[0], &c, 1) == 1);
+  CHECK(c == 'z');
+  w.join();
+  // pipe2(O_NONBLOCK).
+  int p[2];
+  REQUIRE(::pipe2(p, O_NONBLOCK) == 0);
+  CHECK(here_result([&] { return ::read(p[0], &c, 1); }) == std::pair<long, int>{-1, EAGAIN});
+  for (int fd : {s[0], s[1], p[0], p[1]}) {
+    ::close(fd);
+  }
+}
+
+COGENT_TEST_CASE("SO_RCVTIMEO and SO_SNDTIMEO are honoured", doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  timeval tv{0, 100'000};
+  REQUIRE(::setsockopt(s[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+  timeval back{};
+  socklen_t len = sizeof back;
+  REQUIRE(::getsockopt(s[0], SOL_SOCKET, SO_RCVTIMEO, &back, &len) == 0);
+  CHECK(back.tv_usec == 100'000);
+  ticker tk;
+  char c;
+  auto t0 = steady::now();
+  CHECK(here_result([&] { return ::read(s[0], &c, 1); }) == std::pair<long, int>{-1, EAGAIN});
+  CHECK(since(t0) >= 0.095);
+  CHECK(tk.ticks >= 20);
+  // Data before the timeout: returned.
+  auto w = cogent::spawn([&] {
+    cogent::sleep(20ms);
+    (void)::send(s[1], "q", 1, 0);
+  });
+  CHECK(::recv(s[0], &c, 1, 0) == 1);
+  w.join();
+
+  // Send timeout on a full buffer: the blocking write returns what it wrote,
+  // the next one EAGAIN, each after ~the timeout.
+  int small = 4096;
+  ::setsockopt(s[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  REQUIRE(::setsockopt(s[1], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0);
+  std::string big(1 << 22, 'b');
+  t0 = steady::now();
+  ssize_t n = ::write(s[1], big.data(), big.size());
+  CHECK(n > 0);
+  CHECK(n < static_cast<ssize_t>(big.size()));
+  CHECK(since(t0) >= 0.095);
+  CHECK(here_result([&] { return ::write(s[1], big.data(), big.size()); }) == std::pair<long, int>{-1, EAGAIN});
+  ::close(s[0]);
+  ::close(s[1]);
+}
+
+COGENT_TEST_CASE("accept, connect, refused connect, recvfrom/sendto/sendmsg over TCP", doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  // Refused.
+  int c = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in to = loopback(closed_port());
+  CHECK(here_result([&] { return ::connect(c, reinterpret_cast<sockaddr*>(&to), sizeof to); }) ==
+        std::pair<long, int>{-1, ECONNREFUSED});
+  ::close(c);
+
+  // A blocking accept in one fiber, a blocking connect in another.
+  int port = 0;
+  int l = listener(&port);
+  auto server = cogent::spawn([l] {
+    sockaddr_in peer{};
+    socklen_t plen = sizeof peer;
+    int fd = ::accept(l, reinterpret_cast<sockaddr*>(&peer), &plen);
+    if (fd < 0 || peer.sin_addr.s_addr != htonl(INADDR_LOOPBACK)) {
+      return std::string("accept failed");
+    }
+    char buf[64];
+    std::string got;
+    ssize_t n;
+    while ((n = ::recvfrom(fd, buf, sizeof buf, 0, nullptr, nullptr)) > 0) {
+      got.append(buf, static_cast<std::size_t>(n));
+      ::sendto(fd, buf, static_cast<std::size_t>(n), 0, nullptr, 0);
+    }
+    ::close(fd);
+    return got;
+  });
+  c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  to = loopback(port);
+  REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+  iovec iov[2] = {{const_cast<char*>("hel"), 3}, {const_cast<char*>("lo"), 2}};
+  msghdr m{};
+  m.msg_iov = iov;
+  m.msg_iovlen = 2;
+  CHECK(::sendmsg(c, &m, 0) == 5);
+  char buf[8] = {};
+  CHECK(::recv(c, buf, 5, MSG_WAITALL) == 5);
+  CHECK(std::string(buf, 5) == "hello");
+  ::shutdown(c, SHUT_WR);
+  CHECK(::read(c, buf, sizeof buf) == 0);
+  ::close(c);
+  CHECK(server.get() == "hello");
+  ::close(l);
+
+  // UDP: recvfrom reports the sender.
+  int u1 = ::socket(AF_INET, SOCK_DGRAM, 0);
+  int u2 = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in a1 = loopback(0);
+  REQUIRE(::bind(u1, reinterpret_cast<sockaddr*>(&a1), sizeof a1) == 0);
+  socklen_t alen = sizeof a1;
+  ::getsockname(u1, reinterpret_cast<sockaddr*>(&a1), &alen);
+  auto rx = cogent::spawn([u1] {
+    char b[16];
+    sockaddr_in from{};
+    socklen_t flen = sizeof from;
+    ssize_t n = ::recvfrom(u1, b, sizeof b, 0, reinterpret_cast<sockaddr*>(&from), &flen);
+    return n == 4 && flen == sizeof from && from.sin_addr.s_addr == htonl(INADDR_LOOPBACK);
+  });
+  cogent::sleep(10ms);
+  CHECK(::sendto(u2, "ping", 4, 0, reinterpret_cast<sockaddr*>(&a1), sizeof a1) == 4);
+  CHECK(rx.get());
+  ::close(u1);
+  ::close(u2);
+}
+
+COGENT_TEST_CASE("calls from a plain std::thread and a thread-pool worker are untouched", doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  bool thread_had_hub = true;
+  std::string got;
+  // The thread's read blocks that thread in libc; the fiber's write wakes it.
+  std::thread t([&] {
+    char buf[8] = {};
+    ssize_t n = ::read(p[0], buf, sizeof buf);
+    got.assign(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+    thread_had_hub = cogent::hub::current_if_exists() != nullptr;
+  });
+  cogent::sleep(50ms);
+  CHECK(::write(p[1], "thr", 3) == 3);
+  // Join without blocking the hub: poll for completion.
+  while (got.empty()) {
+    cogent::sleep(1ms);
+  }
+  t.join();
+  CHECK(got == "thr");
+  CHECK_FALSE(thread_had_hub);
+  bool worker_has_hub = cogent::run_in_thread([] {
+    ::usleep(1000);
+    return cogent::hub::current_if_exists() != nullptr;
+  });
+  CHECK_FALSE(worker_has_hub);
+  ::close(p[0]);
+  ::close(p[1]);
+}
+
+COGENT_TEST_CASE("bad fds, flags and sizes give libc's errors", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  int closed = ::dup(s[0]);
+  ::close(closed);
+  int dir = ::open("/tmp", O_RDONLY | O_DIRECTORY);
+  char buf[16];
+  sockaddr_in to = loopback(1);
+  timespec bad_ts{0, -1};
+  [[maybe_unused]] pollfd pf{s[0], POLLIN, 0};
+  // Hidden from the compiler, which rightly warns about these deliberate misuses.
+  volatile std::size_t huge_v = SIZE_MAX;
+  std::size_t huge = huge_v;
+  char* volatile null_v = nullptr;
+  char* null_buf = null_v;
+  volatile int minus_one_v = -1;
+  int minus_one = minus_one_v;
+  iovec* volatile null_iov_v = nullptr;
+  iovec* null_iov = null_iov_v;
+  void* volatile bad_ptr_v = reinterpret_cast<void*>(8);
+  void* bad_ptr = bad_ptr_v;
+  struct named {
+    const char* what;
+    std::function<long()> call;
+  };
+  std::vector<named> calls = {
+      {"read(-1)", [&] { return ::read(-1, buf, 1); }},
+      {"read(closed)", [&] { return ::read(closed, buf, 1); }},
+      {"write(closed)", [&] { return ::write(closed, buf, 1); }},
+      {"read(dir)", [&] { return ::read(dir, buf, 1); }},
+      {"read(huge)", [&] { return ::read(s[0], buf, huge); }},
+      {"write(huge)", [&] { return ::write(s[1], buf, huge); }},
+      {"write(nullptr)", [&] { return ::write(s[1], null_buf, 10); }},
+      {"recv(pipe)", [&] { return ::recv(p[0], buf, 1, 0); }},
+      {"send(pipe)", [&] { return ::send(p[1], buf, 1, 0); }},
+      {"accept(not listening)", [&] { return ::accept(s[0], nullptr, nullptr); }},
+      {"accept(pipe)", [&] { return ::accept(p[0], nullptr, nullptr); }},
+      {"accept4(bad flags)", [&] { return ::accept4(s[0], nullptr, nullptr, 0x40000000); }},
+      {"connect(bad len)", [&] { return ::connect(s[0], reinterpret_cast<sockaddr*>(&to), 3); }},
+      {"connect(closed)", [&] { return ::connect(closed, reinterpret_cast<sockaddr*>(&to), sizeof to); }},
+      {"readv(bad count)", [&] { return ::readv(s[0], null_iov, minus_one); }},
+      {"writev(bad count)", [&] { return ::writev(s[1], null_iov, 100000); }},
+      {"select(-1)", [&] { return ::select(-1, nullptr, nullptr, nullptr, nullptr); }},
+      {"nanosleep(bad)", [&] { return ::nanosleep(&bad_ts, nullptr); }},
+      {"nanosleep(nullptr)", [&] { return ::nanosleep(nullptr, nullptr); }},
+      {"close(-1)", [&] { return ::close(-1); }},
+      {"fcntl(bad cmd)", [&] { return ::fcntl(s[0], 123456); }},
+      {"setsockopt(pipe)", [&] { int one = 1; return ::setsockopt(p[0], SOL_SOCKET, SO_RCVTIMEO, &one, sizeof one); }},
+      {"shutdown(bad how)", [&] { return ::shutdown(s[0], 17); }},
+      {"dup2(closed)", [&] { return ::dup2(closed, 1000); }},
+      {"sendto(bad addr)", [&] { return ::sendto(s[1], buf, 1, 0, reinterpret_cast<sockaddr*>(&to), 3); }},
+  };
+#if !defined(__SANITIZE_ADDRESS__)
+  // ASan's poll interceptor reads all nfds entries before the kernel can say EINVAL.
+  calls.push_back({"poll(huge nfds)", [&] { return ::poll(&pf, 1 << 30, 10); }});
+#endif
+  for (auto& c : calls) {
+    INFO(c.what);
+    CHECK(here_result(c.call) == libc_result(c.call));
+  }
+  // An EFAULT for a bad read buffer once data is there, as libc.
+  REQUIRE(::write(s[1], "ab", 2) == 2);
+  CHECK(here_result([&] { return ::read(s[0], bad_ptr, 2); }) ==
+        std::pair<long, int>{-1, EFAULT});
+  for (int fd : {s[0], s[1], p[0], p[1], dir}) {
+    ::close(fd);
+  }
+}
+
+COGENT_TEST_CASE("kill inside a hooked call: EINTR, then the kill at the next switch point", doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  long r1 = 0, r2 = 0;
+  int e1 = 0, e2 = 0;
+  bool after = false;
+  auto t = cogent::spawn([&] {
+    char c;
+    r1 = ::read(p[0], &c, 1);  // parked here when killed
+    e1 = errno;
+    r2 = ::read(p[0], &c, 1);  // C code retrying: must not block or spin
+    e2 = errno;
+    cogent::sleep(0ms);  // the pending kill is raised here
+    after = true;
+  });
+  cogent::sleep(20ms);
+  t.kill();
+  CHECK(t.ready());
+  CHECK(t.killed());
+  CHECK(r1 == -1);
+  CHECK(e1 == EINTR);
+  CHECK(r2 == -1);
+  CHECK(e2 == ECANCELED);
+  CHECK_FALSE(after);
+
+  // The same for a sleep and a poll.
+  auto s = cogent::spawn([&] {
+    timespec ts{5, 0}, rem{};
+    r1 = ::nanosleep(&ts, &rem);
+    e1 = errno;
+    r2 = rem.tv_sec;
+    cogent::yield();
+  });
+  cogent::sleep(20ms);
+  s.kill();
+  CHECK(s.killed());
+  CHECK(r1 == -1);
+  CHECK(e1 == EINTR);
+  CHECK(r2 == 4);
+  auto q = cogent::spawn([&] {
+    pollfd pf{p[0], POLLIN, 0};
+    r1 = ::poll(&pf, 1, -1);
+    e1 = errno;
+    cogent::yield();
+  });
+  cogent::sleep(20ms);
+  q.kill();
+  CHECK(q.killed());
+  CHECK(r1 == -1);
+  CHECK(e1 == EINTR);
+  ::close(p[0]);
+  ::close(p[1]);
+}
+
+COGENT_TEST_CASE("a Timeout inside a hooked call: EINTR, then timeout_error", doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  unsigned left = 0;
+  int err = 0;
+  bool raised = false;
+  auto t0 = steady::now();
+  try {
+    cogent::timeout guard(50ms);
+    left = ::sleep(5);
+    err = errno;
+    cogent::yield();  // raises the pending timeout_error
+  } catch (const cogent::timeout_error&) {
+    raised = true;
+  }
+  CHECK(raised);
+  CHECK(err == EINTR);
+  CHECK(left == 4);  // glibc: the whole seconds not slept
+  CHECK(since(t0) < 1.0);
+
+  // Leaving the Timeout's scope without a switch point withdraws it.
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  long r = 0;
+  {
+    cogent::timeout guard(30ms);
+    char c;
+    r = ::read(s[0], &c, 1);
+    err = errno;
+  }
+  CHECK(r == -1);
+  CHECK(err == EINTR);
+  cogent::yield();  // nothing pending any more: no throw
+  ::close(s[0]);
+  ::close(s[1]);
+}

@@ -271,12 +271,14 @@ void copy_fd(int from, int to) noexcept {
 }
 
 fd_kind classify(int fd, fd_entry& e) noexcept {
+  if (fd == STDERR_FILENO) [[unlikely]] {
+    // Checked before the cache, so a dup2() onto 2 cannot make it cooperative:
+    // crash handlers write here from signal handlers (see monkey.hpp).
+    return kind_other;
+  }
   auto k = static_cast<fd_kind>(e.kind.load(std::memory_order_relaxed));
   if (k != kind_unknown) [[likely]] {
     return k;
-  }
-  if (fd == STDERR_FILENO) {
-    return kind_other;  // see monkey.hpp: crash handlers write here from signal handlers
   }
   struct stat st{};
   if (fstat(fd, &st) < 0) {

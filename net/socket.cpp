@@ -12,6 +12,7 @@
 #include <limits>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 namespace cogent::net {
 namespace {
@@ -61,41 +62,90 @@ basic_socket::~basic_socket() { close_fd(_fd); }
 
 int basic_socket::release() noexcept { return std::exchange(_fd, -1); }
 
+namespace {
+
+struct closing_state;
+
+// socket_waiter is a fiber blocked in an op on an fd; it lives in that fiber's
+// await() frame. Waiters on one fd form a list headed in t_waiters[fd].
+struct socket_waiter {
+  io_op* op = nullptr;
+  socket_waiter* prev = nullptr;
+  socket_waiter* next = nullptr;
+  closing_state* closer = nullptr;  // the close() waiting for this waiter to let go
+  bool closed = false;               // close() cancelled the op
+};
+
+// closing_state is what close() waits on until every waiter has let go.
+struct closing_state {
+  cogent::detail::wait_list waiters_gone;
+  std::size_t pending = 0;
+};
+
+// t_waiters[fd] heads the list of this thread's fibers blocked on fd.
+thread_local std::vector<socket_waiter*> t_waiters;
+
+socket_waiter*& waiter_head(int fd) {
+  auto i = static_cast<std::size_t>(fd);
+  if (i >= t_waiters.size()) [[unlikely]] {
+    t_waiters.resize(i * 2 + 64, nullptr);
+  }
+  return t_waiters[i];
+}
+
+socket_waiter* waiters_of(int fd) noexcept {
+  auto i = static_cast<std::size_t>(fd);
+  return i < t_waiters.size() ? t_waiters[i] : nullptr;
+}
+
+}  // namespace
+
 void basic_socket::close() {
   if (_fd < 0) {
     return;
   }
   int fd = std::exchange(_fd, -1);
   hub& h = hub::current();
-  if (h.in_hub()) {
-    // A timer or post() callback cannot park: close synchronously.
-    if (_waiters != nullptr) {
-      for (auto* w = _waiters; w != nullptr; w = w->next) {
+  if (socket_waiter* first = waiters_of(fd); first != nullptr) [[unlikely]] {
+    // Wake every fiber blocked on this socket (they raise EBADF) and wait
+    // until they have let go of it: only then is the fd ours to close, and
+    // only then may the caller destroy the socket object.
+    closing_state cs;
+    for (socket_waiter* w = first; w != nullptr; w = w->next) {
+      if (!w->closed) {
+        w->closed = true;
+        w->closer = &cs;
+        ++cs.pending;
         h.io().cancel(*w->op);
       }
     }
-    close_fd(fd);
-    return;
-  }
-  if (_waiters != nullptr) [[unlikely]] {
-    // Wake every fiber blocked on this socket (they raise EBADF), and wait
-    // until they have let go of it: only then is the fd ours to close, and
-    // only then may the caller destroy the socket object.
-    cogent::detail::wait_list closing;
-    _closer = &closing;
-    for (auto* w = _waiters; w != nullptr; w = w->next) {
-      h.io().cancel(*w->op);
+    if (h.in_hub()) {
+      // A timer or post() callback cannot park: detach and close now.
+      for (socket_waiter* w = waiters_of(fd); w != nullptr; w = w->next) {
+        if (w->closer == &cs) {
+          w->closer = nullptr;  // closed, but nobody waits for it
+        }
+      }
+      close_fd(fd);
+      return;
     }
     try {
-      while (_waiters != nullptr) {
-        closing.wait(clock::time_point::max());
+      while (cs.pending > 0) {
+        cs.waiters_gone.wait(clock::time_point::max());
       }
     } catch (...) {
-      _closer = nullptr;
-      close_fd(fd);  // killed while waiting: still never leak the fd
+      // Killed while waiting: detach the stragglers and still never leak the fd.
+      for (socket_waiter* w = waiters_of(fd); w != nullptr; w = w->next) {
+        if (w->closer == &cs) {
+          w->closer = nullptr;
+        }
+      }
+      close_fd(fd);
       throw;
     }
-    _closer = nullptr;
+  } else if (h.in_hub()) {
+    close_fd(fd);
+    return;
   }
   io_op op;
   op.code = op_code::close;
@@ -117,41 +167,42 @@ void basic_socket::close() {
 }
 
 int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(int)) {
-  detail::socket_waiter w;
+  socket_waiter w;
   w.op = &op;
-  w.next = _waiters;
-  if (_waiters != nullptr) {
-    _waiters->prev = &w;
+  socket_waiter*& head = waiter_head(op.fd);
+  w.next = head;
+  if (head != nullptr) {
+    head->prev = &w;
   }
-  _waiters = &w;
+  head = &w;
   struct unlink {
-    basic_socket* s;
-    detail::socket_waiter* w;
+    socket_waiter& w;
     ~unlink() {
-      if (w->prev != nullptr) {
-        w->prev->next = w->next;
+      if (w.prev != nullptr) {
+        w.prev->next = w.next;
       } else {
-        s->_waiters = w->next;
+        t_waiters[static_cast<std::size_t>(w.op->fd)] = w.next;
       }
-      if (w->next != nullptr) {
-        w->next->prev = w->prev;
+      if (w.next != nullptr) {
+        w.next->prev = w.prev;
       }
-      if (s->_waiters == nullptr && s->_closer != nullptr) {
-        s->_closer->notify_all();
+      if (w.closer != nullptr) [[unlikely]] {
+        if (--w.closer->pending == 0) {
+          w.closer->waiters_gone.notify_all();
+        }
       }
     }
-  } guard{this, &w};
+  } guard{w};
   int r = hub::current().await_io(op, deadline, release);
-  if (_fd < 0) [[unlikely]] {
+  if (w.closed) [[unlikely]] {
     // close() ran while this op was in flight.
+    if (r >= 0 && release != nullptr) {
+      release(r);  // it produced something (an fd) nobody will use
+      return -EBADF;
+    }
     if (r == -ECANCELED) {
       return -EBADF;
     }
-  }
-  if (_fd < 0 && r >= 0 && release != nullptr) [[unlikely]] {
-    // The socket was closed while this op completed: give back its product.
-    release(r);
-    return -EBADF;
   }
   return r;
 }

@@ -98,15 +98,6 @@ class end_of_stream : public std::runtime_error {
 // shutdown_how selects which direction shutdown() closes.
 enum class shutdown_how : int { read = SHUT_RD, write = SHUT_WR, both = SHUT_RDWR };
 
-namespace detail {
-// waiter links a fiber's in-flight op to its socket so close() can cancel it.
-struct socket_waiter {
-  cogent::detail::io_op* op = nullptr;
-  socket_waiter* prev = nullptr;
-  socket_waiter* next = nullptr;
-};
-}  // namespace detail
-
 // basic_socket owns a socket fd: move-only, closed by its destructor (a plain
 // close(2), which never switches) or by close() (an io_uring close op). It
 // holds the default timeout and the options common to every socket type.
@@ -188,7 +179,10 @@ class basic_socket {
     return t ? deadline_after(t) : clock::time_point::max();
   }
   // await() runs `op` through hub::await_io() and returns its raw result, with
-  // -ECANCELED turned into -EBADF when close() interrupted it.
+  // -ECANCELED turned into -EBADF when close() interrupted it. Fibers blocked
+  // on an fd are found by close() through a per-thread table indexed by fd
+  // (dense and cache-warm), not through the socket object: after the op
+  // completes, the fast path never touches the (by then cold) socket.
   int await(cogent::detail::io_op& op, clock::time_point deadline, void (*release)(int) = nullptr);
   // throw_error() raises std::system_error(err) naming the call and the socket.
   [[noreturn]] void throw_error(int err, const char* what) const;
@@ -197,8 +191,6 @@ class basic_socket {
 
   int _fd = -1;
   timeout_duration _timeout;
-  detail::socket_waiter* _waiters = nullptr;
-  cogent::detail::wait_list* _closer = nullptr;
 };
 
 // stream_socket is a connected stream socket (TCP or Unix-domain).

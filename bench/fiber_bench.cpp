@@ -47,6 +47,26 @@ void cogent_switch(benchmark::State& state) {
 }  // b is unwound here (destroyed while suspended)
 BENCHMARK(cogent_switch);
 
+// cogent_switch_novalue: the same round trip without a value (an empty
+// std::any): the cost of the switch itself, without type erasure.
+void cogent_switch_novalue(benchmark::State& state) {
+  cogent::fiber main = cogent::fiber::current();
+  int shared = 0;
+  cogent::fiber b([&main, &shared] {
+    while (true) {
+      ++shared;
+      main.switch_to();
+    }
+  });
+  for (auto _ : state) {
+    b.switch_to();
+    benchmark::DoNotOptimize(shared);
+  }
+  state.counters["switches"] = benchmark::Counter(2.0 * static_cast<double>(state.iterations()),
+                                                  benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(cogent_switch_novalue);
+
 // raw_switch: the same round trip with boost::context::fiber resume (the floor).
 void raw_switch(benchmark::State& state) {
   int shared = 0;

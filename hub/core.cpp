@@ -148,13 +148,7 @@ wake_reason hub::park(clock::time_point deadline, bool interruptible) {
   self->sched.state = st_parked;
   self->sched.reason = static_cast<std::uint8_t>(wake_reason::none);
   self->sched.interruptible = interruptible;
-  ++_parked;
-  detail::ref(self);  // a parked fiber stays alive until the hub resumes it
-  do {
-    detail::switch_to(hub_fiber, {}, nullptr);
-  } while (self->sched.state == st_parked);  // resumed by something other than the hub: park again
-  --_parked;
-  detail::unref(self);
+  suspend(self);
   if (timer.armed()) {
     cancel_timer(timer);
   }
@@ -212,11 +206,15 @@ void hub::yield_now() {
   self->sched.state = st_parked;
   self->sched.interruptible = true;
   schedule(self, wake_reason::woken);
+  suspend(self);
+}
+
+void hub::suspend(fiber_impl* self) {
   ++_parked;
-  detail::ref(self);
+  detail::ref(self);  // a parked fiber stays alive until the hub resumes it
   do {
     detail::switch_to(_fiber.impl(), {}, nullptr);
-  } while (self->sched.state == st_parked);
+  } while (self->sched.state != st_running);  // resumed by something other than the hub: back to it
   --_parked;
   detail::unref(self);
 }

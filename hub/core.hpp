@@ -190,6 +190,7 @@ class hub {
   friend detail::fiber_impl* detail::hub_fiber_impl(hub& h) noexcept;
   explicit hub(const hub_config& cfg);
   void loop();
+  void suspend(detail::fiber_impl* self);  // switch to the hub until it resumes `self`
   void run_ready();
   void expire_timers(clock::time_point now);
   void drain_posted();

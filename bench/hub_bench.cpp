@@ -164,7 +164,9 @@ void queue_handoff(benchmark::State& state) {
   }
   stop = true;
   while (!producer.ready()) {
-    q.get_nowait();  // let a blocked put() finish so the producer sees `stop`
+    if (!q.empty()) {
+      q.get_nowait();  // let a blocked put() finish so the producer sees `stop`
+    }
     cogent::yield();
   }
   benchmark::DoNotOptimize(sum);

@@ -21,6 +21,7 @@ namespace {
 
 COGENT_TLS fiber_impl* t_current = nullptr;
 COGENT_TLS char t_tag = 0;  // its address identifies the thread
+COGENT_TLS fiber_impl* t_previous = nullptr;  // the fiber whose switch resumed the running one
 
 std::atomic<std::uint64_t> g_next_id{1};
 // Ids are handed to threads in blocks: creating a fiber costs no atomic RMW.
@@ -90,6 +91,7 @@ void kill_orphan(fiber_impl* f) noexcept;
 inline void resumed(transfer t) noexcept {
   auto* from = static_cast<fiber_impl*>(t.data);
   from->ctx = t.from;
+  t_previous = from;
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_finish_switch_fiber(t_current->asan_fake_stack, &from->asan_bottom, &from->asan_size);
   if (from->dead) {
@@ -103,12 +105,6 @@ inline void resumed(transfer t) noexcept {
     }
   }
 #endif
-  if (from->dead) {
-    if (from->refs == 0) {
-      destroy(from);
-    }
-    return;
-  }
   if (!from->is_main && !from->stk.guarded) {
     // Canary stacks: the saved stack pointer and the canary must both be in bounds.
     auto sp = static_cast<const char*>(t.from);
@@ -117,6 +113,14 @@ inline void resumed(transfer t) noexcept {
       from->write_name(name, sizeof name);
       report_overflow_and_abort(name);
     }
+  }
+  if (from->dead) {
+    // Checked above too: a fiber that overflowed and then finished is named, and its stack is
+    // not pooled dirty.
+    if (from->refs == 0) {
+      destroy(from);
+    }
+    return;
   }
   if (from->refs == 0) [[unlikely]] {
     kill_orphan(from);  // suspended with no handle left (main fibers always have one)
@@ -259,6 +263,8 @@ fiber_impl* current_impl() {
   fiber_impl* c = t_current;
   return c != nullptr ? c : init_thread();
 }
+
+fiber_impl* previous_impl() noexcept { return t_previous; }
 
 fiber_impl* thread_main_impl() {
   current_impl();

@@ -181,7 +181,10 @@ void hub::interrupt(fiber_impl* f, std::exception_ptr e, const void* owner) noex
   if (f->dead) {
     return;
   }
-  if (!f->sched.pending) {
+  // A kill (no owner) takes the place of a pending Timeout error: the fiber
+  // could catch the timeout and carry on, and the kill would be lost. A
+  // Timeout never replaces anything (timeout.cpp re-arms itself instead).
+  if (!f->sched.pending || (owner == nullptr && f->sched.pending_owner != nullptr)) {
     f->sched.pending = std::move(e);
     f->sched.pending_owner = owner;
   }
@@ -213,7 +216,24 @@ void hub::suspend(fiber_impl* self) {
   ++_parked;
   detail::ref(self);  // a parked fiber stays alive until the hub resumes it
   do {
-    detail::switch_to(_fiber.impl(), {}, nullptr);
+    try {
+      detail::switch_to(_fiber.impl(), {}, nullptr);
+    } catch (...) {
+      // Someone throw_in()'d into this parked fiber. Its wait (a timer, an IO
+      // op on this stack) is still registered, so the exception must not
+      // unwind from here: make it the fiber's pending interrupt, raised at the
+      // usual point once the wait is cleaned up — and hand control straight
+      // back to the thrower, whose throw_in() returns (like kill(block=false)).
+      interrupt(self, std::current_exception());
+      fiber_impl* thrower = detail::previous_impl();
+      if (thrower != nullptr && !thrower->dead && thrower != _fiber.impl()) {
+        try {
+          detail::switch_to(thrower, {}, nullptr);
+        } catch (...) {
+          interrupt(self, std::current_exception());
+        }
+      }
+    }
   } while (self->sched.state != st_running);  // resumed by something other than the hub: back to it
   --_parked;
   detail::unref(self);
@@ -236,8 +256,13 @@ int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)
     }
   }
   if (self->sched.pending) {
-    if (op.result >= 0 && release != nullptr) {
-      release(op.result);  // it succeeded anyway: give back what it produced
+    if (op.result >= 0) {
+      if (release == nullptr) {
+        // It completed anyway (bytes received or sent): honour the result;
+        // the interrupt stays pending and is raised at the next blocking call.
+        return op.result;
+      }
+      release(op.result);  // it produced a resource (an accepted fd): give it back
     }
     throw_if_interrupted();
   }

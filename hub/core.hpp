@@ -140,7 +140,12 @@ class hub {
   // interrupt() raises `e` in fiber f at its current (or next) blocking point:
   // a parked interruptible fiber is woken at once; an IO wait cancels its op
   // first and raises once the op's completion is reaped. `owner` identifies
-  // the raiser (a Timeout scope) so it can withdraw it. Never switches.
+  // the raiser (a Timeout scope) so it can withdraw it. A kill (no owner)
+  // replaces a pending Timeout error, never the other way round. Never switches.
+  //
+  // fiber::throw_in() into a fiber parked on the hub goes the same way: the
+  // exception becomes its pending interrupt (raised at its blocking point once
+  // its wait is cleaned up) and the thrower's throw_in() returns at once.
   void interrupt(detail::fiber_impl* f, std::exception_ptr e, const void* owner = nullptr) noexcept;
 
   // throw_if_interrupted() raises the calling fiber's pending interrupt, if any.

@@ -88,8 +88,11 @@ void task_state::finish() noexcept {
   }
   joiners.notify_all();
   task_base self(keep);
-  auto ls = std::move(links);
-  for (auto& l : ls) {
+  // One at a time, taken off the list before the call: a link that blocks
+  // lets others unlink() the ones not yet called (an iwait going away).
+  while (!links.empty()) {
+    link_entry l = std::move(links.front());
+    links.erase(links.begin());
     try {
       l.fn(self);
     } catch (...) {
@@ -147,6 +150,16 @@ void start_task(const std::shared_ptr<task_state>& st, spawn_options&& opts,
 
 // ---- task_base ------------------------------------------------------------------
 
+namespace {
+// A task lives on one thread's hub; waiting on or killing it from another
+// thread would race with that hub (invariant 4).
+void check_same_thread(const detail::task_state& s, const char* what) {
+  if (s.fib && s.fib.impl()->thread_tag != detail::current_impl()->thread_tag) {
+    throw hub_error(std::string("cogent: ") + what + "() of task '" + s.name + "' from another thread");
+  }
+}
+}  // namespace
+
 detail::task_state& task_base::state() const {
   if (_s == nullptr) {
     throw std::logic_error("cogent: operation on an empty task handle");
@@ -162,6 +175,7 @@ bool task_base::join(timeout_duration t) const {
   if (detail::current_impl() == s.fib.impl()) {
     throw hub_error("cogent: task '" + s.name + "' tried to join itself");
   }
+  check_same_thread(s, "join");
   auto keep = _s;
   clock::time_point deadline = deadline_after(t);
   ++s.waiting;
@@ -186,6 +200,7 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
   if (s.st == detail::task_state::status::done) {
     return;
   }
+  check_same_thread(s, "kill");
   s.kill_requested = true;
   if (s.st == detail::task_state::status::pending) {
     // Never started: it never runs. Record the outcome as if `e` ended it.

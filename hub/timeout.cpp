@@ -24,6 +24,13 @@ timeout::timeout(timeout_duration d) {
   _node.deadline = deadline_after(d);
   _node.fire = [](detail::timer_node* n) {
     timeout* t = static_cast<node*>(n)->self;
+    if (t->_fiber->sched.pending && t->_fiber->sched.pending_owner != t) {
+      // Another interrupt (an inner timeout, a kill) is pending and not yet
+      // raised: try again shortly rather than be lost behind it.
+      t->_node.deadline = clock::now() + std::chrono::milliseconds(1);
+      t->_hub->add_timer(t->_node);
+      return;
+    }
     t->_expired = true;
     t->_hub->interrupt(t->_fiber, std::make_exception_ptr(timeout_error(t, t->_after)), t);
   };

@@ -91,6 +91,9 @@ class fiber_impl {
   void write_name(char* buf, std::size_t len) const noexcept;
 };
 
+// previous_impl() is the fiber whose switch resumed the running one (valid
+// until the running fiber switches again; may be dead).
+fiber_impl* previous_impl() noexcept;
 // thread_main_impl() is this thread's main fiber (created on first use).
 fiber_impl* thread_main_impl();
 // current_impl() is the running fiber of this thread (creating the main fiber on first use).

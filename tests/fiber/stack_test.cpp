@@ -169,6 +169,39 @@ TEST_CASE("beyond the guard budget, the canary catches an overflow at the next s
   CHECK(contains(r.err, "stack overflow in fiber 'canary-fiber'"));
 }
 
+TEST_CASE("beyond the guard budget, an overflow in a fiber that then finishes is still named" *
+          doctest::timeout(120)) {
+  child_result r = run_in_child([] {
+    cogent::stack_counters st = cogent::stack_stats();
+    std::vector<fiber> hogs;
+    fiber main = fiber::current();
+    while (cogent::stack_stats().guarded_total < st.guard_budget) {
+      hogs.emplace_back([&main] { main.switch_to(); });
+      hogs.back().switch_to();
+      if (hogs.size() > st.guard_budget + 100000) {
+        ::_exit(child_setup_failed);
+      }
+    }
+    // The culprit overflows into its canary and returns: its final switch (to its parent) must
+    // report it, not leave a dirty stack for an innocent fiber to be blamed for.
+    fiber culprit;
+    culprit = fiber([&] { recurse_to_bottom(culprit.impl()->stk.bottom, 0); },
+                    {.stack_size = 0, .name = "real-culprit"});
+    if (culprit.impl()->stk.guarded) {
+      ::_exit(child_setup_failed);
+    }
+    culprit.switch_to();
+    fiber innocent([&] { main.switch_to(); }, {.stack_size = 0, .name = "innocent"});
+    innocent.switch_to();
+    std::fprintf(stderr, "the overflow went unnoticed\n");
+  });
+  INFO("child stderr: " << r.err);
+  REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
+  CHECK(WIFSIGNALED(r.status));
+  CHECK(contains(r.err, "stack overflow in fiber 'real-culprit'"));
+  CHECK_FALSE(contains(r.err, "'innocent'"));
+}
+
 TEST_CASE("many fibers suspended at once" * doctest::timeout(60)) {
 #if defined(__SANITIZE_ADDRESS__)
   // ASan's shadow memory and per-fiber bookkeeping make 1M fibers too heavy; 100k proves the same paths.

@@ -2,6 +2,8 @@
 // timeouts on get/join, kill at every kind of blocking point, links, the
 // collection helpers, the registry and the unjoined-error report.
 #include "hub/task.hpp"
+#include "hub/threadpool.hpp"
+#include "hub/timeout.hpp"
 
 #include <unistd.h>
 
@@ -11,6 +13,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/support.hpp"
@@ -379,6 +382,79 @@ COGENT_TEST_CASE("named tasks", doctest::timeout(10)) {
   auto u = cogent::spawn([] {});
   CHECK(u.name() == "task-" + std::to_string(u.id()));
   cogent::joinall({t, u});
+}
+
+// Regressions found in review.
+
+COGENT_TEST_CASE("a kill is not lost behind a pending Timeout error", doctest::timeout(10)) {
+  bool caught = false;
+  bool survived = false;
+  auto t = cogent::spawn([&] {
+    try {
+      cogent::timeout to(5ms);
+      cogent::default_threadpool().run([] { std::this_thread::sleep_for(50ms); });  // non-interruptible wait
+    } catch (const cogent::timeout_error&) {
+      caught = true;
+    }
+    cogent::sleep(300ms);
+    survived = true;
+  });
+  cogent::sleep(20ms);  // the timeout fired while the task waits on the thread pool
+  t.kill(nullptr, true, 1s);
+  CHECK(t.ready());
+  CHECK(t.killed());
+  CHECK_FALSE(caught);  // the kill took the place of the pending timeout
+  CHECK_FALSE(survived);
+}
+
+COGENT_TEST_CASE("nested timeouts: the outer one still fires after the inner one is caught", doctest::timeout(10)) {
+  bool outer_fired = false;
+  try {
+    cogent::timeout outer(30ms);
+    try {
+      cogent::timeout inner(5ms);
+      cogent::default_threadpool().run([] { std::this_thread::sleep_for(60ms); });  // both expire meanwhile
+    } catch (const cogent::timeout_error&) {
+    }
+    cogent::sleep(1s);
+  } catch (const cogent::timeout_error& e) {
+    outer_fired = true;
+  }
+  CHECK(outer_fired);
+}
+
+COGENT_TEST_CASE("throw_in() into a task parked in the hub raises at its blocking point", doctest::timeout(10)) {
+  cogent::fiber target;
+  std::string got;
+  auto t = cogent::spawn([&] {
+    target = cogent::fiber::current();
+    try {
+      cogent::sleep(5s);
+    } catch (const std::runtime_error& e) {
+      got = e.what();
+    }
+  });
+  cogent::sleep(5ms);
+  target.throw_in(std::make_exception_ptr(std::runtime_error("boom")));
+  target = cogent::fiber();
+  t.join();
+  CHECK(got == "boom");
+  CHECK(cogent::hub::current().timer_count() == 0);  // its sleep timer was disarmed, not left dangling
+}
+
+COGENT_TEST_CASE("wait_any that times out while a blocking link runs is unlinked safely", doctest::timeout(10)) {
+  auto t = cogent::spawn([] { cogent::sleep(5ms); });
+  t.link([](const cogent::task_base&) { cogent::sleep(50ms); });  // a link that blocks
+  {
+    auto first = cogent::wait_any({t}, 20ms);  // gives up while the first link sleeps
+    CHECK_FALSE(first);
+  }
+  {
+    std::vector<long> scribble(64, -1);  // reuse the stack the iwait lived on
+    cogent::sleep(100ms);
+    CHECK(scribble[0] == -1);
+  }
+  CHECK(t.ready());
 }
 
 }  // namespace

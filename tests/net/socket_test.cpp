@@ -743,3 +743,34 @@ COGENT_TEST_CASE("resolver: localhost, literals, create_connection, misuse", doc
   l.close();
   CHECK(errno_of([&] { (void)cogent::net::create_connection("127.0.0.1", dead_port, 1s); }) == ECONNREFUSED);
 }
+
+// Regression found in review: bytes received in the same hub turn as a
+// Timeout's expiry are returned, not dropped; the timeout is raised at the
+// next blocking call.
+COGENT_TEST_CASE("a recv that completes as its Timeout fires keeps its bytes", doctest::timeout(10)) {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  cogent::net::stream_socket s(sv[0]);
+  std::size_t got = 0;
+  bool timeout_later = false;
+  auto t = cogent::spawn([&] {
+    char buf[64];
+    try {
+      cogent::timeout to(5ms);
+      got = s.read_some(buf, sizeof buf);
+      cogent::sleep(1s);  // the pending timeout is raised here
+    } catch (const cogent::timeout_error&) {
+      timeout_later = true;
+    }
+  });
+  cogent::sleep(1ms);  // the recv is in flight
+  REQUIRE(::write(sv[1], "hello", 5) == 5);
+  auto until = std::chrono::steady_clock::now() + 20ms;
+  while (std::chrono::steady_clock::now() < until) {
+    // hold the hub: the completion and the expired timer land in one turn
+  }
+  t.join();
+  ::close(sv[1]);
+  CHECK(got == 5);
+  CHECK(timeout_later);
+}

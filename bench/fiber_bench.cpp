@@ -144,8 +144,7 @@ void rss_per_suspended_fiber(benchmark::State& state) {
       all.back().switch_to();
     }
     long after = vm_rss_bytes();
-    state.counters["rss_per_fiber_bytes"] =
-        static_cast<double>(after - before) / static_cast<double>(count);
+    state.counters["rss_per_fiber_bytes"] = static_cast<double>(after - before) / static_cast<double>(count);
     state.counters["rss_total_mib"] = static_cast<double>(after - before) / (1024.0 * 1024.0);
     state.PauseTiming();
     all.clear();  // unwinds every fiber

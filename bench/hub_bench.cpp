@@ -8,7 +8,8 @@
 //  3. yield_ping: two fibers ping-pong through sleep(0) (ns per yield; target <= 60 ns).
 //  4. nop_await_io vs nop_raw_uring: a NOP through hub::await_io from a fiber vs the same NOP on a raw
 //     liburing loop (prep_nop, submit_and_wait, reap) — target <= 1.3x.
-//  5. queue_handoff: producer task -> consumer (main) through cogent::queue<int> (ns per item; target <= 100 ns).
+//  5. queue_handoff: producer task -> consumer (main) through cogent::queue<int> (ns per item; target <= 100
+//  ns).
 //
 // Run (one line): taskset -c 1 ./build/bench/hub_bench --benchmark_repetitions=5
 //   --benchmark_report_aggregates_only=true [--benchmark_format=json]

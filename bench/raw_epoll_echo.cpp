@@ -31,228 +31,229 @@ namespace {
 
 volatile std::sig_atomic_t g_stop = 0;
 
-void on_signal(int) { g_stop = 1; }
+void on_signal(int) {
+  g_stop = 1;
+}
 
 constexpr std::size_t k_buf_size = 64 * 1024;
 
 // Bytes received but not yet sent back (only non-empty after a short send).
 struct conn_state {
-    std::vector<char> pending;
-    std::size_t offset = 0;
-    bool open = false;
+  std::vector<char> pending;
+  std::size_t offset = 0;
+  bool open = false;
 };
 
 [[noreturn]] void die(const char* what) {
-    std::fprintf(stderr, "raw_epoll_echo: %s: %s\n", what, std::strerror(errno));
-    std::exit(1);
+  std::fprintf(stderr, "raw_epoll_echo: %s: %s\n", what, std::strerror(errno));
+  std::exit(1);
 }
 
 void raise_nofile_limit() {
-    rlimit rl{};
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
 }
 
 int make_listener(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        die("socket");
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_ANY);
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-        die("bind");
-    }
-    if (listen(fd, 65535) < 0) {  // clamped to net.core.somaxconn
-        die("listen");
-    }
-    return fd;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    die("socket");
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    die("bind");
+  }
+  if (listen(fd, 65535) < 0) {  // clamped to net.core.somaxconn
+    die("listen");
+  }
+  return fd;
 }
 
 int bound_port(int fd) {
-    sockaddr_in addr{};
-    socklen_t len = sizeof addr;
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) < 0) {
-        die("getsockname");
-    }
-    return ntohs(addr.sin_port);
+  sockaddr_in addr{};
+  socklen_t len = sizeof addr;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) < 0) {
+    die("getsockname");
+  }
+  return ntohs(addr.sin_port);
 }
 
 class echo_server {
-public:
-    echo_server(int listen_fd) : listen_fd_(listen_fd) {
-        epfd_ = epoll_create1(EPOLL_CLOEXEC);
-        if (epfd_ < 0) {
-            die("epoll_create1");
-        }
-        epoll_event ev{};
-        ev.events = EPOLLIN;
-        ev.data.fd = listen_fd_;
-        if (epoll_ctl(epfd_, EPOLL_CTL_ADD, listen_fd_, &ev) < 0) {
-            die("epoll_ctl listen");
-        }
+ public:
+  echo_server(int listen_fd) : listen_fd_(listen_fd) {
+    epfd_ = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd_ < 0) {
+      die("epoll_create1");
     }
-
-    void run() {
-        constexpr int k_max_events = 512;
-        epoll_event events[k_max_events];
-        while (!g_stop) {
-            int n = epoll_wait(epfd_, events, k_max_events, -1);
-            if (n < 0) {
-                if (errno == EINTR) {
-                    continue;
-                }
-                die("epoll_wait");
-            }
-            for (int i = 0; i < n; ++i) {
-                int fd = events[i].data.fd;
-                if (fd == listen_fd_) {
-                    accept_all();
-                } else if (!state(fd).pending.empty()) {
-                    on_writable(fd);  // never read while a reply is still queued
-                } else {
-                    on_readable(fd);
-                }
-            }
-        }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = listen_fd_;
+    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, listen_fd_, &ev) < 0) {
+      die("epoll_ctl listen");
     }
+  }
 
-private:
-    conn_state& state(int fd) {
-        if (static_cast<std::size_t>(fd) >= conns_.size()) {
-            conns_.resize(static_cast<std::size_t>(fd) * 2 + 64);
+  void run() {
+    constexpr int k_max_events = 512;
+    epoll_event events[k_max_events];
+    while (!g_stop) {
+      int n = epoll_wait(epfd_, events, k_max_events, -1);
+      if (n < 0) {
+        if (errno == EINTR) {
+          continue;
         }
-        return conns_[static_cast<std::size_t>(fd)];
-    }
-
-    void accept_all() {
-        for (;;) {
-            int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (fd < 0) {
-                if (errno == EINTR || errno == ECONNABORTED) {
-                    continue;
-                }
-                if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                    std::fprintf(stderr, "raw_epoll_echo: accept4: %s\n", std::strerror(errno));
-                }
-                return;  // EAGAIN, or EMFILE etc.: level-triggered listener retries later
-            }
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-            epoll_event ev{};
-            ev.events = EPOLLIN;
-            ev.data.fd = fd;
-            if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
-                close(fd);
-                continue;
-            }
-            conn_state& c = state(fd);
-            c.pending.clear();
-            c.offset = 0;
-            c.open = true;
+        die("epoll_wait");
+      }
+      for (int i = 0; i < n; ++i) {
+        int fd = events[i].data.fd;
+        if (fd == listen_fd_) {
+          accept_all();
+        } else if (!state(fd).pending.empty()) {
+          on_writable(fd);  // never read while a reply is still queued
+        } else {
+          on_readable(fd);
         }
+      }
     }
+  }
 
-    void close_conn(int fd) {
-        conn_state& c = state(fd);
-        c.open = false;
-        c.pending.clear();
-        c.pending.shrink_to_fit();
-        c.offset = 0;
-        close(fd);  // close removes the fd from the epoll set
+ private:
+  conn_state& state(int fd) {
+    if (static_cast<std::size_t>(fd) >= conns_.size()) {
+      conns_.resize(static_cast<std::size_t>(fd) * 2 + 64);
     }
+    return conns_[static_cast<std::size_t>(fd)];
+  }
 
-    void set_events(int fd, uint32_t events) {
-        epoll_event ev{};
-        ev.events = events;
-        ev.data.fd = fd;
-        epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev);
-    }
-
-    void on_readable(int fd) {
-        ssize_t n = recv(fd, buf_, k_buf_size, 0);
-        if (n <= 0) {
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-                return;
-            }
-            close_conn(fd);
-            return;
+  void accept_all() {
+    for (;;) {
+      int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) {
+          continue;
         }
-        ssize_t w = send(fd, buf_, static_cast<std::size_t>(n), MSG_NOSIGNAL);
-        if (w == n) {
-            return;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+          std::fprintf(stderr, "raw_epoll_echo: accept4: %s\n", std::strerror(errno));
         }
-        if (w < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                close_conn(fd);
-                return;
-            }
-            w = 0;
-        }
-        // Short send: keep the rest, stop reading until it drains.
-        conn_state& c = state(fd);
-        c.pending.assign(buf_ + w, buf_ + n);
-        c.offset = 0;
-        set_events(fd, EPOLLOUT);
+        return;  // EAGAIN, or EMFILE etc.: level-triggered listener retries later
+      }
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = fd;
+      if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        close(fd);
+        continue;
+      }
+      conn_state& c = state(fd);
+      c.pending.clear();
+      c.offset = 0;
+      c.open = true;
     }
+  }
 
-    void on_writable(int fd) {
-        conn_state& c = state(fd);
-        while (c.offset < c.pending.size()) {
-            ssize_t w = send(fd, c.pending.data() + c.offset, c.pending.size() - c.offset,
-                             MSG_NOSIGNAL);
-            if (w < 0) {
-                if (errno == EINTR) {
-                    continue;
-                }
-                if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                    return;
-                }
-                close_conn(fd);
-                return;
-            }
-            c.offset += static_cast<std::size_t>(w);
-        }
-        c.pending.clear();
-        c.offset = 0;
-        set_events(fd, EPOLLIN);
+  void close_conn(int fd) {
+    conn_state& c = state(fd);
+    c.open = false;
+    c.pending.clear();
+    c.pending.shrink_to_fit();
+    c.offset = 0;
+    close(fd);  // close removes the fd from the epoll set
+  }
+
+  void set_events(int fd, uint32_t events) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.fd = fd;
+    epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev);
+  }
+
+  void on_readable(int fd) {
+    ssize_t n = recv(fd, buf_, k_buf_size, 0);
+    if (n <= 0) {
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        return;
+      }
+      close_conn(fd);
+      return;
     }
+    ssize_t w = send(fd, buf_, static_cast<std::size_t>(n), MSG_NOSIGNAL);
+    if (w == n) {
+      return;
+    }
+    if (w < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        close_conn(fd);
+        return;
+      }
+      w = 0;
+    }
+    // Short send: keep the rest, stop reading until it drains.
+    conn_state& c = state(fd);
+    c.pending.assign(buf_ + w, buf_ + n);
+    c.offset = 0;
+    set_events(fd, EPOLLOUT);
+  }
 
-    int listen_fd_;
-    int epfd_ = -1;
-    std::vector<conn_state> conns_;
-    char buf_[k_buf_size];
+  void on_writable(int fd) {
+    conn_state& c = state(fd);
+    while (c.offset < c.pending.size()) {
+      ssize_t w = send(fd, c.pending.data() + c.offset, c.pending.size() - c.offset, MSG_NOSIGNAL);
+      if (w < 0) {
+        if (errno == EINTR) {
+          continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          return;
+        }
+        close_conn(fd);
+        return;
+      }
+      c.offset += static_cast<std::size_t>(w);
+    }
+    c.pending.clear();
+    c.offset = 0;
+    set_events(fd, EPOLLIN);
+  }
+
+  int listen_fd_;
+  int epfd_ = -1;
+  std::vector<conn_state> conns_;
+  char buf_[k_buf_size];
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 2) {
-        std::fprintf(stderr, "usage: %s <port>   (0 = pick a free port)\n", argv[0]);
-        return 2;
-    }
-    int port = std::atoi(argv[1]);
-    raise_nofile_limit();
-    std::signal(SIGPIPE, SIG_IGN);
-    struct sigaction sa{};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0;  // no SA_RESTART: epoll_wait must return EINTR
-    sigaction(SIGINT, &sa, nullptr);
-    sigaction(SIGTERM, &sa, nullptr);
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s <port>   (0 = pick a free port)\n", argv[0]);
+    return 2;
+  }
+  int port = std::atoi(argv[1]);
+  raise_nofile_limit();
+  std::signal(SIGPIPE, SIG_IGN);
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: epoll_wait must return EINTR
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
 
-    int listen_fd = make_listener(port);
-    std::printf("port %d\n", bound_port(listen_fd));
-    std::fflush(stdout);
+  int listen_fd = make_listener(port);
+  std::printf("port %d\n", bound_port(listen_fd));
+  std::fflush(stdout);
 
-    auto* server = new echo_server(listen_fd);
-    server->run();
-    delete server;
-    return 0;
+  auto* server = new echo_server(listen_fd);
+  server->run();
+  delete server;
+  return 0;
 }

@@ -35,7 +35,9 @@ namespace {
 
 volatile std::sig_atomic_t g_stop = 0;
 
-void on_signal(int) { g_stop = 1; }
+void on_signal(int) {
+  g_stop = 1;
+}
 
 constexpr std::size_t k_buf_size = 4096;
 constexpr unsigned k_sq_entries = 4096;
@@ -44,231 +46,237 @@ constexpr unsigned k_cq_entries = 32768;
 enum op_kind : uint64_t { op_accept = 1, op_recv = 2, op_send = 3 };
 
 // user_data = fd << 8 | op.
-uint64_t make_tag(int fd, op_kind op) { return (static_cast<uint64_t>(fd) << 8) | op; }
-int tag_fd(uint64_t tag) { return static_cast<int>(tag >> 8); }
-op_kind tag_op(uint64_t tag) { return static_cast<op_kind>(tag & 0xff); }
+uint64_t make_tag(int fd, op_kind op) {
+  return (static_cast<uint64_t>(fd) << 8) | op;
+}
+int tag_fd(uint64_t tag) {
+  return static_cast<int>(tag >> 8);
+}
+op_kind tag_op(uint64_t tag) {
+  return static_cast<op_kind>(tag & 0xff);
+}
 
 struct conn_state {
-    std::unique_ptr<char[]> buf;
-    unsigned len = 0;   // bytes to echo back
-    unsigned sent = 0;  // bytes of them already sent
+  std::unique_ptr<char[]> buf;
+  unsigned len = 0;   // bytes to echo back
+  unsigned sent = 0;  // bytes of them already sent
 };
 
 [[noreturn]] void die(const char* what, int err) {
-    std::fprintf(stderr, "raw_uring_echo: %s: %s\n", what, std::strerror(err));
-    std::exit(1);
+  std::fprintf(stderr, "raw_uring_echo: %s: %s\n", what, std::strerror(err));
+  std::exit(1);
 }
 
 void raise_nofile_limit() {
-    rlimit rl{};
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
 }
 
 int make_listener(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        die("socket", errno);
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_ANY);
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-        die("bind", errno);
-    }
-    if (listen(fd, 65535) < 0) {  // clamped to net.core.somaxconn
-        die("listen", errno);
-    }
-    return fd;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    die("socket", errno);
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    die("bind", errno);
+  }
+  if (listen(fd, 65535) < 0) {  // clamped to net.core.somaxconn
+    die("listen", errno);
+  }
+  return fd;
 }
 
 int bound_port(int fd) {
-    sockaddr_in addr{};
-    socklen_t len = sizeof addr;
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) < 0) {
-        die("getsockname", errno);
-    }
-    return ntohs(addr.sin_port);
+  sockaddr_in addr{};
+  socklen_t len = sizeof addr;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) < 0) {
+    die("getsockname", errno);
+  }
+  return ntohs(addr.sin_port);
 }
 
 class echo_server {
-public:
-    explicit echo_server(int listen_fd) : listen_fd_(listen_fd) {
-        const unsigned flag_sets[] = {
-            IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-            IORING_SETUP_COOP_TASKRUN,
-            0,
-        };
-        int ret = -EINVAL;
-        for (unsigned flags : flag_sets) {
-            io_uring_params params{};
-            params.flags = flags | IORING_SETUP_CQSIZE;
-            params.cq_entries = k_cq_entries;
-            ret = io_uring_queue_init_params(k_sq_entries, &ring_, &params);
-            if (ret == 0) {
-                break;
-            }
+ public:
+  explicit echo_server(int listen_fd) : listen_fd_(listen_fd) {
+    const unsigned flag_sets[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN,
+        0,
+    };
+    int ret = -EINVAL;
+    for (unsigned flags : flag_sets) {
+      io_uring_params params{};
+      params.flags = flags | IORING_SETUP_CQSIZE;
+      params.cq_entries = k_cq_entries;
+      ret = io_uring_queue_init_params(k_sq_entries, &ring_, &params);
+      if (ret == 0) {
+        break;
+      }
+    }
+    if (ret < 0) {
+      die("io_uring_queue_init_params", -ret);
+    }
+    arm_accept();
+  }
+
+  ~echo_server() { io_uring_queue_exit(&ring_); }
+
+  void run() {
+    while (!g_stop) {
+      int ret = io_uring_submit_and_wait(&ring_, 1);
+      if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+        die("io_uring_submit_and_wait", -ret);
+      }
+      io_uring_cqe* cqe;
+      unsigned head;
+      unsigned count = 0;
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        ++count;
+        handle(cqe->user_data, cqe->res, cqe->flags);
+      }
+      io_uring_cq_advance(&ring_, count);
+    }
+  }
+
+ private:
+  io_uring_sqe* get_sqe() {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    while (sqe == nullptr) {  // SQ full: flush it and retry
+      io_uring_submit(&ring_);
+      sqe = io_uring_get_sqe(&ring_);
+    }
+    return sqe;
+  }
+
+  conn_state& state(int fd) {
+    if (static_cast<std::size_t>(fd) >= conns_.size()) {
+      conns_.resize(static_cast<std::size_t>(fd) * 2 + 64);
+    }
+    return conns_[static_cast<std::size_t>(fd)];
+  }
+
+  void arm_accept() {
+    io_uring_sqe* sqe = get_sqe();
+    if (multishot_accept_) {
+      io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    } else {
+      io_uring_prep_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    }
+    io_uring_sqe_set_data64(sqe, make_tag(listen_fd_, op_accept));
+  }
+
+  void arm_recv(int fd, conn_state& c) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_recv(sqe, fd, c.buf.get(), k_buf_size, 0);
+    io_uring_sqe_set_data64(sqe, make_tag(fd, op_recv));
+  }
+
+  void arm_send(int fd, conn_state& c) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_send(sqe, fd, c.buf.get() + c.sent, c.len - c.sent, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, make_tag(fd, op_send));
+  }
+
+  void close_conn(int fd, conn_state& c) {
+    c.buf.reset();
+    c.len = 0;
+    c.sent = 0;
+    close(fd);  // no op of this connection is in flight at this point
+  }
+
+  void handle(uint64_t tag, int res, unsigned flags) {
+    int fd = tag_fd(tag);
+    switch (tag_op(tag)) {
+      case op_accept:
+        on_accept(res, flags);
+        break;
+      case op_recv: {
+        conn_state& c = state(fd);
+        if (res <= 0) {
+          close_conn(fd, c);
+          break;
         }
-        if (ret < 0) {
-            die("io_uring_queue_init_params", -ret);
-        }
-        arm_accept();
-    }
-
-    ~echo_server() { io_uring_queue_exit(&ring_); }
-
-    void run() {
-        while (!g_stop) {
-            int ret = io_uring_submit_and_wait(&ring_, 1);
-            if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-                die("io_uring_submit_and_wait", -ret);
-            }
-            io_uring_cqe* cqe;
-            unsigned head;
-            unsigned count = 0;
-            io_uring_for_each_cqe(&ring_, head, cqe) {
-                ++count;
-                handle(cqe->user_data, cqe->res, cqe->flags);
-            }
-            io_uring_cq_advance(&ring_, count);
-        }
-    }
-
-private:
-    io_uring_sqe* get_sqe() {
-        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-        while (sqe == nullptr) {  // SQ full: flush it and retry
-            io_uring_submit(&ring_);
-            sqe = io_uring_get_sqe(&ring_);
-        }
-        return sqe;
-    }
-
-    conn_state& state(int fd) {
-        if (static_cast<std::size_t>(fd) >= conns_.size()) {
-            conns_.resize(static_cast<std::size_t>(fd) * 2 + 64);
-        }
-        return conns_[static_cast<std::size_t>(fd)];
-    }
-
-    void arm_accept() {
-        io_uring_sqe* sqe = get_sqe();
-        if (multishot_accept_) {
-            io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-        } else {
-            io_uring_prep_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-        }
-        io_uring_sqe_set_data64(sqe, make_tag(listen_fd_, op_accept));
-    }
-
-    void arm_recv(int fd, conn_state& c) {
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_recv(sqe, fd, c.buf.get(), k_buf_size, 0);
-        io_uring_sqe_set_data64(sqe, make_tag(fd, op_recv));
-    }
-
-    void arm_send(int fd, conn_state& c) {
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_send(sqe, fd, c.buf.get() + c.sent, c.len - c.sent, MSG_NOSIGNAL);
-        io_uring_sqe_set_data64(sqe, make_tag(fd, op_send));
-    }
-
-    void close_conn(int fd, conn_state& c) {
-        c.buf.reset();
-        c.len = 0;
+        c.len = static_cast<unsigned>(res);
         c.sent = 0;
-        close(fd);  // no op of this connection is in flight at this point
+        arm_send(fd, c);
+        break;
+      }
+      case op_send: {
+        conn_state& c = state(fd);
+        if (res < 0) {
+          close_conn(fd, c);
+          break;
+        }
+        c.sent += static_cast<unsigned>(res);
+        if (c.sent < c.len) {
+          arm_send(fd, c);  // partial send: send the rest
+        } else {
+          arm_recv(fd, c);
+        }
+        break;
+      }
     }
+  }
 
-    void handle(uint64_t tag, int res, unsigned flags) {
-        int fd = tag_fd(tag);
-        switch (tag_op(tag)) {
-        case op_accept:
-            on_accept(res, flags);
-            break;
-        case op_recv: {
-            conn_state& c = state(fd);
-            if (res <= 0) {
-                close_conn(fd, c);
-                break;
-            }
-            c.len = static_cast<unsigned>(res);
-            c.sent = 0;
-            arm_send(fd, c);
-            break;
-        }
-        case op_send: {
-            conn_state& c = state(fd);
-            if (res < 0) {
-                close_conn(fd, c);
-                break;
-            }
-            c.sent += static_cast<unsigned>(res);
-            if (c.sent < c.len) {
-                arm_send(fd, c);  // partial send: send the rest
-            } else {
-                arm_recv(fd, c);
-            }
-            break;
-        }
-        }
+  void on_accept(int res, unsigned flags) {
+    if (res >= 0) {
+      int fd = res;
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      conn_state& c = state(fd);
+      c.buf.reset(new char[k_buf_size]);
+      c.len = 0;
+      c.sent = 0;
+      arm_recv(fd, c);
+    } else if (res == -EINVAL && multishot_accept_) {
+      multishot_accept_ = false;  // kernel without multishot accept
+      arm_accept();
+      return;
+    } else if (res != -EINTR && res != -ECONNABORTED && res != -EAGAIN) {
+      std::fprintf(stderr, "raw_uring_echo: accept: %s\n", std::strerror(-res));
     }
-
-    void on_accept(int res, unsigned flags) {
-        if (res >= 0) {
-            int fd = res;
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-            conn_state& c = state(fd);
-            c.buf.reset(new char[k_buf_size]);
-            c.len = 0;
-            c.sent = 0;
-            arm_recv(fd, c);
-        } else if (res == -EINVAL && multishot_accept_) {
-            multishot_accept_ = false;  // kernel without multishot accept
-            arm_accept();
-            return;
-        } else if (res != -EINTR && res != -ECONNABORTED && res != -EAGAIN) {
-            std::fprintf(stderr, "raw_uring_echo: accept: %s\n", std::strerror(-res));
-        }
-        if (!multishot_accept_ || !(flags & IORING_CQE_F_MORE)) {
-            arm_accept();
-        }
+    if (!multishot_accept_ || !(flags & IORING_CQE_F_MORE)) {
+      arm_accept();
     }
+  }
 
-    io_uring ring_{};
-    int listen_fd_;
-    bool multishot_accept_ = true;
-    std::vector<conn_state> conns_;
+  io_uring ring_{};
+  int listen_fd_;
+  bool multishot_accept_ = true;
+  std::vector<conn_state> conns_;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 2) {
-        std::fprintf(stderr, "usage: %s <port>   (0 = pick a free port)\n", argv[0]);
-        return 2;
-    }
-    int port = std::atoi(argv[1]);
-    raise_nofile_limit();
-    std::signal(SIGPIPE, SIG_IGN);
-    struct sigaction sa{};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0;  // no SA_RESTART: the wait must return -EINTR
-    sigaction(SIGINT, &sa, nullptr);
-    sigaction(SIGTERM, &sa, nullptr);
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s <port>   (0 = pick a free port)\n", argv[0]);
+    return 2;
+  }
+  int port = std::atoi(argv[1]);
+  raise_nofile_limit();
+  std::signal(SIGPIPE, SIG_IGN);
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: the wait must return -EINTR
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
 
-    int listen_fd = make_listener(port);
-    std::printf("port %d\n", bound_port(listen_fd));
-    std::fflush(stdout);
+  int listen_fd = make_listener(port);
+  std::printf("port %d\n", bound_port(listen_fd));
+  std::fflush(stdout);
 
-    echo_server server(listen_fd);
-    server.run();
-    return 0;
+  echo_server server(listen_fd);
+  server.run();
+  return 0;
 }

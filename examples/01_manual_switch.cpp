@@ -45,12 +45,15 @@ int main() {
   // Start the ping-pong: main switches to test1 with 0. Control only comes back to main when test1
   // returns; the value of this switch_to() is test1's return value.
   int final_count = test1.switch_to<int>(0);
-  std::printf("test1 finished and returned %d to main (dead: %s)\n", final_count, test1.dead() ? "yes" : "no");
+  std::printf("test1 finished and returned %d to main (dead: %s)\n", final_count,
+              test1.dead() ? "yes" : "no");
 
   // A fiber that returns a value to its parent: nothing runs until main switches to it, and the
   // switch's value becomes its argument.
-  cogent::fiber greeter([](std::string who) { return "hello, " + who + "!"; }, {.stack_size = 0, .name = "greeter"});
-  std::printf("before the switch, '%s' started: %s\n", greeter.name().c_str(), greeter.started() ? "yes" : "no");
+  cogent::fiber greeter([](std::string who) { return "hello, " + who + "!"; },
+                        {.stack_size = 0, .name = "greeter"});
+  std::printf("before the switch, '%s' started: %s\n", greeter.name().c_str(),
+              greeter.started() ? "yes" : "no");
   std::string greeting = greeter.switch_to<std::string>(std::string("main"));
   std::printf("'%s' returned: %s\n", greeter.name().c_str(), greeting.c_str());
 

@@ -55,13 +55,13 @@ int main(int argc, char** argv) {
   // The server: bind now (so the port is known), one task per client. The
   // handler is ordinary sequential code; read_some() returns 0 when the
   // client hangs up, and the server closes the socket when we return.
-  cogent::net::stream_server server(
-      cogent::net::address::ipv4_any(port), [](cogent::net::tcp_socket& s, const cogent::net::address&) {
-        char buf[4096];
-        while (std::size_t n = s.read_some(buf, sizeof buf)) {
-          s.write_all(buf, n);
-        }
-      });
+  cogent::net::stream_server server(cogent::net::address::ipv4_any(port),
+                                    [](cogent::net::tcp_socket& s, const cogent::net::address&) {
+                                      char buf[4096];
+                                      while (std::size_t n = s.read_some(buf, sizeof buf)) {
+                                        s.write_all(buf, n);
+                                      }
+                                    });
 
   // The first stdout line is the port, flushed: scripts wait for it.
   std::printf("port %u\n", static_cast<unsigned>(server.port()));

@@ -31,8 +31,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto target = cogent::net::address::ipv4_loopback(port);
-  auto deadline = cogent::clock::now() + std::chrono::duration_cast<cogent::clock::duration>(
-                                             std::chrono::duration<double>(seconds));
+  auto deadline = cogent::clock::now() +
+                  std::chrono::duration_cast<cogent::clock::duration>(std::chrono::duration<double>(seconds));
 
   // One task per connection: connect, then write a message and read the echo
   // back until the deadline. The code reads like a blocking client.
@@ -68,8 +68,8 @@ int main(int argc, char** argv) {
   for (auto c : counts) {
     total += c;
   }
-  std::printf("%d connections, %llu round trips in %.2f s: %.0f round trips/s (%.0f per connection)%s\n", conns,
-              total, took, static_cast<double>(total) / took, static_cast<double>(total) / took / conns,
-              failed > 0 ? " — some connections failed" : "");
+  std::printf("%d connections, %llu round trips in %.2f s: %.0f round trips/s (%.0f per connection)%s\n",
+              conns, total, took, static_cast<double>(total) / took,
+              static_cast<double>(total) / took / conns, failed > 0 ? " — some connections failed" : "");
   return failed > 0 ? 1 : 0;
 }

@@ -134,7 +134,8 @@ bool check_three_clients(int port, const char* mode) {
       std::string want = msg;
       upper(want.data(), want.size());
       try {
-        auto s = cogent::net::stream_socket::connect(cogent::net::address::ipv4_loopback(port), std::chrono::seconds(2));
+        auto s = cogent::net::stream_socket::connect(cogent::net::address::ipv4_loopback(port),
+                                                     std::chrono::seconds(2));
         s.write_all(msg);
         std::string got(want.size(), '\0');
         s.read_exactly(got.data(), got.size(), std::chrono::seconds(5));
@@ -186,8 +187,10 @@ int main(int argc, char** argv) {
   if (mode == "--blocking") {
     // Blocking: simplest code, but one client at a time.
     int lfd = plain_listener(port);
-    std::printf("--blocking: plain blocking calls on one thread; port %d. A second client waits until the first "
-                "hangs up.\n", plain_port(lfd));
+    std::printf(
+        "--blocking: plain blocking calls on one thread; port %d. A second client waits until the first "
+        "hangs up.\n",
+        plain_port(lfd));
     std::fflush(stdout);
     run_blocking(lfd);
     return 0;
@@ -204,8 +207,10 @@ int main(int argc, char** argv) {
   if (mode == "--fibers") {
     // Fibers: the blocking version's code shape, concurrent on one thread.
     cogent::net::stream_server srv(cogent::net::address::ipv4_loopback(port), serve_client_fiber);
-    std::printf("--fibers: a cogent task per client; port %u. Sequential code, concurrent clients, one thread; "
-                "Ctrl-C stops.\n", static_cast<unsigned>(srv.port()));
+    std::printf(
+        "--fibers: a cogent task per client; port %u. Sequential code, concurrent clients, one thread; "
+        "Ctrl-C stops.\n",
+        static_cast<unsigned>(srv.port()));
     std::fflush(stdout);
     srv.start();
     auto stopper = cogent::spawn([&] {
@@ -216,6 +221,7 @@ int main(int argc, char** argv) {
     stopper.join();
     return 0;
   }
-  std::fprintf(stderr, "usage: %s --blocking|--threads|--fibers [port=7007]  |  %s --selftest\n", argv[0], argv[0]);
+  std::fprintf(stderr, "usage: %s --blocking|--threads|--fibers [port=7007]  |  %s --selftest\n", argv[0],
+               argv[0]);
   return 2;
 }

@@ -47,7 +47,9 @@ int g_listener = -1;
 
 // on_stop() runs in a signal handler: shutdown(2) is async-signal-safe and
 // makes the parked accept() fail, so main's loop ends.
-void on_stop(int) { shutdown(g_listener, SHUT_RDWR); }
+void on_stop(int) {
+  shutdown(g_listener, SHUT_RDWR);
+}
 
 // handle() is the per-client task: plain blocking reads and writes.
 void handle(int conn) {
@@ -103,7 +105,7 @@ int main(int argc, char** argv) {
   std::printf("port %u\n", static_cast<unsigned>(ntohs(addr.sin_port)));
   std::fflush(stdout);
 
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = on_stop;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);

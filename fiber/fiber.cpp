@@ -20,7 +20,7 @@ namespace {
 #define COGENT_TLS thread_local __attribute__((tls_model("initial-exec")))
 
 COGENT_TLS fiber_impl* t_current = nullptr;
-COGENT_TLS char t_tag = 0;  // its address identifies the thread
+COGENT_TLS char t_tag = 0;                    // its address identifies the thread
 COGENT_TLS fiber_impl* t_previous = nullptr;  // the fiber whose switch resumed the running one
 
 std::atomic<std::uint64_t> g_next_id{1};
@@ -76,7 +76,9 @@ fiber_impl* init_thread() {
   return m;
 }
 
-[[noreturn]] void throw_error(const std::string& msg) { throw fiber_error(msg); }
+[[noreturn]] void throw_error(const std::string& msg) {
+  throw fiber_error(msg);
+}
 
 // ---- the switch ------------------------------------------------------------
 
@@ -189,7 +191,8 @@ void kill_for_destroy(fiber_impl* f) noexcept {
   try {
     switch_to(f, {}, std::make_exception_ptr(fiber_exit{}));
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "cogent: fiber '%s' raised while being destroyed: %s\n", f->name().c_str(), e.what());
+    std::fprintf(stderr, "cogent: fiber '%s' raised while being destroyed: %s\n", f->name().c_str(),
+                 e.what());
   } catch (...) {
     std::fprintf(stderr, "cogent: fiber '%s' raised while being destroyed\n", f->name().c_str());
   }
@@ -224,8 +227,7 @@ void kill_for_destroy(fiber_impl* f) noexcept {
 // ---- fiber_impl ------------------------------------------------------------
 
 fiber_impl::fiber_impl(const stack& s, std::string&& name)
-    : thread_tag(&t_tag), id(next_id()), stk(s),
-      user_name(std::move(name)) {
+    : thread_tag(&t_tag), id(next_id()), stk(s), user_name(std::move(name)) {
   parent = t_current != nullptr ? t_current : init_thread();
   ref(parent);
   char* body_lo = static_cast<char*>(static_cast<void*>(this));
@@ -236,8 +238,7 @@ fiber_impl::fiber_impl(const stack& s, std::string&& name)
 #endif
 }
 
-fiber_impl::fiber_impl(std::nullptr_t)
-    : started(true), is_main(true), thread_tag(&t_tag), id(next_id()) {
+fiber_impl::fiber_impl(std::nullptr_t) : started(true), is_main(true), thread_tag(&t_tag), id(next_id()) {
   install_overflow_handler(inspect_fault);
 }
 
@@ -264,7 +265,9 @@ fiber_impl* current_impl() {
   return c != nullptr ? c : init_thread();
 }
 
-fiber_impl* previous_impl() noexcept { return t_previous; }
+fiber_impl* previous_impl() noexcept {
+  return t_previous;
+}
 
 fiber_impl* thread_main_impl() {
   current_impl();
@@ -277,7 +280,8 @@ namespace {
 // (detail::switch_to for the hub, fiber::switch_to, fiber::throw_in) so a
 // switch is one call deep before the jump: every extra frame costs a return
 // misprediction after the stack change.
-[[gnu::always_inline]] inline std::any switch_core(fiber_impl* target, std::any&& value, std::exception_ptr&& exc) {
+[[gnu::always_inline]] inline std::any switch_core(fiber_impl* target, std::any&& value,
+                                                   std::exception_ptr&& exc) {
   fiber_impl* self = t_current;
   if (self == nullptr) [[unlikely]] {
     self = init_thread();
@@ -402,7 +406,9 @@ static detail::fiber_impl* need(detail::fiber_impl* f) {
   return f;
 }
 
-std::any fiber::switch_to(std::any value) { return detail::switch_core(need(_impl), std::move(value), nullptr); }
+std::any fiber::switch_to(std::any value) {
+  return detail::switch_core(need(_impl), std::move(value), nullptr);
+}
 
 std::any fiber::throw_in(std::exception_ptr e) {
   if (!e) {
@@ -442,9 +448,17 @@ void fiber::set_parent(const fiber& p) {
   detail::unref(std::exchange(self->parent, p._impl));
 }
 
-bool fiber::dead() const noexcept { return _impl != nullptr && _impl->dead; }
-bool fiber::started() const noexcept { return _impl != nullptr && _impl->started; }
-std::string fiber::name() const { return need(_impl)->name(); }
-std::uint64_t fiber::id() const noexcept { return _impl != nullptr ? _impl->id : 0; }
+bool fiber::dead() const noexcept {
+  return _impl != nullptr && _impl->dead;
+}
+bool fiber::started() const noexcept {
+  return _impl != nullptr && _impl->started;
+}
+std::string fiber::name() const {
+  return need(_impl)->name();
+}
+std::uint64_t fiber::id() const noexcept {
+  return _impl != nullptr ? _impl->id : 0;
+}
 
 }  // namespace cogent

@@ -25,7 +25,7 @@ namespace detail {
 namespace {
 
 constexpr std::size_t page_size = 4096;
-constexpr std::size_t chunk_stacks = 256;          // default stacks carved per mmap
+constexpr std::size_t chunk_stacks = 256;  // default stacks carved per mmap
 // Up to this many free stacks per thread keep their memory ("hot": reuse costs
 // no syscall and no page fault); beyond it a released stack gives its pages
 // back (MADV_DONTNEED) and goes on a separate cold list, used only once the
@@ -33,7 +33,9 @@ constexpr std::size_t chunk_stacks = 256;          // default stacks carved per 
 // fault on every stack.
 std::atomic<std::size_t> g_hot_limit{131072};
 
-std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+std::size_t round_up(std::size_t n, std::size_t to) {
+  return (n + to - 1) / to * to;
+}
 
 // The guard budget: each guard page splits a mapping into two VMAs. Keep the
 // guards to a quarter of vm.max_map_count after reserving room for the rest of
@@ -66,10 +68,13 @@ bool try_take_guard() {
   return false;
 }
 
-[[noreturn]] void throw_errno(int err, const char* what) { throw std::system_error(err, std::generic_category(), what); }
+[[noreturn]] void throw_errno(int err, const char* what) {
+  throw std::system_error(err, std::generic_category(), what);
+}
 
 void* map_region(std::size_t bytes) {
-  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* p =
+      ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
     throw_errno(errno, "cogent: mmap of fiber stack failed");
   }
@@ -115,8 +120,8 @@ global_pool& shared_pool() {
 COGENT_STACK_TLS bool t_pool_dead = false;  // trivially destructible: readable during thread exit
 
 struct thread_pool {
-  std::vector<stack> free;  // hot: memory still committed
-  std::vector<stack> cold;  // pages given back
+  std::vector<stack> free;     // hot: memory still committed
+  std::vector<stack> cold;     // pages given back
   char* chunk_next = nullptr;  // uncarved remainder of the current chunk
   std::size_t chunk_left = 0;
   std::size_t live = 0;
@@ -286,7 +291,8 @@ void install_overflow_handler(overflow_inspector inspect) {
     }
     constexpr std::size_t alt_size = 64 * 1024;
     stack_t ss;
-    ss.ss_sp = ::mmap(nullptr, alt_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    ss.ss_sp =
+        ::mmap(nullptr, alt_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (ss.ss_sp == MAP_FAILED) {
       return;  // overflow reports degrade to a plain SIGSEGV; nothing else breaks
     }

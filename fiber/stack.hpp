@@ -53,10 +53,10 @@ namespace detail {
 
 // stack is one fiber stack: usable memory is [bottom, top).
 struct stack {
-  char* bottom = nullptr;     // lowest usable address (just above the guard page, if any)
-  std::size_t size = 0;       // usable bytes
-  bool guarded = false;       // a PROT_NONE page sits right below `bottom`
-  bool pooled = false;        // came from the default-size pool
+  char* bottom = nullptr;  // lowest usable address (just above the guard page, if any)
+  std::size_t size = 0;    // usable bytes
+  bool guarded = false;    // a PROT_NONE page sits right below `bottom`
+  bool pooled = false;     // came from the default-size pool
   char* top() const noexcept { return bottom + size; }
 };
 

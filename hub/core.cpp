@@ -64,8 +64,8 @@ struct hub::monitor {
           char name[128];
           running->write_name(name, sizeof name);  // best effort: the fiber is still running, not freed
           auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_change).count();
-          std::fprintf(stderr, "cogent: fiber '%s' has run %lld ms without switching (blocking the hub)\n", name,
-                       static_cast<long long>(ms));
+          std::fprintf(stderr, "cogent: fiber '%s' has run %lld ms without switching (blocking the hub)\n",
+                       name, static_cast<long long>(ms));
         }
       }
     });
@@ -89,7 +89,9 @@ hub& hub::current() {
   return *t_hub;
 }
 
-hub* hub::current_if_exists() noexcept { return t_hub.get(); }
+hub* hub::current_if_exists() noexcept {
+  return t_hub.get();
+}
 
 void hub::configure(const hub_config& cfg) {
   if (t_hub != nullptr) {
@@ -118,10 +120,14 @@ hub::~hub() {
 }
 
 namespace detail {
-fiber_impl* hub_fiber_impl(hub& h) noexcept { return h._fiber.impl(); }
+fiber_impl* hub_fiber_impl(hub& h) noexcept {
+  return h._fiber.impl();
+}
 }  // namespace detail
 
-bool hub::in_hub() const noexcept { return detail::current_impl() == _fiber.impl(); }
+bool hub::in_hub() const noexcept {
+  return detail::current_impl() == _fiber.impl();
+}
 
 // ---- parking and waking ------------------------------------------------------
 
@@ -494,7 +500,9 @@ void sleep_until(clock::time_point deadline) {
   hub::throw_if_interrupted();
 }
 
-void wait() { hub::current().wait_idle(); }
+void wait() {
+  hub::current().wait_idle();
+}
 
 // ---- wait_list -------------------------------------------------------------------
 

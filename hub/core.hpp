@@ -206,12 +206,12 @@ class hub {
 
   hub_config _cfg;
   std::unique_ptr<detail::engine> _engine;
-  fiber _fiber;                                  // the hub's own fiber
-  detail::fiber_impl* _ready_head = nullptr;     // intrusive FIFO
+  fiber _fiber;                               // the hub's own fiber
+  detail::fiber_impl* _ready_head = nullptr;  // intrusive FIFO
   detail::fiber_impl* _ready_tail = nullptr;
   std::size_t _ready_count = 0;
   std::size_t _parked = 0;
-  std::vector<detail::timer_node*> _timers;      // binary min-heap by (deadline, seq)
+  std::vector<detail::timer_node*> _timers;  // binary min-heap by (deadline, seq)
   std::uint64_t _timer_seq = 0;
   detail::fiber_impl* _idle_waiter = nullptr;
   std::atomic<std::size_t> _held{0};
@@ -234,7 +234,9 @@ void sleep(std::chrono::nanoseconds d);
 // sleep_until() suspends the calling fiber until `deadline`. May switch.
 void sleep_until(clock::time_point deadline);
 // yield() is sleep(0).
-inline void yield() { sleep(std::chrono::nanoseconds::zero()); }
+inline void yield() {
+  sleep(std::chrono::nanoseconds::zero());
+}
 // wait() runs the hub until it has nothing left to do (gevent.wait()): every
 // spawned task finished, no timers, no IO. May switch.
 void wait();

@@ -45,7 +45,9 @@ local_storage* storage_of_current(bool create) {
 
 }  // namespace
 
-std::uint64_t new_local_id() noexcept { return g_local_ids.fetch_add(1, std::memory_order_relaxed); }
+std::uint64_t new_local_id() noexcept {
+  return g_local_ids.fetch_add(1, std::memory_order_relaxed);
+}
 
 void* find_local(std::uint64_t id) noexcept {
   local_storage* s = static_cast<local_storage*>(current_impl()->sched.locals.storage);

@@ -25,7 +25,6 @@
 #include <memory>
 #include <utility>
 
-
 namespace cogent {
 namespace detail {
 

@@ -96,7 +96,8 @@ struct heap_store {
 template <class T, class Store>
 class basic_queue {
  public:
-  explicit basic_queue(std::size_t maxsize = 0, Store store = {}) : _store(std::move(store)), _maxsize(maxsize) {}
+  explicit basic_queue(std::size_t maxsize = 0, Store store = {})
+      : _store(std::move(store)), _maxsize(maxsize) {}
   basic_queue(const basic_queue&) = delete;
   basic_queue& operator=(const basic_queue&) = delete;
 
@@ -256,8 +257,8 @@ class priority_queue : public detail::basic_queue<T, detail::heap_store<T, Compa
   // priority_queue() creates an empty queue holding at most `maxsize` items
   // (0: no limit), ordered by `comp`. Never switches.
   explicit priority_queue(std::size_t maxsize = 0, Compare comp = Compare())
-      : detail::basic_queue<T, detail::heap_store<T, Compare>>(maxsize,
-                                                               detail::heap_store<T, Compare>{{}, std::move(comp)}) {}
+      : detail::basic_queue<T, detail::heap_store<T, Compare>>(
+            maxsize, detail::heap_store<T, Compare>{{}, std::move(comp)}) {}
 };
 
 // joinable_queue is gevent's JoinableQueue: a FIFO queue that counts

@@ -105,7 +105,9 @@ bool event::wait(timeout_duration t) {
 
 // ---- mutex ------------------------------------------------------------------------
 
-bool mutex::owned() const noexcept { return _owner != nullptr && _owner == detail::current_impl(); }
+bool mutex::owned() const noexcept {
+  return _owner != nullptr && _owner == detail::current_impl();
+}
 
 bool mutex::acquire(timeout_duration t) {
   detail::fiber_impl* self = detail::current_impl();
@@ -114,8 +116,9 @@ bool mutex::acquire(timeout_duration t) {
     return true;
   }
   if (_owner == self) {
-    throw lock_error("cogent::mutex::acquire(): the calling fiber already owns this lock (it would deadlock; "
-                     "use cogent::rlock for re-entry)");
+    throw lock_error(
+        "cogent::mutex::acquire(): the calling fiber already owns this lock (it would deadlock; "
+        "use cogent::rlock for re-entry)");
   }
   detail::handoff_list::node n;
   return _waiters.wait(n, deadline_after(t));  // on a grant, release() made us the owner
@@ -138,7 +141,9 @@ void mutex::release() {
 
 // ---- rlock ------------------------------------------------------------------------
 
-bool rlock::owned() const noexcept { return _owner != nullptr && _owner == detail::current_impl(); }
+bool rlock::owned() const noexcept {
+  return _owner != nullptr && _owner == detail::current_impl();
+}
 
 bool rlock::acquire(timeout_duration t) {
   detail::fiber_impl* self = detail::current_impl();
@@ -187,8 +192,10 @@ bool semaphore::acquire(timeout_duration t) {
 
 void semaphore::release() {
   if (_bounded && _counter >= _initial) {
-    throw lock_error("cogent::bounded_semaphore::release(): released more times than acquired (the counter would "
-                     "exceed its initial value " + std::to_string(_initial) + ")");
+    throw lock_error(
+        "cogent::bounded_semaphore::release(): released more times than acquired (the counter would "
+        "exceed its initial value " +
+        std::to_string(_initial) + ")");
   }
   if (detail::handoff_list::node* n = _waiters.first()) {
     _waiters.grant(*n);

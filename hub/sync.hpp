@@ -233,7 +233,7 @@ class async_result {
     using type = std::optional<U>;
   };
   template <class U>
-    requires std::is_void_v<U>
+  requires std::is_void_v<U>
   struct slot<U> {
     struct type {};
   };
@@ -379,7 +379,8 @@ class semaphore {
   bool try_lock() { return acquire(std::chrono::nanoseconds::zero()); }
 
  protected:
-  semaphore(std::size_t initial, bool bounded) noexcept : _counter(initial), _initial(initial), _bounded(bounded) {}
+  semaphore(std::size_t initial, bool bounded) noexcept
+      : _counter(initial), _initial(initial), _bounded(bounded) {}
 
  private:
   std::size_t _counter;

@@ -260,8 +260,8 @@ std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_dura
   clock::time_point deadline = deadline_after(t);
   std::vector<task_base> done;
   for (const task_base& g : tasks) {
-    auto left = deadline == clock::time_point::max() ? timeout_duration()
-                                                     : timeout_duration(deadline - clock::now());
+    auto left =
+        deadline == clock::time_point::max() ? timeout_duration() : timeout_duration(deadline - clock::now());
     if (!g.join(left)) {
       break;
     }
@@ -282,7 +282,8 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool blo
   }
 }
 
-iwait::iwait(std::vector<task_base> tasks, timeout_duration t) : _tasks(std::move(tasks)), _deadline(deadline_after(t)) {
+iwait::iwait(std::vector<task_base> tasks, timeout_duration t)
+    : _tasks(std::move(tasks)), _deadline(deadline_after(t)) {
   for (const task_base& g : _tasks) {
     _link_ids.push_back(g.link([this](const task_base& done) {
       _done.push_back(done);
@@ -332,7 +333,9 @@ std::vector<task_base> live_tasks() {
   return out;
 }
 
-std::size_t active_count() noexcept { return detail::t_live_count; }
+std::size_t active_count() noexcept {
+  return detail::t_live_count;
+}
 
 void set_task_error_handler(task_error_handler h) {
   std::lock_guard lock(detail::g_handler_mu);

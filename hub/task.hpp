@@ -221,8 +221,8 @@ auto spawn_later(std::chrono::nanoseconds delay, Fn&& fn, Args&&... args) {
 // them is rethrown. May switch.
 std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t = std::nullopt,
                                bool raise_error = false);
-inline std::vector<task_base> joinall(std::initializer_list<task_base> tasks, timeout_duration t = std::nullopt,
-                                      bool raise_error = false) {
+inline std::vector<task_base> joinall(std::initializer_list<task_base> tasks,
+                                      timeout_duration t = std::nullopt, bool raise_error = false) {
   return joinall(std::vector<task_base>(tasks), t, raise_error);
 }
 template <class T>

@@ -88,11 +88,17 @@ threadpool::~threadpool() {
   }
 }
 
-std::size_t threadpool::size() const noexcept { return _impl->workers.size(); }
+std::size_t threadpool::size() const noexcept {
+  return _impl->workers.size();
+}
 
-std::size_t threadpool::pending() const noexcept { return _impl->outstanding.load(std::memory_order_relaxed); }
+std::size_t threadpool::pending() const noexcept {
+  return _impl->outstanding.load(std::memory_order_relaxed);
+}
 
-bool threadpool::in_worker() noexcept { return t_in_worker; }
+bool threadpool::in_worker() noexcept {
+  return t_in_worker;
+}
 
 void threadpool::submit_and_wait(detail::thread_job& j) {
   if (t_in_worker) {

@@ -46,11 +46,11 @@ namespace detail {
 // thread_job is one unit of work handed to a worker. It lives in the waiting
 // fiber's frame; the worker touches it only until it posts the completion.
 struct thread_job {
-  thread_job* next = nullptr;        // intrusive queue link (guarded by the pool's mutex)
-  hub* owner = nullptr;              // the hub of the waiting fiber
-  fiber_impl* waiter = nullptr;      // the waiting fiber
-  bool done = false;                 // set on the owner's thread, in the hub
-  std::exception_ptr error;          // what fn threw, written by the worker
+  thread_job* next = nullptr;    // intrusive queue link (guarded by the pool's mutex)
+  hub* owner = nullptr;          // the hub of the waiting fiber
+  fiber_impl* waiter = nullptr;  // the waiting fiber
+  bool done = false;             // set on the owner's thread, in the hub
+  std::exception_ptr error;      // what fn threw, written by the worker
   // execute() runs the job on the worker; it must not throw.
   virtual void execute() noexcept = 0;
 

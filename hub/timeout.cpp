@@ -37,7 +37,9 @@ timeout::timeout(timeout_duration d) {
   _hub->add_timer(_node);
 }
 
-timeout::~timeout() { cancel(); }
+timeout::~timeout() {
+  cancel();
+}
 
 void timeout::cancel() noexcept {
   if (_hub == nullptr) {

@@ -37,7 +37,8 @@ class timeout;
 // timeout_error is raised at a blocking point when a timeout expires.
 class timeout_error {
  public:
-  timeout_error(const timeout* source, std::chrono::nanoseconds after) noexcept : _source(source), _after(after) {}
+  timeout_error(const timeout* source, std::chrono::nanoseconds after) noexcept
+      : _source(source), _after(after) {}
   virtual ~timeout_error() = default;
   // what() says how long the timeout was.
   virtual const char* what() const noexcept;

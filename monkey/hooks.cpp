@@ -201,7 +201,8 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
 // file_write() writes through io_uring: a regular file in one op (like the
 // kernel, which writes it whole or reports a short count), a pipe until all
 // is written (a blocking pipe write does).
-ssize_t file_write(call_ctx& c, int fd, fd_kind k, const void* buf, std::size_t n, std::int64_t offset) noexcept {
+ssize_t file_write(call_ctx& c, int fd, fd_kind k, const void* buf, std::size_t n,
+                   std::int64_t offset) noexcept {
   std::size_t done = 0;
   do {
     io_op op;
@@ -395,7 +396,9 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   return r < 0 ? fail(r) : 0;
 }
 
-COGENT_HOOK int shutdown(int fd, int how) noexcept { return real.shutdown(fd, how); }
+COGENT_HOOK int shutdown(int fd, int how) noexcept {
+  return real.shutdown(fd, how);
+}
 
 COGENT_HOOK int close(int fd) {
   // Forget the fd first: once closed, its number may be reused at once by
@@ -473,8 +476,12 @@ ssize_t pwrite_impl(int fd, const void* buf, size_t n, off_t offset) {
 }
 }  // namespace
 
-COGENT_HOOK ssize_t pread(int fd, void* buf, size_t n, off_t offset) { return pread_impl(fd, buf, n, offset); }
-COGENT_HOOK ssize_t pread64(int fd, void* buf, size_t n, off_t offset) { return pread_impl(fd, buf, n, offset); }
+COGENT_HOOK ssize_t pread(int fd, void* buf, size_t n, off_t offset) {
+  return pread_impl(fd, buf, n, offset);
+}
+COGENT_HOOK ssize_t pread64(int fd, void* buf, size_t n, off_t offset) {
+  return pread_impl(fd, buf, n, offset);
+}
 
 COGENT_HOOK ssize_t recv(int fd, void* buf, size_t n, int flags) {
   call_ctx c;
@@ -584,7 +591,8 @@ COGENT_HOOK ssize_t send(int fd, const void* buf, size_t n, int flags) {
   return sock_send(c, fd, *e, buf, n, flags);
 }
 
-COGENT_HOOK ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr, socklen_t len) {
+COGENT_HOOK ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr,
+                           socklen_t len) {
   if (addr == nullptr) {
     return send(fd, buf, n, flags);
   }
@@ -627,7 +635,8 @@ COGENT_HOOK int poll(pollfd* fds, nfds_t n, int timeout) {
   if (r != 0) {
     return r;
   }
-  clock::time_point dl = timeout < 0 ? clock::time_point::max() : clock::now() + std::chrono::milliseconds(timeout);
+  clock::time_point dl =
+      timeout < 0 ? clock::time_point::max() : clock::now() + std::chrono::milliseconds(timeout);
   return poll_wait(c, fds, n, dl);
 }
 
@@ -772,8 +781,8 @@ COGENT_HOOK int clock_nanosleep(clockid_t clk, int flags, const timespec* req, t
   if (flags & TIMER_ABSTIME) {
     timespec now{};
     clock_gettime(clk, &now);
-    std::int64_t left = (static_cast<std::int64_t>(req->tv_sec) - now.tv_sec) * 1'000'000'000 +
-                        (req->tv_nsec - now.tv_nsec);
+    std::int64_t left =
+        (static_cast<std::int64_t>(req->tv_sec) - now.tv_sec) * 1'000'000'000 + (req->tv_nsec - now.tv_nsec);
     if (left <= 0) {
       return 0;
     }
@@ -899,11 +908,13 @@ COGENT_HOOK int setsockopt(int fd, int level, int name, const void* value, sockl
   int r = real.setsockopt(fd, level, name, value, len);
   // The kernel keeps the timeouts too (for calls that go straight to libc);
   // we keep a copy so a cooperative call needs no getsockopt.
-  if (r == 0 && level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) && len >= sizeof(timeval)) {
+  if (r == 0 && level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) &&
+      len >= sizeof(timeval)) {
     if (fd_entry* e = entry_for(fd)) {
       timeval tv{};
       std::memcpy(&tv, value, sizeof tv);
-      (name == SO_RCVTIMEO ? e->rcv_timeout_ns : e->snd_timeout_ns).store(timeval_ns(tv), std::memory_order_relaxed);
+      (name == SO_RCVTIMEO ? e->rcv_timeout_ns : e->snd_timeout_ns)
+          .store(timeval_ns(tv), std::memory_order_relaxed);
     }
   }
   return r;

@@ -82,14 +82,20 @@ real_fns real = {
     [](int d, int t, int p) { return static_cast<int>(syscall(SYS_socket, d, t, p)); },
     [](int d, int t, int p, int* sv) { return static_cast<int>(syscall(SYS_socketpair, d, t, p, sv)); },
     [](int fd, sockaddr* a, socklen_t* l) { return static_cast<int>(syscall(SYS_accept4, fd, a, l, 0)); },
-    [](int fd, sockaddr* a, socklen_t* l, int f) { return static_cast<int>(syscall(SYS_accept4, fd, a, l, f)); },
+    [](int fd, sockaddr* a, socklen_t* l, int f) {
+      return static_cast<int>(syscall(SYS_accept4, fd, a, l, f));
+    },
     [](int fd, const sockaddr* a, socklen_t l) { return static_cast<int>(syscall(SYS_connect, fd, a, l)); },
     [](int fd, void* b, size_t n) { return static_cast<ssize_t>(syscall(SYS_read, fd, b, n)); },
     [](int fd, const iovec* v, int c) { return static_cast<ssize_t>(syscall(SYS_readv, fd, v, c)); },
     [](int fd, const void* b, size_t n) { return static_cast<ssize_t>(syscall(SYS_write, fd, b, n)); },
     [](int fd, const iovec* v, int c) { return static_cast<ssize_t>(syscall(SYS_writev, fd, v, c)); },
-    [](int fd, void* b, size_t n, off_t o) { return static_cast<ssize_t>(syscall(SYS_pread64, fd, b, n, o)); },
-    [](int fd, const void* b, size_t n, off_t o) { return static_cast<ssize_t>(syscall(SYS_pwrite64, fd, b, n, o)); },
+    [](int fd, void* b, size_t n, off_t o) {
+      return static_cast<ssize_t>(syscall(SYS_pread64, fd, b, n, o));
+    },
+    [](int fd, const void* b, size_t n, off_t o) {
+      return static_cast<ssize_t>(syscall(SYS_pwrite64, fd, b, n, o));
+    },
     [](int fd, void* b, size_t n, int f) {
       return static_cast<ssize_t>(syscall(SYS_recvfrom, fd, b, n, f, nullptr, nullptr));
     },
@@ -140,7 +146,8 @@ real_fns real = {
       return fn != nullptr ? fn(n) : nullptr;
     },
     [](const char* n, hostent* ret, char* buf, size_t len, hostent** res, int* herr) {
-      auto fn = lazy_symbol<int (*)(const char*, hostent*, char*, size_t, hostent**, int*)>("gethostbyname_r");
+      auto fn =
+          lazy_symbol<int (*)(const char*, hostent*, char*, size_t, hostent**, int*)>("gethostbyname_r");
       return fn != nullptr ? fn(n, ret, buf, len, res, herr) : ENOSYS;
     },
     raw_fcntl,
@@ -218,7 +225,9 @@ void resolve_real() noexcept {
 namespace {
 // Resolve eagerly at load time, before main() and before other threads exist,
 // so no hook ever resolves lazily (dlsym may allocate) in the middle of a call.
-[[gnu::constructor(101)]] void resolve_at_load() { resolve_real(); }
+[[gnu::constructor(101)]] void resolve_at_load() {
+  resolve_real();
+}
 }  // namespace
 
 // ---- the fd table -------------------------------------------------------------
@@ -280,7 +289,7 @@ fd_kind classify(int fd, fd_entry& e) noexcept {
   if (k != kind_unknown) [[likely]] {
     return k;
   }
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) < 0) {
     return kind_other;  // bad fd: not cached; libc reports the error
   }
@@ -520,8 +529,8 @@ int resolve_getaddrinfo(call_ctx& c, const char* node, const char* service, cons
   return rc;
 }
 
-int resolve_gethostbyname_r(call_ctx& c, const char* name, hostent* ret, char* buf, size_t len, hostent** result,
-                            int* h_errnop) noexcept {
+int resolve_gethostbyname_r(call_ctx& c, const char* name, hostent* ret, char* buf, size_t len,
+                            hostent** result, int* h_errnop) noexcept {
   int rc = ENOMEM;
   bool ran = run_blocking(c, [&] { rc = real.gethostbyname_r(name, ret, buf, len, result, h_errnop); });
   if (!ran) {
@@ -547,8 +556,8 @@ void patch_all() {
       n = std::max<std::size_t>(n, rl.rlim_cur == RLIM_INFINITY ? 0 : static_cast<std::size_t>(rl.rlim_cur));
       n = std::min(n, max_table_size);
     }
-    void* p = mmap(nullptr, n * sizeof(fd_entry), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+    void* p = mmap(nullptr, n * sizeof(fd_entry), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
       throw std::system_error(errno, std::generic_category(), "cogent::monkey::patch_all: fd table");
     }
@@ -563,6 +572,8 @@ void patch_all() {
   g_patched.store(true, std::memory_order_release);
 }
 
-bool is_patched() noexcept { return detail::g_patched.load(std::memory_order_acquire); }
+bool is_patched() noexcept {
+  return detail::g_patched.load(std::memory_order_acquire);
+}
 
 }  // namespace cogent::monkey

@@ -11,7 +11,9 @@
 namespace cogent::net {
 namespace {
 
-[[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("cogent::net: " + what); }
+[[noreturn]] void bad(const std::string& what) {
+  throw std::invalid_argument("cogent::net: " + what);
+}
 
 // parse_port_text() reads a decimal port of at most 5 digits.
 int parse_port_text(std::string_view s, std::string_view whole) {
@@ -37,7 +39,9 @@ std::uint16_t check_port(int port) {
   return static_cast<std::uint16_t>(port);
 }
 
-address::address() noexcept { std::memset(&_u, 0, sizeof _u); }
+address::address() noexcept {
+  std::memset(&_u, 0, sizeof _u);
+}
 
 address address::try_parse(std::string_view ip, int port) {
   std::uint16_t p = check_port(port);
@@ -112,10 +116,18 @@ address address::parse(std::string_view s) {
   return parse(s.substr(0, colon), parse_port_text(s.substr(colon + 1), s));
 }
 
-address address::ipv4_any(int port) { return parse("0.0.0.0", port); }
-address address::ipv4_loopback(int port) { return parse("127.0.0.1", port); }
-address address::ipv6_any(int port) { return parse("::", port); }
-address address::ipv6_loopback(int port) { return parse("::1", port); }
+address address::ipv4_any(int port) {
+  return parse("0.0.0.0", port);
+}
+address address::ipv4_loopback(int port) {
+  return parse("127.0.0.1", port);
+}
+address address::ipv6_any(int port) {
+  return parse("::", port);
+}
+address address::ipv6_loopback(int port) {
+  return parse("::1", port);
+}
 
 address address::unix_path(std::string_view path) {
   address a;
@@ -273,15 +285,13 @@ std::string address::host() const {
 
 std::string address::to_string() const {
   switch (_family) {
-    case address_family::ipv4:
-    {
+    case address_family::ipv4: {
       std::string s = host();
       s += ':';
       s += std::to_string(port());
       return s;
     }
-    case address_family::ipv6:
-    {
+    case address_family::ipv6: {
       std::string s(1, '[');
       s += host();
       s += "]:";

@@ -70,7 +70,8 @@ void stream_server::start() {
     throw std::logic_error("cogent::net: stream_server::start() called twice or after stop()");
   }
   _started = true;
-  _acceptor = cogent::spawn(spawn_options{"stream_server accept " + _address.to_string()}, [this] { accept_loop(); });
+  _acceptor =
+      cogent::spawn(spawn_options{"stream_server accept " + _address.to_string()}, [this] { accept_loop(); });
 }
 
 void stream_server::serve_forever() {
@@ -131,7 +132,8 @@ void stream_server::accept_loop() {
       ++failures;
       if (failing_errno != err) {
         auto now = clock::now();
-        if (failing_errno == 0 && last_log != clock::time_point{} && now - last_log < std::chrono::seconds(10)) {
+        if (failing_errno == 0 && last_log != clock::time_point{} &&
+            now - last_log < std::chrono::seconds(10)) {
           logged_episode = false;  // a repeat within 10 s: stay quiet
         } else {
           std::fprintf(stderr, "cogent: stream_server %s: accept failed: %s%s; backing off and retrying\n",
@@ -192,7 +194,8 @@ void stream_server::report(const net::address& peer, std::exception_ptr e) {
     try {
       _opts.on_error(peer, e);
     } catch (...) {
-      std::fprintf(stderr, "cogent: stream_server %s: on_error callback threw\n", _address.to_string().c_str());
+      std::fprintf(stderr, "cogent: stream_server %s: on_error callback threw\n",
+                   _address.to_string().c_str());
     }
     return;
   }

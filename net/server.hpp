@@ -28,8 +28,8 @@
 //         }
 //       });
 //   srv.start();                                       // never switches
-//   cogent::spawn([&] { cogent::net::wait_for_signal({SIGINT, SIGTERM}); srv.stop(std::chrono::seconds(2)); });
-//   srv.serve_forever();                               // returns after stop()
+//   cogent::spawn([&] { cogent::net::wait_for_signal({SIGINT, SIGTERM}); srv.stop(std::chrono::seconds(2));
+//   }); srv.serve_forever();                               // returns after stop()
 #pragma once
 // Everything declared in cogent headers is exported from the library (built with -fvisibility=hidden).
 #pragma GCC visibility push(default)

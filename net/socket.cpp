@@ -47,8 +47,7 @@ end_of_stream::end_of_stream(std::size_t got, std::size_t wanted)
 
 // ---- basic_socket -------------------------------------------------------------
 
-basic_socket::basic_socket(basic_socket&& o) noexcept
-    : _fd(std::exchange(o._fd, -1)), _timeout(o._timeout) {}
+basic_socket::basic_socket(basic_socket&& o) noexcept : _fd(std::exchange(o._fd, -1)), _timeout(o._timeout) {}
 
 basic_socket& basic_socket::operator=(basic_socket&& o) noexcept {
   if (this != &o) {
@@ -58,9 +57,13 @@ basic_socket& basic_socket::operator=(basic_socket&& o) noexcept {
   return *this;
 }
 
-basic_socket::~basic_socket() { close_fd(_fd); }
+basic_socket::~basic_socket() {
+  close_fd(_fd);
+}
 
-int basic_socket::release() noexcept { return std::exchange(_fd, -1); }
+int basic_socket::release() noexcept {
+  return std::exchange(_fd, -1);
+}
 
 namespace {
 
@@ -73,7 +76,7 @@ struct socket_waiter {
   socket_waiter* prev = nullptr;
   socket_waiter* next = nullptr;
   closing_state* closer = nullptr;  // the close() waiting for this waiter to let go
-  bool closed = false;               // close() cancelled the op
+  bool closed = false;              // close() cancelled the op
 };
 
 // closing_state is what close() waits on until every waiter has let go.
@@ -243,12 +246,24 @@ void basic_socket::get_option_raw(int level, int name, void* value, std::size_t 
   }
 }
 
-void basic_socket::set_reuse_address(bool on) { set_option(SOL_SOCKET, SO_REUSEADDR, int{on ? 1 : 0}); }
-void basic_socket::set_send_buffer_size(int bytes) { set_option(SOL_SOCKET, SO_SNDBUF, bytes); }
-void basic_socket::set_receive_buffer_size(int bytes) { set_option(SOL_SOCKET, SO_RCVBUF, bytes); }
-int basic_socket::send_buffer_size() const { return get_option<int>(SOL_SOCKET, SO_SNDBUF); }
-int basic_socket::receive_buffer_size() const { return get_option<int>(SOL_SOCKET, SO_RCVBUF); }
-int basic_socket::pending_error() const { return get_option<int>(SOL_SOCKET, SO_ERROR); }
+void basic_socket::set_reuse_address(bool on) {
+  set_option(SOL_SOCKET, SO_REUSEADDR, int{on ? 1 : 0});
+}
+void basic_socket::set_send_buffer_size(int bytes) {
+  set_option(SOL_SOCKET, SO_SNDBUF, bytes);
+}
+void basic_socket::set_receive_buffer_size(int bytes) {
+  set_option(SOL_SOCKET, SO_RCVBUF, bytes);
+}
+int basic_socket::send_buffer_size() const {
+  return get_option<int>(SOL_SOCKET, SO_SNDBUF);
+}
+int basic_socket::receive_buffer_size() const {
+  return get_option<int>(SOL_SOCKET, SO_RCVBUF);
+}
+int basic_socket::pending_error() const {
+  return get_option<int>(SOL_SOCKET, SO_ERROR);
+}
 
 // ---- stream_socket ----------------------------------------------------------------
 
@@ -406,10 +421,15 @@ address stream_socket::peer_address() const {
   return address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
 }
 
-void stream_socket::set_nodelay(bool on) { set_option(IPPROTO_TCP, TCP_NODELAY, int{on ? 1 : 0}); }
-bool stream_socket::nodelay() const { return get_option<int>(IPPROTO_TCP, TCP_NODELAY) != 0; }
+void stream_socket::set_nodelay(bool on) {
+  set_option(IPPROTO_TCP, TCP_NODELAY, int{on ? 1 : 0});
+}
+bool stream_socket::nodelay() const {
+  return get_option<int>(IPPROTO_TCP, TCP_NODELAY) != 0;
+}
 
-void stream_socket::set_keepalive(bool on, std::chrono::seconds idle, std::chrono::seconds interval, int count) {
+void stream_socket::set_keepalive(bool on, std::chrono::seconds idle, std::chrono::seconds interval,
+                                  int count) {
   set_option(SOL_SOCKET, SO_KEEPALIVE, int{on ? 1 : 0});
   if (idle.count() > 0) {
     set_option(IPPROTO_TCP, TCP_KEEPIDLE, static_cast<int>(idle.count()));

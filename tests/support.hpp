@@ -27,7 +27,8 @@ class leak_check {
   // away for the last time) and checks that nothing leaked.
   void verify() {
     hub& h = hub::current();
-    for (int i = 0; i < 10 && (h.timer_count() > 0 || h.io().in_flight() > 0 || active_count() > _tasks); ++i) {
+    for (int i = 0; i < 10 && (h.timer_count() > 0 || h.io().in_flight() > 0 || active_count() > _tasks);
+         ++i) {
       cogent::sleep(std::chrono::milliseconds(1));
     }
     cogent::yield();
@@ -46,15 +47,15 @@ class leak_check {
 }  // namespace cogent::test
 
 // COGENT_TEST_CASE runs the body in a task, then checks for leaks.
-#define COGENT_TEST_CASE_IMPL(fn, name, ...)                                                   \
-  static void fn();                                                                            \
-  TEST_CASE(name __VA_OPT__(*) __VA_ARGS__) {                                                  \
-    cogent::test::leak_check leaks;                                                            \
-    auto t = cogent::spawn(cogent::spawn_options{std::string("test: ") + name}, [] { fn(); }); \
-    t.join();                                                                                  \
+#define COGENT_TEST_CASE_IMPL(fn, name, ...)                                                        \
+  static void fn();                                                                                 \
+  TEST_CASE(name __VA_OPT__(*) __VA_ARGS__) {                                                       \
+    cogent::test::leak_check leaks;                                                                 \
+    auto t = cogent::spawn(cogent::spawn_options{std::string("test: ") + name}, [] { fn(); });      \
+    t.join();                                                                                       \
     CHECK_MESSAGE(t.successful(), "test body raised: ", cogent::describe_exception(t.exception())); \
-    leaks.verify();                                                                            \
-  }                                                                                            \
+    leaks.verify();                                                                                 \
+  }                                                                                                 \
   static void fn()
 #define COGENT_TEST_CASE(name, ...) \
   COGENT_TEST_CASE_IMPL(DOCTEST_ANONYMOUS(COGENT_BODY_), name __VA_OPT__(, ) __VA_ARGS__)

@@ -38,7 +38,9 @@ namespace cogent::detail {
 
 // jump_context() suspends the caller and resumes `to`, delivering `data`.
 // Returns when some other context jumps back to the caller.
-inline transfer jump_context(context to, void* data) noexcept { return ::jump_fcontext(to, data); }
+inline transfer jump_context(context to, void* data) noexcept {
+  return ::jump_fcontext(to, data);
+}
 
 }  // namespace cogent::detail
 

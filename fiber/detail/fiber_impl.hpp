@@ -47,13 +47,13 @@ class fiber_impl {
   // Scheduler slot: owned by the layer above (the hub); the fiber layer never
   // reads or writes it. Kept inline so parking and waking allocate nothing.
   struct sched_slot {
-    fiber_impl* next_ready = nullptr;   // intrusive ready-queue link
-    std::exception_ptr pending;          // interrupt (kill, Timeout) to raise at the next park
-    const void* pending_owner = nullptr; // who raised `pending` (a Timeout scope), or null
-    void* task = nullptr;                // the task this fiber runs, if any
-    std::uint8_t state = 0;              // hub-defined: running / parked / ready
-    std::uint8_t reason = 0;             // hub-defined wake reason
-    bool interruptible = false;          // a parked fiber may be woken by an interrupt
+    fiber_impl* next_ready = nullptr;     // intrusive ready-queue link
+    std::exception_ptr pending;           // interrupt (kill, Timeout) to raise at the next park
+    const void* pending_owner = nullptr;  // who raised `pending` (a Timeout scope), or null
+    void* task = nullptr;                 // the task this fiber runs, if any
+    std::uint8_t state = 0;               // hub-defined: running / parked / ready
+    std::uint8_t reason = 0;              // hub-defined wake reason
+    bool interruptible = false;           // a parked fiber may be woken by an interrupt
     // locals is this fiber's fiber_local storage (hub/local.hpp), freed with the fiber.
     struct locals_slot {
       void* storage = nullptr;
@@ -68,18 +68,18 @@ class fiber_impl {
     } locals;
   } sched;
 
-  context ctx = nullptr;          // saved context while suspended
-  fiber_impl* parent = nullptr;   // strong reference; null only for main fibers
-  std::uint32_t refs = 1;         // handles + children naming us as parent
+  context ctx = nullptr;         // saved context while suspended
+  fiber_impl* parent = nullptr;  // strong reference; null only for main fibers
+  std::uint32_t refs = 1;        // handles + children naming us as parent
   bool started = false;
   bool dead = false;
   bool is_main = false;
   const void* thread_tag = nullptr;  // identifies the owning thread
   std::uint64_t id = 0;
-  std::any in_value;             // value delivered by the switch that resumes us
-  std::exception_ptr in_exc;     // or an exception to raise at our suspension point
-  stack stk;                     // empty for main fibers
-  std::string user_name;         // empty: "fiber-<id>"
+  std::any in_value;          // value delivered by the switch that resumes us
+  std::exception_ptr in_exc;  // or an exception to raise at our suspension point
+  stack stk;                  // empty for main fibers
+  std::string user_name;      // empty: "fiber-<id>"
 #if defined(__SANITIZE_ADDRESS__)
   void* asan_fake_stack = nullptr;
   const void* asan_bottom = nullptr;
@@ -101,7 +101,9 @@ fiber_impl* current_impl();
 // switch_to() is fiber::switch_to() on a raw impl: the hub's fast path.
 std::any switch_to(fiber_impl* target, std::any&& value, std::exception_ptr exc);
 // ref()/unref() adjust the reference count; the last unref destroys (unwinding if suspended).
-inline void ref(fiber_impl* f) noexcept { ++f->refs; }
+inline void ref(fiber_impl* f) noexcept {
+  ++f->refs;
+}
 void unref(fiber_impl* f) noexcept;
 
 // allocate_fiber_stack() validates `stack_size` (0 = default) and allocates a
@@ -117,17 +119,29 @@ inline void* body_address(const stack& s, std::size_t size, std::size_t align) n
 template <class T>
 struct callable_arg {};
 template <class R, class C, class A>
-struct callable_arg<R (C::*)(A)> { using type = A; };
+struct callable_arg<R (C::*)(A)> {
+  using type = A;
+};
 template <class R, class C, class A>
-struct callable_arg<R (C::*)(A) const> { using type = A; };
+struct callable_arg<R (C::*)(A) const> {
+  using type = A;
+};
 template <class R, class C, class A>
-struct callable_arg<R (C::*)(A) noexcept> { using type = A; };
+struct callable_arg<R (C::*)(A) noexcept> {
+  using type = A;
+};
 template <class R, class C, class A>
-struct callable_arg<R (C::*)(A) const noexcept> { using type = A; };
+struct callable_arg<R (C::*)(A) const noexcept> {
+  using type = A;
+};
 template <class R, class A>
-struct callable_arg<R (*)(A)> { using type = A; };
+struct callable_arg<R (*)(A)> {
+  using type = A;
+};
 template <class R, class A>
-struct callable_arg<R (*)(A) noexcept> { using type = A; };
+struct callable_arg<R (*)(A) noexcept> {
+  using type = A;
+};
 
 template <class Fn, class = void>
 struct single_arg_of {};
@@ -135,7 +149,6 @@ template <class Fn>
 struct single_arg_of<Fn, std::void_t<decltype(&Fn::operator())>> : callable_arg<decltype(&Fn::operator())> {};
 template <class Fn>
 struct single_arg_of<Fn, std::enable_if_t<std::is_pointer_v<Fn>>> : callable_arg<Fn> {};
-
 
 template <class R>
 std::any wrap_result(R&& r) {

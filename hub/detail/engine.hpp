@@ -55,18 +55,18 @@ struct io_op {
   op_code code = op_code::nop;
   int fd = -1;
   // Request arguments (meaning per op_code above).
-  void* buf = nullptr;        // read/write/recv/send buffer; readv/writev iovec*; recvmsg/sendmsg msghdr*;
-                              // accept/connect sockaddr*
-  std::uint32_t len = 0;      // byte count; iovcnt; socklen_t for connect
+  void* buf = nullptr;           // read/write/recv/send buffer; readv/writev iovec*; recvmsg/sendmsg msghdr*;
+                                 // accept/connect sockaddr*
+  std::uint32_t len = 0;         // byte count; iovcnt; socklen_t for connect
   socklen_t* addrlen = nullptr;  // accept only (in/out)
-  std::int64_t offset = -1;   // read/write/readv/writev file offset, -1 = current position
-  std::uint32_t flags = 0;    // recv/send/recvmsg/sendmsg msg flags; accept flags; shutdown how; poll mask
+  std::int64_t offset = -1;      // read/write/readv/writev file offset, -1 = current position
+  std::uint32_t flags = 0;       // recv/send/recvmsg/sendmsg msg flags; accept flags; shutdown how; poll mask
 
   // Completion.
-  int result = 0;             // kernel result: >= 0 success, -errno failure
-  bool done = false;          // set by the engine just before on_complete
+  int result = 0;     // kernel result: >= 0 success, -errno failure
+  bool done = false;  // set by the engine just before on_complete
   void (*on_complete)(io_op*) = nullptr;
-  void* user = nullptr;       // free for the submitter (e.g. the parked fiber)
+  void* user = nullptr;  // free for the submitter (e.g. the parked fiber)
 };
 
 // engine is the per-hub IO backend. Not thread-safe except wake().

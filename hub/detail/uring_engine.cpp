@@ -56,16 +56,19 @@ std::string unavailable_message(int err) {
   msg += " ";
   switch (err) {
     case ENOSYS:
-      msg += "ENOSYS): the kernel lacks io_uring or a seccomp filter blocks it "
-             "(e.g. a container runtime's default profile)";
+      msg +=
+          "ENOSYS): the kernel lacks io_uring or a seccomp filter blocks it "
+          "(e.g. a container runtime's default profile)";
       break;
     case EPERM:
-      msg += "EPERM): sysctl kernel.io_uring_disabled forbids it for this user, "
-             "or a seccomp/LSM policy denies it";
+      msg +=
+          "EPERM): sysctl kernel.io_uring_disabled forbids it for this user, "
+          "or a seccomp/LSM policy denies it";
       break;
     case ENOMEM:
-      msg += "ENOMEM): RLIMIT_MEMLOCK too low for the rings on kernels before 5.12 "
-             "(raise `ulimit -l`), or try fewer entries";
+      msg +=
+          "ENOMEM): RLIMIT_MEMLOCK too low for the rings on kernels before 5.12 "
+          "(raise `ulimit -l`), or try fewer entries";
       break;
     case EMFILE:
     case ENFILE:

@@ -170,7 +170,9 @@ inline bool enter_fd(call_ctx& c, int fd, fd_entry*& e, fd_kind& kind) noexcept 
 int interrupted(call_ctx& c) noexcept;
 
 // has_pending() is true if the calling fiber has an interrupt pending.
-inline bool has_pending(const call_ctx& c) noexcept { return static_cast<bool>(c.self->sched.pending); }
+inline bool has_pending(const call_ctx& c) noexcept {
+  return static_cast<bool>(c.self->sched.pending);
+}
 
 // deadline_ns() turns a relative timeout in ns (0 = none) into a deadline.
 inline clock::time_point deadline_ns(std::int64_t ns) noexcept {
@@ -205,8 +207,8 @@ int park_until(call_ctx& c, clock::time_point deadline) noexcept;
 // EAI_SYSTEM/EINTR (ERANGE-free h_errno TRY_AGAIN) on an interrupt.
 int resolve_getaddrinfo(call_ctx& c, const char* node, const char* service, const addrinfo* hints,
                         addrinfo** res) noexcept;
-int resolve_gethostbyname_r(call_ctx& c, const char* name, hostent* ret, char* buf, size_t len, hostent** result,
-                            int* h_errnop) noexcept;
+int resolve_gethostbyname_r(call_ctx& c, const char* name, hostent* ret, char* buf, size_t len,
+                            hostent** result, int* h_errnop) noexcept;
 
 // set_errno() stores -r into errno and returns -1 (the libc convention).
 inline int fail(int neg_errno) noexcept {

@@ -97,155 +97,157 @@ volatile int g_depth_limit = 1 << 30;
 }
 
 // contains() is a readable substring check for failure messages.
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+bool contains(const std::string& s, const std::string& what) {
+  return s.find(what) != std::string::npos;
+}
 
 }  // namespace
 
 TEST_SUITE("stack") {
-
-// These two tests come first in the file: they need the guard budget not yet spent by this process
-// (a fork()ed child inherits it).
-TEST_CASE("a stack overflow on a guard page is reported by name and aborts" * doctest::timeout(60)) {
-  child_result r = run_in_child([] {
-    std::size_t guarded0 = cogent::stack_stats().guarded_total;
-    // A non-default size is always freshly mapped (never from the pool), so it gets a guard page while
-    // the budget allows.
-    fiber f([] { recurse_forever(0); }, {.stack_size = 64 * 1024, .name = "deep-diver"});
-    if (cogent::stack_stats().guarded_total != guarded0 + 1) {
-      std::fprintf(stderr, "no guard page: guarded %zu -> %zu of %zu\n", guarded0,
-                   cogent::stack_stats().guarded_total, cogent::stack_stats().guard_budget);
-      ::_exit(child_setup_failed);
-    }
-    f.switch_to();
-  });
-  INFO("child stderr: " << r.err);
-  REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
-  CHECK(WIFSIGNALED(r.status));
-  if (WIFSIGNALED(r.status)) {
-    CHECK(WTERMSIG(r.status) == SIGABRT);
-  }
-  // Under ASan our SIGSEGV handler still runs (ASan allows user SEGV handlers and provides the alternate
-  // signal stack), so the report is the same.
-  CHECK(contains(r.err, "stack overflow in fiber 'deep-diver'"));
-}
-
-TEST_CASE("beyond the guard budget, the canary catches an overflow at the next switch" * doctest::timeout(120)) {
-  child_result r = run_in_child([] {
-    // Spend the whole guard budget on fibers kept suspended (each is switched into once).
-    cogent::stack_counters st = cogent::stack_stats();
-    std::vector<fiber> hogs;
-    fiber main = fiber::current();
-    while (cogent::stack_stats().guarded_total < st.guard_budget) {
-      hogs.emplace_back([&main] { main.switch_to(); });
-      hogs.back().switch_to();
-      if (hogs.size() > st.guard_budget + 100000) {
-        std::fprintf(stderr, "guard budget never reached\n");
+  // These two tests come first in the file: they need the guard budget not yet spent by this process
+  // (a fork()ed child inherits it).
+  TEST_CASE("a stack overflow on a guard page is reported by name and aborts" * doctest::timeout(60)) {
+    child_result r = run_in_child([] {
+      std::size_t guarded0 = cogent::stack_stats().guarded_total;
+      // A non-default size is always freshly mapped (never from the pool), so it gets a guard page while
+      // the budget allows.
+      fiber f([] { recurse_forever(0); }, {.stack_size = 64 * 1024, .name = "deep-diver"});
+      if (cogent::stack_stats().guarded_total != guarded0 + 1) {
+        std::fprintf(stderr, "no guard page: guarded %zu -> %zu of %zu\n", guarded0,
+                     cogent::stack_stats().guarded_total, cogent::stack_stats().guard_budget);
         ::_exit(child_setup_failed);
       }
+      f.switch_to();
+    });
+    INFO("child stderr: " << r.err);
+    REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
+    CHECK(WIFSIGNALED(r.status));
+    if (WIFSIGNALED(r.status)) {
+      CHECK(WTERMSIG(r.status) == SIGABRT);
     }
-    // A fresh chunk's stacks have no guard page any more: the canary fiber overflows into its canary,
-    // returns from the recursion, and is caught when it switches away.
-    std::size_t guarded_before = cogent::stack_stats().guarded_total;
-    fiber canary;
-    canary = fiber(
-        [&] {
-          recurse_to_bottom(canary.impl()->stk.bottom, 0);
-          main.switch_to();
-        },
-        {.stack_size = 0, .name = "canary-fiber"});
-    if (canary.impl()->stk.guarded || cogent::stack_stats().guarded_total != guarded_before) {
-      std::fprintf(stderr, "the canary fiber got a guard page\n");
-      ::_exit(child_setup_failed);
-    }
-    canary.switch_to();
-    std::fprintf(stderr, "the overflow went unnoticed\n");
-  });
-  INFO("child stderr: " << r.err);
-  REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
-  CHECK(WIFSIGNALED(r.status));
-  if (WIFSIGNALED(r.status)) {
-    CHECK(WTERMSIG(r.status) == SIGABRT);
+    // Under ASan our SIGSEGV handler still runs (ASan allows user SEGV handlers and provides the alternate
+    // signal stack), so the report is the same.
+    CHECK(contains(r.err, "stack overflow in fiber 'deep-diver'"));
   }
-  CHECK(contains(r.err, "stack overflow in fiber 'canary-fiber'"));
-}
 
-TEST_CASE("beyond the guard budget, an overflow in a fiber that then finishes is still named" *
-          doctest::timeout(120)) {
-  child_result r = run_in_child([] {
-    cogent::stack_counters st = cogent::stack_stats();
-    std::vector<fiber> hogs;
-    fiber main = fiber::current();
-    while (cogent::stack_stats().guarded_total < st.guard_budget) {
-      hogs.emplace_back([&main] { main.switch_to(); });
-      hogs.back().switch_to();
-      if (hogs.size() > st.guard_budget + 100000) {
+  TEST_CASE("beyond the guard budget, the canary catches an overflow at the next switch" *
+            doctest::timeout(120)) {
+    child_result r = run_in_child([] {
+      // Spend the whole guard budget on fibers kept suspended (each is switched into once).
+      cogent::stack_counters st = cogent::stack_stats();
+      std::vector<fiber> hogs;
+      fiber main = fiber::current();
+      while (cogent::stack_stats().guarded_total < st.guard_budget) {
+        hogs.emplace_back([&main] { main.switch_to(); });
+        hogs.back().switch_to();
+        if (hogs.size() > st.guard_budget + 100000) {
+          std::fprintf(stderr, "guard budget never reached\n");
+          ::_exit(child_setup_failed);
+        }
+      }
+      // A fresh chunk's stacks have no guard page any more: the canary fiber overflows into its canary,
+      // returns from the recursion, and is caught when it switches away.
+      std::size_t guarded_before = cogent::stack_stats().guarded_total;
+      fiber canary;
+      canary = fiber(
+          [&] {
+            recurse_to_bottom(canary.impl()->stk.bottom, 0);
+            main.switch_to();
+          },
+          {.stack_size = 0, .name = "canary-fiber"});
+      if (canary.impl()->stk.guarded || cogent::stack_stats().guarded_total != guarded_before) {
+        std::fprintf(stderr, "the canary fiber got a guard page\n");
         ::_exit(child_setup_failed);
       }
+      canary.switch_to();
+      std::fprintf(stderr, "the overflow went unnoticed\n");
+    });
+    INFO("child stderr: " << r.err);
+    REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
+    CHECK(WIFSIGNALED(r.status));
+    if (WIFSIGNALED(r.status)) {
+      CHECK(WTERMSIG(r.status) == SIGABRT);
     }
-    // The culprit overflows into its canary and returns: its final switch (to its parent) must
-    // report it, not leave a dirty stack for an innocent fiber to be blamed for.
-    fiber culprit;
-    culprit = fiber([&] { recurse_to_bottom(culprit.impl()->stk.bottom, 0); },
-                    {.stack_size = 0, .name = "real-culprit"});
-    if (culprit.impl()->stk.guarded) {
-      ::_exit(child_setup_failed);
-    }
-    culprit.switch_to();
-    fiber innocent([&] { main.switch_to(); }, {.stack_size = 0, .name = "innocent"});
-    innocent.switch_to();
-    std::fprintf(stderr, "the overflow went unnoticed\n");
-  });
-  INFO("child stderr: " << r.err);
-  REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
-  CHECK(WIFSIGNALED(r.status));
-  CHECK(contains(r.err, "stack overflow in fiber 'real-culprit'"));
-  CHECK_FALSE(contains(r.err, "'innocent'"));
-}
+    CHECK(contains(r.err, "stack overflow in fiber 'canary-fiber'"));
+  }
 
-TEST_CASE("many fibers suspended at once" * doctest::timeout(60)) {
+  TEST_CASE("beyond the guard budget, an overflow in a fiber that then finishes is still named" *
+            doctest::timeout(120)) {
+    child_result r = run_in_child([] {
+      cogent::stack_counters st = cogent::stack_stats();
+      std::vector<fiber> hogs;
+      fiber main = fiber::current();
+      while (cogent::stack_stats().guarded_total < st.guard_budget) {
+        hogs.emplace_back([&main] { main.switch_to(); });
+        hogs.back().switch_to();
+        if (hogs.size() > st.guard_budget + 100000) {
+          ::_exit(child_setup_failed);
+        }
+      }
+      // The culprit overflows into its canary and returns: its final switch (to its parent) must
+      // report it, not leave a dirty stack for an innocent fiber to be blamed for.
+      fiber culprit;
+      culprit = fiber([&] { recurse_to_bottom(culprit.impl()->stk.bottom, 0); },
+                      {.stack_size = 0, .name = "real-culprit"});
+      if (culprit.impl()->stk.guarded) {
+        ::_exit(child_setup_failed);
+      }
+      culprit.switch_to();
+      fiber innocent([&] { main.switch_to(); }, {.stack_size = 0, .name = "innocent"});
+      innocent.switch_to();
+      std::fprintf(stderr, "the overflow went unnoticed\n");
+    });
+    INFO("child stderr: " << r.err);
+    REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
+    CHECK(WIFSIGNALED(r.status));
+    CHECK(contains(r.err, "stack overflow in fiber 'real-culprit'"));
+    CHECK_FALSE(contains(r.err, "'innocent'"));
+  }
+
+  TEST_CASE("many fibers suspended at once" * doctest::timeout(60)) {
 #if defined(__SANITIZE_ADDRESS__)
-  // ASan's shadow memory and per-fiber bookkeeping make 1M fibers too heavy; 100k proves the same paths.
-  constexpr std::size_t count = 100000;
+    // ASan's shadow memory and per-fiber bookkeeping make 1M fibers too heavy; 100k proves the same paths.
+    constexpr std::size_t count = 100000;
 #else
-  constexpr std::size_t count = 1000000;
+    constexpr std::size_t count = 1000000;
 #endif
-  auto t0 = std::chrono::steady_clock::now();
-  cogent::stack_counters before = cogent::stack_stats();
-  std::size_t finished = 0;
-  std::size_t unwound = 0;
-  {
-    fiber main = fiber::current();
-    std::vector<fiber> all;
-    all.reserve(count);
-    struct count_unwind {
-      std::size_t* n;
-      ~count_unwind() { ++*n; }
-    };
-    for (std::size_t i = 0; i < count; ++i) {
-      all.emplace_back([&main, &finished, &unwound] {
-        count_unwind guard{&unwound};
-        main.switch_to();  // suspended here, mid-function
-        ++finished;
-      });
-      all.back().switch_to();
-    }
-    cogent::stack_counters during = cogent::stack_stats();
-    CHECK(during.live == before.live + count);
-    CHECK(during.guarded_total <= during.guard_budget);
-    // Resume a few to show they still work, then destroy everything (the rest unwind).
-    for (std::size_t i = 0; i < count; i += count / 10) {
-      all[i].switch_to();
+    auto t0 = std::chrono::steady_clock::now();
+    cogent::stack_counters before = cogent::stack_stats();
+    std::size_t finished = 0;
+    std::size_t unwound = 0;
+    {
+      fiber main = fiber::current();
+      std::vector<fiber> all;
+      all.reserve(count);
+      struct count_unwind {
+        std::size_t* n;
+        ~count_unwind() { ++*n; }
+      };
+      for (std::size_t i = 0; i < count; ++i) {
+        all.emplace_back([&main, &finished, &unwound] {
+          count_unwind guard{&unwound};
+          main.switch_to();  // suspended here, mid-function
+          ++finished;
+        });
+        all.back().switch_to();
+      }
+      cogent::stack_counters during = cogent::stack_stats();
+      CHECK(during.live == before.live + count);
+      CHECK(during.guarded_total <= during.guard_budget);
+      // Resume a few to show they still work, then destroy everything (the rest unwind).
+      for (std::size_t i = 0; i < count; i += count / 10) {
+        all[i].switch_to();
+      }
+      CHECK(finished == 10);
     }
     CHECK(finished == 10);
+    CHECK(unwound == count);
+    cogent::stack_counters after = cogent::stack_stats();
+    CHECK(after.live == before.live);
+    CHECK(after.pooled >= count);  // the stacks went back to the pool
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    MESSAGE(count << " fibers suspended and destroyed in " << secs << " s");
+    CHECK(secs < 60.0);
   }
-  CHECK(finished == 10);
-  CHECK(unwound == count);
-  cogent::stack_counters after = cogent::stack_stats();
-  CHECK(after.live == before.live);
-  CHECK(after.pooled >= count);  // the stacks went back to the pool
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  MESSAGE(count << " fibers suspended and destroyed in " << secs << " s");
-  CHECK(secs < 60.0);
-}
 
 }  // TEST_SUITE("stack")

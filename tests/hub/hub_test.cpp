@@ -1,16 +1,17 @@
 // tests/hub/hub_test.cpp — the hub loop: sleep ordering and precision, sleep(0)
 // fairness, IO not starved by always-ready fibers, would-block-forever, posts
 // from other threads, blocking inside the hub, wait().
-#include "hub/core.hpp"
-
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "hub/core.hpp"
 #include "hub/task.hpp"
 #include "tests/support.hpp"
 
@@ -25,10 +26,22 @@ std::chrono::milliseconds ms_since(clock::time_point t0) {
 
 COGENT_TEST_CASE("sleeps wake in deadline order", doctest::timeout(10)) {
   std::vector<int> order;
-  auto a = cogent::spawn([&] { cogent::sleep(30ms); order.push_back(30); });
-  auto b = cogent::spawn([&] { cogent::sleep(10ms); order.push_back(10); });
-  auto c = cogent::spawn([&] { cogent::sleep(20ms); order.push_back(20); });
-  auto d = cogent::spawn([&] { cogent::sleep(20ms); order.push_back(21); });  // equal deadline after c: FIFO
+  auto a = cogent::spawn([&] {
+    cogent::sleep(30ms);
+    order.push_back(30);
+  });
+  auto b = cogent::spawn([&] {
+    cogent::sleep(10ms);
+    order.push_back(10);
+  });
+  auto c = cogent::spawn([&] {
+    cogent::sleep(20ms);
+    order.push_back(20);
+  });
+  auto d = cogent::spawn([&] {
+    cogent::sleep(20ms);
+    order.push_back(21);
+  });  // equal deadline after c: FIFO
   cogent::joinall({a, b, c, d});
   CHECK(order == std::vector<int>{10, 20, 21, 30});
 }
@@ -120,7 +133,8 @@ COGENT_TEST_CASE("timers fire while fibers are always ready", doctest::timeout(1
 }
 
 // Not a COGENT_TEST_CASE: would_block_forever is raised in the main fiber.
-TEST_CASE("waiting in main on a wait_list nobody can notify raises would_block_forever" * doctest::timeout(10)) {
+TEST_CASE("waiting in main on a wait_list nobody can notify raises would_block_forever" *
+          doctest::timeout(10)) {
   cogent::detail::wait_list wl;
   CHECK_THROWS_AS(wl.wait(), cogent::would_block_forever);
   CHECK(wl.empty());
@@ -271,6 +285,50 @@ COGENT_TEST_CASE("wait_until reports deadline vs wake-up", doctest::timeout(10))
   auto waker = cogent::spawn([&] { h.schedule(self); });
   CHECK(h.wait_until(clock::now() + 1s));
   waker.join();
+}
+
+TEST_CASE("max_blocking_time: the watchdog names a fiber that hogs the hub" * doctest::timeout(20)) {
+  // In a child process, on a new thread: the watchdog is configured before that thread's hub exists.
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::dup2(fds[1], 2);
+    // A fresh thread: the forked main thread may already have a hub (inherited from earlier tests).
+    std::thread([] {
+      cogent::hub_config cfg;
+      cfg.max_blocking_time = std::chrono::milliseconds(50);
+      cogent::hub::configure(cfg);
+      auto hog = cogent::spawn(cogent::spawn_options{"cpu-hog"}, [] {
+        auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(400);
+        while (std::chrono::steady_clock::now() < until) {
+          // never switches
+        }
+      });
+      auto polite = cogent::spawn(cogent::spawn_options{"polite"}, [] {
+        for (int i = 0; i < 20; ++i) {
+          cogent::sleep(std::chrono::milliseconds(10));
+        }
+      });
+      cogent::joinall({hog, polite});
+    }).join();
+    std::fflush(stderr);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string err;
+  char buf[512];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) {
+    err.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  INFO("child stderr: " << err);
+  CHECK(WIFEXITED(status));
+  CHECK(err.find("fiber 'cpu-hog' has run") != std::string::npos);
+  CHECK(err.find("'polite'") == std::string::npos);
 }
 
 }  // namespace

@@ -139,7 +139,8 @@ COGENT_TEST_CASE("fiber_local: reset destroys only the calling fiber's value", d
   CHECK(g_destroyed == 3);
 }
 
-COGENT_TEST_CASE("fiber_local: plain fibers have their own values, freed when the fiber is", doctest::timeout(10)) {
+COGENT_TEST_CASE("fiber_local: plain fibers have their own values, freed when the fiber is",
+                 doctest::timeout(10)) {
   reset_counts();
   cogent::fiber_local<counted> c;
   c->value = 10;
@@ -175,7 +176,8 @@ COGENT_TEST_CASE("fiber_local: a factory makes each fiber's first value", doctes
   CHECK(calls == 2);
 }
 
-COGENT_TEST_CASE("fiber_local: values outlive a destroyed local until their fiber ends", doctest::timeout(10)) {
+COGENT_TEST_CASE("fiber_local: values outlive a destroyed local until their fiber ends",
+                 doctest::timeout(10)) {
   reset_counts();
   cogent::event go;
   auto local = std::make_unique<cogent::fiber_local<counted>>();

@@ -115,9 +115,7 @@ COGENT_TEST_CASE("group: map rethrows the first error and kills the rest", docte
 
 COGENT_TEST_CASE("group: a killed caller of map takes its tasks down", doctest::timeout(10)) {
   cogent::group g;
-  auto caller = cogent::spawn([&] {
-    g.map([](int) { cogent::sleep(10s); }, std::vector<int>{1, 2, 3});
-  });
+  auto caller = cogent::spawn([&] { g.map([](int) { cogent::sleep(10s); }, std::vector<int>{1, 2, 3}); });
   cogent::sleep(5ms);
   CHECK(g.size() == 3);
   caller.kill();

@@ -408,7 +408,8 @@ COGENT_TEST_CASE("channel: put blocks until a getter takes the item", doctest::t
   CHECK(getter.get() == 8);
 }
 
-COGENT_TEST_CASE("channel: nowait and timeouts; a timed-out put leaves nothing behind", doctest::timeout(10)) {
+COGENT_TEST_CASE("channel: nowait and timeouts; a timed-out put leaves nothing behind",
+                 doctest::timeout(10)) {
   cogent::channel<std::string> ch;
   CHECK_THROWS_AS(ch.put_nowait("x"), cogent::queue_full);
   CHECK_THROWS_AS(ch.get_nowait(), cogent::queue_empty);

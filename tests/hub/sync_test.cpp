@@ -77,7 +77,8 @@ COGENT_TEST_CASE("event: wait times out with false; zero timeout does not switch
   t.join();
 }
 
-COGENT_TEST_CASE("event: set then clear before the waiter resumes still wakes it with true", doctest::timeout(10)) {
+COGENT_TEST_CASE("event: set then clear before the waiter resumes still wakes it with true",
+                 doctest::timeout(10)) {
   cogent::event e;
   auto t = cogent::spawn([&] { return e.wait(1s); });
   cogent::sleep(2ms);
@@ -87,7 +88,8 @@ COGENT_TEST_CASE("event: set then clear before the waiter resumes still wakes it
   CHECK_FALSE(e.is_set());
 }
 
-COGENT_TEST_CASE("event: a killed waiter leaves, others still wake; a Timeout scope raises", doctest::timeout(10)) {
+COGENT_TEST_CASE("event: a killed waiter leaves, others still wake; a Timeout scope raises",
+                 doctest::timeout(10)) {
   cogent::event e;
   auto victim = cogent::spawn([&] { e.wait(); });
   auto other = cogent::spawn([&] { return e.wait(); });
@@ -115,7 +117,7 @@ COGENT_TEST_CASE("event: a notified waiter killed in the same turn does not wake
   auto a = cogent::spawn([&] { e.wait(); });
   cogent::sleep(2ms);
   auto late = cogent::spawn([&] { return e.wait(20ms); });  // ready before a: runs first, after the clear
-  e.set();                 // a is notified (ready after late)
+  e.set();                                                  // a is notified (ready after late)
   a.kill(nullptr, false);  // the kill arrives before a runs: a passes its notification on, to late
   e.clear();
   CHECK_FALSE(late.get());  // late rechecks: not set, no set() since it began: waits on and times out
@@ -267,7 +269,7 @@ COGENT_TEST_CASE("lock: waiters get it in FIFO order, newcomers do not barge", d
   }
   CHECK(mu.waiters() == 5);
   mu.release();
-  CHECK(mu.locked());       // handed to waiter 0 at once
+  CHECK(mu.locked());          // handed to waiter 0 at once
   CHECK_FALSE(mu.try_lock());  // a newcomer cannot take it
   cogent::joinall(ts);
   CHECK(order == std::vector<int>{0, 1, 2, 3, 4});
@@ -369,8 +371,8 @@ COGENT_TEST_CASE("lock: a grant that reached a waiter before its kill is honoure
     cogent::sleep(1s);  // the pending kill is raised here
   });
   cogent::sleep(1ms);
-  mu.release();              // grant to w
-  w.kill(nullptr, false);    // kill arrives in the same turn
+  mu.release();            // grant to w
+  w.kill(nullptr, false);  // kill arrives in the same turn
   w.join();
   CHECK(got);
   CHECK(w.killed());
@@ -379,7 +381,8 @@ COGENT_TEST_CASE("lock: a grant that reached a waiter before its kill is honoure
 
 // ---- rlock ------------------------------------------------------------------------
 
-COGENT_TEST_CASE("rlock: re-entry by the owner counts; others wait until the count is 0", doctest::timeout(10)) {
+COGENT_TEST_CASE("rlock: re-entry by the owner counts; others wait until the count is 0",
+                 doctest::timeout(10)) {
   cogent::rlock mu;
   CHECK(mu.acquire());
   CHECK(mu.acquire());

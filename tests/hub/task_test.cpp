@@ -331,7 +331,8 @@ COGENT_TEST_CASE("live_tasks and active_count", doctest::timeout(10)) {
   CHECK(cogent::active_count() == base);
 }
 
-COGENT_TEST_CASE("an unjoined exception is reported exactly once and never terminates", doctest::timeout(10)) {
+COGENT_TEST_CASE("an unjoined exception is reported exactly once and never terminates",
+                 doctest::timeout(10)) {
   int reports = 0;
   std::string what;
   std::string name;
@@ -407,7 +408,8 @@ COGENT_TEST_CASE("a kill is not lost behind a pending Timeout error", doctest::t
   CHECK_FALSE(survived);
 }
 
-COGENT_TEST_CASE("nested timeouts: the outer one still fires after the inner one is caught", doctest::timeout(10)) {
+COGENT_TEST_CASE("nested timeouts: the outer one still fires after the inner one is caught",
+                 doctest::timeout(10)) {
   bool outer_fired = false;
   try {
     cogent::timeout outer(30ms);
@@ -423,7 +425,8 @@ COGENT_TEST_CASE("nested timeouts: the outer one still fires after the inner one
   CHECK(outer_fired);
 }
 
-COGENT_TEST_CASE("throw_in() into a task parked in the hub raises at its blocking point", doctest::timeout(10)) {
+COGENT_TEST_CASE("throw_in() into a task parked in the hub raises at its blocking point",
+                 doctest::timeout(10)) {
   cogent::fiber target;
   std::string got;
   auto t = cogent::spawn([&] {
@@ -442,7 +445,8 @@ COGENT_TEST_CASE("throw_in() into a task parked in the hub raises at its blockin
   CHECK(cogent::hub::current().timer_count() == 0);  // its sleep timer was disarmed, not left dangling
 }
 
-COGENT_TEST_CASE("wait_any that times out while a blocking link runs is unlinked safely", doctest::timeout(10)) {
+COGENT_TEST_CASE("wait_any that times out while a blocking link runs is unlinked safely",
+                 doctest::timeout(10)) {
   auto t = cogent::spawn([] { cogent::sleep(5ms); });
   t.link([](const cogent::task_base&) { cogent::sleep(50ms); });  // a link that blocks
   {

@@ -115,7 +115,7 @@ COGENT_TEST_CASE("kill while waiting: the fiber waits for the job, then dies", d
   auto t0 = clock::now();
   t.kill();
   CHECK(t.killed());
-  CHECK(job_finished.load());           // kill returned only after the job finished
+  CHECK(job_finished.load());  // kill returned only after the job finished
   CHECK(clock::now() - t0 >= 30ms);
   CHECK_FALSE(after);
   CHECK(tp.pending() == 0);

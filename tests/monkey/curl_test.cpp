@@ -28,8 +28,8 @@ struct nginx_server {
   int port = cogent::test::free_port();
   std::string body;
   bool written = write_files();
-  cogent::test::child_process proc{{"nginx", "-p", dir.path(), "-c", dir.path() + "/nginx.conf", "-e",
-                                    dir.path() + "/error.log"}};
+  cogent::test::child_process proc{
+      {"nginx", "-p", dir.path(), "-c", dir.path() + "/nginx.conf", "-e", dir.path() + "/error.log"}};
   bool up = written && proc.started() && cogent::test::wait_listening(port);
 
   bool write_files() {
@@ -48,8 +48,8 @@ struct nginx_server {
          << "http { access_log off;\n"
          << "  client_body_temp_path " << d << "/t1; proxy_temp_path " << d << "/t2; fastcgi_temp_path " << d
          << "/t3; uwsgi_temp_path " << d << "/t4; scgi_temp_path " << d << "/t5;\n"
-         << "  server { listen 127.0.0.1:" << port << "; root " << d << "/www; location / { limit_rate " << rate
-         << "; } } }\n";
+         << "  server { listen 127.0.0.1:" << port << "; root " << d << "/www; location / { limit_rate "
+         << rate << "; } } }\n";
     return static_cast<bool>(conf);
   }
 };

@@ -92,9 +92,11 @@ COGENT_TEST_CASE("100 fibers SET/GET with every reply checked", doctest::timeout
         key.append(std::to_string(i)).append(":").append(std::to_string(j));
         std::string val = "v";
         val.append(std::to_string(i * 1000 + j)).append(static_cast<std::size_t>(j * 37), 'x');
-        good += reply_is(static_cast<redisReply*>(redisCommand(c, "SET %s %b", key.c_str(), val.data(), val.size())),
-                         REDIS_REPLY_STATUS, "OK");
-        good += reply_is(static_cast<redisReply*>(redisCommand(c, "GET %s", key.c_str())), REDIS_REPLY_STRING, val);
+        good += reply_is(
+            static_cast<redisReply*>(redisCommand(c, "SET %s %b", key.c_str(), val.data(), val.size())),
+            REDIS_REPLY_STATUS, "OK");
+        good += reply_is(static_cast<redisReply*>(redisCommand(c, "GET %s", key.c_str())), REDIS_REPLY_STRING,
+                         val);
         if (j % 10 == 0) {
           cogent::yield();  // interleave the fibers' commands further
         }
@@ -108,7 +110,8 @@ COGENT_TEST_CASE("100 fibers SET/GET with every reply checked", doctest::timeout
   }
 }
 
-COGENT_TEST_CASE("a fiber killed inside a blocking BLPOP gets hiredis's error, then the kill", doctest::timeout(30)) {
+COGENT_TEST_CASE("a fiber killed inside a blocking BLPOP gets hiredis's error, then the kill",
+                 doctest::timeout(30)) {
   cogent::monkey::patch_all();
   redis_server srv;
   REQUIRE(srv.up);

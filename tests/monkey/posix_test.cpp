@@ -40,7 +40,9 @@ using steady = std::chrono::steady_clock;
 
 namespace {
 
-double since(steady::time_point t0) { return std::chrono::duration<double>(steady::now() - t0).count(); }
+double since(steady::time_point t0) {
+  return std::chrono::duration<double>(steady::now() - t0).count();
+}
 
 // ticker counts how often a fiber got to run while something else was parked.
 struct ticker {
@@ -370,7 +372,8 @@ COGENT_TEST_CASE("regular file write/read round trip through io_uring", doctest:
   ::close(fd);
 }
 
-COGENT_TEST_CASE("the user's O_NONBLOCK, FIONBIO and MSG_DONTWAIT give EAGAIN at once", doctest::timeout(10)) {
+COGENT_TEST_CASE("the user's O_NONBLOCK, FIONBIO and MSG_DONTWAIT give EAGAIN at once",
+                 doctest::timeout(10)) {
   cogent::monkey::patch_all();
   char c;
   // SOCK_NONBLOCK at creation.
@@ -460,7 +463,8 @@ COGENT_TEST_CASE("SO_RCVTIMEO and SO_SNDTIMEO are honoured", doctest::timeout(10
   CHECK(n > 0);
   CHECK(n < static_cast<ssize_t>(big.size()));
   CHECK(since(t0) >= 0.095);
-  CHECK(here_result([&] { return ::write(s[1], big.data(), big.size()); }) == std::pair<long, int>{-1, EAGAIN});
+  CHECK(here_result([&] { return ::write(s[1], big.data(), big.size()); }) ==
+        std::pair<long, int>{-1, EAGAIN});
   ::close(s[0]);
   ::close(s[1]);
 }
@@ -532,7 +536,8 @@ COGENT_TEST_CASE("accept, connect, refused connect, recvfrom/sendto/sendmsg over
   ::close(u2);
 }
 
-COGENT_TEST_CASE("calls from a plain std::thread and a thread-pool worker are untouched", doctest::timeout(10)) {
+COGENT_TEST_CASE("calls from a plain std::thread and a thread-pool worker are untouched",
+                 doctest::timeout(10)) {
   cogent::monkey::patch_all();
   int p[2];
   REQUIRE(::pipe(p) == 0);
@@ -613,7 +618,11 @@ COGENT_TEST_CASE("bad fds, flags and sizes give libc's errors", doctest::timeout
       {"nanosleep(nullptr)", [&] { return ::nanosleep(nullptr, nullptr); }},
       {"close(-1)", [&] { return ::close(-1); }},
       {"fcntl(bad cmd)", [&] { return ::fcntl(s[0], 123456); }},
-      {"setsockopt(pipe)", [&] { int one = 1; return ::setsockopt(p[0], SOL_SOCKET, SO_RCVTIMEO, &one, sizeof one); }},
+      {"setsockopt(pipe)",
+       [&] {
+         int one = 1;
+         return ::setsockopt(p[0], SOL_SOCKET, SO_RCVTIMEO, &one, sizeof one);
+       }},
       {"shutdown(bad how)", [&] { return ::shutdown(s[0], 17); }},
       {"dup2(closed)", [&] { return ::dup2(closed, 1000); }},
       {"sendto(bad addr)", [&] { return ::sendto(s[1], buf, 1, 0, reinterpret_cast<sockaddr*>(&to), 3); }},
@@ -628,14 +637,14 @@ COGENT_TEST_CASE("bad fds, flags and sizes give libc's errors", doctest::timeout
   }
   // An EFAULT for a bad read buffer once data is there, as libc.
   REQUIRE(::write(s[1], "ab", 2) == 2);
-  CHECK(here_result([&] { return ::read(s[0], bad_ptr, 2); }) ==
-        std::pair<long, int>{-1, EFAULT});
+  CHECK(here_result([&] { return ::read(s[0], bad_ptr, 2); }) == std::pair<long, int>{-1, EFAULT});
   for (int fd : {s[0], s[1], p[0], p[1], dir}) {
     ::close(fd);
   }
 }
 
-COGENT_TEST_CASE("kill inside a hooked call: EINTR, then the kill at the next switch point", doctest::timeout(10)) {
+COGENT_TEST_CASE("kill inside a hooked call: EINTR, then the kill at the next switch point",
+                 doctest::timeout(10)) {
   cogent::monkey::patch_all();
   int p[2];
   REQUIRE(::pipe(p) == 0);

@@ -9,21 +9,21 @@
 // serving and recovers when descriptors free up).
 #include "net/net.hpp"
 
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstdint>
 #include <cstring>
 #include <string>
 #include <system_error>
@@ -163,7 +163,8 @@ COGENT_TEST_CASE("server: a pool bounds concurrent handlers", doctest::timeout(2
   srv.stop(1s);
 }
 
-COGENT_TEST_CASE("server: serve_forever returns after stop from another fiber or a handler", doctest::timeout(20)) {
+COGENT_TEST_CASE("server: serve_forever returns after stop from another fiber or a handler",
+                 doctest::timeout(20)) {
   {
     stream_server srv(address::ipv4_loopback(0), echo_handler);
     auto stopper = cogent::spawn([&] {
@@ -195,7 +196,8 @@ COGENT_TEST_CASE("server: serve_forever returns after stop from another fiber or
   }
 }
 
-COGENT_TEST_CASE("server: stop lets quick handlers finish and kills the rest after the timeout", doctest::timeout(20)) {
+COGENT_TEST_CASE("server: stop lets quick handlers finish and kills the rest after the timeout",
+                 doctest::timeout(20)) {
   int finished = 0;
   int unwound = 0;
   stream_server srv(address::ipv4_loopback(0), [&](stream_socket& s, const address&) {
@@ -270,7 +272,8 @@ COGENT_TEST_CASE("server: idle timeout drops a silent client, keeps a chatty one
   srv.stop(1s);
 }
 
-COGENT_TEST_CASE("server: garbage and mid-message disconnects affect only that client", doctest::timeout(20)) {
+COGENT_TEST_CASE("server: garbage and mid-message disconnects affect only that client",
+                 doctest::timeout(20)) {
   int errors_reported = 0;
   std::string last_error;
   cogent::net::server_options opts;
@@ -407,7 +410,8 @@ int emfile_child(int ctl_fd) {
       t.get();
       rc = 0;
     } catch (...) {
-      std::fprintf(stderr, "emfile child: %s\n", cogent::describe_exception(std::current_exception()).c_str());
+      std::fprintf(stderr, "emfile child: %s\n",
+                   cogent::describe_exception(std::current_exception()).c_str());
       rc = 2;
     }
   });

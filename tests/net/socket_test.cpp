@@ -133,7 +133,8 @@ TEST_CASE("address: parse and format IPv4, IPv6, Unix" * doctest::timeout(10)) {
   CHECK(c == b);
 }
 
-TEST_CASE("address: bad strings and ports throw invalid_argument with a clear message" * doctest::timeout(10)) {
+TEST_CASE("address: bad strings and ports throw invalid_argument with a clear message" *
+          doctest::timeout(10)) {
   CHECK_THROWS_AS(address::parse("1.2.3", 80), std::invalid_argument);
   CHECK_THROWS_AS(address::parse("localhost", 80), std::invalid_argument);
   CHECK_THROWS_AS(address::parse("", 80), std::invalid_argument);
@@ -197,7 +198,8 @@ COGENT_TEST_CASE("tcp: listen on port 0, connect, accept, addresses, echo", doct
   srv.get();
 }
 
-COGENT_TEST_CASE("tcp: 16 MiB checksummed through one connection, partial reads and writes", doctest::timeout(60)) {
+COGENT_TEST_CASE("tcp: 16 MiB checksummed through one connection, partial reads and writes",
+                 doctest::timeout(60)) {
   constexpr std::size_t total = 16u << 20;
   auto p = make_pair();
   // Small kernel buffers force short sends and many partial reads.
@@ -320,7 +322,7 @@ COGENT_TEST_CASE("tcp: peer reset mid-send raises ECONNRESET/EPIPE, never SIGPIP
     char buf[1024];
     (void)p.server.read_some(buf, sizeof buf);  // some data arrived: now reset
     p.server.set_linger(0s);
-    p.server.close();                            // RST
+    p.server.close();  // RST
   });
   std::vector<char> big(1 << 20, 'z');
   int err = errno_of([&] {
@@ -383,7 +385,8 @@ std::vector<stream_socket> fill_backlog(const listener& l) {
 }
 }  // namespace
 
-COGENT_TEST_CASE("tcp: connect timeout (full accept queue) raises ETIMEDOUT, no fd leak", doctest::timeout(20)) {
+COGENT_TEST_CASE("tcp: connect timeout (full accept queue) raises ETIMEDOUT, no fd leak",
+                 doctest::timeout(20)) {
   cogent::net::listen_options lo;
   lo.backlog = 0;
   auto l = listener::bind(address::ipv4_loopback(0), lo);
@@ -661,7 +664,8 @@ COGENT_TEST_CASE("udp: send_to/receive_from, connected send/receive, timeout", d
 COGENT_TEST_CASE("unix: stream sockets on a path and in the abstract namespace", doctest::timeout(10)) {
   std::string path = temp_socket_path("u1");
   ::unlink(path.c_str());
-  for (const address& at : {address::unix_path(path), address::unix_abstract("cogent-test-" + std::to_string(::getpid()))}) {
+  for (const address& at :
+       {address::unix_path(path), address::unix_abstract("cogent-test-" + std::to_string(::getpid()))}) {
     auto l = listener::bind(at);
     CHECK(l.local_address() == at);
     CHECK(l.port() == 0);

@@ -256,7 +256,7 @@ void fiber_impl::write_name(char* buf, std::size_t len) const noexcept {
   } else if (is_main) {
     std::snprintf(buf, len, "main");
   } else {
-    std::snprintf(buf, len, "fiber-%llu", static_cast<unsigned long long>(id));
+    std::snprintf(buf, len, "%s-%llu", name_prefix, static_cast<unsigned long long>(id));
   }
 }
 

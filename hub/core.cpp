@@ -13,7 +13,18 @@ namespace {
 
 enum : std::uint8_t { st_running = 0, st_parked = 1, st_ready = 2 };
 
-thread_local std::unique_ptr<hub> t_hub;
+// The hub pointer is read on every wake-up: a trivial initial-exec
+// thread-local (no TLS wrapper, no __tls_get_addr); t_hub_owner destroys it
+// at thread exit.
+thread_local __attribute__((tls_model("initial-exec"))) hub* t_hub = nullptr;
+struct hub_owner {
+  std::unique_ptr<hub> h;
+  ~hub_owner() {
+    h.reset();
+    t_hub = nullptr;
+  }
+};
+thread_local hub_owner t_hub_owner;
 thread_local hub_config t_config;
 
 using detail::fiber_impl;
@@ -84,13 +95,14 @@ struct hub::monitor {
 
 hub& hub::current() {
   if (t_hub == nullptr) [[unlikely]] {
-    t_hub.reset(new hub(t_config));
+    t_hub_owner.h.reset(new hub(t_config));
+    t_hub = t_hub_owner.h.get();
   }
   return *t_hub;
 }
 
 hub* hub::current_if_exists() noexcept {
-  return t_hub.get();
+  return t_hub;
 }
 
 void hub::configure(const hub_config& cfg) {
@@ -424,7 +436,8 @@ void hub::run_ready() {
     }
     f->sched.state = st_running;
     _running.store(f, std::memory_order_relaxed);
-    _switches.fetch_add(1, std::memory_order_relaxed);
+    // Only this thread writes it: a plain increment, no locked RMW per switch.
+    _switches.store(_switches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     try {
       detail::switch_to(f, {}, nullptr);
     } catch (fiber_exit&) {

@@ -10,11 +10,10 @@ namespace cogent {
 namespace detail {
 namespace {
 
-std::atomic<std::uint64_t> g_task_ids{1};
 
 // Per-thread registry of unfinished tasks (an intrusive list).
-thread_local task_state* t_live_head = nullptr;
-thread_local std::size_t t_live_count = 0;
+thread_local __attribute__((tls_model("initial-exec"))) task_state* t_live_head = nullptr;
+thread_local __attribute__((tls_model("initial-exec"))) std::size_t t_live_count = 0;
 
 std::mutex g_handler_mu;
 task_error_handler g_handler;
@@ -72,7 +71,7 @@ void run_task(const std::shared_ptr<task_state>& st) {
 
 }  // namespace
 
-task_state::task_state() : id(g_task_ids.fetch_add(1, std::memory_order_relaxed)) {}
+task_state::task_state() = default;
 task_state::~task_state() = default;
 
 void task_state::finish() noexcept {
@@ -96,7 +95,7 @@ void task_state::finish() noexcept {
     try {
       l.fn(self);
     } catch (...) {
-      std::fprintf(stderr, "cogent: link callback of task '%s' raised: %s\n", name.c_str(),
+      std::fprintf(stderr, "cogent: link callback of task '%s' raised: %s\n", display_name().c_str(),
                    describe_exception(std::current_exception()).c_str());
     }
   }
@@ -119,12 +118,16 @@ void task_state::finish() noexcept {
 void start_task(const std::shared_ptr<task_state>& st, spawn_options&& opts,
                 std::optional<std::chrono::nanoseconds> delay) {
   hub& h = hub::current();
-  st->name = opts.name.empty() ? "task-" + std::to_string(st->id) : std::move(opts.name);
+  // A default name costs nothing here: the task takes its fiber's id and both
+  // print as "task-<id>" when asked (no string is built per spawn).
+  st->name = std::move(opts.name);
   fiber_options fo;
   fo.stack_size = opts.stack_size;
   fo.name = st->name;
   st->fib = fiber([st] { run_task(st); }, std::move(fo));
   fiber_impl* f = st->fib.impl();
+  f->name_prefix = "task";
+  st->id = f->id;
   fiber_impl* hub_fiber = hub_fiber_impl(h);
   if (f->parent != hub_fiber) {
     ref(hub_fiber);
@@ -155,7 +158,7 @@ namespace {
 // thread would race with that hub (invariant 4).
 void check_same_thread(const detail::task_state& s, const char* what) {
   if (s.fib && s.fib.impl()->thread_tag != detail::current_impl()->thread_tag) {
-    throw hub_error(std::string("cogent: ") + what + "() of task '" + s.name + "' from another thread");
+    throw hub_error(std::string("cogent: ") + what + "() of task '" + s.display_name() + "' from another thread");
   }
 }
 }  // namespace
@@ -173,7 +176,7 @@ bool task_base::join(timeout_duration t) const {
     return true;
   }
   if (detail::current_impl() == s.fib.impl()) {
-    throw hub_error("cogent: task '" + s.name + "' tried to join itself");
+    throw hub_error("cogent: task '" + s.display_name() + "' tried to join itself");
   }
   check_same_thread(s, "join");
   auto keep = _s;
@@ -247,7 +250,7 @@ void task_base::unlink(std::size_t id) const {
 void task_base::rethrow() const {
   detail::task_state& s = state();
   if (s.killed) {
-    throw task_killed("cogent: task '" + s.name + "' was killed");
+    throw task_killed("cogent: task '" + s.display_name() + "' was killed");
   }
   if (s.error) {
     std::rethrow_exception(s.error);

@@ -53,7 +53,7 @@ class task_killed : public std::runtime_error {
 
 // spawn_options configures a spawned task.
 struct spawn_options {
-  std::string name;            // empty: "task-<id>"
+  std::string name;            // empty: "task-<id>" (formatted only when asked for)
   std::size_t stack_size = 0;  // 0: the default fiber stack
 };
 
@@ -88,6 +88,7 @@ struct task_state : std::enable_shared_from_this<task_state> {
   task_state();
   virtual ~task_state();
   virtual void invoke() = 0;
+  std::string display_name() const { return name.empty() ? "task-" + std::to_string(id) : name; }
   void finish() noexcept;
 };
 
@@ -153,7 +154,8 @@ class task_base {
   std::exception_ptr exception() const noexcept { return state().error; }
   // rethrow() raises the task's error if it has one (task_killed if killed).
   void rethrow() const;
-  const std::string& name() const noexcept { return state().name; }
+  // name() is the name given in spawn_options, or "task-<id>".
+  std::string name() const { return state().display_name(); }
   std::uint64_t id() const noexcept { return state().id; }
   explicit operator bool() const noexcept { return _s != nullptr; }
   friend bool operator==(const task_base& a, const task_base& b) noexcept { return a._s == b._s; }

@@ -79,7 +79,8 @@ class fiber_impl {
   std::any in_value;          // value delivered by the switch that resumes us
   std::exception_ptr in_exc;  // or an exception to raise at our suspension point
   stack stk;                  // empty for main fibers
-  std::string user_name;      // empty: "fiber-<id>"
+  std::string user_name;      // empty: "<name_prefix>-<id>"
+  const char* name_prefix = "fiber";  // a static string; the hub's tasks say "task"
 #if defined(__SANITIZE_ADDRESS__)
   void* asan_fake_stack = nullptr;
   const void* asan_bottom = nullptr;

@@ -204,7 +204,14 @@ class uring_engine final : public engine {
     io_uring_cqe* cqe = nullptr;
     // -ETIME (deadline), -EINTR (signal), -EBUSY/-EAGAIN (kernel pressure):
     // all mean "return to the loop"; whatever did arrive is reaped below.
-    (void)io_uring_submit_and_wait_timeout(&_ring, &cqe, 1, tsp, nullptr);
+    if (tsp == nullptr) {
+      // No deadline: the plain submit-and-wait enter (liburing's timeout
+      // variant takes a slower path through its CQE-peeking loop).
+      (void)cqe;
+      (void)io_uring_submit_and_wait(&_ring, 1);
+    } else {
+      (void)io_uring_submit_and_wait_timeout(&_ring, &cqe, 1, tsp, nullptr);
+    }
     return reap();
   }
 

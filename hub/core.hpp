@@ -75,8 +75,11 @@ struct hub_config {
   // ring_entries is the io_uring submission queue size (power of two).
   unsigned ring_entries = 4096;
   // ready_batch bounds how many ready fibers run before the ring is polled
-  // again, so IO-ready fibers do not starve behind always-ready ones.
-  unsigned ready_batch = 256;
+  // again, so IO-ready fibers do not starve behind always-ready ones. Each
+  // intermediate poll is an io_uring_enter: a batch smaller than the number of
+  // busy connections splits one loop turn into several syscalls (256 cost the
+  // echo server ~12% at 1000 connections).
+  unsigned ready_batch = 4096;
   // max_blocking_time, when non-zero, starts a watchdog thread that reports on
   // stderr, by name, a fiber that ran that long without switching (gevent's
   // max_blocking_time). Zero = off.

@@ -9,9 +9,15 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -603,3 +609,56 @@ TEST_SUITE("engine") {
   }
 
 }  // TEST_SUITE
+
+// When io_uring is unavailable the factory throws std::system_error with the
+// errno and the likely cause. Simulated with a seccomp filter, in a child.
+TEST_CASE("io_uring unavailable: a clear error naming the errno and the cause" * doctest::timeout(20)) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // io_uring_setup -> EPERM, every other syscall allowed.
+    sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+      ::_exit(3);  // cannot install the filter here: reported as a skip below
+    }
+    std::string msg = "no exception";
+    int code = 0;
+    try {
+      (void)cogent::detail::make_uring_engine(64);
+    } catch (const std::system_error& e) {
+      msg = e.what();
+      code = e.code().value();
+    }
+    msg = std::to_string(code) + " " + msg;
+    (void)!::write(fds[1], msg.data(), msg.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string got;
+  char buf[512];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) {
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 3) {
+    MESSAGE("seccomp unavailable in this sandbox; not checked");
+    return;
+  }
+  INFO("child reported: " << got);
+  CHECK(got.rfind(std::to_string(EPERM) + " ", 0) == 0);
+  CHECK(got.find("io_uring") != std::string::npos);
+  CHECK(got.find("EPERM") != std::string::npos);
+  CHECK(got.find("seccomp") != std::string::npos);
+}

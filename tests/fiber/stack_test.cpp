@@ -15,48 +15,28 @@
 #include <vector>
 
 #include "fiber/fiber.hpp"
+#include "tests/child.hpp"
 
 namespace {
 
 using cogent::fiber;
 
-// child_result is how a fork()ed child ended and what it wrote on stderr.
-struct child_result {
-  int status = 0;
-  std::string err;
-};
+using cogent::test::child_result;
+using cogent::test::child_setup_failed;
+using cogent::test::run_in_child;
 
-// child_skip is the exit code of a child that could not set up its scenario.
-constexpr int child_setup_failed = 3;
-
-// run_in_child() forks, runs body in the child with stderr captured, and waits for it. body must not
-// return normally if it works (it is expected to abort); if it does return, the child exits 0.
-template <class Body>
-child_result run_in_child(Body&& body) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  std::fflush(nullptr);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    ::dup2(fds[1], STDERR_FILENO);
-    ::close(fds[1]);
-    // doctest's own crash handler would report the expected abort as a failed test case: restore the default.
-    std::signal(SIGABRT, SIG_DFL);
-    body();
-    ::_exit(0);
+// spend_guard_budget() creates and suspends fibers until the process's guard-page budget is used up,
+// so the next default stack is a canary stack. The fibers are kept in `hogs`. In a child only.
+void spend_guard_budget(std::vector<fiber>& hogs, fiber& main) {
+  cogent::stack_counters st = cogent::stack_stats();
+  while (cogent::stack_stats().guarded_total < st.guard_budget) {
+    hogs.emplace_back([&main] { main.switch_to(); });
+    hogs.back().switch_to();
+    if (hogs.size() > st.guard_budget + 100000) {
+      std::fprintf(stderr, "guard budget never reached\n");
+      ::_exit(child_setup_failed);
+    }
   }
-  ::close(fds[1]);
-  child_result r;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) {
-    r.err.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(fds[0]);
-  REQUIRE(::waitpid(pid, &r.status, 0) == pid);
-  return r;
 }
 
 // recurse_forever() eats stack until it faults; the volatile buffer keeps every frame real, and the
@@ -120,7 +100,7 @@ TEST_SUITE("stack") {
       f.switch_to();
     });
     INFO("child stderr: " << r.err);
-    REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
+    REQUIRE_FALSE(r.exited(child_setup_failed));
     CHECK(WIFSIGNALED(r.status));
     if (WIFSIGNALED(r.status)) {
       CHECK(WTERMSIG(r.status) == SIGABRT);
@@ -134,17 +114,9 @@ TEST_SUITE("stack") {
             doctest::timeout(120)) {
     child_result r = run_in_child([] {
       // Spend the whole guard budget on fibers kept suspended (each is switched into once).
-      cogent::stack_counters st = cogent::stack_stats();
       std::vector<fiber> hogs;
       fiber main = fiber::current();
-      while (cogent::stack_stats().guarded_total < st.guard_budget) {
-        hogs.emplace_back([&main] { main.switch_to(); });
-        hogs.back().switch_to();
-        if (hogs.size() > st.guard_budget + 100000) {
-          std::fprintf(stderr, "guard budget never reached\n");
-          ::_exit(child_setup_failed);
-        }
-      }
+      spend_guard_budget(hogs, main);
       // A fresh chunk's stacks have no guard page any more: the canary fiber overflows into its canary,
       // returns from the recursion, and is caught when it switches away.
       std::size_t guarded_before = cogent::stack_stats().guarded_total;
@@ -163,7 +135,7 @@ TEST_SUITE("stack") {
       std::fprintf(stderr, "the overflow went unnoticed\n");
     });
     INFO("child stderr: " << r.err);
-    REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
+    REQUIRE_FALSE(r.exited(child_setup_failed));
     CHECK(WIFSIGNALED(r.status));
     if (WIFSIGNALED(r.status)) {
       CHECK(WTERMSIG(r.status) == SIGABRT);
@@ -174,16 +146,9 @@ TEST_SUITE("stack") {
   TEST_CASE("beyond the guard budget, an overflow in a fiber that then finishes is still named" *
             doctest::timeout(120)) {
     child_result r = run_in_child([] {
-      cogent::stack_counters st = cogent::stack_stats();
       std::vector<fiber> hogs;
       fiber main = fiber::current();
-      while (cogent::stack_stats().guarded_total < st.guard_budget) {
-        hogs.emplace_back([&main] { main.switch_to(); });
-        hogs.back().switch_to();
-        if (hogs.size() > st.guard_budget + 100000) {
-          ::_exit(child_setup_failed);
-        }
-      }
+      spend_guard_budget(hogs, main);
       // The culprit overflows into its canary and returns: its final switch (to its parent) must
       // report it, not leave a dirty stack for an innocent fiber to be blamed for.
       fiber culprit;
@@ -198,7 +163,7 @@ TEST_SUITE("stack") {
       std::fprintf(stderr, "the overflow went unnoticed\n");
     });
     INFO("child stderr: " << r.err);
-    REQUIRE_FALSE((WIFEXITED(r.status) && WEXITSTATUS(r.status) == child_setup_failed));
+    REQUIRE_FALSE(r.exited(child_setup_failed));
     CHECK(WIFSIGNALED(r.status));
     CHECK(contains(r.err, "stack overflow in fiber 'real-culprit'"));
     CHECK_FALSE(contains(r.err, "'innocent'"));

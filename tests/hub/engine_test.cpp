@@ -9,7 +9,6 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <netinet/in.h>
@@ -17,18 +16,20 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "tests/child.hpp"
 
 namespace {
 
@@ -613,11 +614,7 @@ TEST_SUITE("engine") {
 // When io_uring is unavailable the factory throws std::system_error with the
 // errno and the likely cause. Simulated with a seccomp filter, in a child.
 TEST_CASE("io_uring unavailable: a clear error naming the errno and the cause" * doctest::timeout(20)) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
+  cogent::test::child_result r = cogent::test::run_in_child([] {
     // io_uring_setup -> EPERM, every other syscall allowed.
     sock_filter filter[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
@@ -628,37 +625,23 @@ TEST_CASE("io_uring unavailable: a clear error naming the errno and the cause" *
     sock_fprog prog{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
     if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
         ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
-      ::_exit(3);  // cannot install the filter here: reported as a skip below
+      ::_exit(cogent::test::child_setup_failed);
     }
-    std::string msg = "no exception";
-    int code = 0;
     try {
       (void)cogent::detail::make_uring_engine(64);
+      std::fprintf(stderr, "no exception");
     } catch (const std::system_error& e) {
-      msg = e.what();
-      code = e.code().value();
+      std::fprintf(stderr, "%d %s", e.code().value(), e.what());
     }
-    msg = std::to_string(code) + " " + msg;
-    (void)!::write(fds[1], msg.data(), msg.size());
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string got;
-  char buf[512];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) {
-    got.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  REQUIRE(WIFEXITED(status));
-  if (WEXITSTATUS(status) == 3) {
+  });
+  REQUIRE(WIFEXITED(r.status));
+  if (r.exited(cogent::test::child_setup_failed)) {
     MESSAGE("seccomp unavailable in this sandbox; not checked");
     return;
   }
-  INFO("child reported: " << got);
-  CHECK(got.rfind(std::to_string(EPERM) + " ", 0) == 0);
-  CHECK(got.find("io_uring") != std::string::npos);
-  CHECK(got.find("EPERM") != std::string::npos);
-  CHECK(got.find("seccomp") != std::string::npos);
+  INFO("child reported: " << r.err);
+  CHECK(r.err.rfind(std::to_string(EPERM) + " ", 0) == 0);
+  CHECK(r.err.find("io_uring") != std::string::npos);
+  CHECK(r.err.find("EPERM") != std::string::npos);
+  CHECK(r.err.find("seccomp") != std::string::npos);
 }

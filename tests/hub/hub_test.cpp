@@ -1,7 +1,6 @@
 // tests/hub/hub_test.cpp — the hub loop: sleep ordering and precision, sleep(0)
 // fairness, IO not starved by always-ready fibers, would-block-forever, posts
 // from other threads, blocking inside the hub, wait().
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,6 +12,7 @@
 
 #include "hub/core.hpp"
 #include "hub/task.hpp"
+#include "tests/child.hpp"
 #include "tests/support.hpp"
 
 namespace {
@@ -288,14 +288,9 @@ COGENT_TEST_CASE("wait_until reports deadline vs wake-up", doctest::timeout(10))
 }
 
 TEST_CASE("max_blocking_time: the watchdog names a fiber that hogs the hub" * doctest::timeout(20)) {
-  // In a child process, on a new thread: the watchdog is configured before that thread's hub exists.
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::dup2(fds[1], 2);
-    // A fresh thread: the forked main thread may already have a hub (inherited from earlier tests).
+  // In a child, on a new thread (the forked main thread may already have a hub from earlier tests): the
+  // watchdog is configured before that thread's hub exists.
+  cogent::test::child_result r = cogent::test::run_in_child([] {
     std::thread([] {
       cogent::hub_config cfg;
       cfg.max_blocking_time = std::chrono::milliseconds(50);
@@ -313,22 +308,11 @@ TEST_CASE("max_blocking_time: the watchdog names a fiber that hogs the hub" * do
       });
       cogent::joinall({hog, polite});
     }).join();
-    std::fflush(stderr);
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string err;
-  char buf[512];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) {
-    err.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  INFO("child stderr: " << err);
-  CHECK(WIFEXITED(status));
-  CHECK(err.find("fiber 'cpu-hog' has run") != std::string::npos);
-  CHECK(err.find("'polite'") == std::string::npos);
+  });
+  INFO("child stderr: " << r.err);
+  CHECK(r.exited(0));
+  CHECK(r.err.find("fiber 'cpu-hog' has run") != std::string::npos);
+  CHECK(r.err.find("'polite'") == std::string::npos);
 }
 
 }  // namespace

@@ -33,6 +33,7 @@
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
 #include "monkey/monkey.hpp"
+#include "tests/monkey/servers.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
@@ -81,19 +82,6 @@ std::pair<long, int> here_result(F f) {
   errno = 0;
   long r = static_cast<long>(f());
   return {r, r < 0 ? errno : 0};
-}
-
-// closed_port() is a loopback TCP port nobody listens on.
-int closed_port() {
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
 }
 
 // listener() is a blocking loopback listener; *port gets its port.
@@ -473,7 +461,7 @@ COGENT_TEST_CASE("accept, connect, refused connect, recvfrom/sendto/sendmsg over
   cogent::monkey::patch_all();
   // Refused.
   int c = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in to = loopback(closed_port());
+  sockaddr_in to = loopback(cogent::test::free_port());
   CHECK(here_result([&] { return ::connect(c, reinterpret_cast<sockaddr*>(&to), sizeof to); }) ==
         std::pair<long, int>{-1, ECONNREFUSED});
   ::close(c);

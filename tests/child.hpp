@@ -1,0 +1,60 @@
+// tests/child.hpp — run a test scenario in a fork()ed child and collect how it ended.
+//
+// For what cannot run in the test process itself: an expected abort (stack
+// overflow reports), a process-wide setting (a seccomp filter, a hub configured
+// before it exists), or a report printed on stderr.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+namespace cogent::test {
+
+// child_result is how a fork()ed child ended and what it wrote on stderr.
+struct child_result {
+  int status = 0;
+  std::string err;
+  bool exited(int code) const { return WIFEXITED(status) && WEXITSTATUS(status) == code; }
+};
+
+// child_setup_failed is the exit code of a child that could not set up its scenario.
+inline constexpr int child_setup_failed = 3;
+
+// run_in_child() forks, runs body() in the child with stderr captured, and
+// waits for it. The child exits 0 if body() returns; SIGABRT takes its default
+// action there (doctest's crash handler would otherwise report the expected
+// abort as a failure).
+template <class Body>
+child_result run_in_child(Body&& body) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::dup2(fds[1], STDERR_FILENO);
+    ::close(fds[1]);
+    std::signal(SIGABRT, SIG_DFL);
+    body();
+    std::fflush(nullptr);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  child_result r;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) {
+    r.err.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  REQUIRE(::waitpid(pid, &r.status, 0) == pid);
+  return r;
+}
+
+}  // namespace cogent::test

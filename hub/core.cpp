@@ -521,35 +521,14 @@ void wait() {
 
 namespace detail {
 
-void wait_list::unlink(waiter& w) noexcept {
-  (w.prev != nullptr ? w.prev->next : _head) = w.next;
-  (w.next != nullptr ? w.next->prev : _tail) = w.prev;
-  w.prev = w.next = nullptr;
-  w.linked = false;
-  --_size;
-}
-
 bool wait_list::wait(clock::time_point deadline) {
   hub& h = hub::current();
   waiter w;
   w.f = current_impl();
-  w.prev = _tail;
-  (_tail != nullptr ? _tail->next : _head) = &w;
-  _tail = &w;
-  w.linked = true;
-  ++_size;
-  struct unlinker {
-    wait_list* l;
-    waiter* w;
-    ~unlinker() {
-      if (w->linked) {
-        l->unlink(*w);
-      }
-    }
-  } guard{this, &w};
+  fifo_links<waiter>::scoped link(_links, w);
   h.park(deadline, true);
   if (w.linked) {
-    unlink(w);
+    _links.unlink(w);
   }
   if (w.f->sched.pending) {
     if (w.notified) {
@@ -561,11 +540,11 @@ bool wait_list::wait(clock::time_point deadline) {
 }
 
 bool wait_list::notify_one() noexcept {
-  waiter* w = _head;
+  waiter* w = _links.front();
   if (w == nullptr) {
     return false;
   }
-  unlink(*w);
+  _links.unlink(*w);
   w->notified = true;
   t_hub->schedule(w->f, wake_reason::woken);
   return true;

@@ -77,8 +77,9 @@ struct hub_config {
   // ready_batch bounds how many ready fibers run before the ring is polled
   // again, so IO-ready fibers do not starve behind always-ready ones. Each
   // intermediate poll is an io_uring_enter: a batch smaller than the number of
-  // busy connections splits one loop turn into several syscalls (256 cost the
-  // echo server ~12% at 1000 connections).
+  // busy connections splits one loop turn into several syscalls. (Single 4 s
+  // echo runs at 1000 connections: 256 gave 157-166k round trips/s, 4096 gave
+  // 186-187k; the 5-repetition medians in BENCHMARKS.md are noisier.)
   unsigned ready_batch = 4096;
   // max_blocking_time, when non-zero, starts a watchdog thread that reports on
   // stderr, by name, a fiber that ran that long without switching (gevent's
@@ -246,6 +247,55 @@ void wait();
 
 namespace detail {
 
+// fifo_links is the intrusive FIFO of waiters under both wait_list and
+// sync.hpp's handoff_list. Node needs `Node* prev, *next; bool linked`.
+template <class Node>
+class fifo_links {
+ public:
+  void push_back(Node& n) noexcept {
+    n.prev = _tail;
+    n.next = nullptr;
+    (_tail != nullptr ? _tail->next : _head) = &n;
+    _tail = &n;
+    n.linked = true;
+    ++_size;
+  }
+  // unlink() removes a linked node.
+  void unlink(Node& n) noexcept {
+    (n.prev != nullptr ? n.prev->next : _head) = n.next;
+    (n.next != nullptr ? n.next->prev : _tail) = n.prev;
+    n.prev = n.next = nullptr;
+    n.linked = false;
+    --_size;
+  }
+  Node* front() const noexcept { return _head; }
+  bool empty() const noexcept { return _head == nullptr; }
+  std::size_t size() const noexcept { return _size; }
+
+  // scoped links a node for the length of a wait and unlinks it however the
+  // wait ends (return, timeout, or an interrupt unwinding the fiber).
+  class scoped {
+   public:
+    scoped(fifo_links& l, Node& n) noexcept : _l(l), _n(n) { l.push_back(n); }
+    ~scoped() {
+      if (_n.linked) {
+        _l.unlink(_n);
+      }
+    }
+    scoped(const scoped&) = delete;
+    scoped& operator=(const scoped&) = delete;
+
+   private:
+    fifo_links& _l;
+    Node& _n;
+  };
+
+ private:
+  Node* _head = nullptr;
+  Node* _tail = nullptr;
+  std::size_t _size = 0;
+};
+
 // wait_list is the building block of the coordination primitives: fibers park
 // on it until notified, a deadline, or an interrupt. Not thread-safe (one hub).
 class wait_list {
@@ -268,14 +318,11 @@ class wait_list {
   bool notify_one() noexcept;
   // notify_all() wakes every waiting fiber. Never switches.
   void notify_all() noexcept;
-  bool empty() const noexcept { return _head == nullptr; }
-  std::size_t size() const noexcept { return _size; }
+  bool empty() const noexcept { return _links.empty(); }
+  std::size_t size() const noexcept { return _links.size(); }
 
  private:
-  void unlink(waiter& w) noexcept;
-  waiter* _head = nullptr;
-  waiter* _tail = nullptr;
-  std::size_t _size = 0;
+  fifo_links<waiter> _links;
 };
 
 }  // namespace detail

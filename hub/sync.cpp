@@ -8,23 +8,6 @@ namespace detail {
 
 // ---- handoff_list ---------------------------------------------------------------
 
-void handoff_list::link(node& n) noexcept {
-  n.prev = _tail;
-  n.next = nullptr;
-  (_tail != nullptr ? _tail->next : _head) = &n;
-  _tail = &n;
-  n.linked = true;
-  ++_size;
-}
-
-void handoff_list::unlink(node& n) noexcept {
-  (n.prev != nullptr ? n.prev->next : _head) = n.next;
-  (n.next != nullptr ? n.next->prev : _tail) = n.prev;
-  n.prev = n.next = nullptr;
-  n.linked = false;
-  --_size;
-}
-
 bool handoff_list::wait(node& n, clock::time_point deadline) {
   if (deadline_passed(deadline)) {
     return false;
@@ -32,27 +15,18 @@ bool handoff_list::wait(node& n, clock::time_point deadline) {
   hub& h = hub::current();
   n.f = current_impl();
   n.granted = false;
-  link(n);
-  struct unlinker {
-    handoff_list* l;
-    node* n;
-    ~unlinker() {
-      if (n->linked) {
-        l->unlink(*n);
-      }
-    }
-  } guard{this, &n};
+  fifo_links<node>::scoped link(_links, n);
   for (;;) {
     wake_reason r = h.park(deadline, true);
     if (n.granted) {
       return true;  // a grant wins; a pending interrupt is raised at the next blocking call
     }
     if (n.f->sched.pending) {
-      unlink(n);
+      _links.unlink(n);
       hub::throw_if_interrupted();
     }
     if (r == wake_reason::timed_out || deadline_passed(deadline)) {
-      unlink(n);
+      _links.unlink(n);
       return false;
     }
     // Woken for another reason (an interrupt that was withdrawn): wait on.
@@ -60,7 +34,7 @@ bool handoff_list::wait(node& n, clock::time_point deadline) {
 }
 
 handoff_list::node* handoff_list::first() const noexcept {
-  for (node* n = _head; n != nullptr; n = n->next) {
+  for (node* n = _links.front(); n != nullptr; n = n->next) {
     if (!n->f->sched.pending) {
       return n;
     }
@@ -69,7 +43,7 @@ handoff_list::node* handoff_list::first() const noexcept {
 }
 
 void handoff_list::grant(node& n) noexcept {
-  unlink(n);
+  _links.unlink(n);
   n.granted = true;
   hub::current().schedule(n.f, wake_reason::woken);
 }

@@ -90,15 +90,11 @@ class handoff_list {
   void grant(node& n) noexcept;
 
   // empty()/size() count every linked node, leaving ones included.
-  bool empty() const noexcept { return _head == nullptr; }
-  std::size_t size() const noexcept { return _size; }
+  bool empty() const noexcept { return _links.empty(); }
+  std::size_t size() const noexcept { return _links.size(); }
 
  private:
-  void link(node& n) noexcept;
-  void unlink(node& n) noexcept;
-  node* _head = nullptr;
-  node* _tail = nullptr;
-  std::size_t _size = 0;
+  fifo_links<node> _links;
 };
 
 }  // namespace detail

@@ -14,14 +14,16 @@
 
 namespace cogent {
 namespace detail {
-namespace {
 
 // Hot thread-locals use initial-exec TLS: no __tls_get_addr call on a switch.
 #define COGENT_TLS thread_local __attribute__((tls_model("initial-exec")))
 
-COGENT_TLS fiber_impl* t_current = nullptr;
-COGENT_TLS char t_tag = 0;                    // its address identifies the thread
-COGENT_TLS fiber_impl* t_previous = nullptr;  // the fiber whose switch resumed the running one
+constinit COGENT_TLS fiber_impl* t_current = nullptr;
+constinit COGENT_TLS fiber_impl* t_previous = nullptr;  // the fiber whose switch resumed the running one
+
+namespace {
+
+COGENT_TLS char t_tag = 0;  // its address identifies the thread
 
 std::atomic<std::uint64_t> g_next_id{1};
 // Ids are handed to threads in blocks: creating a fiber costs no atomic RMW.
@@ -69,13 +71,6 @@ bool inspect_fault(const void* addr, char* buf, std::size_t len) noexcept {
   return false;
 }
 
-fiber_impl* init_thread() {
-  auto* m = new main_fiber;
-  t_main.main = m;
-  t_current = m;
-  return m;
-}
-
 [[noreturn]] void throw_error(const std::string& msg) {
   throw fiber_error(msg);
 }
@@ -87,9 +82,10 @@ void kill_for_destroy(fiber_impl* f) noexcept;
 void kill_orphan(fiber_impl* f) noexcept;
 
 // resumed() runs first in a fiber that was just resumed: it saves the context
-// of the fiber that jumped to us, finishes the ASan switch, and frees a
-// finished fiber nobody references any more (it cannot free itself: it was
-// running on the stack being freed).
+// of the fiber that jumped to us, finishes the ASan switch, and (resumed_slow)
+// checks the canary of an unguarded stack and frees a finished fiber nobody
+// references any more (it cannot free itself: it was running on the stack
+// being freed). detail::switch_to() inlines the same steps for its fast path.
 inline void resumed(transfer t) noexcept {
   auto* from = static_cast<fiber_impl*>(t.data);
   from->ctx = t.from;
@@ -107,9 +103,27 @@ inline void resumed(transfer t) noexcept {
     }
   }
 #endif
-  if (!from->is_main && !from->stk.guarded) {
+  if (from->unguarded | from->dead | (from->refs == 0)) [[unlikely]] {
+    resumed_slow(from, t.from);
+  }
+}
+
+inline void jump(fiber_impl* self, fiber_impl* target) noexcept {
+  t_current = target;
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(self->dead ? nullptr : &self->asan_fake_stack, target->asan_bottom,
+                                 target->asan_size);
+#endif
+  transfer t = jump_context(target->ctx, self);
+  resumed(t);
+}
+
+}  // namespace
+
+void resumed_slow(fiber_impl* from, const void* from_sp) noexcept {
+  if (from->unguarded) {
     // Canary stacks: the saved stack pointer and the canary must both be in bounds.
-    auto sp = static_cast<const char*>(t.from);
+    auto sp = static_cast<const char*>(from_sp);
     if (sp < from->stk.bottom + stack_canary_bytes || !canary_intact(from->stk.bottom)) {
       char name[128];
       from->write_name(name, sizeof name);
@@ -124,20 +138,23 @@ inline void resumed(transfer t) noexcept {
     }
     return;
   }
-  if (from->refs == 0) [[unlikely]] {
+  if (from->refs == 0) {
     kill_orphan(from);  // suspended with no handle left (main fibers always have one)
   }
 }
 
-inline void jump(fiber_impl* self, fiber_impl* target) noexcept {
-  t_current = target;
-#if defined(__SANITIZE_ADDRESS__)
-  __sanitizer_start_switch_fiber(self->dead ? nullptr : &self->asan_fake_stack, target->asan_bottom,
-                                 target->asan_size);
-#endif
-  transfer t = jump_context(target->ctx, self);
-  resumed(t);
+void raise_switched_in(fiber_impl* self) {
+  std::rethrow_exception(std::exchange(self->in_exc, nullptr));
 }
+
+fiber_impl* init_thread() {
+  auto* m = new main_fiber;
+  t_main.main = m;
+  t_current = m;
+  return m;
+}
+
+namespace {
 
 [[noreturn]] void entry(transfer t) noexcept {
   resumed(t);
@@ -227,7 +244,7 @@ void kill_for_destroy(fiber_impl* f) noexcept {
 // ---- fiber_impl ------------------------------------------------------------
 
 fiber_impl::fiber_impl(const stack& s, std::string&& name)
-    : thread_tag(&t_tag), id(next_id()), stk(s), user_name(std::move(name)) {
+    : unguarded(!s.guarded), thread_tag(&t_tag), id(next_id()), stk(s), user_name(std::move(name)) {
   parent = t_current != nullptr ? t_current : init_thread();
   ref(parent);
   char* body_lo = static_cast<char*>(static_cast<void*>(this));
@@ -260,28 +277,13 @@ void fiber_impl::write_name(char* buf, std::size_t len) const noexcept {
   }
 }
 
-fiber_impl* current_impl() {
-  fiber_impl* c = t_current;
-  return c != nullptr ? c : init_thread();
-}
-
-fiber_impl* previous_impl() noexcept {
-  return t_previous;
-}
-
 fiber_impl* thread_main_impl() {
   current_impl();
   return t_main.main;
 }
 
-namespace {
-
-// switch_core() is the whole switch, inlined into each exported entry point
-// (detail::switch_to for the hub, fiber::switch_to, fiber::throw_in) so a
-// switch is one call deep before the jump: every extra frame costs a return
-// misprediction after the stack change.
-[[gnu::always_inline]] inline std::any switch_core(fiber_impl* target, std::any&& value,
-                                                   std::exception_ptr&& exc) {
+// switch_slow() is the whole switch, every case handled (see detail::switch_to()).
+std::any switch_slow(fiber_impl* target, std::any&& value, std::exception_ptr exc) {
   fiber_impl* self = t_current;
   if (self == nullptr) [[unlikely]] {
     self = init_thread();
@@ -305,15 +307,9 @@ namespace {
   target->started = true;
   jump(self, target);
   if (self->in_exc) [[unlikely]] {
-    std::rethrow_exception(std::exchange(self->in_exc, nullptr));
+    raise_switched_in(self);
   }
   return std::move(self->in_value);
-}
-
-}  // namespace
-
-std::any switch_to(fiber_impl* target, std::any&& value, std::exception_ptr exc) {
-  return switch_core(target, std::move(value), std::move(exc));
 }
 
 void unref(fiber_impl* f) noexcept {
@@ -399,22 +395,22 @@ fiber fiber::adopt(detail::fiber_impl* f) noexcept {
   return h;
 }
 
-static detail::fiber_impl* need(detail::fiber_impl* f) {
-  if (f == nullptr) {
-    throw fiber_error("cogent: operation on an empty fiber handle");
-  }
-  return f;
+void fiber::throw_empty() {
+  throw fiber_error("cogent: operation on an empty fiber handle");
 }
 
-std::any fiber::switch_to(std::any value) {
-  return detail::switch_core(need(_impl), std::move(value), nullptr);
+static detail::fiber_impl* need(detail::fiber_impl* f) {
+  if (f == nullptr) {
+    fiber::throw_empty();
+  }
+  return f;
 }
 
 std::any fiber::throw_in(std::exception_ptr e) {
   if (!e) {
     throw fiber_error("cogent: throw_in() into fiber '" + need(_impl)->name() + "' with a null exception");
   }
-  return detail::switch_core(need(_impl), {}, std::move(e));
+  return detail::switch_slow(need(_impl), {}, std::move(e));
 }
 
 fiber fiber::parent() const {

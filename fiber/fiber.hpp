@@ -137,7 +137,7 @@ class fiber {
   // caller or raised by such a child. Switching to the running fiber returns
   // `value` at once. May switch. Throws fiber_error if this handle is empty or
   // the fiber belongs to another thread.
-  std::any switch_to(std::any value = {});
+  std::any switch_to(std::any value = {});  // inline (below): see detail::switch_to()
 
   // switch_to<T>(value) is switch_to() with the result any_cast to T
   // (T = void discards it). Throws fiber_error naming the types on a mismatch.
@@ -171,6 +171,7 @@ class fiber {
   // impl() is for cogent's own layers (the hub); not part of the public API.
   detail::fiber_impl* impl() const noexcept { return _impl; }
   static fiber adopt(detail::fiber_impl* f) noexcept;  // takes a reference the caller already owns
+  [[noreturn]] static void throw_empty();              // fiber_error: an empty handle was used
 
  private:
   detail::fiber_impl* _impl = nullptr;
@@ -190,20 +191,49 @@ T any_value_cast(std::any&& v) {
   }
 }
 
-template <class T, class V>
-T fiber::switch_to(V&& value) {
-  if constexpr (std::is_same_v<std::decay_t<V>, std::any>) {
-    return any_value_cast<T>(switch_to(std::any(std::forward<V>(value))));
-  } else {
-    return any_value_cast<T>(switch_to(std::any(std::forward<V>(value))));
-  }
-}
-
 }  // namespace cogent
 
 #include "fiber/detail/fiber_impl.hpp"
 
 namespace cogent {
+
+[[gnu::always_inline]] inline std::any fiber::switch_to(std::any value) {
+  if (_impl == nullptr) [[unlikely]] {
+    throw_empty();
+  }
+  return detail::switch_to(_impl, std::move(value));
+}
+
+// The typed switch builds the value in the receiver's slot and casts the
+// received one in place: no intermediate std::any on either side.
+template <class T, class V>
+[[gnu::always_inline]] inline T fiber::switch_to(V&& value) {
+  using D = std::decay_t<V>;
+  if (_impl == nullptr) [[unlikely]] {
+    throw_empty();
+  }
+  detail::switch_put(_impl, [&](std::any& slot) {
+    if constexpr (std::is_same_v<D, std::any>) {
+      slot = std::forward<V>(value);
+    } else {
+      slot.template emplace<D>(std::forward<V>(value));
+    }
+  });
+  std::any& got = detail::t_current->in_value;
+  if constexpr (std::is_void_v<T>) {
+    got.reset();
+  } else if constexpr (std::is_same_v<std::decay_t<T>, std::any>) {
+    return std::move(got);
+  } else {
+    auto* p = std::any_cast<std::decay_t<T>>(&got);
+    if (p == nullptr) [[unlikely]] {
+      return any_value_cast<T>(std::move(got));  // throws fiber_error naming the types
+    }
+    T result(std::move(*p));
+    got.reset();
+    return result;
+  }
+}
 
 template <class Fn, class>
 fiber::fiber(Fn&& fn, fiber_options opts) {

@@ -74,12 +74,14 @@ class fiber_impl {
   bool started = false;
   bool dead = false;
   bool is_main = false;
+  bool unguarded =
+      false;  // a created fiber without a guard page: its canary is checked when it switches away
   const void* thread_tag = nullptr;  // identifies the owning thread
   std::uint64_t id = 0;
-  std::any in_value;          // value delivered by the switch that resumes us
-  std::exception_ptr in_exc;  // or an exception to raise at our suspension point
-  stack stk;                  // empty for main fibers
-  std::string user_name;      // empty: "<name_prefix>-<id>"
+  std::any in_value;                  // value delivered by the switch that resumes us
+  std::exception_ptr in_exc;          // or an exception to raise at our suspension point
+  stack stk;                          // empty for main fibers
+  std::string user_name;              // empty: "<name_prefix>-<id>"
   const char* name_prefix = "fiber";  // a static string; the hub's tasks say "task"
 #if defined(__SANITIZE_ADDRESS__)
   void* asan_fake_stack = nullptr;
@@ -92,15 +94,80 @@ class fiber_impl {
   void write_name(char* buf, std::size_t len) const noexcept;
 };
 
+// The switch state of this thread: the running fiber (null until the thread's
+// main fiber exists) and the fiber whose switch resumed it. Initial-exec TLS:
+// reading them is one %fs-relative load, no __tls_get_addr call.
+extern thread_local constinit fiber_impl* t_current __attribute__((tls_model("initial-exec")));
+extern thread_local constinit fiber_impl* t_previous __attribute__((tls_model("initial-exec")));
+
 // previous_impl() is the fiber whose switch resumed the running one (valid
 // until the running fiber switches again; may be dead).
-fiber_impl* previous_impl() noexcept;
+inline fiber_impl* previous_impl() noexcept {
+  return t_previous;
+}
 // thread_main_impl() is this thread's main fiber (created on first use).
 fiber_impl* thread_main_impl();
+// init_thread() creates this thread's main fiber and makes it current.
+fiber_impl* init_thread();
 // current_impl() is the running fiber of this thread (creating the main fiber on first use).
-fiber_impl* current_impl();
-// switch_to() is fiber::switch_to() on a raw impl: the hub's fast path.
-std::any switch_to(fiber_impl* target, std::any&& value, std::exception_ptr exc);
+inline fiber_impl* current_impl() {
+  fiber_impl* c = t_current;
+  return c != nullptr ? c : init_thread();
+}
+
+// The out-of-line parts of a switch (fiber.cpp): the general case (first use on
+// a thread, another thread's fiber, a dead target, switching to oneself, an
+// exception to deliver, AddressSanitizer builds), what a resumed fiber does
+// when the one that left was unguarded, dead or unreferenced, and raising an
+// exception that was switched in.
+std::any switch_slow(fiber_impl* target, std::any&& value, std::exception_ptr exc);
+void resumed_slow(fiber_impl* from, const void* from_sp) noexcept;
+[[noreturn]] void raise_switched_in(fiber_impl* self);
+
+// switch_put() switches to `target` (or its first live ancestor), calling
+// put(slot) to store the delivered value in the receiver's std::any slot; when
+// the caller is resumed, the value it receives is in its own in_value. The
+// common case is inline so that a switch is no deeper than its caller: a
+// return executed right after a stack change is mispredicted (the CPU's
+// return-stack buffer holds the other fiber's calls), so every frame between
+// the caller and the jump would cost a misprediction per switch.
+template <class Put>
+[[gnu::always_inline]] inline void switch_put(fiber_impl* target, Put&& put) {
+#if !defined(__SANITIZE_ADDRESS__)
+  fiber_impl* self = t_current;
+  if (self != nullptr && target->thread_tag == self->thread_tag && !target->dead && target != self)
+      [[likely]] {
+    put(target->in_value);
+    target->started = true;
+    t_current = target;
+    transfer t = jump_context(target->ctx, self);
+    auto* from = static_cast<fiber_impl*>(t.data);
+    from->ctx = t.from;
+    t_previous = from;
+    if (from->unguarded | from->dead | (from->refs == 0)) [[unlikely]] {
+      resumed_slow(from, t.from);
+    }
+    if (self->in_exc) [[unlikely]] {
+      raise_switched_in(self);
+    }
+    return;
+  }
+#endif
+  std::any value;
+  put(value);
+  std::any got = switch_slow(target, std::move(value), nullptr);
+  t_current->in_value = std::move(got);
+}
+
+// switch_to() is fiber::switch_to() on a raw impl (the hub uses it directly).
+[[gnu::always_inline]] inline std::any switch_to(fiber_impl* target, std::any&& value,
+                                                 std::exception_ptr exc = nullptr) {
+  if (exc) [[unlikely]] {
+    return switch_slow(target, std::move(value), std::move(exc));
+  }
+  switch_put(target, [&](std::any& slot) { slot = std::move(value); });
+  return std::move(t_current->in_value);
+}
 // ref()/unref() adjust the reference count; the last unref destroys (unwinding if suspended).
 inline void ref(fiber_impl* f) noexcept {
   ++f->refs;

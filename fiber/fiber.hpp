@@ -29,6 +29,11 @@
 // The typed helpers switch_to<T>() and fiber callables taking a typed argument
 // any_cast for you and throw fiber_error naming the fiber on a type mismatch.
 //
+// Floating point: each fiber keeps its own rounding and denormal modes (the
+// MXCSR and x87 control word are saved per fiber); the sticky exception flags
+// (fetestexcept) are cleared when a fiber switches away (keeping them would
+// cost a pipeline serialization on every switch; see detail/context.hpp).
+//
 // Threads: a fiber belongs to the thread that created it. Switching to it, or
 // copying/destroying handles to it, from another thread is misuse
 // (switch_to() throws fiber_error). Handles are not thread-safe.
@@ -201,7 +206,8 @@ namespace cogent {
   if (_impl == nullptr) [[unlikely]] {
     throw_empty();
   }
-  return detail::switch_to(_impl, std::move(value));
+  detail::switch_put(_impl, [&](std::any& slot) { slot = std::move(value); });
+  return std::move(detail::t_current->in_value);
 }
 
 // The typed switch builds the value in the receiver's slot and casts the
@@ -215,6 +221,13 @@ template <class T, class V>
   detail::switch_put(_impl, [&](std::any& slot) {
     if constexpr (std::is_same_v<D, std::any>) {
       slot = std::forward<V>(value);
+    } else if constexpr (std::is_trivially_copyable_v<D>) {
+      // A slot left holding a D by the last typed switch is reused in place.
+      if (auto* p = std::any_cast<D>(&slot)) {
+        *p = value;
+      } else {
+        slot.template emplace<D>(value);
+      }
     } else {
       slot.template emplace<D>(std::forward<V>(value));
     }
@@ -230,7 +243,9 @@ template <class T, class V>
       return any_value_cast<T>(std::move(got));  // throws fiber_error naming the types
     }
     T result(std::move(*p));
-    got.reset();
+    if constexpr (!std::is_trivially_copyable_v<std::decay_t<T>>) {
+      got.reset();  // a trivially copyable value may stay: it owns nothing, the next switch in overwrites it
+    }
     return result;
   }
 }

@@ -235,7 +235,7 @@ void hub::suspend(fiber_impl* self) {
   detail::ref(self);  // a parked fiber stays alive until the hub resumes it
   do {
     try {
-      detail::switch_to(_fiber.impl(), {}, nullptr);
+      detail::resume(_fiber.impl());
     } catch (...) {
       // Someone throw_in()'d into this parked fiber. Its wait (a timer, an IO
       // op on this stack) is still registered, so the exception must not
@@ -246,7 +246,7 @@ void hub::suspend(fiber_impl* self) {
       fiber_impl* thrower = detail::previous_impl();
       if (thrower != nullptr && !thrower->dead && thrower != _fiber.impl()) {
         try {
-          detail::switch_to(thrower, {}, nullptr);
+          detail::resume(thrower);
         } catch (...) {
           interrupt(self, std::current_exception());
         }
@@ -439,7 +439,7 @@ void hub::run_ready() {
     // Only this thread writes it: a plain increment, no locked RMW per switch.
     _switches.store(_switches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     try {
-      detail::switch_to(f, {}, nullptr);
+      detail::resume(f);
     } catch (fiber_exit&) {
       throw;  // the hub itself is being unwound
     } catch (...) {
@@ -482,7 +482,7 @@ void hub::loop() {
       }
       // main is not waiting on the hub (it is suspended in a manual switch):
       // there is nothing to wake; hand control back to it.
-      detail::switch_to(main, {}, nullptr);
+      detail::resume(main);
       continue;
     }
     clock::time_point deadline = _timers.empty() ? clock::time_point::max() : _timers.front()->deadline;

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <any>
+#include <cfenv>
 #include <exception>
 #include <memory>
 #include <optional>
@@ -501,6 +502,31 @@ TEST_SUITE("fiber") {
     });
     CHECK(outer.switch_to<int>() == 60);
     CHECK(fiber::current() == main);
+  }
+
+  TEST_CASE("each fiber keeps its rounding mode; exception flags are cleared by a switch" * doctest::timeout(10)) {
+    fiber main = fiber::current();
+    REQUIRE(std::fegetround() == FE_TONEAREST);
+    volatile double three = 3.0;
+    fiber f([&] {
+      std::fesetround(FE_UPWARD);
+      volatile double third = 1.0 / three;  // inexact: raises FE_INEXACT here
+      (void)third;
+      CHECK(std::fetestexcept(FE_INEXACT) != 0);
+      main.switch_to();
+      CHECK(std::fegetround() == FE_UPWARD);  // still ours after a round trip
+      CHECK(std::fetestexcept(FE_INEXACT) == 0);
+      std::fesetround(FE_TONEAREST);
+    });
+    std::feclearexcept(FE_ALL_EXCEPT);
+    f.switch_to();
+    CHECK(std::fegetround() == FE_TONEAREST);  // the fiber's mode did not leak into main
+    CHECK(std::fetestexcept(FE_INEXACT) == 0);
+    volatile double third = 1.0 / three;
+    (void)third;
+    CHECK(std::fetestexcept(FE_INEXACT) != 0);
+    f.switch_to();
+    CHECK(f.dead());
   }
 
 }  // TEST_SUITE("fiber")

@@ -132,7 +132,9 @@ void resumed_slow(fiber_impl* from, const void* from_sp) noexcept {
   }
   if (from->dead) {
     // Checked above too: a fiber that overflowed and then finished is named, and its stack is
-    // not pooled dirty.
+    // not pooled dirty. We are off its stack now: it goes back to the pool at once.
+    release_stack(std::exchange(from->stk, stack{}));
+    from->unguarded = false;
     if (from->refs == 0) {
       destroy(from);
     }
@@ -185,11 +187,9 @@ namespace {
 
 void destroy(fiber_impl* f) noexcept {
   fiber_impl* parent = f->parent;
-  if (f->is_main) {
-    delete f;
-  } else {
-    stack s = f->stk;
-    f->~fiber_impl();
+  stack s = f->stk;  // empty unless it never finished (a leaked unwind)
+  delete f;
+  if (s.bottom != nullptr) {
     release_stack(s);
   }
   if (parent != nullptr) {
@@ -243,17 +243,25 @@ void kill_for_destroy(fiber_impl* f) noexcept {
 
 // ---- fiber_impl ------------------------------------------------------------
 
-fiber_impl::fiber_impl(const stack& s, std::string&& name)
-    : unguarded(!s.guarded), thread_tag(&t_tag), id(next_id()), stk(s), user_name(std::move(name)) {
+fiber_impl::fiber_impl(std::size_t stack_size, std::string&& name)
+    : thread_tag(&t_tag), id(next_id()), stack_request(stack_size), user_name(std::move(name)) {
   parent = t_current != nullptr ? t_current : init_thread();
   ref(parent);
-  char* body_lo = static_cast<char*>(static_cast<void*>(this));
-  ctx = make_context(body_lo, static_cast<std::size_t>(body_lo - s.bottom), entry);
+}
+
+namespace {
+// give_stack() maps (or takes from the pool) the stack of a fiber about to be
+// started and prepares its first context. Throws std::system_error.
+[[gnu::noinline]] void give_stack(fiber_impl* f) {
+  f->stk = allocate_stack(f->stack_request);
+  f->unguarded = !f->stk.guarded;
+  f->ctx = make_context(f->stk.top(), f->stk.size, entry);
 #if defined(__SANITIZE_ADDRESS__)
-  asan_bottom = s.bottom;
-  asan_size = static_cast<std::size_t>(body_lo - s.bottom);
+  f->asan_bottom = f->stk.bottom;
+  f->asan_size = f->stk.size;
 #endif
 }
+}  // namespace
 
 fiber_impl::fiber_impl(std::nullptr_t) : started(true), is_main(true), thread_tag(&t_tag), id(next_id()) {
   install_overflow_handler(inspect_fault);
@@ -300,6 +308,9 @@ std::any switch_slow(fiber_impl* target, std::any&& value, std::exception_ptr ex
     }
     return std::move(value);
   }
+  if (target->ctx == nullptr) {
+    give_stack(target);  // its first switch (or an exception thrown in before it ran)
+  }
   target->in_value = std::move(value);
   if (exc) [[unlikely]] {
     target->in_exc = std::move(exc);
@@ -325,20 +336,13 @@ void unref(fiber_impl* f) noexcept {
   // by whoever it switches to when it finishes (see resumed()).
 }
 
-stack allocate_fiber_stack(std::size_t stack_size, std::size_t body_size, const std::string& name) {
+void check_stack_size(std::size_t stack_size, const std::string& name) {
   if (stack_size != 0 && (stack_size < stack_limits::min_size || stack_size > stack_limits::max_size)) {
     throw_error("cogent: fiber '" + (name.empty() ? std::string("<unnamed>") : name) + "': stack_size " +
                 std::to_string(stack_size) + " is outside [" + std::to_string(stack_limits::min_size) + ", " +
                 std::to_string(stack_limits::max_size) + "]");
   }
   current_impl();  // the thread's main fiber (and the overflow handler) exist before any other
-  stack s = allocate_stack(stack_size);
-  if (body_size + 4096 > s.size / 2) {
-    release_stack(s);
-    throw_error("cogent: fiber '" + name + "': callable of " + std::to_string(body_size) +
-                " bytes is too large for its stack");
-  }
-  return s;
 }
 
 void throw_bad_value(const char* expected, const std::type_info& got) {

@@ -119,8 +119,10 @@ class fiber {
   // fiber(fn, opts) creates a fiber that will run fn. fn may take no argument,
   // a std::any (the first switch's value) or a T (any_cast from it); it may
   // return void, std::any, or a value (wrapped in std::any). The fiber does not
-  // run until first switched to. Its parent is the creating fiber.
-  // Throws fiber_error for a bad stack size, std::system_error if no memory.
+  // run until first switched to. Its parent is the creating fiber. Its stack
+  // is allocated by that first switch (which throws std::system_error if no
+  // memory can be mapped) and released as soon as the fiber finishes.
+  // Throws fiber_error for a bad stack size, std::bad_alloc if no memory.
   template <class Fn, class = std::enable_if_t<!std::is_same_v<std::decay_t<Fn>, fiber>>>
   explicit fiber(Fn&& fn, fiber_options opts = {});
 
@@ -141,7 +143,8 @@ class fiber {
   // finished with the caller as parent); rethrows an exception thrown into the
   // caller or raised by such a child. Switching to the running fiber returns
   // `value` at once. May switch. Throws fiber_error if this handle is empty or
-  // the fiber belongs to another thread.
+  // the fiber belongs to another thread, std::system_error if a fiber's first
+  // switch cannot map its stack (nothing switched).
   std::any switch_to(std::any value = {});  // inline (below): see detail::switch_to()
 
   // switch_to<T>(value) is switch_to() with the result any_cast to T
@@ -252,17 +255,10 @@ template <class T, class V>
 
 template <class Fn, class>
 fiber::fiber(Fn&& fn, fiber_options opts) {
-  using body = detail::fiber_body<std::decay_t<Fn>>;
-  // The fiber's bookkeeping and its callable live at the top of its own stack:
-  // creating a fiber costs no heap allocation.
-  detail::stack s = detail::allocate_fiber_stack(opts.stack_size, sizeof(body), opts.name);
-  void* where = detail::body_address(s, sizeof(body), alignof(body));
-  try {
-    _impl = ::new (where) body(std::forward<Fn>(fn), s, std::move(opts.name));
-  } catch (...) {
-    detail::release_stack(s);
-    throw;
-  }
+  detail::check_stack_size(opts.stack_size, opts.name);
+  // The stack is mapped (or taken from the pool) at the first switch.
+  _impl =
+      new detail::fiber_body<std::decay_t<Fn>>(std::forward<Fn>(fn), opts.stack_size, std::move(opts.name));
 }
 
 }  // namespace cogent

@@ -29,12 +29,14 @@ namespace detail {
 // installs it; the fiber layer only calls it, from ~fiber_impl).
 inline void (*fiber_locals_hook)(void* storage) noexcept = nullptr;
 
-// fiber_impl is one fiber's state. For created fibers it is placed at the top
-// of the fiber's own stack; a thread's main fiber lives on the heap.
+// fiber_impl is one fiber's state, on the heap. A created fiber gets its stack
+// when it is first switched to and gives it back as soon as it finishes: a
+// fiber that never runs never maps one, and a run-to-completion task reuses
+// the stack the previous one just released (still in cache).
 class fiber_impl {
  public:
-  fiber_impl(const stack& s, std::string&& name);  // a created fiber (parent = current)
-  explicit fiber_impl(std::nullptr_t);             // a thread's main fiber
+  fiber_impl(std::size_t stack_size, std::string&& name);  // a created fiber (parent = current)
+  explicit fiber_impl(std::nullptr_t);                     // a thread's main fiber
   fiber_impl(const fiber_impl&) = delete;
   fiber_impl& operator=(const fiber_impl&) = delete;
   virtual ~fiber_impl();
@@ -68,7 +70,7 @@ class fiber_impl {
     } locals;
   } sched;
 
-  context ctx = nullptr;         // saved context while suspended
+  context ctx = nullptr;         // saved context while suspended; null until it has a stack
   fiber_impl* parent = nullptr;  // strong reference; null only for main fibers
   std::uint32_t refs = 1;        // handles + children naming us as parent
   bool started = false;
@@ -80,7 +82,8 @@ class fiber_impl {
   std::uint64_t id = 0;
   std::any in_value;                  // value delivered by the switch that resumes us
   std::exception_ptr in_exc;          // or an exception to raise at our suspension point
-  stack stk;                          // empty for main fibers
+  stack stk;                          // empty for main fibers, before the first switch and once dead
+  std::size_t stack_request = 0;      // the validated stack_size (0 = default), allocated at first switch
   std::string user_name;              // empty: "<name_prefix>-<id>"
   const char* name_prefix = "fiber";  // a static string; the hub's tasks say "task"
 #if defined(__SANITIZE_ADDRESS__)
@@ -135,8 +138,8 @@ template <class Put>
 [[gnu::always_inline]] inline void switch_put(fiber_impl* target, Put&& put) {
 #if !defined(__SANITIZE_ADDRESS__)
   fiber_impl* self = t_current;
-  if (self != nullptr && target->thread_tag == self->thread_tag && !target->dead && target != self)
-      [[likely]] {
+  if (self != nullptr && target->thread_tag == self->thread_tag && !target->dead && target != self &&
+      target->ctx != nullptr) [[likely]] {
     put(target->in_value);
     target->started = true;
     t_current = target;
@@ -181,15 +184,9 @@ inline void ref(fiber_impl* f) noexcept {
 }
 void unref(fiber_impl* f) noexcept;
 
-// allocate_fiber_stack() validates `stack_size` (0 = default) and allocates a
-// stack with room for a body of `body_size` bytes at its top. Throws fiber_error.
-stack allocate_fiber_stack(std::size_t stack_size, std::size_t body_size, const std::string& name);
-// body_address() is where a body of that size/alignment goes on stack s.
-inline void* body_address(const stack& s, std::size_t size, std::size_t align) noexcept {
-  std::size_t a = align < 64 ? 64 : align;
-  auto top = reinterpret_cast<std::uintptr_t>(s.top());
-  return reinterpret_cast<void*>((top - size) & ~(a - 1));
-}
+// check_stack_size() validates a requested `stack_size` (0 = default) for the
+// fiber called `name`; throws fiber_error naming it.
+void check_stack_size(std::size_t stack_size, const std::string& name);
 
 template <class T>
 struct callable_arg {};
@@ -239,7 +236,7 @@ template <class Fn>
 class fiber_body final : public fiber_impl {
  public:
   template <class F>
-  fiber_body(F&& fn, const stack& s, std::string&& name) : fiber_impl(s, std::move(name)) {
+  fiber_body(F&& fn, std::size_t stack_size, std::string&& name) : fiber_impl(stack_size, std::move(name)) {
     _fn.emplace(std::forward<F>(fn));
   }
 

@@ -504,7 +504,8 @@ TEST_SUITE("fiber") {
     CHECK(fiber::current() == main);
   }
 
-  TEST_CASE("each fiber keeps its rounding mode; exception flags are cleared by a switch" * doctest::timeout(10)) {
+  TEST_CASE("each fiber keeps its rounding mode; exception flags are cleared by a switch" *
+            doctest::timeout(10)) {
     fiber main = fiber::current();
     REQUIRE(std::fegetround() == FE_TONEAREST);
     volatile double three = 3.0;

@@ -90,8 +90,15 @@ TEST_SUITE("stack") {
     child_result r = run_in_child([] {
       std::size_t guarded0 = cogent::stack_stats().guarded_total;
       // A non-default size is always freshly mapped (never from the pool), so it gets a guard page while
-      // the budget allows.
-      fiber f([] { recurse_forever(0); }, {.stack_size = 64 * 1024, .name = "deep-diver"});
+      // the budget allows. The stack is mapped by the first switch: the fiber comes back once first.
+      fiber main = fiber::current();
+      fiber f(
+          [&main] {
+            main.switch_to();
+            recurse_forever(0);
+          },
+          {.stack_size = 64 * 1024, .name = "deep-diver"});
+      f.switch_to();
       if (cogent::stack_stats().guarded_total != guarded0 + 1) {
         std::fprintf(stderr, "no guard page: guarded %zu -> %zu of %zu\n", guarded0,
                      cogent::stack_stats().guarded_total, cogent::stack_stats().guard_budget);
@@ -123,10 +130,12 @@ TEST_SUITE("stack") {
       fiber canary;
       canary = fiber(
           [&] {
+            main.switch_to();  // its stack exists now: main checks it has no guard page
             recurse_to_bottom(canary.impl()->stk.bottom, 0);
             main.switch_to();
           },
           {.stack_size = 0, .name = "canary-fiber"});
+      canary.switch_to();
       if (canary.impl()->stk.guarded || cogent::stack_stats().guarded_total != guarded_before) {
         std::fprintf(stderr, "the canary fiber got a guard page\n");
         ::_exit(child_setup_failed);
@@ -152,8 +161,13 @@ TEST_SUITE("stack") {
       // The culprit overflows into its canary and returns: its final switch (to its parent) must
       // report it, not leave a dirty stack for an innocent fiber to be blamed for.
       fiber culprit;
-      culprit = fiber([&] { recurse_to_bottom(culprit.impl()->stk.bottom, 0); },
-                      {.stack_size = 0, .name = "real-culprit"});
+      culprit = fiber(
+          [&] {
+            main.switch_to();  // its stack exists now: main checks it has no guard page
+            recurse_to_bottom(culprit.impl()->stk.bottom, 0);
+          },
+          {.stack_size = 0, .name = "real-culprit"});
+      culprit.switch_to();
       if (culprit.impl()->stk.guarded) {
         ::_exit(child_setup_failed);
       }

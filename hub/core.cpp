@@ -355,7 +355,7 @@ void hub::heap_remove(std::size_t i) noexcept {
   detail::timer_node* gone = _timers[i];
   detail::timer_node* last = _timers.back();
   _timers.pop_back();
-  gone->heap_index = static_cast<std::size_t>(-1);
+  gone->heap_index = detail::timer_node::unarmed;
   if (gone == last) {
     return;
   }
@@ -367,20 +367,42 @@ void hub::heap_remove(std::size_t i) noexcept {
 
 void hub::add_timer(detail::timer_node& t) {
   t.seq = _timer_seq++;
+  if (_run_tail == nullptr || !timer_less(&t, _run_tail)) {
+    t.heap_index = detail::timer_node::in_run;
+    t.run_prev = _run_tail;
+    t.run_next = nullptr;
+    (_run_tail != nullptr ? _run_tail->run_next : _run_head) = &t;
+    _run_tail = &t;
+    ++_run_count;
+    return;
+  }
   _timers.push_back(&t);
   heap_up(_timers.size() - 1);
 }
 
 void hub::cancel_timer(detail::timer_node& t) noexcept {
-  if (t.armed()) {
+  if (t.heap_index == detail::timer_node::in_run) {
+    (t.run_prev != nullptr ? t.run_prev->run_next : _run_head) = t.run_next;
+    (t.run_next != nullptr ? t.run_next->run_prev : _run_tail) = t.run_prev;
+    t.run_prev = t.run_next = nullptr;
+    t.heap_index = detail::timer_node::unarmed;
+    --_run_count;
+  } else if (t.armed()) {
     heap_remove(t.heap_index);
   }
 }
 
+detail::timer_node* hub::first_timer() const noexcept {
+  detail::timer_node* h = _timers.empty() ? nullptr : _timers.front();
+  if (_run_head == nullptr || (h != nullptr && timer_less(h, _run_head))) {
+    return h;
+  }
+  return _run_head;
+}
+
 void hub::expire_timers(clock::time_point now) {
-  while (!_timers.empty() && _timers.front()->deadline <= now) {
-    detail::timer_node* t = _timers.front();
-    heap_remove(0);
+  for (detail::timer_node* t = first_timer(); t != nullptr && t->deadline <= now; t = first_timer()) {
+    cancel_timer(*t);
     t->fire(t);
   }
 }
@@ -415,7 +437,7 @@ void hub::drain_posted() {
 // ---- the loop -----------------------------------------------------------------
 
 bool hub::nothing_can_happen() const noexcept {
-  return _ready_count == 0 && _timers.empty() && _engine->in_flight() == 0 &&
+  return _ready_count == 0 && timer_count() == 0 && _engine->in_flight() == 0 &&
          _held.load(std::memory_order_relaxed) == 0 && !_has_posted.load(std::memory_order_acquire);
 }
 
@@ -462,7 +484,7 @@ void hub::loop() {
         if (_engine->in_flight() > 0) {
           _engine->poll();
         }
-        if (!_timers.empty()) {
+        if (timer_count() != 0) {
           expire_timers(clock::now());
         }
         continue;
@@ -485,9 +507,9 @@ void hub::loop() {
       detail::resume(main);
       continue;
     }
-    clock::time_point deadline = _timers.empty() ? clock::time_point::max() : _timers.front()->deadline;
-    _engine->wait(deadline);
-    if (!_timers.empty()) {
+    detail::timer_node* first = first_timer();
+    _engine->wait(first != nullptr ? first->deadline : clock::time_point::max());
+    if (timer_count() != 0) {
       expire_timers(clock::now());
     }
   }

@@ -90,14 +90,18 @@ struct hub_config {
 class hub;
 namespace detail {
 
-// timer_node is an intrusive entry in the hub's timer heap. It must stay alive
+// timer_node is an intrusive entry in the hub's timers. It must stay alive
 // while armed; disarm it (hub::cancel_timer) before destroying it.
 struct timer_node {
+  static constexpr std::size_t unarmed = static_cast<std::size_t>(-1);
+  static constexpr std::size_t in_run = unarmed - 1;  // in the sorted run, not the heap
   clock::time_point deadline{};
   std::uint64_t seq = 0;  // FIFO order among equal deadlines
-  std::size_t heap_index = static_cast<std::size_t>(-1);
+  std::size_t heap_index = unarmed;
+  timer_node* run_prev = nullptr;
+  timer_node* run_next = nullptr;
   void (*fire)(timer_node*) = nullptr;
-  bool armed() const noexcept { return heap_index != static_cast<std::size_t>(-1); }
+  bool armed() const noexcept { return heap_index != unarmed; }
 };
 
 // hub_fiber_impl() is the hub's own fiber (tasks are re-parented to it).
@@ -192,7 +196,7 @@ class hub {
   bool in_hub() const noexcept;
   // stats for tests and tools.
   std::size_t parked_count() const noexcept { return _parked; }
-  std::size_t timer_count() const noexcept { return _timers.size(); }
+  std::size_t timer_count() const noexcept { return _timers.size() + _run_count; }
   const char* engine_name() const noexcept { return _engine->name(); }
 
  private:
@@ -207,6 +211,7 @@ class hub {
   void heap_up(std::size_t i) noexcept;
   void heap_down(std::size_t i) noexcept;
   void heap_remove(std::size_t i) noexcept;
+  detail::timer_node* first_timer() const noexcept;  // the earliest armed timer, or null
 
   hub_config _cfg;
   std::unique_ptr<detail::engine> _engine;
@@ -215,7 +220,15 @@ class hub {
   detail::fiber_impl* _ready_tail = nullptr;
   std::size_t _ready_count = 0;
   std::size_t _parked = 0;
-  std::vector<detail::timer_node*> _timers;  // binary min-heap by (deadline, seq)
+  // Timers: a binary min-heap by (deadline, seq), plus a sorted run — a FIFO
+  // of timers each no earlier than the one before. Most timers are "now + the
+  // same duration" (a sleep, a socket timeout), so they append to the run in
+  // O(1) and leave it in O(1) (libevent's common-timeout idea); the heap holds
+  // the rest. The earliest timer is the earlier of the two fronts.
+  std::vector<detail::timer_node*> _timers;
+  detail::timer_node* _run_head = nullptr;
+  detail::timer_node* _run_tail = nullptr;
+  std::size_t _run_count = 0;
   std::uint64_t _timer_seq = 0;
   detail::fiber_impl* _idle_waiter = nullptr;
   std::atomic<std::size_t> _held{0};

@@ -46,6 +46,53 @@ COGENT_TEST_CASE("sleeps wake in deadline order", doctest::timeout(10)) {
   CHECK(order == std::vector<int>{10, 20, 21, 30});
 }
 
+// The hub keeps timers in a heap plus a sorted run (timers added in deadline order append to the run):
+// mixed orders, equal deadlines and cancellations from both must still fire in (deadline, arming) order.
+COGENT_TEST_CASE("timers in any order, some cancelled, fire in deadline order", doctest::timeout(10)) {
+  struct probe : cogent::detail::timer_node {
+    int id = 0;
+    std::vector<int>* fired = nullptr;
+  };
+  cogent::hub& h = cogent::hub::current();
+  constexpr int n = 3000;
+  std::vector<probe> timers(n);
+  std::vector<int> fired;
+  auto base = clock::now() + 5ms;
+  std::uint32_t x = 12345;
+  for (int i = 0; i < n; ++i) {
+    x = x * 1103515245u + 12345u;
+    // A third rising (the run), the rest scattered over 8 ms in steps of 0.5 ms (many equal deadlines).
+    auto at = i % 3 == 0 ? base + std::chrono::microseconds(i)
+                         : base + std::chrono::microseconds(500 * ((x >> 8) % 16));
+    timers[i].deadline = at;
+    timers[i].id = i;
+    timers[i].fired = &fired;
+    timers[i].fire = [](cogent::detail::timer_node* t) {
+      auto* p = static_cast<probe*>(t);
+      p->fired->push_back(p->id);
+    };
+    h.add_timer(timers[i]);
+  }
+  std::size_t cancelled = 0;
+  for (int i = 0; i < n; i += 7) {
+    h.cancel_timer(timers[i]);
+    CHECK_FALSE(timers[i].armed());
+    ++cancelled;
+  }
+  CHECK(h.timer_count() == n - cancelled);
+  cogent::sleep(15ms);
+  CHECK(h.timer_count() == 0);
+  REQUIRE(fired.size() == n - cancelled);
+  for (std::size_t k = 0; k < fired.size(); ++k) {
+    CHECK(fired[k] % 7 != 0);
+    if (k > 0) {
+      const probe& a = timers[fired[k - 1]];
+      const probe& b = timers[fired[k]];
+      CHECK((a.deadline < b.deadline || (a.deadline == b.deadline && a.seq < b.seq)));
+    }
+  }
+}
+
 COGENT_TEST_CASE("a 20 ms sleep takes [20, 40) ms", doctest::timeout(10)) {
   for (int i = 0; i < 5; ++i) {
     auto t0 = clock::now();

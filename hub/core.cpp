@@ -144,6 +144,10 @@ bool hub::in_hub() const noexcept {
 // ---- parking and waking ------------------------------------------------------
 
 wake_reason hub::park(clock::time_point deadline, bool interruptible) {
+  return park_here(deadline, interruptible);
+}
+
+[[gnu::always_inline]] inline wake_reason hub::park_here(clock::time_point deadline, bool interruptible) {
   fiber_impl* self = detail::current_impl();
   fiber_impl* hub_fiber = _fiber.impl();
   if (self == hub_fiber) [[unlikely]] {
@@ -230,7 +234,7 @@ void hub::yield_now() {
   suspend(self);
 }
 
-void hub::suspend(fiber_impl* self) {
+[[gnu::always_inline]] inline void hub::suspend(fiber_impl* self) {
   ++_parked;
   detail::ref(self);  // a parked fiber stays alive until the hub resumes it
   do {
@@ -264,7 +268,7 @@ int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)
     t_hub->schedule(static_cast<fiber_impl*>(o->user), wake_reason::woken);
   };
   _engine->submit(op);
-  wake_reason r = park(deadline, true);
+  wake_reason r = park_here(deadline, true);
   if (!op.done) {
     // Timed out or interrupted: cancel, and keep the fiber (and `op`, which
     // lives on its stack) parked until the op's own completion is reaped.
@@ -441,7 +445,7 @@ bool hub::nothing_can_happen() const noexcept {
          _held.load(std::memory_order_relaxed) == 0 && !_has_posted.load(std::memory_order_acquire);
 }
 
-void hub::run_ready() {
+[[gnu::always_inline]] inline void hub::run_ready() {
   std::size_t n = _ready_count < _cfg.ready_batch ? _ready_count : _cfg.ready_batch;
   while (n-- > 0) {
     fiber_impl* f = _ready_head;

@@ -10,7 +10,6 @@ namespace cogent {
 namespace detail {
 namespace {
 
-
 // Per-thread registry of unfinished tasks (an intrusive list).
 thread_local __attribute__((tls_model("initial-exec"))) task_state* t_live_head = nullptr;
 thread_local __attribute__((tls_model("initial-exec"))) std::size_t t_live_count = 0;
@@ -158,7 +157,8 @@ namespace {
 // thread would race with that hub (invariant 4).
 void check_same_thread(const detail::task_state& s, const char* what) {
   if (s.fib && s.fib.impl()->thread_tag != detail::current_impl()->thread_tag) {
-    throw hub_error(std::string("cogent: ") + what + "() of task '" + s.display_name() + "' from another thread");
+    throw hub_error(std::string("cogent: ") + what + "() of task '" + s.display_name() +
+                    "' from another thread");
   }
 }
 }  // namespace

@@ -467,6 +467,9 @@ class uring_engine final : public engine {
       if (budget == 0) {
         break;
       }
+      if (n < batch_max && !io_uring_cq_has_overflow(&_ring)) {
+        break;  // the batch emptied the CQ: no second pass just to find it empty
+      }
     }
     return delivered;
   }

@@ -226,7 +226,9 @@ template <class T, class V>
       slot = std::forward<V>(value);
     } else if constexpr (std::is_trivially_copyable_v<D>) {
       // A slot left holding a D by the last typed switch is reused in place.
-      if (auto* p = std::any_cast<D>(&slot)) {
+      // (has_value() first: any_cast on an empty any falls back to comparing
+      // type names with strcmp.)
+      if (auto* p = slot.has_value() ? std::any_cast<D>(&slot) : nullptr) {
         *p = value;
       } else {
         slot.template emplace<D>(value);

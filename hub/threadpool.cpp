@@ -50,7 +50,11 @@ struct threadpool::impl {
       h->post([j, h] {
         j->done = true;
         h->release();
-        h->schedule(j->waiter);
+        if (j->abandoned) {
+          j->dispose(j);  // its fiber left on a kill or timeout
+        } else {
+          h->schedule(j->waiter);
+        }
       });
       outstanding.fetch_sub(1, std::memory_order_relaxed);
     }
@@ -100,7 +104,7 @@ bool threadpool::in_worker() noexcept {
   return t_in_worker;
 }
 
-void threadpool::submit_and_wait(detail::thread_job& j) {
+void threadpool::submit_and_wait(detail::thread_job& j, bool detachable) {
   if (t_in_worker) {
     // A worker has no hub (and must not get one): run inline, as plain code would.
     j.execute();
@@ -125,10 +129,14 @@ void threadpool::submit_and_wait(detail::thread_job& j) {
     _impl->tail = &j;
   }
   _impl->cv.notify_one();
-  // Not interruptible: the worker owns a pointer into this frame until the
-  // completion has been posted back and run. Interrupts wait for it.
+  // Not interruptible unless detachable: the worker owns a pointer into this
+  // frame until the completion has been posted back and run. Interrupts wait for it.
   while (!j.done) {
-    h.park(clock::time_point::max(), false);
+    h.park(clock::time_point::max(), detachable);
+    if (!j.done && detachable && j.waiter->sched.pending) {
+      j.abandoned = true;  // the job lives on in the heap; the completion frees it
+      hub::throw_if_interrupted();
+    }
   }
   hub::throw_if_interrupted();
   if (j.error) {

@@ -50,7 +50,11 @@ struct thread_job {
   hub* owner = nullptr;          // the hub of the waiting fiber
   fiber_impl* waiter = nullptr;  // the waiting fiber
   bool done = false;             // set on the owner's thread, in the hub
-  std::exception_ptr error;      // what fn threw, written by the worker
+  // Set (on the owner's thread) when the waiter left early: the completion
+  // then calls dispose(this) instead of waking anyone.
+  bool abandoned = false;
+  void (*dispose)(thread_job*) noexcept = nullptr;
+  std::exception_ptr error;  // what fn threw, written by the worker
   // execute() runs the job on the worker; it must not throw.
   virtual void execute() noexcept = 0;
 
@@ -87,6 +91,14 @@ class threadpool {
   template <class Fn>
   auto run(Fn&& fn) -> std::invoke_result_t<Fn&>;
 
+  // run_detachable() is run() for a callable that owns everything it uses (fn
+  // is moved into a heap-allocated job; it must not refer to the caller's
+  // frame). A kill/Timeout arriving meanwhile is raised at once: the fiber
+  // leaves, the job finishes on its worker and its result is dropped. May
+  // switch.
+  template <class Fn>
+  auto run_detachable(Fn fn) -> std::invoke_result_t<Fn&>;
+
   // size() is the number of worker threads. Never switches.
   std::size_t size() const noexcept;
   // pending() is the number of jobs queued or running right now. Thread-safe.
@@ -95,8 +107,10 @@ class threadpool {
   static bool in_worker() noexcept;
 
  private:
-  // submit_and_wait() queues j, parks until it is done and raises a pending interrupt.
-  void submit_and_wait(detail::thread_job& j);
+  // submit_and_wait() queues j, parks until it is done and raises a pending
+  // interrupt. With `detachable`, an interrupt marks j abandoned (the
+  // completion disposes of it) and is raised at once.
+  void submit_and_wait(detail::thread_job& j, bool detachable = false);
   struct impl;
   std::unique_ptr<impl> _impl;
 };
@@ -111,38 +125,66 @@ auto run_in_thread(Fn&& fn) -> std::invoke_result_t<Fn&> {
   return default_threadpool().run(std::forward<Fn>(fn));
 }
 
-template <class Fn>
-auto threadpool::run(Fn&& fn) -> std::invoke_result_t<Fn&> {
-  using result_type = std::invoke_result_t<Fn&>;
+namespace detail {
+
+// fn_job runs a callable F (a reference for run(), a value for
+// run_detachable()) and keeps its result or exception.
+template <class F>
+struct fn_job final : thread_job {
+  using result_type = std::invoke_result_t<std::remove_reference_t<F>&>;
   using stored = std::conditional_t<std::is_reference_v<result_type>, std::remove_reference_t<result_type>*,
                                     std::conditional_t<std::is_void_v<result_type>, char, result_type>>;
-  struct job final : detail::thread_job {
-    explicit job(Fn& f) noexcept : fn(f) {}
-    void execute() noexcept override {
-      try {
-        if constexpr (std::is_void_v<result_type>) {
-          fn();
-        } else if constexpr (std::is_reference_v<result_type>) {
-          result.emplace(std::addressof(fn()));
-        } else {
-          result.emplace(fn());
-        }
-      } catch (...) {
-        error = std::current_exception();
+  template <class A>
+  explicit fn_job(A&& f) : fn(std::forward<A>(f)) {}
+  void execute() noexcept override {
+    try {
+      if constexpr (std::is_void_v<result_type>) {
+        fn();
+      } else if constexpr (std::is_reference_v<result_type>) {
+        result.emplace(std::addressof(fn()));
+      } else {
+        result.emplace(fn());
       }
+    } catch (...) {
+      error = std::current_exception();
     }
-    Fn& fn;
-    std::optional<stored> result;
-  };
-  job j(fn);
-  submit_and_wait(j);
-  if constexpr (std::is_void_v<result_type>) {
-    return;
-  } else if constexpr (std::is_reference_v<result_type>) {
-    return static_cast<result_type>(**j.result);
-  } else {
-    return std::move(*j.result);
   }
+  result_type take() {
+    if constexpr (std::is_void_v<result_type>) {
+      return;
+    } else if constexpr (std::is_reference_v<result_type>) {
+      return static_cast<result_type>(**result);
+    } else {
+      return std::move(*result);
+    }
+  }
+  F fn;
+  std::optional<stored> result;
+};
+
+}  // namespace detail
+
+template <class Fn>
+auto threadpool::run(Fn&& fn) -> std::invoke_result_t<Fn&> {
+  detail::fn_job<Fn&> j(fn);
+  submit_and_wait(j);
+  return j.take();
+}
+
+template <class Fn>
+auto threadpool::run_detachable(Fn fn) -> std::invoke_result_t<Fn&> {
+  using job = detail::fn_job<Fn>;
+  auto j = std::make_unique<job>(std::move(fn));
+  j->dispose = [](detail::thread_job* p) noexcept { delete static_cast<job*>(p); };
+  try {
+    submit_and_wait(*j, true);
+  } catch (...) {
+    if (j->abandoned) {
+      (void)j.release();  // the completion on the hub deletes it
+    }
+    throw;
+  }
+  return j->take();
 }
 
 }  // namespace cogent

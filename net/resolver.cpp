@@ -59,7 +59,10 @@ std::vector<address> resolve(std::string_view host, int port, const resolve_opti
     int err = 0;
     std::vector<address> addrs;
   };
-  outcome out = run_in_thread([&]() {
+  // Detachable: the lookup owns copies of its inputs, so a kill or Timeout of
+  // the caller is raised at once even if the resolver hangs (the lookup then
+  // finishes on its worker and is dropped).
+  outcome out = default_threadpool().run_detachable([name, service, hints]() {
     outcome o;
     addrinfo* res = nullptr;
     o.rc = ::getaddrinfo(name.empty() ? nullptr : name.c_str(), service.c_str(), &hints, &res);

@@ -41,7 +41,9 @@ const std::error_category& resolver_category() noexcept;
 
 // resolve() returns the addresses of `host` with `port`, in getaddrinfo's
 // order, without duplicates. Numeric literals never leave the thread; names
-// are resolved by getaddrinfo on a worker thread (run_in_thread). Raises
+// are resolved by getaddrinfo on a worker thread (threadpool::run_detachable
+// on the default pool: a kill or Timeout is raised at once, even while the
+// lookup hangs; the lookup then finishes on its worker and is dropped). Raises
 // std::invalid_argument for a port outside 0..65535 or an empty host (without
 // passive), std::system_error in resolver_category() (EAI_NONAME, EAI_AGAIN,
 // ...) when resolution fails. May switch.

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -137,6 +138,61 @@ COGENT_TEST_CASE("a timeout while waiting raises after the job finished", doctes
   CHECK(raised);
   CHECK(job_finished.load());
   CHECK(clock::now() - t0 >= 50ms);
+}
+
+COGENT_TEST_CASE("run_detachable: results, exceptions, and a timeout that fires at once",
+                 doctest::timeout(10)) {
+  cogent::threadpool tp(2);
+  CHECK(tp.run_detachable([] { return std::string("owned"); }) == "owned");
+  CHECK_THROWS_WITH_AS(tp.run_detachable([]() -> int { throw std::runtime_error("from worker"); }),
+                       "from worker", std::runtime_error);
+
+  // The job owns its state (a shared flag): the fiber leaves at the timeout, the job keeps running.
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  auto t0 = clock::now();
+  bool raised = false;
+  try {
+    cogent::timeout to(20ms);
+    tp.run_detachable([finished, big = std::vector<char>(1 << 16, 'x')] {
+      std::this_thread::sleep_for(150ms);
+      *finished = big.size() == (1u << 16);
+    });
+  } catch (const cogent::timeout_error&) {
+    raised = true;
+  }
+  CHECK(raised);
+  CHECK(clock::now() - t0 < 120ms);  // did not wait for the job
+  CHECK_FALSE(finished->load());
+  // The abandoned job completes on its worker; its completion frees it on this hub.
+  while (tp.pending() != 0 || !finished->load()) {
+    cogent::sleep(5ms);
+  }
+  cogent::sleep(5ms);  // let the posted completion run (it releases the hub's hold)
+  CHECK(finished->load());
+}
+
+COGENT_TEST_CASE("a kill while in run_detachable is raised at once", doctest::timeout(10)) {
+  cogent::threadpool tp(1);
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  bool after = false;
+  auto t = cogent::spawn([&] {
+    tp.run_detachable([finished] {
+      std::this_thread::sleep_for(100ms);
+      *finished = true;
+    });
+    after = true;
+  });
+  cogent::sleep(10ms);
+  auto t0 = clock::now();
+  t.kill();
+  CHECK(t.killed());
+  CHECK(clock::now() - t0 < 60ms);
+  CHECK_FALSE(after);
+  while (tp.pending() != 0) {
+    cogent::sleep(5ms);
+  }
+  cogent::sleep(5ms);
+  CHECK(finished->load());
 }
 
 COGENT_TEST_CASE("a kill pending at entry means the job never runs", doctest::timeout(10)) {

@@ -186,6 +186,9 @@ namespace {
 }
 
 void destroy(fiber_impl* f) noexcept {
+  if (t_previous == f) {
+    t_previous = nullptr;  // previous_impl() never dangles
+  }
   fiber_impl* parent = f->parent;
   stack s = f->stk;  // empty unless it never finished (a leaked unwind)
   delete f;

@@ -103,8 +103,10 @@ class fiber_impl {
 extern thread_local constinit fiber_impl* t_current __attribute__((tls_model("initial-exec")));
 extern thread_local constinit fiber_impl* t_previous __attribute__((tls_model("initial-exec")));
 
-// previous_impl() is the fiber whose switch resumed the running one (valid
-// until the running fiber switches again; may be dead).
+// previous_impl() is the fiber whose switch resumed the running one, when
+// that switch raised an exception in it (throw_in, a child's error): valid in
+// the handler, until the running fiber switches again; may be dead. (The
+// common, value-carrying switch does not record it.) Null if it was freed.
 inline fiber_impl* previous_impl() noexcept {
   return t_previous;
 }
@@ -146,9 +148,11 @@ template <class Put>
     transfer t = jump_context(target->ctx, self);
     auto* from = static_cast<fiber_impl*>(t.data);
     from->ctx = t.from;
-    t_previous = from;
+    if (self->in_exc) [[unlikely]] {
+      t_previous = from;
+    }
     if (from->unguarded | from->dead | (from->refs == 0)) [[unlikely]] {
-      resumed_slow(from, t.from);
+      resumed_slow(from, t.from);  // clears t_previous if it frees `from` (destroy())
     }
     if (self->in_exc) [[unlikely]] {
       raise_switched_in(self);

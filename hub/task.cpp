@@ -74,7 +74,9 @@ task_state::task_state() = default;
 task_state::~task_state() = default;
 
 void task_state::finish() noexcept {
-  auto keep = shared_from_this();
+  // Every caller holds a reference (run_task() through its fiber's body,
+  // kill() through its own copy), so *this outlives this call; a handle for
+  // the callbacks is made only when there are callbacks to make.
   st = status::done;
   if (start_timer.armed()) {
     hub::current().cancel_timer(start_timer);
@@ -85,23 +87,25 @@ void task_state::finish() noexcept {
     observed = observed || l.observes;
   }
   joiners.notify_all();
-  task_base self(keep);
-  // One at a time, taken off the list before the call: a link that blocks
-  // lets others unlink() the ones not yet called (an iwait going away).
-  while (!links.empty()) {
-    link_entry l = std::move(links.front());
-    links.erase(links.begin());
-    try {
-      l.fn(self);
-    } catch (...) {
-      std::fprintf(stderr, "cogent: link callback of task '%s' raised: %s\n", display_name().c_str(),
-                   describe_exception(std::current_exception()).c_str());
+  if (!links.empty() || (error && !observed)) {
+    task_base self(shared_from_this());
+    // One at a time, taken off the list before the call: a link that blocks
+    // lets others unlink() the ones not yet called (an iwait going away).
+    while (!links.empty()) {
+      link_entry l = std::move(links.front());
+      links.erase(links.begin());
+      try {
+        l.fn(self);
+      } catch (...) {
+        std::fprintf(stderr, "cogent: link callback of task '%s' raised: %s\n", display_name().c_str(),
+                     describe_exception(std::current_exception()).c_str());
+      }
     }
-  }
-  if (error && !observed) {
-    try {
-      report_unjoined(self, error);
-    } catch (...) {
+    if (error && !observed) {
+      try {
+        report_unjoined(self, error);
+      } catch (...) {
+      }
     }
   }
   // Drop our fiber: if it is the running one it is freed by the hub once it

@@ -79,6 +79,10 @@ bool inspect_fault(const void* addr, char* buf, std::size_t len) noexcept {
 
 void destroy(fiber_impl* f) noexcept;
 void kill_for_destroy(fiber_impl* f) noexcept;
+[[noreturn]] void entry(transfer t) noexcept;
+}  // namespace
+void give_stack(fiber_impl* f);
+namespace {
 void kill_orphan(fiber_impl* f) noexcept;
 
 // resumed() runs first in a fiber that was just resumed: it saves the context
@@ -176,11 +180,28 @@ namespace {
   self->release_body();
   self->dead = true;
   fiber_impl* target = self->parent;
-  while (target->dead) {
-    target = target->parent;
+  for (;;) {
+    while (target->dead) {
+      target = target->parent;
+    }
+    if (target->ctx != nullptr || target->is_main) {
+      break;
+    }
+    // A parent that never ran starts now, with our result as its argument. If
+    // it cannot get a stack it dies without running and the mapping error goes
+    // on up the chain instead.
+    try {
+      give_stack(target);
+      break;
+    } catch (...) {
+      target->dead = true;
+      result.reset();
+      error = std::current_exception();
+    }
   }
   target->in_value = std::move(result);
   target->in_exc = std::move(error);
+  target->started = true;
   jump(self, target);
   __builtin_unreachable();  // a dead fiber is never resumed
 }
@@ -252,7 +273,6 @@ fiber_impl::fiber_impl(std::size_t stack_size, std::string&& name)
   ref(parent);
 }
 
-namespace {
 // give_stack() maps (or takes from the pool) the stack of a fiber about to be
 // started and prepares its first context. Throws std::system_error.
 [[gnu::noinline]] void give_stack(fiber_impl* f) {
@@ -264,7 +284,11 @@ namespace {
   f->asan_size = f->stk.size;
 #endif
 }
-}  // namespace
+void ensure_stack(fiber_impl* f) {
+  if (f->ctx == nullptr && !f->is_main && !f->dead) {
+    give_stack(f);
+  }
+}
 
 fiber_impl::fiber_impl(std::nullptr_t) : started(true), is_main(true), thread_tag(&t_tag), id(next_id()) {
   install_overflow_handler(inspect_fault);
@@ -312,7 +336,14 @@ std::any switch_slow(fiber_impl* target, std::any&& value, std::exception_ptr ex
     return std::move(value);
   }
   if (target->ctx == nullptr) {
-    give_stack(target);  // its first switch (or an exception thrown in before it ran)
+    // Its first switch (or an exception thrown in before it ran). If no stack
+    // can be mapped it dies without running and the error goes to the caller.
+    try {
+      give_stack(target);
+    } catch (...) {
+      target->dead = true;
+      throw;
+    }
   }
   target->in_value = std::move(value);
   if (exc) [[unlikely]] {

@@ -224,7 +224,7 @@ template <class T, class V>
   detail::switch_put(_impl, [&](std::any& slot) {
     if constexpr (std::is_same_v<D, std::any>) {
       slot = std::forward<V>(value);
-    } else if constexpr (std::is_trivially_copyable_v<D>) {
+    } else if constexpr (std::is_trivially_copyable_v<D> && std::is_copy_assignable_v<D>) {
       // A slot left holding a D by the last typed switch is reused in place.
       // (has_value() first: any_cast on an empty any falls back to comparing
       // type names with strcmp.)

@@ -115,6 +115,7 @@ void hub::configure(const hub_config& cfg) {
 hub::hub(const hub_config& cfg) : _cfg(cfg), _engine(detail::make_uring_engine(cfg.ring_entries)) {
   fiber_impl* main = detail::thread_main_impl();
   _fiber = fiber([this] { loop(); }, fiber_options{0, "hub"});
+  detail::ensure_stack(_fiber.impl());  // no memory for it: hub creation fails here, clearly
   // The hub's parent is the thread's main fiber whoever created it: if the
   // loop ever ended, control would go back to main.
   detail::ref(main);
@@ -454,11 +455,20 @@ bool hub::nothing_can_happen() const noexcept {
       _ready_tail = nullptr;
     }
     --_ready_count;
-    if (_ready_head != nullptr) {
-      // Long ready queues (100k fresh tasks) chase pointers through cold
-      // fiber control blocks, one per stack: start fetching the next one now,
-      // while f runs, instead of stalling on it at the next pop.
-      __builtin_prefetch(_ready_head, 1);
+    if (fiber_impl* next = _ready_head; next != nullptr) {
+      // Long ready queues (100k sleepers waking) chase pointers through cold
+      // control blocks and cold stacks. Two-deep pipeline, overlapped with
+      // f's run: `next` was fetched during the previous turn, so the frames
+      // its resume will read (the top of its saved stack) can be fetched now,
+      // and the control block after it starts coming in.
+      if (auto* sp = static_cast<const char*>(next->ctx); sp != nullptr) {
+        for (int off = 0; off < 512; off += 64) {
+          __builtin_prefetch(sp + off, 0);
+        }
+      }
+      if (next->sched.next_ready != nullptr) {
+        __builtin_prefetch(next->sched.next_ready, 1);
+      }
     }
     f->sched.state = st_running;
     _running.store(f, std::memory_order_relaxed);
@@ -469,7 +479,13 @@ bool hub::nothing_can_happen() const noexcept {
     } catch (fiber_exit&) {
       throw;  // the hub itself is being unwound
     } catch (...) {
-      report_hub_exception("a finished fiber whose parent is the hub");
+      if (f->dead && !f->started && detail::start_failed_hook != nullptr) {
+        // It could not get a stack (fiber/: it dies without running and the
+        // error comes to us): its task fails with that error.
+        detail::start_failed_hook(f, std::current_exception());
+      } else {
+        report_hub_exception("a finished fiber whose parent is the hub");
+      }
     }
     _running.store(nullptr, std::memory_order_relaxed);
   }

@@ -104,6 +104,11 @@ struct timer_node {
   bool armed() const noexcept { return heap_index != unarmed; }
 };
 
+// start_failed_hook is called (by the hub, in the hub) with a fiber that could
+// not start because no stack could be mapped for it; hub/task.cpp installs it
+// to fail that fiber's task with the error.
+inline void (*start_failed_hook)(fiber_impl* f, std::exception_ptr error) noexcept = nullptr;
+
 // hub_fiber_impl() is the hub's own fiber (tasks are re-parented to it).
 fiber_impl* hub_fiber_impl(hub& h) noexcept;
 

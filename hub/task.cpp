@@ -118,9 +118,23 @@ void task_state::finish() noexcept {
   fib = fiber();
 }
 
+// fail_unstarted() is detail::start_failed_hook: the task's fiber could not
+// get a stack at its first switch, so the task fails with that error (its
+// body never ran), exactly as if it had raised it.
+void fail_unstarted(fiber_impl* f, std::exception_ptr error) noexcept {
+  auto* s = static_cast<task_state*>(f->sched.task);
+  if (s == nullptr || s->st == task_state::status::done) {
+    return;
+  }
+  auto keep = s->shared_from_this();
+  s->error = std::move(error);
+  s->finish();
+}
+
 void start_task(const std::shared_ptr<task_state>& st, spawn_options&& opts,
                 std::optional<std::chrono::nanoseconds> delay) {
   hub& h = hub::current();
+  start_failed_hook = &fail_unstarted;
   // A default name costs nothing here: the task takes its fiber's id and both
   // print as "task-<id>" when asked (no string is built per spawn).
   st->name = std::move(opts.name);

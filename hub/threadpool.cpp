@@ -42,6 +42,15 @@ struct threadpool::impl {
         }
       }
       j->execute();
+      int expected = detail::thread_job::running;
+      if (!j->phase.compare_exchange_strong(expected, detail::thread_job::finished,
+                                            std::memory_order_acq_rel)) {
+        // Abandoned by its (detachable) waiter, which already released the
+        // hub's hold: nobody waits, the hub is not ours to touch.
+        j->dispose(j);
+        outstanding.fetch_sub(1, std::memory_order_relaxed);
+        continue;
+      }
       // Hand the job back. After post() the worker never touches *j again: the
       // callback runs on the owner's thread, marks it done and wakes the fiber,
       // which may then free it. The hold is released in the same callback, on
@@ -50,11 +59,7 @@ struct threadpool::impl {
       h->post([j, h] {
         j->done = true;
         h->release();
-        if (j->abandoned) {
-          j->dispose(j);  // its fiber left on a kill or timeout
-        } else {
-          h->schedule(j->waiter);
-        }
+        h->schedule(j->waiter);
       });
       outstanding.fetch_sub(1, std::memory_order_relaxed);
     }
@@ -134,8 +139,13 @@ void threadpool::submit_and_wait(detail::thread_job& j, bool detachable) {
   while (!j.done) {
     h.park(clock::time_point::max(), detachable);
     if (!j.done && detachable && j.waiter->sched.pending) {
-      j.abandoned = true;  // the job lives on in the heap; the completion frees it
-      hub::throw_if_interrupted();
+      int expected = detail::thread_job::running;
+      if (j.phase.compare_exchange_strong(expected, detail::thread_job::abandoned,
+                                          std::memory_order_acq_rel)) {
+        h.release();  // the job lives on in the heap; its worker frees it
+        hub::throw_if_interrupted();
+      }
+      detachable = false;  // it finished meanwhile: its completion is on its way, wait for it
     }
   }
   hub::throw_if_interrupted();
@@ -145,8 +155,9 @@ void threadpool::submit_and_wait(detail::thread_job& j, bool detachable) {
 }
 
 threadpool& default_threadpool() {
-  static threadpool pool(std::max<std::size_t>(4, std::thread::hardware_concurrency()));
-  return pool;
+  // Leaked on purpose (see the header): never joined at exit.
+  static threadpool* pool = new threadpool(std::max<std::size_t>(4, std::thread::hardware_concurrency()));
+  return *pool;
 }
 
 }  // namespace cogent

@@ -30,6 +30,7 @@
 #pragma once
 #pragma GCC visibility push(default)
 
+#include <atomic>
 #include <cstddef>
 #include <exception>
 #include <memory>
@@ -50,9 +51,13 @@ struct thread_job {
   hub* owner = nullptr;          // the hub of the waiting fiber
   fiber_impl* waiter = nullptr;  // the waiting fiber
   bool done = false;             // set on the owner's thread, in the hub
-  // Set (on the owner's thread) when the waiter left early: the completion
-  // then calls dispose(this) instead of waking anyone.
-  bool abandoned = false;
+  // phase decides, once, who owns the job after execute(): the worker flips
+  // running -> finished and posts the completion to the owner's hub; a
+  // detachable waiter that is interrupted flips running -> abandoned and
+  // leaves, and the worker then disposes of the job without touching the hub
+  // (which may be gone by then: its thread may have ended).
+  enum : int { running, finished, abandoned };
+  std::atomic<int> phase{running};
   void (*dispose)(thread_job*) noexcept = nullptr;
   std::exception_ptr error;  // what fn threw, written by the worker
   // execute() runs the job on the worker; it must not throw.
@@ -108,15 +113,17 @@ class threadpool {
 
  private:
   // submit_and_wait() queues j, parks until it is done and raises a pending
-  // interrupt. With `detachable`, an interrupt marks j abandoned (the
-  // completion disposes of it) and is raised at once.
+  // interrupt. With `detachable`, an interrupt marks j abandoned (its worker
+  // disposes of it) and is raised at once.
   void submit_and_wait(detail::thread_job& j, bool detachable = false);
   struct impl;
   std::unique_ptr<impl> _impl;
 };
 
 // default_threadpool() returns the process-wide pool, created on first use
-// with max(4, hardware_concurrency) workers; joined at process exit. Never switches.
+// with max(4, hardware_concurrency) workers. It is never destroyed: at exit
+// its workers are left to the process's end, so a lookup that hangs cannot
+// hold up exit. Never switches.
 threadpool& default_threadpool();
 
 // run_in_thread() is default_threadpool().run(fn). May switch.
@@ -173,14 +180,17 @@ auto threadpool::run(Fn&& fn) -> std::invoke_result_t<Fn&> {
 
 template <class Fn>
 auto threadpool::run_detachable(Fn fn) -> std::invoke_result_t<Fn&> {
+  static_assert(
+      !std::is_reference_v<std::invoke_result_t<Fn&>>,
+      "run_detachable: fn must return a value (a reference into the job would dangle once it is freed)");
   using job = detail::fn_job<Fn>;
   auto j = std::make_unique<job>(std::move(fn));
   j->dispose = [](detail::thread_job* p) noexcept { delete static_cast<job*>(p); };
   try {
     submit_and_wait(*j, true);
   } catch (...) {
-    if (j->abandoned) {
-      (void)j.release();  // the completion on the hub deletes it
+    if (j->phase.load(std::memory_order_relaxed) == detail::thread_job::abandoned) {
+      (void)j.release();  // its worker deletes it when fn returns
     }
     throw;
   }

@@ -16,6 +16,7 @@ context make_context(void* stack_top, std::size_t size, void (*entry)(transfer))
   // converted through a trampoline-free cast that the static_asserts justify.
   static_assert(sizeof(transfer) == sizeof(bcd::transfer_t));
   static_assert(offsetof(transfer, data) == offsetof(bcd::transfer_t, data));
+  clear_fp_flags();  // make_fcontext copies the current MXCSR: a new fiber starts with clean flags
   return bcd::make_fcontext(stack_top, size,
                             reinterpret_cast<void (*)(bcd::transfer_t)>(reinterpret_cast<void (*)()>(entry)));
 }

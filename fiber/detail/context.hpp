@@ -47,7 +47,7 @@ namespace cogent::detail {
 // before every jump: all saved MXCSRs stay equal and the restore is free. Each
 // fiber keeps its own rounding and denormal modes; fetestexcept() flags do not
 // survive a switch.
-inline transfer jump_context(context to, void* data) noexcept {
+inline void clear_fp_flags() noexcept {
 #if defined(__x86_64__)
   constexpr unsigned mxcsr_flags = 0x3f;  // IE DE ZE OE UE PE
   unsigned csr = __builtin_ia32_stmxcsr();
@@ -55,6 +55,10 @@ inline transfer jump_context(context to, void* data) noexcept {
     __builtin_ia32_ldmxcsr(csr & ~mxcsr_flags);
   }
 #endif
+}
+
+inline transfer jump_context(context to, void* data) noexcept {
+  clear_fp_flags();
   return ::jump_fcontext(to, data);
 }
 

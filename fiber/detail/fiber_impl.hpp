@@ -188,6 +188,11 @@ inline void ref(fiber_impl* f) noexcept {
 }
 void unref(fiber_impl* f) noexcept;
 
+// ensure_stack() gives a created fiber that never ran its stack now instead
+// of at its first switch (the hub maps its own at creation, so that failure
+// is a hub-creation error). Throws std::system_error.
+void ensure_stack(fiber_impl* f);
+
 // check_stack_size() validates a requested `stack_size` (0 = default) for the
 // fiber called `name`; throws fiber_error naming it.
 void check_stack_size(std::size_t stack_size, const std::string& name);

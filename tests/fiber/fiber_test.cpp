@@ -530,4 +530,55 @@ TEST_SUITE("fiber") {
     CHECK(f.dead());
   }
 
+  TEST_CASE("a fiber that finishes into a parent that never ran starts it" * doctest::timeout(10)) {
+    bool b_ran = false;
+    fiber b([&](int v) {
+      b_ran = true;
+      return v + 1;  // b's parent is main
+    });
+    fiber a([] { return 41; });
+    a.set_parent(b);
+    CHECK(a.switch_to<int>() == 42);  // a returns 41 to b, b starts with it and returns 42 to main
+    CHECK(b_ran);
+    CHECK(a.dead());
+    CHECK(b.dead());
+    CHECK(b.started());
+
+    // throw_in: a dies without running; the exception goes to b, which never ran either: it dies
+    // without running too and the exception reaches main.
+    bool c_ran = false;
+    bool d_ran = false;
+    fiber c([&] { c_ran = true; });
+    fiber d([&] { d_ran = true; });
+    d.set_parent(c);
+    CHECK_THROWS_WITH_AS(d.throw_in(std::make_exception_ptr(std::runtime_error("in"))), "in",
+                         std::runtime_error);
+    CHECK_FALSE(c_ran);
+    CHECK_FALSE(d_ran);
+    CHECK(c.dead());
+    CHECK(d.dead());
+  }
+
+  TEST_CASE("typed switch of trivially copyable values that cannot be assigned" * doctest::timeout(10)) {
+    struct point {
+      const int x;
+      const int y;
+    };
+    fiber main = fiber::current();
+    int y = 5;
+    auto add_y = [y](int v) { return v + y; };  // trivially copyable, not assignable
+    fiber f([&](point p) {
+      point q = main.switch_to<point>(point{p.x + 1, p.y + 1});
+      auto fn = main.switch_to<decltype(add_y)>(point{q.x * 10, q.y * 10});
+      return fn(1);
+    });
+    point got = f.switch_to<point>(point{1, 2});
+    CHECK(got.x == 2);
+    CHECK(got.y == 3);
+    point got2 = f.switch_to<point>(point{got.x, got.y});
+    CHECK(got2.x == 20);
+    CHECK(got2.y == 30);
+    CHECK(f.switch_to<int>(add_y) == 6);
+  }
+
 }  // TEST_SUITE("fiber")

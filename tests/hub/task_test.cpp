@@ -5,6 +5,7 @@
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/child.hpp"
 #include "tests/support.hpp"
 
 namespace {
@@ -462,3 +464,45 @@ COGENT_TEST_CASE("wait_any that times out while a blocking link runs is unlinked
 }
 
 }  // namespace
+
+#if !defined(__SANITIZE_ADDRESS__)  // ASan reserves terabytes of shadow: an address-space limit breaks it
+// A stack is mapped at a task's first switch. If that fails (here: RLIMIT_AS and a 1 GiB stack), the
+// task fails with the std::system_error and its joiners wake; nothing else is disturbed.
+TEST_CASE("a task whose stack cannot be mapped fails with the error" * doctest::timeout(20)) {
+  cogent::test::child_result r = cogent::test::run_in_child([] {
+    std::thread t([] {  // a fresh thread: a hub of its own, not the parent's (forked) one
+      cogent::hub::current();
+      cogent::yield();
+      rlimit rl{};
+      long vm_kb = 0;
+      if (FILE* f = std::fopen("/proc/self/status", "r")) {
+        char line[256];
+        while (std::fgets(line, sizeof line, f) != nullptr) {
+          if (std::sscanf(line, "VmSize: %ld", &vm_kb) == 1) {
+            break;
+          }
+        }
+        std::fclose(f);
+      }
+      rl.rlim_cur = rl.rlim_max = static_cast<rlim_t>(vm_kb + 256 * 1024) * 1024;
+      if (vm_kb == 0 || ::setrlimit(RLIMIT_AS, &rl) != 0) {
+        ::_exit(cogent::test::child_setup_failed);
+      }
+      bool ran = false;
+      auto big = cogent::spawn(cogent::spawn_options{"big", std::size_t{1} << 30}, [&] { ran = true; });
+      auto small = cogent::spawn([] { return 7; });
+      try {
+        big.get();
+        std::fprintf(stderr, "no error\n");
+      } catch (const std::system_error& e) {
+        std::fprintf(stderr, "errno=%d ran=%d small=%d\n", e.code().value(), ran ? 1 : 0, small.get());
+      }
+    });
+    t.join();
+  });
+  REQUIRE_FALSE(r.exited(cogent::test::child_setup_failed));
+  CHECK(r.exited(0));
+  CHECK(r.err.find("errno=12 ran=0 small=7") != std::string::npos);
+  INFO("child stderr: " << r.err);
+}
+#endif

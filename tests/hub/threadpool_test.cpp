@@ -195,6 +195,32 @@ COGENT_TEST_CASE("a kill while in run_detachable is raised at once", doctest::ti
   CHECK(finished->load());
 }
 
+// The waiter's thread (and so its hub) may be gone when an abandoned job finishes: the worker must
+// then dispose of the job without touching that hub.
+COGENT_TEST_CASE("an abandoned job outlives its thread and hub", doctest::timeout(10)) {
+  cogent::threadpool tp(1);
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  std::atomic<bool> raised{false};
+  std::thread other([&] {
+    try {
+      cogent::timeout to(20ms);
+      tp.run_detachable([finished] {
+        std::this_thread::sleep_for(150ms);
+        *finished = true;
+        return 1;
+      });
+    } catch (const cogent::timeout_error&) {
+      raised = true;
+    }
+  });  // its hub is destroyed when it ends, long before the job does
+  other.join();
+  CHECK(raised.load());
+  while (tp.pending() != 0) {
+    cogent::sleep(5ms);
+  }
+  CHECK(finished->load());
+}
+
 COGENT_TEST_CASE("a kill pending at entry means the job never runs", doctest::timeout(10)) {
   std::atomic<bool> ran{false};
   auto u = cogent::spawn([&] {

@@ -276,9 +276,15 @@ fiber_impl::fiber_impl(std::size_t stack_size, std::string&& name)
 // give_stack() maps (or takes from the pool) the stack of a fiber about to be
 // started and prepares its first context. Throws std::system_error.
 [[gnu::noinline]] void give_stack(fiber_impl* f) {
-  f->stk = allocate_stack(f->stack_request);
-  f->unguarded = !f->stk.guarded;
-  f->ctx = make_context(f->stk.top(), f->stk.size, entry);
+  // Field by field from the registers the stack came back in: a struct copy
+  // here compiles to a spill and an overlapping reload (a store-forwarding stall).
+  const stack s = allocate_stack(f->stack_request);
+  f->stk.bottom = s.bottom;
+  f->stk.size = s.size;
+  f->stk.guarded = s.guarded;
+  f->stk.pooled = s.pooled;
+  f->unguarded = !s.guarded;
+  f->ctx = make_context(s.bottom + s.size, s.size, entry);
 #if defined(__SANITIZE_ADDRESS__)
   f->asan_bottom = f->stk.bottom;
   f->asan_size = f->stk.size;

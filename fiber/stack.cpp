@@ -96,7 +96,7 @@ stack carve(char* base, std::size_t bytes, bool pooled) {
     }
   }
   s.bottom = base + page_size;  // the guard slot is kept even when unguarded: layouts stay uniform
-  s.size = bytes - page_size;
+  s.size = static_cast<std::uint32_t>(bytes - page_size);  // <= stack_limits::max_size
 #if defined(COGENT_VALGRIND)
   VALGRIND_STACK_REGISTER(s.bottom, s.bottom + s.size);
 #endif
@@ -127,7 +127,6 @@ struct thread_pool {
   std::size_t live = 0;
 
   ~thread_pool() {
-    t_pool_dead = true;
     free.insert(free.end(), cold.begin(), cold.end());
     if (free.empty()) {
       return;
@@ -137,12 +136,40 @@ struct thread_pool {
     g.stacks.insert(g.stacks.end(), free.begin(), free.end());
   }
 };
-COGENT_STACK_TLS thread_pool t_pool;
+
+// The pool is reached through a plain pointer: a thread_local with a
+// destructor is reached through a TLS wrapper whose guard costs a
+// __tls_get_addr call in a shared library, on every stack taken or given back.
+// The owner (with the destructor) is touched only when the pool is created.
+COGENT_STACK_TLS thread_pool* t_pool_ptr = nullptr;
+struct pool_owner {
+  thread_pool* pool = nullptr;
+  ~pool_owner() {
+    t_pool_dead = true;
+    t_pool_ptr = nullptr;
+    delete pool;  // its stacks go to the shared pool
+  }
+};
+thread_local pool_owner t_pool_owner;
+thread_pool t_pool_after_exit;  // only for stacks taken during thread exit (rare; never freed)
+
+[[gnu::noinline]] thread_pool& make_pool() {
+  if (t_pool_dead) {
+    return t_pool_after_exit;  // the owner is gone: do not register another
+  }
+  t_pool_owner.pool = t_pool_ptr = new thread_pool;
+  return *t_pool_ptr;
+}
+
+inline thread_pool& pool() {
+  thread_pool* p = t_pool_ptr;
+  return p != nullptr ? *p : make_pool();
+}
 
 constexpr std::size_t default_slot = stack_limits::default_size + page_size;
 
 stack allocate_default() {
-  thread_pool& tp = t_pool;
+  thread_pool& tp = pool();
   if (!tp.free.empty()) {
     stack s = tp.free.back();
     tp.free.pop_back();
@@ -182,7 +209,7 @@ stack allocate_stack(std::size_t size) {
     std::size_t bytes = round_up(size, page_size) + page_size;
     s = carve(static_cast<char*>(map_region(bytes)), bytes, false);
   }
-  ++t_pool.live;
+  ++pool().live;
   return s;
 }
 
@@ -195,10 +222,10 @@ void release_stack(const stack& s) noexcept {
     return;
   }
   if (!t_pool_dead) {
-    --t_pool.live;
+    --pool().live;
   }
   if (s.pooled) {
-    thread_pool& tp = t_pool;
+    thread_pool& tp = pool();
     if (tp.free.size() >= g_hot_limit.load(std::memory_order_relaxed)) {
       // Keep the address range (munmap would split chunk mappings and spend
       // the map-count budget) but give the memory back.
@@ -311,8 +338,9 @@ void set_stack_pool_limit(std::size_t hot_stacks) noexcept {
 
 stack_counters stack_stats() noexcept {
   stack_counters c;
-  c.live = detail::t_pool.live;
-  c.pooled = detail::t_pool.free.size() + detail::t_pool.cold.size();
+  detail::thread_pool& tp = detail::pool();
+  c.live = tp.live;
+  c.pooled = tp.free.size() + tp.cold.size();
   c.guarded_total = detail::g_guarded.load(std::memory_order_relaxed);
   c.guard_budget = detail::guard_budget();
   return c;

@@ -54,11 +54,14 @@ namespace detail {
 // stack is one fiber stack: usable memory is [bottom, top).
 struct stack {
   char* bottom = nullptr;  // lowest usable address (just above the guard page, if any)
-  std::size_t size = 0;    // usable bytes
-  bool guarded = false;    // a PROT_NONE page sits right below `bottom`
-  bool pooled = false;     // came from the default-size pool
+  std::uint32_t size =
+      0;  // usable bytes (at most stack_limits::max_size: 16 bytes in all, returned in registers)
+  bool guarded = false;  // a PROT_NONE page sits right below `bottom`
+  bool pooled = false;   // came from the default-size pool
   char* top() const noexcept { return bottom + size; }
 };
+static_assert(sizeof(stack) == 16, "a stack is returned in two registers");
+static_assert(stack_limits::max_size + 4096 <= UINT32_MAX);
 
 // stack_canary_bytes is the size of the canary region at the bottom of an
 // unguarded stack. It must stay all-zero: zero lets the check read the

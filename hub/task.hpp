@@ -192,7 +192,10 @@ class task : public task_base {
 };
 
 // spawn() starts fn(args...) in a new task (at the hub's next turn; spawn
-// itself never switches). Arguments are copied/moved into the task.
+// itself never switches). Arguments are copied/moved into the task. The
+// task's stack is taken when it first runs: if none can be mapped then, the
+// task fails with that std::system_error (its body never runs). Throws
+// fiber_error for a bad stack_size.
 template <class Fn, class... Args>
 auto spawn(spawn_options opts, Fn&& fn, Args&&... args) {
   using R = std::invoke_result_t<std::decay_t<Fn>&, std::decay_t<Args>...>;

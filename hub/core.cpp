@@ -95,7 +95,12 @@ struct hub::monitor {
 
 hub& hub::current() {
   if (t_hub == nullptr) [[unlikely]] {
-    t_hub_owner.h.reset(new hub(t_config));
+    // The thread's main fiber (and its thread-exit holder) exist first:
+    // thread-locals are destroyed in reverse order of construction, and
+    // ~hub unwinds the hub fiber from the main fiber, so that must go last.
+    detail::thread_main_impl();
+    std::unique_ptr<hub> h(new hub(t_config));
+    t_hub_owner.h = std::move(h);
     t_hub = t_hub_owner.h.get();
   }
   return *t_hub;

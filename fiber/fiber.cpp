@@ -89,7 +89,7 @@ void kill_orphan(fiber_impl* f) noexcept;
 // of the fiber that jumped to us, finishes the ASan switch, and (resumed_slow)
 // checks the canary of an unguarded stack and frees a finished fiber nobody
 // references any more (it cannot free itself: it was running on the stack
-// being freed). detail::switch_to() inlines the same steps for its fast path.
+// being freed). detail::switch_put() inlines the same steps for its fast path.
 inline void resumed(transfer t) noexcept {
   auto* from = static_cast<fiber_impl*>(t.data);
   from->ctx = t.from;
@@ -230,7 +230,7 @@ void kill_for_destroy(fiber_impl* f) noexcept {
   fiber_impl* old_parent = std::exchange(f->parent, self);
   unref(old_parent);
   try {
-    switch_to(f, {}, std::make_exception_ptr(fiber_exit{}));
+    switch_slow(f, {}, std::make_exception_ptr(fiber_exit{}));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "cogent: fiber '%s' raised while being destroyed: %s\n", f->name().c_str(),
                  e.what());
@@ -323,7 +323,7 @@ fiber_impl* thread_main_impl() {
   return t_main.main;
 }
 
-// switch_slow() is the whole switch, every case handled (see detail::switch_to()).
+// switch_slow() is the whole switch, every case handled (see detail::switch_put()).
 std::any switch_slow(fiber_impl* target, std::any&& value, std::exception_ptr exc) {
   fiber_impl* self = t_current;
   if (self == nullptr) [[unlikely]] {

@@ -145,7 +145,7 @@ class fiber {
   // `value` at once. May switch. Throws fiber_error if this handle is empty or
   // the fiber belongs to another thread, std::system_error if a fiber's first
   // switch cannot map its stack (nothing switched).
-  std::any switch_to(std::any value = {});  // inline (below): see detail::switch_to()
+  std::any switch_to(std::any value = {});  // inline (below): see detail::switch_put()
 
   // switch_to<T>(value) is switch_to() with the result any_cast to T
   // (T = void discards it). Throws fiber_error naming the types on a mismatch.

@@ -166,16 +166,6 @@ template <class Put>
   t_current->in_value = std::move(got);
 }
 
-// switch_to() is fiber::switch_to() on a raw impl.
-[[gnu::always_inline]] inline std::any switch_to(fiber_impl* target, std::any&& value,
-                                                 std::exception_ptr exc = nullptr) {
-  if (exc) [[unlikely]] {
-    return switch_slow(target, std::move(value), std::move(exc));
-  }
-  switch_put(target, [&](std::any& slot) { slot = std::move(value); });
-  return std::move(t_current->in_value);
-}
-
 // resume() switches to `target` delivering no value, and discards the value
 // the caller is resumed with: the hub's switch (park and run).
 [[gnu::always_inline]] inline void resume(fiber_impl* target) {

@@ -209,7 +209,8 @@ namespace cogent {
   if (_impl == nullptr) [[unlikely]] {
     throw_empty();
   }
-  detail::switch_put(_impl, [&](std::any& slot) { slot = std::move(value); });
+  detail::switch_put(
+      _impl, [&](std::any & slot) __attribute__((always_inline)) { slot = std::move(value); });
   return std::move(detail::t_current->in_value);
 }
 
@@ -221,22 +222,23 @@ template <class T, class V>
   if (_impl == nullptr) [[unlikely]] {
     throw_empty();
   }
-  detail::switch_put(_impl, [&](std::any& slot) {
-    if constexpr (std::is_same_v<D, std::any>) {
-      slot = std::forward<V>(value);
-    } else if constexpr (std::is_trivially_copyable_v<D> && std::is_copy_assignable_v<D>) {
-      // A slot left holding a D by the last typed switch is reused in place.
-      // (has_value() first: any_cast on an empty any falls back to comparing
-      // type names with strcmp.)
-      if (auto* p = slot.has_value() ? std::any_cast<D>(&slot) : nullptr) {
-        *p = value;
-      } else {
-        slot.template emplace<D>(value);
-      }
-    } else {
-      slot.template emplace<D>(std::forward<V>(value));
-    }
-  });
+  detail::switch_put(
+      _impl, [&](std::any & slot) __attribute__((always_inline)) {
+        if constexpr (std::is_same_v<D, std::any>) {
+          slot = std::forward<V>(value);
+        } else if constexpr (std::is_trivially_copyable_v<D> && std::is_copy_assignable_v<D>) {
+          // A slot left holding a D by the last typed switch is reused in place.
+          // (has_value() first: any_cast on an empty any falls back to comparing
+          // type names with strcmp.)
+          if (auto* p = slot.has_value() ? std::any_cast<D>(&slot) : nullptr) {
+            *p = value;
+          } else {
+            slot.template emplace<D>(value);
+          }
+        } else {
+          slot.template emplace<D>(std::forward<V>(value));
+        }
+      });
   std::any& got = detail::t_current->in_value;
   if constexpr (std::is_void_v<T>) {
     got.reset();

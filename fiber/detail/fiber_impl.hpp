@@ -169,7 +169,8 @@ template <class Put>
 // resume() switches to `target` delivering no value, and discards the value
 // the caller is resumed with: the hub's switch (park and run).
 [[gnu::always_inline]] inline void resume(fiber_impl* target) {
-  switch_put(target, [](std::any& slot) { slot.reset(); });
+  switch_put(
+      target, [](std::any & slot) __attribute__((always_inline)) { slot.reset(); });
   t_current->in_value.reset();
 }
 // ref()/unref() adjust the reference count; the last unref destroys (unwinding if suspended).

@@ -23,7 +23,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -39,6 +38,8 @@
 #include <deque>
 #include <string>
 #include <vector>
+
+#include "bench/raw_common.hpp"
 
 namespace {
 
@@ -169,14 +170,6 @@ options parse(int argc, char** argv) {
     o.seconds = o.rounds > 0 ? 120 : 10;
   }
   return o;
-}
-
-void raise_nofile_limit() {
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
 }
 
 // utime+stime of a process in microseconds, or -1.
@@ -616,7 +609,7 @@ class load_runner {
 
 int main(int argc, char** argv) {
   options o = parse(argc, argv);
-  raise_nofile_limit();
+  raw::raise_nofile_limit();
   std::signal(SIGPIPE, SIG_IGN);
   rlimit rl{};
   getrlimit(RLIMIT_NOFILE, &rl);

@@ -16,7 +16,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -26,6 +25,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#include "bench/raw_common.hpp"
 
 namespace {
 
@@ -45,45 +46,7 @@ struct conn_state {
 };
 
 [[noreturn]] void die(const char* what) {
-  std::fprintf(stderr, "raw_epoll_echo: %s: %s\n", what, std::strerror(errno));
-  std::exit(1);
-}
-
-void raise_nofile_limit() {
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
-}
-
-int make_listener(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    die("socket");
-  }
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_ANY);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-    die("bind");
-  }
-  if (listen(fd, 65535) < 0) {  // clamped to net.core.somaxconn
-    die("listen");
-  }
-  return fd;
-}
-
-int bound_port(int fd) {
-  sockaddr_in addr{};
-  socklen_t len = sizeof addr;
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) < 0) {
-    die("getsockname");
-  }
-  return ntohs(addr.sin_port);
+  raw::die("raw_epoll_echo", what, errno);
 }
 
 class echo_server {
@@ -239,7 +202,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   int port = std::atoi(argv[1]);
-  raise_nofile_limit();
+  raw::raise_nofile_limit();
   std::signal(SIGPIPE, SIG_IGN);
   struct sigaction sa {};
   sa.sa_handler = on_signal;
@@ -248,8 +211,9 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 
-  int listen_fd = make_listener(port);
-  std::printf("port %d\n", bound_port(listen_fd));
+  raw::listener l = raw::listen_any("raw_epoll_echo", port, SOCK_NONBLOCK);
+  int listen_fd = l.fd;
+  std::printf("port %d\n", l.port);
   std::fflush(stdout);
 
   auto* server = new echo_server(listen_fd);

@@ -11,13 +11,13 @@
 //   # first stdout line: "port <N>" (bench/echo_bench.sh relies on it)
 //   nc 127.0.0.1 <N>                         # type lines, they come back
 //   kill -INT <pid>                          # or Ctrl-C: stops cleanly, exit 0
-#include <sys/resource.h>
 
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
+#include "examples/port_arg.hpp"
 #include "hub/core.hpp"
 #include "hub/task.hpp"
 #include "net/net.hpp"
@@ -25,24 +25,14 @@
 using namespace std::chrono_literals;
 
 int main(int argc, char** argv) {
-  // Parse the optional port (0 = let the kernel pick a free one).
-  int port = 0;
-  if (argc > 1) {
-    char* end = nullptr;
-    long v = std::strtol(argv[1], &end, 10);
-    if (end == argv[1] || *end != '\0' || v < 0 || v > 65535) {
-      std::fprintf(stderr, "usage: %s [port]   (0 or absent = a free port)\n", argv[0]);
-      return 2;
-    }
-    port = static_cast<int>(v);
+  // The optional port (0 = let the kernel pick a free one).
+  int port = port_arg(argc, argv);
+  if (port < 0) {
+    return 2;
   }
 
   // Many clients need many descriptors: raise the soft limit to the hard one.
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
+  cogent::net::raise_fd_limit();
 
   // Block SIGINT/SIGTERM right away, so one arriving before the signal fiber
   // runs is queued for it instead of killing the process.

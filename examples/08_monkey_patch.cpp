@@ -30,7 +30,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -38,8 +37,10 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "examples/port_arg.hpp"
 #include "hub/task.hpp"
 #include "monkey/monkey.hpp"
+#include "net/server.hpp"
 
 namespace {
 
@@ -69,23 +70,14 @@ int main(int argc, char** argv) {
   // Step 1: patch first, before any socket exists.
   cogent::monkey::patch_all();
 
-  int port = 0;
-  if (argc > 1) {
-    char* end = nullptr;
-    long v = std::strtol(argv[1], &end, 10);
-    if (end == argv[1] || *end != '\0' || v < 0 || v > 65535) {
-      std::fprintf(stderr, "usage: %s [port]   (0 or absent = a free port)\n", argv[0]);
-      return 2;
-    }
-    port = static_cast<int>(v);
+  // The optional port (0 = let the kernel pick a free one).
+  int port = port_arg(argc, argv);
+  if (port < 0) {
+    return 2;
   }
 
   // Many clients need many descriptors: raise the soft limit to the hard one.
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
+  cogent::net::raise_fd_limit();
   std::signal(SIGPIPE, SIG_IGN);  // a client that vanishes mid-write gives EPIPE, not death
 
   // Step 2: an ordinary blocking listener.

@@ -77,79 +77,77 @@ bool event::wait(timeout_duration t) {
   return true;
 }
 
-// ---- mutex ------------------------------------------------------------------------
+// ---- mutex and rlock ----------------------------------------------------------------
 
-bool mutex::owned() const noexcept {
-  return _owner != nullptr && _owner == detail::current_impl();
+namespace detail {
+
+bool owner_lock::owned() const noexcept {
+  return _owner != nullptr && _owner == current_impl();
 }
+
+bool owner_lock::take(fiber_impl* self, clock::time_point deadline) {
+  if (_owner == nullptr) {
+    _owner = self;  // free implies no waiter can claim it: hand_over() gives it directly
+    return true;
+  }
+  handoff_list::node n;
+  return _waiters.wait(n, deadline);  // on a grant, hand_over() made us the owner
+}
+
+void owner_lock::check_owner(const char* who) const {
+  if (_owner == nullptr) {
+    throw lock_error(std::string(who) + ": the lock is not locked");
+  }
+  if (_owner != current_impl()) {
+    throw lock_error(std::string(who) + ": the calling fiber does not own the lock");
+  }
+}
+
+fiber_impl* owner_lock::hand_over() noexcept {
+  handoff_list::node* n = _waiters.first();
+  _owner = n != nullptr ? n->f : nullptr;
+  if (n != nullptr) {
+    _waiters.grant(*n);
+  }
+  return _owner;
+}
+
+}  // namespace detail
 
 bool mutex::acquire(timeout_duration t) {
   detail::fiber_impl* self = detail::current_impl();
-  if (_owner == nullptr) {
-    _owner = self;  // free implies no waiter can claim it: release() hands it over directly
-    return true;
-  }
-  if (_owner == self) {
+  if (_lock.owner() == self) {
     throw lock_error(
         "cogent::mutex::acquire(): the calling fiber already owns this lock (it would deadlock; "
         "use cogent::rlock for re-entry)");
   }
-  detail::handoff_list::node n;
-  return _waiters.wait(n, deadline_after(t));  // on a grant, release() made us the owner
+  return _lock.take(self, deadline_after(t));
 }
 
 void mutex::release() {
-  if (_owner == nullptr) {
-    throw lock_error("cogent::mutex::release(): the lock is not locked");
-  }
-  if (_owner != detail::current_impl()) {
-    throw lock_error("cogent::mutex::release(): the calling fiber does not own the lock");
-  }
-  if (detail::handoff_list::node* n = _waiters.first()) {
-    _owner = n->f;
-    _waiters.grant(*n);
-  } else {
-    _owner = nullptr;
-  }
-}
-
-// ---- rlock ------------------------------------------------------------------------
-
-bool rlock::owned() const noexcept {
-  return _owner != nullptr && _owner == detail::current_impl();
+  _lock.check_owner("cogent::mutex::release()");
+  _lock.hand_over();
 }
 
 bool rlock::acquire(timeout_duration t) {
   detail::fiber_impl* self = detail::current_impl();
-  if (_owner == nullptr) {
-    _owner = self;
-    _count = 1;
-    return true;
-  }
-  if (_owner == self) {
+  if (_lock.owner() == self) {
     ++_count;
     return true;
   }
-  detail::handoff_list::node n;
-  return _waiters.wait(n, deadline_after(t));  // on a grant, release() made us the owner with count 1
+  if (_lock.owner() == nullptr) {
+    _count = 1;
+  }
+  return _lock.take(self, deadline_after(t));  // free: taken at once; else a grant (release() set the count)
 }
 
 void rlock::release() {
-  if (_owner == nullptr) {
-    throw lock_error("cogent::rlock::release(): the lock is not locked");
-  }
-  if (_owner != detail::current_impl()) {
-    throw lock_error("cogent::rlock::release(): the calling fiber does not own the lock");
-  }
+  _lock.check_owner("cogent::rlock::release()");
   if (--_count > 0) {
     return;
   }
-  if (detail::handoff_list::node* n = _waiters.first()) {
-    _owner = n->f;
+  if (_lock.hand_over() != nullptr) {
     _count = 1;
-    _waiters.grant(*n);
-  } else {
-    _owner = nullptr;
   }
 }
 

@@ -97,6 +97,28 @@ class handoff_list {
   fifo_links<node> _links;
 };
 
+// owner_lock is what mutex and rlock share: an owning fiber and a FIFO of
+// fibers waiting to be handed the lock. Not thread-safe.
+class owner_lock {
+ public:
+  fiber_impl* owner() const noexcept { return _owner; }
+  // owned() is true if the calling fiber owns the lock.
+  bool owned() const noexcept;
+  // take() makes `self` the owner if the lock is free (true); otherwise it
+  // waits up to `deadline` for a release to hand it over (true) or not
+  // (false). Raises a pending interrupt. May switch.
+  bool take(fiber_impl* self, clock::time_point deadline);
+  // check_owner() throws lock_error, naming `who`, unless the caller owns the lock.
+  void check_owner(const char* who) const;
+  // hand_over() gives the lock to the longest waiter (returned) or unlocks it (null).
+  fiber_impl* hand_over() noexcept;
+  std::size_t waiters() const noexcept { return _waiters.size(); }
+
+ private:
+  fiber_impl* _owner = nullptr;
+  handoff_list _waiters;
+};
+
 }  // namespace detail
 
 // event is gevent's Event: a flag; wait() blocks until it is set. set() wakes
@@ -271,11 +293,11 @@ class mutex {
   // lock_error if it is not locked or the caller does not own it. Never switches.
   void release();
   // locked() is true while some fiber owns the lock. Never switches.
-  bool locked() const noexcept { return _owner != nullptr; }
+  bool locked() const noexcept { return _lock.owner() != nullptr; }
   // owned() is true if the calling fiber owns the lock. Never switches.
-  bool owned() const noexcept;
+  bool owned() const noexcept { return _lock.owned(); }
   // waiters() counts the fibers blocked in acquire(). Never switches.
-  std::size_t waiters() const noexcept { return _waiters.size(); }
+  std::size_t waiters() const noexcept { return _lock.waiters(); }
 
   // lock(), unlock(), try_lock(): the C++ Lockable names for acquire(),
   // release() and acquire(0) (try_lock never switches).
@@ -284,8 +306,7 @@ class mutex {
   bool try_lock() { return acquire(std::chrono::nanoseconds::zero()); }
 
  private:
-  detail::fiber_impl* _owner = nullptr;
-  detail::handoff_list _waiters;
+  detail::owner_lock _lock;
 };
 
 // lock is gevent's name for mutex.
@@ -317,13 +338,13 @@ class rlock {
   // (or it is not locked). Never switches.
   void release();
   // locked() is true while some fiber owns it. Never switches.
-  bool locked() const noexcept { return _owner != nullptr; }
+  bool locked() const noexcept { return _lock.owner() != nullptr; }
   // owned() is true if the calling fiber owns it. Never switches.
-  bool owned() const noexcept;
+  bool owned() const noexcept { return _lock.owned(); }
   // count() is the owner's acquisition depth (0 when unlocked). Never switches.
   std::size_t count() const noexcept { return _count; }
   // waiters() counts the fibers blocked in acquire(). Never switches.
-  std::size_t waiters() const noexcept { return _waiters.size(); }
+  std::size_t waiters() const noexcept { return _lock.waiters(); }
 
   // lock(), unlock(), try_lock(): the C++ Lockable names (try_lock never switches).
   void lock() { acquire(); }
@@ -331,9 +352,8 @@ class rlock {
   bool try_lock() { return acquire(std::chrono::nanoseconds::zero()); }
 
  private:
-  detail::fiber_impl* _owner = nullptr;
+  detail::owner_lock _lock;
   std::size_t _count = 0;
-  detail::handoff_list _waiters;
 };
 
 // semaphore is gevent's Semaphore: a counter of free units. acquire() takes

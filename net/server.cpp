@@ -3,6 +3,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -201,6 +202,21 @@ void stream_server::report(const net::address& peer, std::exception_ptr e) {
   }
   std::fprintf(stderr, "cogent: stream_server %s: client %s: %s\n", _address.to_string().c_str(),
                peer.to_string().c_str(), describe_exception(e).c_str());
+}
+
+std::size_t raise_fd_limit() noexcept {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    return 0;
+  }
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlimit raised = rl;
+    raised.rlim_cur = rl.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+      rl = raised;
+    }
+  }
+  return static_cast<std::size_t>(rl.rlim_cur);
 }
 
 int wait_for_signal(std::initializer_list<int> signals, timeout_duration t) {

@@ -144,6 +144,11 @@ class stream_server {
 // in them too. Raises std::system_error if signalfd fails. May switch.
 int wait_for_signal(std::initializer_list<int> signals, timeout_duration t = std::nullopt);
 
+// raise_fd_limit() raises this process's soft RLIMIT_NOFILE to its hard limit
+// (thousands of clients need thousands of descriptors; Go's runtime does this
+// at start-up) and returns the soft limit now in force. Never switches.
+std::size_t raise_fd_limit() noexcept;
+
 }  // namespace cogent::net
 
 #pragma GCC visibility pop

@@ -46,6 +46,14 @@ struct counted_op : io_op {
   counted_op() {
     on_complete = [](io_op* op) { ++static_cast<counted_op*>(op)->deliveries; };
   }
+  // recv() makes this a recv of up to `len` bytes from `fd` into `into`.
+  counted_op& recv(int from_fd, char* into, std::size_t n) {
+    code = op_code::recv;
+    fd = from_fd;
+    buf = into;
+    len = static_cast<std::uint32_t>(n);
+    return *this;
+  }
 };
 
 // drive() runs the engine until `pred` holds or the budget runs out.
@@ -209,10 +217,7 @@ TEST_SUITE("engine") {
 
     char in[32] = {};
     counted_op rv;
-    rv.code = op_code::recv;
-    rv.fd = sp.b;
-    rv.buf = in;
-    rv.len = sizeof in;
+    rv.recv(sp.b, in, sizeof in);
     e->submit(rv);
 
     char out[] = "ping";
@@ -318,10 +323,7 @@ TEST_SUITE("engine") {
 
     SUBCASE("after the recv reached the kernel") {
       counted_op rv;
-      rv.code = op_code::recv;
-      rv.fd = sp.b;
-      rv.buf = buf;
-      rv.len = sizeof buf;
+      rv.recv(sp.b, buf, sizeof buf);
       e->submit(rv);
       CHECK(e->poll() == 0);
       CHECK(e->in_flight() == 1);
@@ -335,10 +337,7 @@ TEST_SUITE("engine") {
 
     SUBCASE("in the same batch as the recv") {
       counted_op rv;
-      rv.code = op_code::recv;
-      rv.fd = sp.b;
-      rv.buf = buf;
-      rv.len = sizeof buf;
+      rv.recv(sp.b, buf, sizeof buf);
       e->submit(rv);
       e->cancel(rv);
       REQUIRE(drive(*e, [&] { return rv.done; }));
@@ -360,10 +359,7 @@ TEST_SUITE("engine") {
       REQUIRE(::send(sp.a, "data", 4, MSG_NOSIGNAL) == 4);
       char buf[8];
       counted_op rv;
-      rv.code = op_code::recv;
-      rv.fd = sp.b;
-      rv.buf = buf;
-      rv.len = sizeof buf;
+      rv.recv(sp.b, buf, sizeof buf);
       e->submit(rv);
       e->cancel(rv);  // same batch: the recv runs first, finds data, completes
       REQUIRE(drive(*e, [&] { return rv.done; }));
@@ -424,10 +420,7 @@ TEST_SUITE("engine") {
     auto sp = make_socketpair();
     char buf[4];
     counted_op rv;
-    rv.code = op_code::recv;
-    rv.fd = sp.b;
-    rv.buf = buf;
-    rv.len = sizeof buf;
+    rv.recv(sp.b, buf, sizeof buf);
     e->submit(rv);
     t0 = clock::now();
     CHECK(e->wait(t0 + 30ms) == 0);
@@ -511,10 +504,7 @@ TEST_SUITE("engine") {
     auto sp = make_socketpair();
     char buf[8];
     counted_op rv;
-    rv.code = op_code::recv;
-    rv.fd = sp.b;
-    rv.buf = buf;
-    rv.len = sizeof buf;
+    rv.recv(sp.b, buf, sizeof buf);
     e->submit(rv);
     CHECK(e->poll() == 0);
     std::thread sender([&] {

@@ -495,3 +495,22 @@ COGENT_TEST_CASE("server: EMFILE on accept: logs once, keeps serving, recovers",
   CHECK(count("accept failed: Too many open files") == 1);
   CHECK(count("accepting again") == 1);
 }
+
+TEST_CASE("raise_fd_limit raises the soft descriptor limit to the hard one" * doctest::timeout(10)) {
+  rlimit original{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &original) == 0);
+  if (original.rlim_max <= 256) {
+    MESSAGE("hard RLIMIT_NOFILE too low to test");
+    return;
+  }
+  rlimit low = original;
+  low.rlim_cur = 256;
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+  std::size_t now = cogent::net::raise_fd_limit();
+  rlimit after{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &after) == 0);
+  CHECK(after.rlim_cur == original.rlim_max);
+  CHECK(now == static_cast<std::size_t>(original.rlim_max));
+  CHECK(cogent::net::raise_fd_limit() == now);  // already at the hard limit: unchanged
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &original) == 0);
+}

@@ -5,10 +5,12 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -62,6 +64,31 @@ inline listener listen_any(const char* tool, int port, int type_flags) {
     die(tool, "getsockname", errno);
   }
   return {fd, ntohs(addr.sin_port)};
+}
+
+// start_server() is the start-up both floor servers share: `tool <port>` on
+// the command line (0 = a free port), the descriptor limit raised, SIGPIPE
+// ignored, SIGINT/SIGTERM to `on_stop` without SA_RESTART (so the server's
+// wait returns EINTR), the listener made, and "port <N>" printed as the first
+// stdout line. Exits 2 on a missing argument.
+inline listener start_server(const char* tool, int argc, char** argv, void (*on_stop)(int), int type_flags) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s <port>   (0 = pick a free port)\n", argv[0]);
+    std::exit(2);
+  }
+  int port = std::atoi(argv[1]);
+  raise_nofile_limit();
+  std::signal(SIGPIPE, SIG_IGN);
+  struct sigaction sa {};
+  sa.sa_handler = on_stop;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  listener l = listen_any(tool, port, type_flags);
+  std::printf("port %d\n", l.port);
+  std::fflush(stdout);
+  return l;
 }
 
 }  // namespace raw

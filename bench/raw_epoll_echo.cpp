@@ -197,24 +197,7 @@ class echo_server {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s <port>   (0 = pick a free port)\n", argv[0]);
-    return 2;
-  }
-  int port = std::atoi(argv[1]);
-  raw::raise_nofile_limit();
-  std::signal(SIGPIPE, SIG_IGN);
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = 0;  // no SA_RESTART: epoll_wait must return EINTR
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-
-  raw::listener l = raw::listen_any("raw_epoll_echo", port, SOCK_NONBLOCK);
-  int listen_fd = l.fd;
-  std::printf("port %d\n", l.port);
-  std::fflush(stdout);
+  int listen_fd = raw::start_server("raw_epoll_echo", argc, argv, on_signal, SOCK_NONBLOCK).fd;
 
   auto* server = new echo_server(listen_fd);
   server->run();

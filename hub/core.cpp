@@ -30,11 +30,6 @@ thread_local hub_config t_config;
 using detail::fiber_impl;
 using detail::wake_reason;
 
-struct park_timer : detail::timer_node {
-  hub* h = nullptr;
-  fiber_impl* f = nullptr;
-};
-
 void report_hub_exception(const char* where) noexcept {
   try {
     throw;
@@ -162,14 +157,14 @@ wake_reason hub::park(clock::time_point deadline, bool interruptible) {
   if (interruptible && self->sched.pending) {
     return wake_reason::interrupted;
   }
-  park_timer timer;
+  // The deadline's timer is the fiber's own (in its control block): a fiber
+  // parks once at a time, and it is disarmed before this returns.
+  auto& timer = self->sched.park_timer;
   if (deadline != clock::time_point::max()) {
     timer.deadline = deadline;
-    timer.h = this;
-    timer.f = self;
+    timer.owner = self;
     timer.fire = [](detail::timer_node* n) {
-      auto* t = static_cast<park_timer*>(n);
-      t->h->schedule(t->f, wake_reason::timed_out);
+      t_hub->schedule(static_cast<fiber_impl::sched_slot::park_timer_node*>(n)->owner, wake_reason::timed_out);
     };
     add_timer(timer);
   }

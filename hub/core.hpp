@@ -90,19 +90,7 @@ struct hub_config {
 class hub;
 namespace detail {
 
-// timer_node is an intrusive entry in the hub's timers. It must stay alive
-// while armed; disarm it (hub::cancel_timer) before destroying it.
-struct timer_node {
-  static constexpr std::size_t unarmed = static_cast<std::size_t>(-1);
-  static constexpr std::size_t in_run = unarmed - 1;  // in the sorted run, not the heap
-  clock::time_point deadline{};
-  std::uint64_t seq = 0;  // FIFO order among equal deadlines
-  std::size_t heap_index = unarmed;
-  timer_node* run_prev = nullptr;
-  timer_node* run_next = nullptr;
-  void (*fire)(timer_node*) = nullptr;
-  bool armed() const noexcept { return heap_index != unarmed; }
-};
+// timer_node (fiber/detail/fiber_impl.hpp) is an entry in the hub's timers.
 
 // start_failed_hook is called (by the hub, in the hub) with a fiber that could
 // not start because no stack could be mapped for it; hub/task.cpp installs it

@@ -8,6 +8,7 @@
 #pragma GCC visibility push(default)
 
 #include <any>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -29,6 +30,21 @@ namespace detail {
 // installs it; the fiber layer only calls it, from ~fiber_impl).
 inline void (*fiber_locals_hook)(void* storage) noexcept = nullptr;
 
+// timer_node is an intrusive entry in the hub's timers (hub/core.hpp). It must
+// stay alive while armed; disarm it (hub::cancel_timer) before destroying it.
+// Defined here because every fiber's scheduler slot embeds one (see below).
+struct timer_node {
+  static constexpr std::size_t unarmed = static_cast<std::size_t>(-1);
+  static constexpr std::size_t in_run = unarmed - 1;  // in the sorted run, not the heap
+  std::chrono::steady_clock::time_point deadline{};
+  std::uint64_t seq = 0;  // FIFO order among equal deadlines
+  std::size_t heap_index = unarmed;
+  timer_node* run_prev = nullptr;
+  timer_node* run_next = nullptr;
+  void (*fire)(timer_node*) = nullptr;
+  bool armed() const noexcept { return heap_index != unarmed; }
+};
+
 // fiber_impl is one fiber's state, on the heap. A created fiber gets its stack
 // when it is first switched to and gives it back as soon as it finishes: a
 // fiber that never runs never maps one, and a run-to-completion task reuses
@@ -49,13 +65,20 @@ class fiber_impl {
   // Scheduler slot: owned by the layer above (the hub); the fiber layer never
   // reads or writes it. Kept inline so parking and waking allocate nothing.
   struct sched_slot {
-    fiber_impl* next_ready = nullptr;     // intrusive ready-queue link
+    // The fields the hub touches to wake a fiber come first, together.
+    fiber_impl* next_ready = nullptr;  // intrusive ready-queue link
+    std::uint8_t state = 0;            // hub-defined: running / parked / ready
+    std::uint8_t reason = 0;           // hub-defined wake reason
+    bool interruptible = false;        // a parked fiber may be woken by an interrupt
+    // park_timer is the deadline of the fiber's current park (a sleep, a wait
+    // with a timeout). It lives here, not on the parked stack: expiring 100k
+    // sleepers then walks dense control blocks instead of 100k stack pages.
+    struct park_timer_node : timer_node {
+      fiber_impl* owner = nullptr;
+    } park_timer;
     std::exception_ptr pending;           // interrupt (kill, Timeout) to raise at the next park
     const void* pending_owner = nullptr;  // who raised `pending` (a Timeout scope), or null
     void* task = nullptr;                 // the task this fiber runs, if any
-    std::uint8_t state = 0;               // hub-defined: running / parked / ready
-    std::uint8_t reason = 0;              // hub-defined wake reason
-    bool interruptible = false;           // a parked fiber may be woken by an interrupt
     // locals is this fiber's fiber_local storage (hub/local.hpp), freed with the fiber.
     struct locals_slot {
       void* storage = nullptr;

@@ -460,14 +460,19 @@ bool hub::nothing_can_happen() const noexcept {
       // control blocks and cold stacks. Two-deep pipeline, overlapped with
       // f's run: `next` was fetched during the previous turn, so the frames
       // its resume will read (the top of its saved stack) can be fetched now,
-      // and the control block after it starts coming in.
+      // with the canary at the bottom of an unguarded stack (another page:
+      // its walk overlaps the first one), and the control block after it
+      // starts coming in.
       if (auto* sp = static_cast<const char*>(next->ctx); sp != nullptr) {
         for (int off = 0; off < 512; off += 64) {
           __builtin_prefetch(sp + off, 0);
         }
       }
-      if (next->sched.next_ready != nullptr) {
-        __builtin_prefetch(next->sched.next_ready, 1);
+      if (next->unguarded) {
+        __builtin_prefetch(next->stk.bottom, 0);  // read when it switches away
+      }
+      if (auto* after = next->sched.next_ready; after != nullptr) {
+        __builtin_prefetch(after, 1);
       }
     }
     f->sched.state = st_running;

@@ -97,8 +97,9 @@ class fiber_exit {
 
 // fiber_options configures a new fiber.
 struct fiber_options {
-  // stack_size is the usable stack in bytes; 0 = stack_limits::default_size
-  // (256 KiB, lazily committed). Must be 0 or within [stack_limits::min_size,
+  // stack_size is the usable stack in bytes; 0 = the default,
+  // default_stack_size() (256 KiB unless set_default_stack_size() changed it;
+  // lazily committed). Must be 0 or within [stack_limits::min_size,
   // stack_limits::max_size], else fiber_error.
   std::size_t stack_size = 0;
   // name is shown in errors and overflow reports; empty = "fiber-<id>".

@@ -13,6 +13,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <system_error>
 #include <vector>
 
@@ -166,7 +168,17 @@ inline thread_pool& pool() {
   return p != nullptr ? *p : make_pool();
 }
 
-constexpr std::size_t default_slot = stack_limits::default_size + page_size;
+// The default stack size: settable until the first default-size stack is
+// carved (g_default_fixed), then fixed, so every pooled stack has one size.
+std::mutex g_default_mu;
+std::atomic<std::size_t> g_default_size{stack_limits::default_size};
+bool g_default_fixed = false;  // guarded by g_default_mu
+
+char* map_default_chunk(std::size_t slot) {
+  std::lock_guard lock(g_default_mu);
+  g_default_fixed = true;
+  return static_cast<char*>(map_region(slot * chunk_stacks));
+}
 
 stack allocate_default() {
   thread_pool& tp = pool();
@@ -189,21 +201,22 @@ stack allocate_default() {
       return s;
     }
   }
+  const std::size_t slot = g_default_size.load(std::memory_order_relaxed) + page_size;
   if (tp.chunk_left == 0) {
-    tp.chunk_next = static_cast<char*>(map_region(default_slot * chunk_stacks));
+    tp.chunk_next = map_default_chunk(slot);
     tp.chunk_left = chunk_stacks;
   }
   char* base = tp.chunk_next;
-  tp.chunk_next += default_slot;
+  tp.chunk_next += slot;
   --tp.chunk_left;
-  return carve(base, default_slot, true);
+  return carve(base, slot, true);
 }
 
 }  // namespace
 
 stack allocate_stack(std::size_t size) {
   stack s;
-  if (size == 0 || size == stack_limits::default_size) {
+  if (size == 0 || size == g_default_size.load(std::memory_order_relaxed)) {
     s = allocate_default();
   } else {
     std::size_t bytes = round_up(size, page_size) + page_size;
@@ -211,6 +224,21 @@ stack allocate_stack(std::size_t size) {
   }
   ++pool().live;
   return s;
+}
+
+void prefetch_next_stacks() noexcept {
+  thread_pool* p = t_pool_ptr;
+  if (p == nullptr) {
+    return;
+  }
+  // The next one or two fibers to start take these, and write their first
+  // frames just below the top.
+  std::size_t n = p->free.size();
+  for (std::size_t i = n; i > 0 && i + 2 > n; --i) {
+    const char* top = p->free[i - 1].top();
+    __builtin_prefetch(top - 64, 1);
+    __builtin_prefetch(top - 128, 1);
+  }
 }
 
 void release_stack(const stack& s) noexcept {
@@ -331,6 +359,25 @@ void install_overflow_handler(overflow_inspector inspect) {
 }
 
 }  // namespace detail
+
+void set_default_stack_size(std::size_t bytes) {
+  if (bytes < stack_limits::min_size || bytes > stack_limits::max_size) {
+    throw std::invalid_argument("cogent: set_default_stack_size(" + std::to_string(bytes) + "): outside [" +
+                                std::to_string(stack_limits::min_size) + ", " +
+                                std::to_string(stack_limits::max_size) + "]");
+  }
+  std::lock_guard lock(detail::g_default_mu);
+  if (detail::g_default_fixed) {
+    throw std::logic_error(
+        "cogent: set_default_stack_size() called after default-size stacks were handed out: call it first "
+        "thing in main, before any fiber, task or hub exists");
+  }
+  detail::g_default_size.store(detail::round_up(bytes, detail::page_size), std::memory_order_relaxed);
+}
+
+std::size_t default_stack_size() noexcept {
+  return detail::g_default_size.load(std::memory_order_relaxed);
+}
 
 void set_stack_pool_limit(std::size_t hot_stacks) noexcept {
   detail::g_hot_limit.store(hot_stacks, std::memory_order_relaxed);

@@ -1,6 +1,6 @@
 // fiber/stack.hpp — fiber stacks: sizes, the pooled allocator, overflow protection.
 //
-// Defines cogent::stack_limits, cogent::stack_stats() and the internal
+// Defines cogent::stack_limits, cogent::set_default_stack_size(), cogent::stack_stats() and the internal
 // allocator (cogent::detail::stack, allocate_stack, release_stack).
 //
 // How stacks work:
@@ -41,6 +41,22 @@ struct stack_counters {
   std::size_t guard_budget = 0;   // how many guarded stacks the map-count budget allows (process-wide)
 };
 
+// set_default_stack_size() sets the usable size, in bytes, of the stacks of
+// fibers created with stack_size 0 (process-wide; rounded up to whole pages;
+// initially stack_limits::default_size, 256 KiB). A stack costs only the
+// pages its fiber touches either way; a smaller size packs stacks tighter in
+// the address space, so with 100k+ fibers alive each wake-up costs less
+// page-table walking (BENCHMARKS.md, sleep_100k_10ms at 32 KiB) — at the price
+// of less room for deep calls (libc's printf and getaddrinfo want ~10 KiB).
+// Call it first thing in main, before any fiber, task or hub exists. Throws
+// std::invalid_argument outside [stack_limits::min_size,
+// stack_limits::max_size], std::logic_error once a default-size stack has
+// been handed out (the pool's stacks all have one size). Never switches.
+void set_default_stack_size(std::size_t bytes);
+
+// default_stack_size() is the usable size of a stack_size-0 fiber's stack.
+std::size_t default_stack_size() noexcept;
+
 // set_stack_pool_limit() sets how many free default-size stacks each thread
 // keeps with their memory committed (the rest give their pages back). A freed
 // stack holds only the pages its fiber touched (often one, 4 KiB). Never switches.
@@ -72,6 +88,11 @@ inline constexpr std::size_t stack_canary_bytes = 64;
 // default). Throws std::system_error if memory cannot be mapped. `size` must
 // already be validated against stack_limits.
 stack allocate_stack(std::size_t size);
+
+// prefetch_next_stacks() starts fetching the tops of the pooled stacks the
+// next fibers to start on this thread will get (the hub calls it when the
+// fiber after the one it is resuming has never run). Never switches.
+void prefetch_next_stacks() noexcept;
 
 // release_stack() gives a stack back (to the pool or to the kernel).
 void release_stack(const stack& s) noexcept;

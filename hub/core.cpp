@@ -164,7 +164,8 @@ wake_reason hub::park(clock::time_point deadline, bool interruptible) {
     timer.deadline = deadline;
     timer.owner = self;
     timer.fire = [](detail::timer_node* n) {
-      t_hub->schedule(static_cast<fiber_impl::sched_slot::park_timer_node*>(n)->owner, wake_reason::timed_out);
+      t_hub->schedule(static_cast<fiber_impl::sched_slot::park_timer_node*>(n)->owner,
+                      wake_reason::timed_out);
     };
     add_timer(timer);
   }
@@ -467,6 +468,8 @@ bool hub::nothing_can_happen() const noexcept {
         for (int off = 0; off < 512; off += 64) {
           __builtin_prefetch(sp + off, 0);
         }
+      } else if (!next->started) {
+        detail::prefetch_next_stacks();  // it will take a pooled stack and write its first frames
       }
       if (next->unguarded) {
         __builtin_prefetch(next->stk.bottom, 0);  // read when it switches away

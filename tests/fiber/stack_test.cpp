@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -84,8 +85,32 @@ bool contains(const std::string& s, const std::string& what) {
 }  // namespace
 
 TEST_SUITE("stack") {
-  // These two tests come first in the file: they need the guard budget not yet spent by this process
-  // (a fork()ed child inherits it).
+  // This test comes first in the file: its child must be the first to hand out a default-size stack.
+  TEST_CASE("set_default_stack_size() changes the stack of every default fiber" * doctest::timeout(60)) {
+    child_result r = run_in_child([] {
+      try {
+        cogent::set_default_stack_size(40 * 1024 + 1);  // rounded up to whole pages
+      } catch (const std::logic_error& e) {
+        std::fprintf(stderr, "the parent already handed out default stacks: %s\n", e.what());
+        ::_exit(child_setup_failed);
+      }
+      if (cogent::default_stack_size() != 44 * 1024) {
+        std::fprintf(stderr, "default_stack_size() = %zu\n", cogent::default_stack_size());
+        ::_exit(child_setup_failed);
+      }
+      // 96 KiB of frames: fine on the old 256 KiB default, an overflow on 44 KiB.
+      g_depth_limit = 96;
+      fiber f([] { recurse_forever(0); }, {.name = "small-default"});
+      f.switch_to();
+      std::fprintf(stderr, "96 KiB of frames fitted in the small default stack\n");
+    });
+    INFO("child stderr: " << r.err);
+    REQUIRE_FALSE(r.exited(child_setup_failed));
+    CHECK(WIFSIGNALED(r.status));
+    CHECK(contains(r.err, "stack overflow in fiber 'small-default'"));
+  }
+
+  // The next two tests need the guard budget not yet spent by this process (a fork()ed child inherits it).
   TEST_CASE("a stack overflow on a guard page is reported by name and aborts" * doctest::timeout(60)) {
     child_result r = run_in_child([] {
       std::size_t guarded0 = cogent::stack_stats().guarded_total;
@@ -229,4 +254,17 @@ TEST_SUITE("stack") {
     CHECK(secs < 60.0);
   }
 
+  // In-process (not in a child): after the child-based tests, as doctest restores its own signal handlers
+  // after each test case, and the overflow handler is installed once per process, by the first fiber.
+  TEST_CASE("set_default_stack_size() rejects bad sizes and late calls") {
+    CHECK_THROWS_AS(cogent::set_default_stack_size(1024), std::invalid_argument);
+    CHECK_THROWS_AS(cogent::set_default_stack_size(cogent::stack_limits::max_size + 1),
+                    std::invalid_argument);
+    std::size_t before = cogent::default_stack_size();
+    fiber f([] {});
+    f.switch_to();  // a default-size stack is handed out (and back)
+    CHECK_THROWS_WITH_AS(cogent::set_default_stack_size(64 * 1024), doctest::Contains("first thing in main"),
+                         std::logic_error);
+    CHECK(cogent::default_stack_size() == before);
+  }
 }  // TEST_SUITE("stack")

@@ -200,8 +200,9 @@ template <class Fn, class... Args>
 auto spawn(spawn_options opts, Fn&& fn, Args&&... args) {
   using R = std::invoke_result_t<std::decay_t<Fn>&, std::decay_t<Args>...>;
   using tuple = std::tuple<std::decay_t<Args>...>;
-  auto st = std::make_shared<detail::task_impl<R, std::decay_t<Fn>, tuple>>(
-      std::decay_t<Fn>(std::forward<Fn>(fn)), tuple(std::forward<Args>(args)...));
+  auto st = std::allocate_shared<detail::task_impl<R, std::decay_t<Fn>, tuple>>(
+      detail::cached_allocator<char>{}, std::decay_t<Fn>(std::forward<Fn>(fn)),
+      tuple(std::forward<Args>(args)...));
   detail::start_task(st, std::move(opts), std::nullopt);
   return task<R>(std::move(st));
 }
@@ -215,8 +216,9 @@ template <class Fn, class... Args>
 auto spawn_later(std::chrono::nanoseconds delay, Fn&& fn, Args&&... args) {
   using R = std::invoke_result_t<std::decay_t<Fn>&, std::decay_t<Args>...>;
   using tuple = std::tuple<std::decay_t<Args>...>;
-  auto st = std::make_shared<detail::task_impl<R, std::decay_t<Fn>, tuple>>(
-      std::decay_t<Fn>(std::forward<Fn>(fn)), tuple(std::forward<Args>(args)...));
+  auto st = std::allocate_shared<detail::task_impl<R, std::decay_t<Fn>, tuple>>(
+      detail::cached_allocator<char>{}, std::decay_t<Fn>(std::forward<Fn>(fn)),
+      tuple(std::forward<Args>(args)...));
   detail::start_task(st, spawn_options{}, delay);
   return task<R>(std::move(st));
 }

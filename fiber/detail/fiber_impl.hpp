@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "fiber/detail/block_cache.hpp"
 #include "fiber/detail/context.hpp"
 #include "fiber/stack.hpp"
 
@@ -56,6 +57,10 @@ class fiber_impl {
   fiber_impl(const fiber_impl&) = delete;
   fiber_impl& operator=(const fiber_impl&) = delete;
   virtual ~fiber_impl();
+  // Control blocks come from the per-thread block cache (block_cache.hpp):
+  // the deleting destructor passes the dynamic type's size.
+  static void* operator new(std::size_t bytes) { return cached_alloc(bytes); }
+  static void operator delete(void* p, std::size_t bytes) noexcept { cached_free(p, bytes); }
 
   // run() invokes the callable with the first switch's value; called once, on
   // the fiber's own stack. release_body() destroys the callable (also on that stack).

@@ -78,8 +78,8 @@ void task_state::finish() noexcept {
   // kill() through its own copy), so *this outlives this call; a handle for
   // the callbacks is made only when there are callbacks to make.
   st = status::done;
-  if (start_timer.armed()) {
-    hub::current().cancel_timer(start_timer);
+  if (fib && fib.impl()->sched.park_timer.armed()) {
+    hub::current().cancel_timer(fib.impl()->sched.park_timer);  // spawn_later's start, never reached
   }
   unregister_task(this);
   bool observed = waiting > 0 || kill_requested;
@@ -154,13 +154,15 @@ void start_task(const std::shared_ptr<task_state>& st, spawn_options&& opts,
   f->sched.state = 1;  // parked: schedule() may make it ready
   register_task(st.get());
   if (delay && *delay > std::chrono::nanoseconds::zero()) {
-    st->start_timer.owner = st.get();
-    st->start_timer.deadline = clock::now() + std::chrono::duration_cast<clock::duration>(*delay);
-    st->start_timer.fire = [](timer_node* n) {
-      task_state* s = static_cast<task_state::start_timer_node*>(n)->owner;
-      hub::current().schedule(s->fib.impl());
+    // The start is the fiber's own park timer: a fiber that has not started
+    // cannot be parked on anything else.
+    auto& timer = f->sched.park_timer;
+    timer.owner = f;
+    timer.deadline = clock::now() + std::chrono::duration_cast<clock::duration>(*delay);
+    timer.fire = [](timer_node* n) {
+      hub::current().schedule(static_cast<fiber_impl::sched_slot::park_timer_node*>(n)->owner);
     };
-    h.add_timer(st->start_timer);
+    h.add_timer(timer);
   } else {
     h.schedule(f);
   }

@@ -79,9 +79,6 @@ struct task_state : std::enable_shared_from_this<task_state> {
   };
   std::vector<link_entry> links;
   std::size_t next_link = 1;
-  struct start_timer_node : timer_node {
-    task_state* owner = nullptr;
-  } start_timer;  // spawn_later
   task_state* reg_prev = nullptr;
   task_state* reg_next = nullptr;
 

@@ -2,6 +2,7 @@
 // timeouts on get/join, kill at every kind of blocking point, links, the
 // collection helpers, the registry and the unjoined-error report.
 #include "hub/task.hpp"
+#include "hub/sync.hpp"
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
 
@@ -377,6 +378,19 @@ COGENT_TEST_CASE("spawn_later orders by delay", doctest::timeout(10)) {
   cogent::joinall({a, b, c});
   CHECK(order == std::vector<int>{0, 10, 30});
   CHECK(clock::now() - t0 >= 30ms);
+}
+
+COGENT_TEST_CASE("a spawn_later task blocks and times out like any other", doctest::timeout(10)) {
+  // Its delayed start and its own later waits share the fiber's park timer.
+  auto t0 = clock::now();
+  auto t = cogent::spawn_later(10ms, [] {
+    cogent::sleep(10ms);
+    cogent::event never;
+    return never.wait(10ms);  // times out
+  });
+  CHECK_FALSE(t.get());
+  CHECK(clock::now() - t0 >= 30ms);
+  CHECK(cogent::hub::current().timer_count() == 0);
 }
 
 COGENT_TEST_CASE("named tasks", doctest::timeout(10)) {

@@ -212,6 +212,9 @@ void destroy(fiber_impl* f) noexcept {
   }
   fiber_impl* parent = f->parent;
   stack s = f->stk;  // empty unless it never finished (a leaked unwind)
+  if (fiber_free_hook != nullptr) [[unlikely]] {
+    fiber_free_hook(f);
+  }
   delete f;
   if (s.bottom != nullptr) {
     release_stack(s);

@@ -44,6 +44,27 @@ void report_hub_exception(const char* where) noexcept {
 
 // ---- the watchdog ------------------------------------------------------------
 
+namespace {
+// on_fiber_free() is detail::fiber_free_hook while any monitor exists. The
+// monitor thread reads the name of the fiber in `_running`; a fiber that
+// finishes is freed inside the hub's resume(), before the hub clears
+// `_running`. A Dekker handshake (both sides seq_cst) keeps the read safe:
+// the monitor raises `_inspecting` and then loads `_running`; we clear
+// `_running` and then wait for `_inspecting` to drop. Either the monitor sees
+// null, or we see it reading and wait. Costs nothing on a switch; one fence
+// per freed fiber, only with a monitor.
+void on_fiber_free(fiber_impl* f) noexcept {
+  hub* h = t_hub;
+  if (h == nullptr || h->_running.load(std::memory_order_relaxed) != f) {
+    return;
+  }
+  h->_running.store(nullptr, std::memory_order_seq_cst);
+  while (h->_inspecting.load(std::memory_order_seq_cst)) {
+    __builtin_ia32_pause();
+  }
+}
+}  // namespace
+
 struct hub::monitor {
   std::mutex mu;
   std::condition_variable cv;
@@ -51,6 +72,7 @@ struct hub::monitor {
   std::thread thread;
 
   monitor(hub* h, std::chrono::milliseconds limit) {
+    detail::fiber_free_hook = &on_fiber_free;  // stays set: harmless for hubs without a monitor
     thread = std::thread([this, h, limit] {
       std::uint64_t last_switches = h->_switches.load();
       auto last_change = clock::now();
@@ -64,11 +86,18 @@ struct hub::monitor {
           last_change = now;
           continue;
         }
-        fiber_impl* running = h->_running.load(std::memory_order_relaxed);
-        if (running != nullptr && now - last_change >= limit && reported != s) {
+        if (now - last_change < limit || reported == s) {
+          continue;
+        }
+        char name[128];
+        h->_inspecting.store(true, std::memory_order_seq_cst);
+        fiber_impl* running = h->_running.load(std::memory_order_seq_cst);
+        if (running != nullptr) {
+          running->write_name(name, sizeof name);  // safe: on_fiber_free() waits for us
+        }
+        h->_inspecting.store(false, std::memory_order_release);
+        if (running != nullptr) {
           reported = s;
-          char name[128];
-          running->write_name(name, sizeof name);  // best effort: the fiber is still running, not freed
           auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_change).count();
           std::fprintf(stderr, "cogent: fiber '%s' has run %lld ms without switching (blocking the hub)\n",
                        name, static_cast<long long>(ms));
@@ -112,7 +141,12 @@ void hub::configure(const hub_config& cfg) {
   t_config = cfg;
 }
 
-hub::hub(const hub_config& cfg) : _cfg(cfg), _engine(detail::make_uring_engine(cfg.ring_entries)) {
+hub::hub(const hub_config& cfg)
+    : _cfg(cfg),
+      _engine(detail::make_uring_engine(cfg.ring_entries)),
+      _mailbox(std::make_shared<detail::mailbox>()),
+      _box(_mailbox.get()) {
+  _box->wake = _engine.get();
   fiber_impl* main = detail::thread_main_impl();
   _fiber = fiber([this] { loop(); }, fiber_options{0, "hub"});
   detail::ensure_stack(_fiber.impl());  // no memory for it: hub creation fails here, clearly
@@ -127,8 +161,17 @@ hub::hub(const hub_config& cfg) : _cfg(cfg), _engine(detail::make_uring_engine(c
 
 hub::~hub() {
   _monitor.reset();
-  // Dropping the hub fiber unwinds its loop (fiber_exit at its suspension
-  // point). Fibers still parked keep their stacks: the thread is ending.
+  // Late posts (a thread-pool job whose waiter's thread is ending) are
+  // dropped from now on; the ones queued are never run.
+  std::vector<std::function<void()>> unrun;
+  {
+    std::lock_guard lock(_box->mu);
+    _box->wake = nullptr;
+    unrun.swap(_box->posted);
+  }
+  // Dropping our handle on the hub fiber unwinds its loop (fiber_exit at its
+  // suspension point) once nothing else holds it; fibers still parked (whose
+  // parent it is) keep it and their own stacks: the thread is ending.
   _fiber = fiber();
 }
 
@@ -298,14 +341,14 @@ int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)
 
 void hub::wait_idle() {
   fiber_impl* self = detail::current_impl();
-  _idle_waiter = self;
+  _idle_waiters.push_back(self);
   struct reset {
     hub* h;
     fiber_impl* s;
     ~reset() {
-      if (h->_idle_waiter == s) {
-        h->_idle_waiter = nullptr;
-      }
+      // Still listed if it was interrupted (kill/Timeout) rather than woken.
+      auto& w = h->_idle_waiters;
+      std::erase(w, s);
     }
   } guard{this, self};
   park(clock::time_point::max(), true);
@@ -415,21 +458,30 @@ void hub::expire_timers(clock::time_point now) {
 
 // ---- cross-thread posts -------------------------------------------------------
 
-void hub::post(std::function<void()> fn) {
-  {
-    std::lock_guard lock(_post_mu);
-    _posted.push_back(std::move(fn));
-    _has_posted.store(true, std::memory_order_release);
+bool detail::post_to(mailbox& box, std::function<void()> fn) {
+  // The wake happens under the lock: ~hub clears `wake` under it before the
+  // engine goes, so a poster never wakes a destroyed engine — even one whose
+  // post the hub drained (and whose thread then ended) before the wake.
+  std::lock_guard lock(box.mu);
+  if (box.wake == nullptr) {
+    return false;
   }
-  _engine->wake();
+  box.posted.push_back(std::move(fn));
+  box.has_posted.store(true, std::memory_order_release);
+  box.wake->wake();
+  return true;
+}
+
+void hub::post(std::function<void()> fn) {
+  detail::post_to(*_box, std::move(fn));
 }
 
 void hub::drain_posted() {
   std::vector<std::function<void()>> batch;
   {
-    std::lock_guard lock(_post_mu);
-    batch.swap(_posted);
-    _has_posted.store(false, std::memory_order_relaxed);
+    std::lock_guard lock(_box->mu);
+    batch.swap(_box->posted);
+    _box->has_posted.store(false, std::memory_order_relaxed);
   }
   for (auto& fn : batch) {
     try {
@@ -444,7 +496,7 @@ void hub::drain_posted() {
 
 bool hub::nothing_can_happen() const noexcept {
   return _ready_count == 0 && timer_count() == 0 && _engine->in_flight() == 0 &&
-         _held.load(std::memory_order_relaxed) == 0 && !_has_posted.load(std::memory_order_acquire);
+         _held.load(std::memory_order_relaxed) == 0 && !_box->has_posted.load(std::memory_order_acquire);
 }
 
 [[gnu::always_inline]] inline void hub::run_ready() {
@@ -501,7 +553,7 @@ bool hub::nothing_can_happen() const noexcept {
 
 void hub::loop() {
   for (;;) {
-    if (_has_posted.load(std::memory_order_acquire)) {
+    if (_box->has_posted.load(std::memory_order_acquire)) {
       drain_posted();
     }
     if (_ready_count > 0) {
@@ -519,8 +571,11 @@ void hub::loop() {
       }
     }
     if (nothing_can_happen()) {
-      if (_idle_waiter != nullptr) {
-        schedule(std::exchange(_idle_waiter, nullptr));
+      if (!_idle_waiters.empty()) {
+        // Every wait() caller: the hub is idle for all of them at once.
+        for (fiber_impl* w : std::exchange(_idle_waiters, {})) {
+          schedule(w);
+        }
         continue;
       }
       fiber_impl* main = detail::thread_main_impl();

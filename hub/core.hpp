@@ -103,6 +103,21 @@ fiber_impl* hub_fiber_impl(hub& h) noexcept;
 // wake_reason says why a parked fiber was resumed.
 enum class wake_reason : std::uint8_t { none, woken, timed_out, interrupted };
 
+// mailbox is a hub's cross-thread post queue. It is shared (hub::mailbox())
+// with posters that may outlive the hub — a thread-pool worker whose waiting
+// fiber's thread ended — so that a late post finds `wake` null and is dropped
+// instead of touching a destroyed hub.
+struct mailbox {
+  std::mutex mu;
+  std::vector<std::function<void()>> posted;  // guarded by mu
+  std::atomic<bool> has_posted{false};
+  engine* wake = nullptr;  // guarded by mu; null once the hub is gone
+};
+
+// post_to() queues fn on the mailbox's hub and wakes it; false (fn dropped)
+// if that hub is gone. Thread-safe; never switches.
+bool post_to(mailbox& box, std::function<void()> fn);
+
 }  // namespace detail
 
 // hub is the per-thread scheduler. Users rarely touch it directly: blocking
@@ -170,8 +185,14 @@ class hub {
   void cancel_timer(detail::timer_node& t) noexcept;
 
   // post() runs fn on this hub's thread, in the hub, soon. Thread-safe; the
-  // one way other threads talk to a hub (eventfd wake).
+  // one way other threads talk to a hub (eventfd wake). The caller must know
+  // the hub is alive; code that may outlive it posts through mailbox().
   void post(std::function<void()> fn);
+
+  // mailbox() is a handle to this hub's post queue that stays valid after the
+  // hub is gone: detail::post_to() on it returns false (and drops fn) once the
+  // hub's thread has ended. Thread-safe.
+  std::shared_ptr<detail::mailbox> mailbox() const noexcept { return _mailbox; }
 
   // hold()/release() count outside work (thread-pool jobs, cross-thread
   // producers) that will later post() to this hub, so a wait on it is not
@@ -227,11 +248,10 @@ class hub {
   detail::timer_node* _run_tail = nullptr;
   std::size_t _run_count = 0;
   std::uint64_t _timer_seq = 0;
-  detail::fiber_impl* _idle_waiter = nullptr;
+  std::vector<detail::fiber_impl*> _idle_waiters;  // wait() callers, in arrival order
   std::atomic<std::size_t> _held{0};
-  std::atomic<bool> _has_posted{false};
-  std::mutex _post_mu;
-  std::vector<std::function<void()>> _posted;
+  std::shared_ptr<detail::mailbox> _mailbox;  // shared with posters that may outlive the hub
+  detail::mailbox* _box;                      // the same, without the indirection
   struct monitor;
   std::unique_ptr<monitor> _monitor;
 
@@ -239,6 +259,7 @@ class hub {
   // Watchdog bookkeeping (read by the monitor thread).
   std::atomic<std::uint64_t> _switches{0};
   std::atomic<detail::fiber_impl*> _running{nullptr};
+  std::atomic<bool> _inspecting{false};  // the monitor is reading *_running (see on_fiber_free)
 };
 
 // sleep() suspends the calling fiber for `d`; sleep(0) yields to every other

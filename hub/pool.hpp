@@ -9,14 +9,15 @@
 // lives at least as long as its membership. Destroying a group does not kill
 // its members; it only forgets them.
 //
-// Errors: a member's link counts as observing it (see task.hpp), so an
-// exception in a member is not reported by the unjoined-error handler. The
-// group keeps the first one: join(t, raise_error) rethrows it, failures() lists them.
+// Errors: the group's link on a member does not count as observing it (see
+// task.hpp), so a member's error that nobody joins or gets is still reported
+// once by the unjoined-error handler. The group also keeps the first one:
+// join(t, raise_error) rethrows it, failures() lists them.
 //
 // Example:
 //   cogent::pool p(10);                            // at most 10 fetches at once
 //   auto sizes = p.map([](const std::string& url) { return fetch(url).size(); }, urls);
-//   for (auto& s : p.imap_unordered(check, hosts)) { ... }   // in finish order
+//   for (auto& s : p.imap_unordered(check, hosts)) { ... }   // each as it finishes
 //   cogent::group g;
 //   g.spawn(worker, 1);
 //   g.spawn(worker, 2);
@@ -28,6 +29,7 @@
 #include <cstdint>
 #include <exception>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <type_traits>
 #include <unordered_map>
@@ -35,10 +37,14 @@
 #include <vector>
 
 #include "hub/core.hpp"
+#include "hub/queue.hpp"
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
 
 namespace cogent {
+
+template <class T>
+class imap_unordered_stream;
 
 // group is an unbounded set of tasks (gevent.pool.Group). One hub; not thread-safe.
 //
@@ -97,9 +103,13 @@ class group {
   template <class Fn, class Range>
   auto map(Fn&& fn, const Range& range);
 
-  // imap_unordered() is map() with results in the order the tasks finished.
-  // The first error raised (in finish order) kills the rest and is rethrown.
-  // Not for void fn. May switch.
+  // imap_unordered() runs fn(item) for every item of `range` as members and
+  // streams the results as the tasks finish (gevent's imap_unordered): it
+  // returns an imap_unordered_stream at once, and iterating it waits for each
+  // next result. A feeder task spawns the members (in a pool, as slots free
+  // up), so results flow while later items have not started. The items and fn
+  // are copied; the group must outlive the stream. Not for void fn. Never
+  // switches itself (the stream's next() does).
   template <class Fn, class Range>
   auto imap_unordered(Fn&& fn, const Range& range);
 
@@ -118,6 +128,8 @@ class group {
   void on_finished(const task_base& t) noexcept;
   template <class Fn, class Range, class Collect>
   void run_all(Fn& fn, const Range& range, Collect&& collect_in_order);
+  template <class T>
+  friend class imap_unordered_stream;
 
   std::unordered_map<std::uint64_t, member> _members;
   std::vector<task_base> _failures;
@@ -218,25 +230,180 @@ auto group::map(Fn&& fn, const Range& range) {
   }
 }
 
-template <class Fn, class Range>
-auto group::imap_unordered(Fn&& fn, const Range& range) {
-  using item_type = std::decay_t<decltype(*std::begin(range))>;
-  using result_type = std::invoke_result_t<Fn&, const item_type&>;
-  static_assert(!std::is_void_v<result_type>, "imap_unordered needs a function that returns a value");
-  std::vector<result_type> out;
-  run_all(fn, range, [&out](std::vector<task<result_type>>& ts) {
-    out.reserve(ts.size());
-    iwait it(ts);
-    while (task_base done = it.next()) {
-      for (auto& t : ts) {
-        if (t == done) {
-          out.push_back(t.get());
-          break;
+// imap_unordered_stream is what group::imap_unordered() returns: the results
+// of fn over the items, each as its task finishes. Move-only; one hub.
+//
+// next() waits for the next result; std::nullopt once every item's result has
+// been returned. A member that raised has its error rethrown by the next()
+// that reaches it, after the feeder and the members still running are killed
+// (the stream then ends). Iteration (begin()/end(), an input range) calls
+// next(). Destroying the stream before the end kills the feeder and the
+// members still running and waits for them to finish. next() may switch and
+// raises a pending kill or Timeout (the stream stays usable).
+//
+// Example:
+//   cogent::pool p(4);
+//   for (const std::string& body : p.imap_unordered(fetch, urls)) {
+//     consume(body);   // the first download to finish comes first
+//   }
+template <class T>
+class imap_unordered_stream {
+  struct state {
+    queue<std::size_t> finished;  // indexes into `members`, in finish order; npos: feeder done
+    std::vector<task<T>> members;
+    task<void> feeder;
+  };
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+ public:
+  imap_unordered_stream(imap_unordered_stream&&) noexcept = default;
+  imap_unordered_stream& operator=(imap_unordered_stream&&) = delete;
+  ~imap_unordered_stream() {
+    if (_st != nullptr && !_ended) {
+      stop();
+    }
+  }
+
+  // next() is the next result in finish order, or std::nullopt at the end.
+  // Rethrows a member's error (see the class comment). May switch.
+  std::optional<T> next() {
+    while (!_ended) {
+      if (_feeder_done && _taken == _st->members.size()) {
+        _ended = true;
+        _st->feeder.get();  // the feeder's own error, if any (a full pool killed...)
+        return std::nullopt;
+      }
+      std::size_t i = _st->finished.get();
+      if (i == npos) {
+        _feeder_done = true;
+        continue;
+      }
+      ++_taken;
+      task<T> t = _st->members[i];  // a copy: the feeder may grow the vector meanwhile
+      t.join();                     // it queued its index on its way out: let it finish
+      try {
+        return t.get();
+      } catch (...) {
+        stop();
+        throw;
+      }
+    }
+    return std::nullopt;
+  }
+
+  // iterator is an input iterator over the remaining results; *it is the
+  // current one. Incrementing waits (next()).
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = T;
+    using difference_type = std::ptrdiff_t;
+    using pointer = T*;
+    using reference = T&;
+    iterator() = default;
+    T& operator*() const { return *_s->_current; }
+    T* operator->() const { return &*_s->_current; }
+    iterator& operator++() {
+      _s->advance();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(const iterator& o) const noexcept { return at_end() == o.at_end(); }
+
+   private:
+    friend class imap_unordered_stream;
+    explicit iterator(imap_unordered_stream* s) : _s(s) {}
+    bool at_end() const noexcept { return _s == nullptr || !_s->_current.has_value(); }
+    imap_unordered_stream* _s = nullptr;
+  };
+  // begin() waits for the first result. May switch.
+  iterator begin() {
+    advance();
+    return iterator(this);
+  }
+  iterator end() { return iterator(); }
+
+  // to_vector() drains the stream into a vector (finish order). May switch.
+  std::vector<T> to_vector() {
+    std::vector<T> out;
+    while (std::optional<T> v = next()) {
+      out.push_back(std::move(*v));
+    }
+    return out;
+  }
+
+ private:
+  friend class group;
+  template <class Fn, class Item>
+  imap_unordered_stream(group& g, Fn fn, std::vector<Item> items) : _st(std::make_shared<state>()) {
+    // The feeder owns the items; fn is shared by the members. Both feeder and
+    // members use the state through a plain pointer: whenever the stream (and
+    // so the state) goes, every one of them has finished — next() joined it
+    // or stop() waited for it.
+    auto shared_fn = std::make_shared<Fn>(std::move(fn));
+    _st->feeder = spawn([&g, st = _st.get(), shared_fn, items = std::move(items)]() mutable {
+      struct done {
+        state* st;
+        ~done() { st->finished.put(npos); }
+      } guard{st};
+      for (std::size_t i = 0; i < items.size(); ++i) {
+        st->members.push_back(g.spawn([st, shared_fn, i, item = std::move(items[i])]() -> T {
+          struct push {
+            state* st;
+            std::size_t i;
+            ~push() { st->finished.put(i); }
+          } on_exit{st, i};
+          return (*shared_fn)(item);
+        }));
+      }
+    });
+  }
+
+  void advance() {
+    _current.reset();
+    if (std::optional<T> v = next()) {
+      _current.emplace(std::move(*v));
+    }
+  }
+
+  // stop() kills the feeder first (no new members), then the members still
+  // running, and waits for all of them; the stream has ended.
+  void stop() noexcept {
+    _ended = true;
+    std::vector<task_base> left;
+    left.push_back(_st->feeder);
+    for (auto& t : _st->members) {
+      left.push_back(t);
+    }
+    try {
+      killall(left, nullptr, false);
+    } catch (...) {
+    }
+    for (const task_base& t : left) {
+      while (!t.ready()) {
+        try {
+          t.join();
+        } catch (...) {
+          // A kill of the caller: keep waiting, they hold fn and the items.
         }
       }
     }
-  });
-  return out;
+  }
+
+  std::shared_ptr<state> _st;
+  std::size_t _taken = 0;
+  bool _feeder_done = false;
+  bool _ended = false;
+  std::optional<T> _current;
+};
+
+template <class Fn, class Range>
+auto group::imap_unordered(Fn&& fn, const Range& range) {
+  using item_type = std::decay_t<decltype(*std::begin(range))>;
+  using result_type = std::invoke_result_t<std::decay_t<Fn>&, const item_type&>;
+  static_assert(!std::is_void_v<result_type>, "imap_unordered needs a function that returns a value");
+  std::vector<item_type> items(std::begin(range), std::end(range));
+  return imap_unordered_stream<result_type>(*this, std::decay_t<Fn>(std::forward<Fn>(fn)), std::move(items));
 }
 
 }  // namespace cogent

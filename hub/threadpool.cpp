@@ -55,8 +55,11 @@ struct threadpool::impl {
       // callback runs on the owner's thread, marks it done and wakes the fiber,
       // which may then free it. The hold is released in the same callback, on
       // the hub's thread, so the hub never sees "not held" before the wake-up.
+      // If the owner's thread has ended meanwhile (its fiber still parked
+      // here, its stack kept), the post is dropped: the mailbox outlives the hub.
       hub* h = j->owner;
-      h->post([j, h] {
+      std::shared_ptr<detail::mailbox> box = std::move(j->box);
+      detail::post_to(*box, [j, h] {
         j->done = true;
         h->release();
         h->schedule(j->waiter);
@@ -124,6 +127,7 @@ void threadpool::submit_and_wait(detail::thread_job& j, bool detachable) {
   }
   hub::throw_if_interrupted();  // a kill already pending: fn never runs
   j.owner = &h;
+  j.box = h.mailbox();
   j.waiter = detail::current_impl();
   h.hold();
   _impl->outstanding.fetch_add(1, std::memory_order_relaxed);

@@ -49,6 +49,7 @@ namespace detail {
 struct thread_job {
   thread_job* next = nullptr;    // intrusive queue link (guarded by the pool's mutex)
   hub* owner = nullptr;          // the hub of the waiting fiber
+  std::shared_ptr<mailbox> box;  // its post queue (outlives it); the worker takes it
   fiber_impl* waiter = nullptr;  // the waiting fiber
   bool done = false;             // set on the owner's thread, in the hub
   // phase decides, once, who owns the job after execute(): the worker flips

@@ -31,6 +31,12 @@ namespace detail {
 // installs it; the fiber layer only calls it, from ~fiber_impl).
 inline void (*fiber_locals_hook)(void* storage) noexcept = nullptr;
 
+struct fiber_impl;
+// fiber_free_hook, when set, runs just before a fiber's control block is
+// freed, on the fiber's thread (hub/core.cpp installs it with the blocked-hub
+// monitor, which must stop reading a fiber before it goes).
+inline void (*fiber_free_hook)(fiber_impl* f) noexcept = nullptr;
+
 // timer_node is an intrusive entry in the hub's timers (hub/core.hpp). It must
 // stay alive while armed; disarm it (hub::cancel_timer) before destroying it.
 // Defined here because every fiber's scheduler slot embeds one (see below).

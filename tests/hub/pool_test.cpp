@@ -84,11 +84,67 @@ COGENT_TEST_CASE("group: map keeps order, imap_unordered gives finish order", do
         return ms;
       },
       in);
-  CHECK(unordered == std::vector<int>{10, 20, 30});
+  CHECK(unordered.to_vector() == std::vector<int>{10, 20, 30});
   int sum = 0;
   g.map([&sum](int x) { sum += x; }, in);  // void fn
   CHECK(sum == 60);
   CHECK(g.size() == 0);
+}
+
+COGENT_TEST_CASE("imap_unordered streams: each result arrives as its task finishes", doctest::timeout(10)) {
+  cogent::pool p(2);
+  std::vector<int> in{50, 10, 200, 20};
+  auto t0 = clock::now();
+  std::vector<std::pair<int, clock::duration>> got;
+  for (int ms : p.imap_unordered(
+           [](int ms) {
+             cogent::sleep(std::chrono::milliseconds(ms));
+             return ms;
+           },
+           in)) {
+    got.emplace_back(ms, clock::now() - t0);
+  }
+  // Two slots: 50 and 10 start; 10 ends (10 ms), 200 starts; 50 ends (50 ms), 20 starts and ends
+  // (70 ms); 200 last (210 ms). The first result came long before the last task finished.
+  REQUIRE(got.size() == 4);
+  CHECK(got[0].first == 10);
+  CHECK(got[1].first == 50);
+  CHECK(got[2].first == 20);
+  CHECK(got[3].first == 200);
+  CHECK(got[0].second < 40ms);
+  CHECK(got[3].second >= 200ms);
+  CHECK(p.size() == 0);
+}
+
+COGENT_TEST_CASE("imap_unordered: an error kills the rest; leaving early kills them too",
+                 doctest::timeout(10)) {
+  cogent::pool p(3);
+  int finished = 0;
+  auto work = [&finished](int ms) {
+    cogent::sleep(std::chrono::milliseconds(ms));
+    if (ms == 20) {
+      throw std::runtime_error("item 20 failed");
+    }
+    ++finished;
+    return ms;
+  };
+  {
+    auto s = p.imap_unordered(work, std::vector<int>{10, 20, 500, 600});
+    CHECK(s.next() == 10);
+    CHECK_THROWS_WITH_AS(s.next(), "item 20 failed", std::runtime_error);
+    CHECK_FALSE(s.next().has_value());  // the stream ended; 500 was killed, 600 never started
+  }
+  CHECK(finished == 1);
+  CHECK(p.size() == 0);
+  finished = 0;
+  auto t0 = clock::now();
+  {
+    auto s = p.imap_unordered(work, std::vector<int>{5, 300, 400, 10});
+    CHECK(s.next() == 5);
+  }  // destroyed early: the feeder and the members still running are killed and waited for
+  CHECK(clock::now() - t0 < 200ms);
+  CHECK(finished == 1);
+  CHECK(p.size() == 0);
 }
 
 COGENT_TEST_CASE("group: map rethrows the first error and kills the rest", doctest::timeout(10)) {
@@ -199,7 +255,7 @@ COGENT_TEST_CASE("pool: map with a bound runs in waves, results in order", docte
   CHECK(took >= 60ms);
   CHECK(took < 200ms);
   auto names = p.imap_unordered([](int i) { return std::to_string(i); }, std::vector<int>{1, 2});
-  CHECK(names.size() == 2);
+  CHECK(names.to_vector().size() == 2);
 }
 
 COGENT_TEST_CASE("pool: kill frees slots for waiting spawners", doctest::timeout(10)) {

@@ -5,6 +5,10 @@
 
 #include <unistd.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
+
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -221,6 +225,37 @@ COGENT_TEST_CASE("an abandoned job outlives its thread and hub", doctest::timeou
   CHECK(finished->load());
 }
 
+// The same with run(): its waiter cannot leave (the job points into its frame), so when the thread
+// ends the fiber stays parked, its stack kept, and the hub goes. The worker's completion must then
+// be dropped, not posted into the destroyed hub (ASan: heap-use-after-free before the mailbox).
+COGENT_TEST_CASE("a job finishing after its waiter's thread ended posts nowhere", doctest::timeout(10)) {
+  cogent::threadpool tp(1);
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  std::atomic<bool> parked{false};
+  std::thread other([&] {
+#if defined(__SANITIZE_ADDRESS__)
+    __lsan_disable();  // the parked fiber's control blocks are left behind on purpose
+#endif
+    auto t = cogent::spawn([&tp, finished] {
+      tp.run([finished] {
+        std::this_thread::sleep_for(150ms);
+        *finished = true;
+      });
+    });
+    while (tp.pending() == 0) {
+      cogent::sleep(1ms);
+    }
+    parked = true;
+  });  // returns while t waits in run(): the hub is destroyed, the job still runs
+  other.join();
+  CHECK(parked.load());
+  CHECK_FALSE(finished->load());
+  while (tp.pending() != 0) {
+    cogent::sleep(5ms);
+  }
+  CHECK(finished->load());
+}
+
 COGENT_TEST_CASE("a kill pending at entry means the job never runs", doctest::timeout(10)) {
   std::atomic<bool> ran{false};
   auto u = cogent::spawn([&] {
@@ -289,12 +324,24 @@ COGENT_TEST_CASE("many small jobs from many fibers", doctest::timeout(20)) {
 
 TEST_CASE("a threadpool is joined at destruction" * doctest::timeout(10)) {
   std::atomic<int> done{0};
+  std::vector<cogent::task<void>> ts;
   {
     cogent::threadpool tp(3);
-    auto t = cogent::spawn([&] { tp.run([&] { ++done; }); });
-    t.join();
-  }
-  CHECK(done.load() == 1);
+    for (int i = 0; i < 3; ++i) {
+      ts.push_back(cogent::spawn([&] {
+        tp.run([&] {
+          std::this_thread::sleep_for(100ms);
+          ++done;
+        });
+      }));
+    }
+    while (tp.pending() < 3) {
+      cogent::sleep(1ms);
+    }
+    CHECK(done.load() == 0);
+  }  // the destructor waits for the three jobs
+  CHECK(done.load() == 3);
+  cogent::joinall(ts);  // their completions were posted before the workers ended
 }
 
 }  // namespace

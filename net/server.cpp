@@ -14,6 +14,9 @@
 #include <cstring>
 #include <stdexcept>
 #include <system_error>
+#include <vector>
+
+#include "hub/timeout.hpp"
 
 namespace cogent::net {
 namespace {
@@ -57,12 +60,46 @@ stream_server::stream_server(listener l, handler_type handler, server_options op
 }
 
 stream_server::~stream_server() {
-  if (_started && !_stopped) {
+  // Nothing may run against this object once it is gone: not a stop() still
+  // in progress in another fiber, not the accept task, not a handler (one
+  // that called stop() itself included). A kill or Timeout that hits this
+  // fiber while it waits must not cut that short: it is caught, every task
+  // left is killed at once, the wait goes on, and the first interrupt caught
+  // is made pending again afterwards (raised at this fiber's next blocking
+  // call; a Timeout's only inside its scope).
+  std::exception_ptr interrupted;
+  for (;;) {
     try {
-      stop(std::chrono::nanoseconds::zero());
+      if (_started && !_stopped) {
+        stop(std::chrono::nanoseconds::zero());
+      }
+      if (interrupted) {
+        reap();  // unblocks a stop() in progress elsewhere
+      }
+      while (_stopped && !_stop_done) {
+        _stopped_waiters.wait(clock::time_point::max());
+      }
+      reap();
+      break;
+    } catch (const hub_error&) {
+      break;  // destroyed inside the hub itself: it cannot wait (a misuse)
     } catch (...) {
-      // A destructor must not throw; a kill arriving here has already done its job.
+      if (!interrupted) {
+        interrupted = std::current_exception();
+      }
+      _stopped = true;
+      _deadline = clock::now();  // stop waiting for anyone: kill what is left
     }
+  }
+  if (interrupted) {
+    const void* owner = nullptr;
+    try {
+      std::rethrow_exception(interrupted);
+    } catch (const timeout_error& e) {
+      owner = e.source();
+    } catch (...) {
+    }
+    hub::current().interrupt(cogent::fiber::current().impl(), interrupted, owner);
   }
 }
 
@@ -79,9 +116,10 @@ void stream_server::serve_forever() {
   if (!_started && !_stopped) {
     start();
   }
-  while (!_stopped) {
+  while (!_stop_done) {
     _stopped_waiters.wait(clock::time_point::max());
   }
+  reap();
 }
 
 void stream_server::stop(timeout_duration t) {
@@ -89,22 +127,42 @@ void stream_server::stop(timeout_duration t) {
     return;
   }
   _stopped = true;
-  _stopped_waiters.notify_all();
+  _deadline = deadline_after(t);
+  // However stop() ends (a kill may hit the caller while it waits), it is
+  // over: serve_forever() and the destructor take up the rest (reap()).
+  struct mark_done {
+    stream_server& srv;
+    ~mark_done() {
+      srv._stop_done = true;
+      srv._stopped_waiters.notify_all();
+    }
+  } done{*this};
   // 1. Stop accepting: kill the accept task (an accept in flight is cancelled
   //    and a connection it raced to take is closed), then close the listener.
   if (_acceptor && !_acceptor.ready()) {
     _acceptor.kill();
   }
   _listener.close();
-  // 2. A handler calling stop() must not wait for (or kill) itself.
+  // 2. Let the handlers finish until the deadline, then kill the rest. A
+  //    handler calling stop() is not waited for (or killed) here: it cannot
+  //    wait for itself. serve_forever() and the destructor wait for it.
+  reap();
+}
+
+void stream_server::reap() {
+  if (_acceptor && !_acceptor.ready()) {
+    _acceptor.kill();
+  }
   task_base self = current_task();
-  if (self && _clients.contains(self)) {
-    _clients.discard(self);
+  std::vector<task_base> others = _clients.tasks();
+  std::erase(others, self);
+  if (others.empty()) {
+    return;
   }
-  // 3. Let the handlers finish up to `t`, then kill the rest.
-  if (!_clients.join(t)) {
-    _clients.kill();
-  }
+  auto left =
+      _deadline == clock::time_point::max() ? timeout_duration() : timeout_duration(_deadline - clock::now());
+  (void)cogent::joinall(others, left);
+  cogent::killall(others);
 }
 
 void stream_server::accept_loop() {

@@ -19,7 +19,16 @@
 // any other std::exception goes to server_options::on_error (default: one line
 // on stderr). Either way only that client is affected.
 //
+// Shutdown and lifetime: stop() gives the handlers until its deadline, then
+// kills the rest. serve_forever() returns, and the destructor returns, only
+// once no task of the server is left running: not the accept task, not a
+// stop() in progress, and not a handler — a handler that called stop() itself
+// (which cannot wait for itself) included. Such a handler is waited for until
+// that stop()'s deadline and killed after it. So the server may be destroyed
+// as soon as serve_forever() returns.
+//
 // Example:
+// clang-format off
 //   cogent::net::stream_server srv(cogent::net::address::ipv4_any(7000),
 //       [](cogent::net::tcp_socket& s, const cogent::net::address& peer) {
 //         char buf[4096];
@@ -27,9 +36,14 @@
 //           s.write_all(buf, n);
 //         }
 //       });
-//   srv.start();                                       // never switches
-//   cogent::spawn([&] { cogent::net::wait_for_signal({SIGINT, SIGTERM}); srv.stop(std::chrono::seconds(2));
-//   }); srv.serve_forever();                               // returns after stop()
+//   srv.start();                                   // never switches
+//   auto stopper = cogent::spawn([&] {
+//     cogent::net::wait_for_signal({SIGINT, SIGTERM});
+//     srv.stop(std::chrono::seconds(2));           // handlers get 2 s, then are killed
+//   });
+//   srv.serve_forever();                           // returns once stop() has finished
+//   stopper.join();
+// clang-format on
 #pragma once
 // Everything declared in cogent headers is exported from the library (built with -fvisibility=hidden).
 #pragma GCC visibility push(default)
@@ -91,7 +105,15 @@ class stream_server {
   // stream_server() serves an already bound listener.
   stream_server(listener l, handler_type handler, server_options opts = {});
   // ~stream_server() stops the server if still running (stop with a zero
-  // timeout: running handlers are killed). May switch.
+  // timeout: running handlers are killed), waits for a stop() in progress in
+  // another fiber, then waits for every handler still running — one that
+  // called stop() itself until that stop()'s deadline, after which it is
+  // killed — and for the killed ones to unwind. No task of the server runs
+  // after it returns. A kill or Timeout arriving meanwhile does not cut this
+  // short: what is left is killed at once, and the interrupt is raised at the
+  // fiber's next blocking call instead. Must not run in one of the server's
+  // own handlers (that handler would go on running in a destroyed server).
+  // May switch.
   ~stream_server();
   stream_server(const stream_server&) = delete;
   stream_server& operator=(const stream_server&) = delete;
@@ -100,12 +122,17 @@ class stream_server {
   // started or stopped. Never switches.
   void start();
   // serve_forever() starts the server if needed and parks the calling fiber
-  // until stop() has been called (from another fiber). May switch.
+  // until stop() (called from another fiber or a handler) has finished and
+  // every handler has ended: a handler that called stop() itself is waited
+  // for until that stop()'s deadline, then killed. The server may be
+  // destroyed once it returns. Raises a pending kill/Timeout. May switch.
   void serve_forever();
-  // stop() stops accepting and closes the listener, waits up to `t` for the
-  // running handlers to finish (std::nullopt: as long as they take), then
-  // kills the rest and waits for them to unwind. Idempotent; a handler may
-  // call it (it is not waited for itself). May switch.
+  // stop() stops accepting and closes the listener, waits until `t` has
+  // passed (std::nullopt: as long as they take) for the running handlers to
+  // finish, then kills the rest and waits for them to unwind. Idempotent: a
+  // second call returns at once. A handler may call it: it is not waited for
+  // or killed by that call (serve_forever() and the destructor wait for it, up
+  // to the same deadline). May switch.
   void stop(timeout_duration t = std::nullopt);
 
   // port() is the bound port (0 for Unix). Never switches.
@@ -123,6 +150,9 @@ class stream_server {
   void accept_loop();
   void run_client(stream_socket s, const net::address& peer);
   void report(const net::address& peer, std::exception_ptr e);
+  // reap() kills the accept task, waits until _deadline for every client task
+  // but the calling one, then kills those left and waits for them to unwind.
+  void reap();
 
   listener _listener;
   net::address _address;
@@ -130,10 +160,12 @@ class stream_server {
   server_options _opts;
   cogent::group _clients;
   task<void> _acceptor;
-  cogent::detail::wait_list _stopped_waiters;
+  cogent::detail::wait_list _stopped_waiters;              // woken when stop() has finished
+  clock::time_point _deadline = clock::time_point::max();  // stop()'s: handlers are killed after it
   std::uint64_t _accepted = 0;
   bool _started = false;
-  bool _stopped = false;
+  bool _stopped = false;    // stop() was called
+  bool _stop_done = false;  // stop() has finished (or was cut short by a kill)
 };
 
 // wait_for_signal() blocks `signals` in the calling thread (so they are not

@@ -1,7 +1,10 @@
 // tests/net/server_test.cpp — cogent::net::stream_server against real clients.
 //
 // Covers: echo with many concurrent clients; a pool bounding concurrency;
-// serve_forever/stop from another fiber and from a handler; stop() with
+// serve_forever/stop from another fiber and from a handler; a handler that
+// stopped its own server and keeps running is waited for (or killed at
+// stop()'s deadline) before serve_forever returns or the server is destroyed;
+// stop() with
 // handlers still running (the quick ones finish, the rest are killed after the
 // timeout); the idle timeout; a client sending garbage or vanishing
 // mid-message affects only itself; a Unix-domain server; EMFILE on accept (in
@@ -25,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -193,6 +197,172 @@ COGENT_TEST_CASE("server: serve_forever returns after stop from another fiber or
     });
     srv.serve_forever();
     CHECK(client.get() == "bye");
+  }
+}
+
+namespace {
+
+// What a handler that stopped its own server saw when it carried on after stop().
+struct stopper_outcome {
+  bool stop_returned = false;       // stop() came back in the handler
+  bool finished = false;            // the handler ran to its end
+  bool unwound = false;             // the handler's frame was unwound (returned or killed)
+  bool state_alive_at_end = false;  // its captured state still existed when it ended or unwound
+};
+stopper_outcome g_stopper;
+// g_state_destroyed is set by ~stopper_state: the server's copy of the handler,
+// and with it the state the handler captured, is gone.
+bool g_state_destroyed = false;
+volatile std::uintptr_t g_sink = 0;
+
+struct stopper_state {
+  std::string payload = std::string(64, 'p');
+  ~stopper_state() { g_state_destroyed = true; }
+};
+
+// stopping_handler() makes a handler that reads one byte, stops `srv` with
+// `grace`, then keeps running for `linger` and touches its captured state
+// (through the closure the server owns) and the socket.
+stream_server::handler_type stopping_handler(std::unique_ptr<stream_server>& srv,
+                                             cogent::timeout_duration grace,
+                                             std::chrono::milliseconds linger) {
+  return [&srv, grace, linger, state = std::make_shared<stopper_state>()](stream_socket& s, const address&) {
+    struct on_unwind {
+      ~on_unwind() {
+        g_stopper.unwound = true;
+        g_stopper.state_alive_at_end = !g_state_destroyed;
+      }
+    } guard;
+    char c;
+    s.read_exactly(&c, 1);
+    srv->stop(grace);  // does not wait for (or kill) this handler
+    g_stopper.stop_returned = true;
+    cogent::sleep(linger);
+    // Reading `state` reads the closure inside the server: a use after free
+    // (ASan) if the server was destroyed meanwhile; the flag catches it without ASan.
+    bool destroyed = g_state_destroyed;
+    g_sink = reinterpret_cast<std::uintptr_t>(state.get());
+    if (!destroyed) {
+      s.write_all(state->payload);
+      g_stopper.finished = true;
+    }
+  };
+}
+
+void reset_stopper() {
+  g_stopper = stopper_outcome{};
+  g_state_destroyed = false;
+}
+
+}  // namespace
+
+COGENT_TEST_CASE("server: a handler that stopped its server never outlives it", doctest::timeout(20)) {
+  // 1. serve_forever() returns, then the server is destroyed, while the
+  //    handler that called stop() is still running: serve_forever waits for it.
+  {
+    reset_stopper();
+    std::unique_ptr<stream_server> srv;
+    srv = std::make_unique<stream_server>(address::ipv4_loopback(0), stopping_handler(srv, 2s, 50ms));
+    auto client = cogent::spawn([&, at = srv->address()] {
+      auto s = stream_socket::connect(at, 2s);
+      s.write_all("q");
+      return s.read_until_eof(100, 5s);
+    });
+    srv->serve_forever();
+    CHECK(g_stopper.stop_returned);
+    srv.reset();
+    CHECK(g_state_destroyed);
+    CHECK(g_stopper.finished);
+    CHECK(g_stopper.unwound);
+    CHECK(g_stopper.state_alive_at_end);
+    CHECK(client.get() == std::string(64, 'p'));
+  }
+  // 2. No serve_forever: the server is destroyed while the handler that
+  //    stopped it lingers; the destructor waits for it (within stop's grace).
+  {
+    reset_stopper();
+    std::unique_ptr<stream_server> srv;
+    srv = std::make_unique<stream_server>(address::ipv4_loopback(0), stopping_handler(srv, 2s, 50ms));
+    srv->start();
+    auto s = stream_socket::connect(srv->address(), 2s);
+    s.write_all("q");
+    for (int i = 0; i < 200 && !g_stopper.stop_returned; ++i) {
+      cogent::sleep(1ms);
+    }
+    REQUIRE(g_stopper.stop_returned);
+    auto t0 = cogent::clock::now();
+    srv.reset();
+    CHECK(cogent::clock::now() - t0 >= 30ms);
+    CHECK(g_stopper.finished);
+    CHECK(g_stopper.state_alive_at_end);
+    CHECK(s.read_until_eof(100, 2s) == std::string(64, 'p'));
+  }
+  // 3. The handler overstays stop()'s grace: it is killed at the deadline,
+  //    unwinding while the server still exists.
+  {
+    reset_stopper();
+    std::unique_ptr<stream_server> srv;
+    srv = std::make_unique<stream_server>(address::ipv4_loopback(0), stopping_handler(srv, 50ms, 10s));
+    auto client = cogent::spawn([&, at = srv->address()] {
+      auto s = stream_socket::connect(at, 2s);
+      s.write_all("q");
+      return s.read_until_eof(100, 5s);
+    });
+    auto t0 = cogent::clock::now();
+    srv->serve_forever();
+    srv.reset();
+    auto took = cogent::clock::now() - t0;
+    CHECK(took >= 40ms);
+    CHECK(took < 5s);
+    CHECK(g_stopper.stop_returned);
+    CHECK(!g_stopper.finished);
+    CHECK(g_stopper.unwound);
+    CHECK(g_stopper.state_alive_at_end);
+    CHECK(client.get().empty());
+  }
+  // 4. The fiber destroying the server is killed while the destructor waits
+  //    for such a handler: the handler is killed at once and unwinds before
+  //    the destructor returns; the kill is raised at that fiber's next
+  //    blocking call.
+  {
+    reset_stopper();
+    bool destroying = false;
+    bool destroyed = false;
+    bool kill_raised_after = false;
+    auto owner = cogent::spawn([&] {
+      std::unique_ptr<stream_server> srv;
+      srv = std::make_unique<stream_server>(address::ipv4_loopback(0), stopping_handler(srv, 10s, 10s));
+      srv->start();
+      auto s = stream_socket::connect(srv->address(), 2s);
+      s.write_all("q");
+      for (int i = 0; i < 200 && !g_stopper.stop_returned; ++i) {
+        cogent::sleep(1ms);
+      }
+      destroying = true;
+      srv.reset();
+      destroyed = true;
+      try {
+        cogent::sleep(1s);
+      } catch (const cogent::fiber_exit&) {
+        kill_raised_after = true;
+        throw;
+      }
+    });
+    for (int i = 0; i < 2000 && !destroying; ++i) {
+      cogent::sleep(1ms);
+    }
+    REQUIRE(destroying);
+    cogent::sleep(5ms);  // the destructor is waiting for the handler
+    auto t0 = cogent::clock::now();
+    owner.kill();
+    CHECK(cogent::clock::now() - t0 < 2s);
+    CHECK(owner.killed());
+    CHECK(destroyed);
+    CHECK(kill_raised_after);
+    CHECK(g_stopper.stop_returned);
+    CHECK(!g_stopper.finished);
+    CHECK(g_stopper.unwound);
+    CHECK(g_stopper.state_alive_at_end);
   }
 }
 

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -366,6 +367,26 @@ COGENT_TEST_CASE("an unjoined exception is reported exactly once and never termi
   killed.kill(std::make_exception_ptr(custom_error("k")));
   CHECK(reports == 1);
   cogent::set_task_error_handler(nullptr);
+}
+
+TEST_CASE("the default handler reports an unjoined exception on stderr, once, by name" *
+          doctest::timeout(20)) {
+  // In a child, on a new thread with its own hub: stderr is captured, and the process must
+  // carry on to a clean exit after the report.
+  cogent::test::child_result r = cogent::test::run_in_child([] {
+    std::thread([] {
+      auto t = cogent::spawn(cogent::spawn_options{"doomed-worker"},
+                             [] { throw std::runtime_error("disk on fire"); });
+      cogent::sleep(5ms);
+      t.join();  // joining afterwards neither reports again nor rethrows
+      std::fprintf(stderr, "still running\n");
+    }).join();
+  });
+  INFO("child stderr: " << r.err);
+  CHECK(r.exited(0));
+  CHECK(r.err.find("cogent: task 'doomed-worker' failed: disk on fire") != std::string::npos);
+  CHECK(r.err.find("failed:") == r.err.rfind("failed:"));  // exactly once
+  CHECK(r.err.find("still running") != std::string::npos);
 }
 
 COGENT_TEST_CASE("spawn_later orders by delay", doctest::timeout(10)) {

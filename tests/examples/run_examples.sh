@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# tests/examples/run_examples.sh EXAMPLES_DIR — runs the numbered examples as a user would and
+# checks what each must show (exit status and the lines that prove the point). Registered as the
+# meson test `examples`; it fails on the first example that misbehaves.
+set -uo pipefail
+ex=$1
+fail() { echo "FAIL: $*" >&2; exit 1; }
+out=$(mktemp) && trap 'rm -f "$out"; [ -n "${srv:-}" ] && kill "$srv" 2>/dev/null' EXIT
+
+check() {  # check NAME PATTERN...: the last run's output holds every pattern
+  local name=$1; shift
+  for p in "$@"; do grep -qE -- "$p" "$out" || { cat "$out" >&2; fail "$name: no line matching '$p'"; }; done
+  echo "ok: $name"
+}
+
+"$ex/01_manual_switch" >"$out" 2>&1 || fail "01 exited $?"
+check 01_manual_switch '^---A-- \(counter 0\)' '^---B-- \(counter 1\)' 'returned 6 to main \(dead: yes\)'
+
+"$ex/02_auto_switch" >"$out" 2>&1 || fail "02 exited $?"
+check 02_auto_switch '^g1 4' '^g3 4'
+
+"$ex/03_manual_vs_auto" >"$out" 2>&1 || fail "03 exited $?"
+# C: ten 1 s sleeps through the hub take about 1 s in all, not 10.
+awk '/^C\./ { for (i = 1; i <= NF; ++i) if ($i == "wall") w = $(i + 1) } END { exit !(w > 0.9 && w < 2.5) }' "$out" \
+  || { cat "$out" >&2; fail "03: automatic switching did not overlap the waits"; }
+check 03_manual_vs_auto '^C\. automatic'
+
+"$ex/04_producer_consumer" >"$out" 2>&1 || fail "04 exited $?"
+check 04_producer_consumer 'consumers ate 10 dishes in all; unfinished: 0'
+
+"$ex/07_upper_server" --selftest >"$out" 2>&1 || fail "07 --selftest exited $?"
+[ "$(grep -c 'ok: 3 concurrent clients answered in capitals' "$out")" -eq 3 ] || { cat "$out" >&2; fail "07: not all three modes passed"; }
+echo "ok: 07_upper_server --selftest"
+
+# 05 and 08 are servers: start each, drive it with 06 (50 client fibers, 1 s), stop it with SIGINT.
+for server in 05_echo_server 08_monkey_patch; do
+  [ -x "$ex/$server" ] || continue
+  "$ex/$server" 0 >"$out" 2>/dev/null &
+  srv=$!
+  port=
+  for _ in $(seq 100); do
+    port=$(awk '/^port /{print $2; exit}' "$out")
+    [ -n "$port" ] && break
+    sleep 0.05
+  done
+  [ -n "$port" ] || fail "$server did not print its port"
+  "$ex/06_echo_client" "$port" 50 1 >"$out" 2>&1 || { cat "$out" >&2; fail "06 against $server exited non-zero"; }
+  check "06_echo_client -> $server" '^50 connections, [1-9][0-9]* round trips'
+  kill -INT "$srv"
+  wait "$srv"
+  rc=$?
+  srv=
+  [ "$rc" -eq 0 ] || fail "$server exited $rc after SIGINT"
+done
+echo "all examples ok"

@@ -127,11 +127,16 @@ class fiber {
   template <class Fn, class = std::enable_if_t<!std::is_same_v<std::decay_t<Fn>, fiber>>>
   explicit fiber(Fn&& fn, fiber_options opts = {});
 
+  // Copies share the fiber (reference counted); moves leave the source empty.
+  // Never switch.
   fiber(const fiber& o) noexcept;
   fiber(fiber&& o) noexcept : _impl(std::exchange(o._impl, nullptr)) {}
+  // operator=() drops the reference this handle held first, like ~fiber():
+  // if that was the last one to a suspended fiber, it is unwound — may switch.
   fiber& operator=(const fiber& o) noexcept;
   fiber& operator=(fiber&& o) noexcept;
-  // ~fiber() drops a reference; the last one unwinds a suspended fiber (see banner).
+  // ~fiber() drops a reference; the last one unwinds a suspended fiber (see
+  // banner): may switch (to that fiber and back).
   ~fiber();
 
   // current() returns the fiber running on this thread (the main fiber if no
@@ -159,19 +164,22 @@ class fiber {
   std::any throw_in(std::exception_ptr e);
   std::any throw_in() { return throw_in(std::make_exception_ptr(fiber_exit{})); }
 
-  // parent() returns the parent (empty for the main fiber).
+  // parent() returns the parent (empty for the main fiber). Never switches.
   fiber parent() const;
   // set_parent() re-parents this fiber. Throws fiber_error if that would make
-  // a cycle, if p is empty, or if p belongs to another thread.
+  // a cycle, if p is empty, or if p belongs to another thread. Dropping the
+  // old parent's reference may unwind it if it was the last (may switch).
   void set_parent(const fiber& p);
 
   // dead() is true once the fiber finished (returned, raised, or was killed).
+  // Never switches.
   bool dead() const noexcept;
-  // started() is true once the fiber was first switched to.
+  // started() is true once the fiber was first switched to. Never switches.
   bool started() const noexcept;
-  // name() is the name given in fiber_options or "fiber-<id>" ("main" for a main fiber).
+  // name() is the name given in fiber_options or "fiber-<id>" ("main" for a
+  // main fiber). Never switches.
   std::string name() const;
-  // id() is a process-unique number (main fibers included).
+  // id() is a process-unique number (main fibers included). Never switches.
   std::uint64_t id() const noexcept;
 
   explicit operator bool() const noexcept { return _impl != nullptr; }

@@ -337,6 +337,13 @@ TEST_CASE("wait() from main and from a task: both return once the hub is idle" *
   CHECK(task_waited);
 }
 
+COGENT_TEST_CASE("hub::configure() once the hub exists is a hub_error", doctest::timeout(10)) {
+  cogent::hub::current();  // exists (we run in a fiber on it)
+  CHECK_THROWS_WITH_AS(cogent::hub::configure(cogent::hub_config{}),
+                       "cogent: hub::configure() called after this thread's hub was created",
+                       cogent::hub_error);
+}
+
 TEST_CASE("wait() from main with nothing to do returns at once" * doctest::timeout(10)) {
   auto t0 = clock::now();
   cogent::wait();

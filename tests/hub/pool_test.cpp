@@ -275,6 +275,51 @@ COGENT_TEST_CASE("pool: kill frees slots for waiting spawners", doctest::timeout
   CHECK(blocker.killed());
 }
 
+COGENT_TEST_CASE("pool: a spawner killed or timed out while waiting for a slot spawns nothing",
+                 doctest::timeout(10)) {
+  cogent::pool p(1);
+  auto blocker = p.spawn([] { cogent::sleep(10s); });
+  bool ran = false;
+  auto spawner = cogent::spawn([&] { p.spawn([&] { ran = true; }); });
+  cogent::sleep(2ms);
+  spawner.kill();  // raised in wait_for_slot()
+  CHECK(spawner.ready());
+  bool timed_out = false;
+  try {
+    cogent::timeout to(5ms);
+    p.spawn([&] { ran = true; });
+  } catch (const cogent::timeout_error&) {
+    timed_out = true;
+  }
+  CHECK(timed_out);
+  CHECK(p.size() == 1);  // only the blocker
+  p.kill();
+  cogent::sleep(2ms);
+  CHECK_FALSE(ran);
+  CHECK(p.size() == 0);
+}
+
+COGENT_TEST_CASE("group: join() is interrupted by kill and Timeout; the members carry on",
+                 doctest::timeout(10)) {
+  cogent::group g;
+  auto member = g.spawn([] { cogent::sleep(50ms); });
+  auto joiner = cogent::spawn([&] { g.join(); });
+  cogent::sleep(2ms);
+  joiner.kill();
+  CHECK(joiner.ready());
+  bool timed_out = false;
+  try {
+    cogent::timeout to(5ms);
+    g.join();
+  } catch (const cogent::timeout_error&) {
+    timed_out = true;
+  }
+  CHECK(timed_out);
+  CHECK_FALSE(member.ready());
+  CHECK(g.join());  // the member finishes on its own
+  CHECK(member.ready());
+}
+
 COGENT_TEST_CASE("group: a member's error nobody joins is still reported once", doctest::timeout(10)) {
   int reports = 0;
   std::string name;

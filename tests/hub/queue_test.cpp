@@ -148,6 +148,27 @@ COGENT_TEST_CASE("queue: peek waits for an item without taking it", doctest::tim
 
 // ---- queue: kill and Timeout of a waiter -------------------------------------------
 
+COGENT_TEST_CASE("queue: a peeker is killed or timed out at its wait, and the queue is intact",
+                 doctest::timeout(10)) {
+  cogent::queue<int> q;
+  auto peeker = cogent::spawn([&] { return q.peek(); });
+  cogent::sleep(1ms);
+  peeker.kill();
+  CHECK(peeker.ready());
+  CHECK(peeker.successful());  // fiber_exit: a quiet finish
+  bool timed_out = false;
+  try {
+    cogent::timeout to(5ms);
+    q.peek();
+  } catch (const cogent::timeout_error&) {
+    timed_out = true;
+  }
+  CHECK(timed_out);
+  q.put(9);  // nobody is left waiting: the item is stored, not handed to a dead peeker
+  CHECK(q.size() == 1);
+  CHECK(q.get() == 9);
+}
+
 COGENT_TEST_CASE("queue: a killed getter loses no item", doctest::timeout(10)) {
   cogent::queue<int> q;
   auto victim = cogent::spawn([&] { return q.get(); });

@@ -736,6 +736,70 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
   }
 }
 
+// ---- _FORTIFY_SOURCE entry points ----------------------------------------------------
+//
+// Code built with -D_FORTIFY_SOURCE (distribution packages, Ubuntu's default)
+// calls these instead of the plain functions whenever the compiler knows the
+// destination's size; glibc's versions check it and jump straight to glibc's
+// internal function, past our hooks. Ours do glibc's check (an overflow is
+// __chk_fail(): "buffer overflow detected", abort) and then call our hook.
+
+extern "C" [[noreturn]] void __chk_fail(void);
+
+COGENT_HOOK ssize_t __read_chk(int fd, void* buf, size_t n, size_t buflen) {
+  if (n > buflen) {
+    __chk_fail();
+  }
+  return read(fd, buf, n);
+}
+
+COGENT_HOOK ssize_t __pread_chk(int fd, void* buf, size_t n, off_t offset, size_t buflen) {
+  if (n > buflen) {
+    __chk_fail();
+  }
+  return pread_impl(fd, buf, n, offset);
+}
+
+// With _FILE_OFFSET_BITS=64 (meson's default, most C libraries) a fortified
+// pread() calls this one.
+COGENT_HOOK ssize_t __pread64_chk(int fd, void* buf, size_t n, off_t offset, size_t buflen) {
+  if (n > buflen) {
+    __chk_fail();
+  }
+  return pread_impl(fd, buf, n, offset);
+}
+
+COGENT_HOOK ssize_t __recv_chk(int fd, void* buf, size_t n, size_t buflen, int flags) {
+  if (n > buflen) {
+    __chk_fail();
+  }
+  return recv(fd, buf, n, flags);
+}
+
+COGENT_HOOK ssize_t __recvfrom_chk(int fd, void* buf, size_t n, size_t buflen, int flags, sockaddr* addr,
+                                   socklen_t* addrlen) {
+  if (n > buflen) {
+    __chk_fail();
+  }
+  return recvfrom(fd, buf, n, flags, addr, addrlen);
+}
+
+// fdslen is in bytes; glibc divides rather than multiplies, so a huge nfds
+// cannot wrap around.
+COGENT_HOOK int __poll_chk(pollfd* fds, nfds_t n, int timeout, size_t fdslen) {
+  if (fdslen / sizeof *fds < n) {
+    __chk_fail();
+  }
+  return poll(fds, n, timeout);
+}
+
+COGENT_HOOK int __ppoll_chk(pollfd* fds, nfds_t n, const timespec* ts, const sigset_t* mask, size_t fdslen) {
+  if (fdslen / sizeof *fds < n) {
+    __chk_fail();
+  }
+  return ppoll(fds, n, ts, mask);
+}
+
 // ---- sleeping ------------------------------------------------------------------------
 
 COGENT_HOOK unsigned sleep(unsigned seconds) {

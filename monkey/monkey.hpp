@@ -11,7 +11,11 @@
 // pread pwrite (and *64) recv recvfrom recvmsg send sendto sendmsg close
 // shutdown poll ppoll select sleep usleep nanosleep clock_nanosleep
 // getaddrinfo gethostbyname gethostbyname_r fcntl (fcntl64) ioctl(FIONBIO)
-// setsockopt getsockopt dup dup2 dup3 pipe pipe2 open openat (and *64).
+// setsockopt getsockopt dup dup2 dup3 pipe pipe2 open openat (and *64), and
+// the _FORTIFY_SOURCE entry points __read_chk __pread_chk __pread64_chk
+// __recv_chk __recvfrom_chk __poll_chk __ppoll_chk (code built with
+// -D_FORTIFY_SOURCE calls these; each does glibc's buffer-size check, failing
+// with __chk_fail() as glibc does, then runs the plain function's hook).
 //
 // Who cooperates. A hooked call cooperates only when ALL of these hold:
 //  - patch_all() has been called (before it every hook is exactly libc);

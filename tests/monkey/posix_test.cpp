@@ -1,13 +1,17 @@
 // tests/monkey/posix_test.cpp — monkey/monkey.hpp on plain POSIX calls.
 //
-// Sleeps overlap across 1000 fibers; a pipe read parks only its fiber; poll
-// and select wake on readiness or timeout; getaddrinfo/gethostbyname from
-// many fibers; a file round trip through io_uring; the user's O_NONBLOCK,
-// FIONBIO, SO_RCVTIMEO and SO_SNDTIMEO keep libc's behaviour; calls from a
-// plain std::thread and a thread-pool worker are untouched; bad fds, flags
-// and sizes give libc's errors (checked against the same call on a thread
-// without a hub); kill/Timeout inside a hooked call give EINTR, then the
-// interrupt is raised at the next cogent switch point.
+// Sleeps overlap across 1000 fibers; a pipe read parks only its fiber; poll,
+// ppoll and select wake on readiness or timeout; getaddrinfo/gethostbyname
+// from many fibers let the others run; a file round trip whose every call
+// parks on an io_uring op; recvmsg (with SCM_RIGHTS) and writev on sockets
+// park; dup2/dup3/F_DUPFD copies carry SO_RCVTIMEO and O_NONBLOCK as libc's
+// shared description does; the user's O_NONBLOCK, FIONBIO, SO_RCVTIMEO and
+// SO_SNDTIMEO keep libc's behaviour; calls from a plain std::thread and a
+// thread-pool worker are untouched; bad fds, flags and sizes give libc's
+// errors (checked against the same call on a thread without a hub);
+// kill/Timeout inside a hooked call give EINTR, then the interrupt is raised
+// at the next cogent switch point. Fortified (-D_FORTIFY_SOURCE) callers:
+// tests/monkey/fortify_test.cpp.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -20,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -33,36 +38,19 @@
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
 #include "monkey/monkey.hpp"
+#include "tests/monkey/fibers.hpp"
 #include "tests/monkey/servers.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
+using cogent::test::ticker;
 
 namespace {
 
 double since(steady::time_point t0) {
   return std::chrono::duration<double>(steady::now() - t0).count();
 }
-
-// ticker counts how often a fiber got to run while something else was parked.
-struct ticker {
-  int ticks = 0;
-  bool stop = false;
-  cogent::task<void> t;
-  ticker() {
-    t = cogent::spawn([this] {
-      while (!stop) {
-        ++ticks;
-        cogent::sleep(1ms);
-      }
-    });
-  }
-  ~ticker() {
-    stop = true;
-    t.join();
-  }
-};
 
 // libc_result runs f on a plain thread (no hub: exactly libc) and returns
 // (return value, errno): the reference for a cooperative call.
@@ -276,32 +264,54 @@ COGENT_TEST_CASE("poll and select on sockets wake on readiness or timeout", doct
   }
 }
 
-COGENT_TEST_CASE("getaddrinfo and gethostbyname from many fibers", doctest::timeout(30)) {
+COGENT_TEST_CASE("getaddrinfo and gethostbyname from many fibers let the others run", doctest::timeout(30)) {
   cogent::monkey::patch_all();
-  std::vector<cogent::task<bool>> tasks;
+  // Each lookup records, at the moment it returns, whether the spinner (always
+  // ready) ran while it waited, and how many lookups were in progress at
+  // once. A lookup that blocked the hub would see the spinner stand still and
+  // never overlap another one: the fibers would run one after the other.
+  cogent::test::spinner spin;
+  int in_lookup = 0;
+  int max_in_lookup = 0;
+  struct outcome {
+    bool ok = false;
+    bool others_ran = false;
+  };
+  std::vector<cogent::task<outcome>> tasks;
   for (int i = 0; i < 50; ++i) {
-    tasks.push_back(cogent::spawn([i] {
+    tasks.push_back(cogent::spawn([i, &spin, &in_lookup, &max_in_lookup] {
+      outcome o;
+      long before = spin.ticks;
+      max_in_lookup = std::max(max_in_lookup, ++in_lookup);
       if (i % 5 == 0) {
         hostent* h = ::gethostbyname("localhost");
-        return h != nullptr && h->h_addr_list[0] != nullptr;
+        o.ok = h != nullptr && h->h_addr_list[0] != nullptr;
+      } else {
+        addrinfo hints{};
+        hints.ai_family = AF_INET;
+        hints.ai_socktype = SOCK_STREAM;
+        addrinfo* res = nullptr;
+        int rc = ::getaddrinfo("localhost", "80", &hints, &res);
+        o.ok = rc == 0 && res != nullptr &&
+               reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr.s_addr == htonl(INADDR_LOOPBACK) &&
+               reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_port == htons(80);
+        if (res != nullptr) {
+          ::freeaddrinfo(res);
+        }
       }
-      addrinfo hints{};
-      hints.ai_family = AF_INET;
-      hints.ai_socktype = SOCK_STREAM;
-      addrinfo* res = nullptr;
-      int rc = ::getaddrinfo("localhost", "80", &hints, &res);
-      bool ok = rc == 0 && res != nullptr &&
-                reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr.s_addr == htonl(INADDR_LOOPBACK) &&
-                reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_port == htons(80);
-      if (res != nullptr) {
-        ::freeaddrinfo(res);
-      }
-      return ok;
+      --in_lookup;
+      o.others_ran = spin.ticks > before;
+      return o;
     }));
   }
+  int others_ran = 0;
   for (auto& t : tasks) {
-    CHECK(t.get());
+    outcome o = t.get();
+    CHECK(o.ok);
+    others_ran += o.others_ran ? 1 : 0;
   }
+  CHECK(others_ran == 50);    // every lookup let the spinner run while it waited
+  CHECK(max_in_lookup >= 2);  // and they overlapped
   // Failures are libc's.
   addrinfo hints{};
   hints.ai_flags = AI_NUMERICHOST;
@@ -315,39 +325,64 @@ COGENT_TEST_CASE("getaddrinfo and gethostbyname from many fibers", doctest::time
 
 COGENT_TEST_CASE("regular file write/read round trip through io_uring", doctest::timeout(20)) {
   cogent::monkey::patch_all();
+  // Every call below is checked with parks(): the calling fiber parked on the
+  // hub (another fiber ran before the call returned), which the file hooks do
+  // only to wait for their io_uring op. Plain libc would give the same data,
+  // but would never switch.
+  using cogent::test::parks;
   char path[] = "/tmp/cogent_monkey_XXXXXX";
   int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  // mkstemp() opens inside glibc, past the open hook: its fd number may carry
+  // a stale table entry (under UBSan, whose vptr check calls pipe() and closes
+  // the ends with raw syscalls). Reopened through the hook, it starts afresh.
+  ::close(fd);
+  fd = ::open(path, O_RDWR);
   REQUIRE(fd >= 0);
   ::unlink(path);
   std::string data(1 << 20, '\0');
   for (std::size_t i = 0; i < data.size(); ++i) {
     data[i] = static_cast<char>('a' + i % 23);
   }
-  CHECK(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
+  auto w = parks([&] { return ::write(fd, data.data(), data.size()); });
+  CHECK(w.result == static_cast<long>(data.size()));
+  CHECK(w.parked);
   CHECK(::lseek(fd, 0, SEEK_CUR) == static_cast<off_t>(data.size()));  // the file position moved
   CHECK(::lseek(fd, 0, SEEK_SET) == 0);
   std::string back(data.size(), '\0');
   std::size_t got = 0;
   while (got < back.size()) {
-    ssize_t n = ::read(fd, back.data() + got, back.size() - got);
-    REQUIRE(n > 0);
-    got += static_cast<std::size_t>(n);
+    auto r = parks([&] { return ::read(fd, back.data() + got, back.size() - got); });
+    REQUIRE(r.result > 0);
+    CHECK(r.parked);
+    got += static_cast<std::size_t>(r.result);
   }
   CHECK(back == data);
   CHECK(::read(fd, back.data(), 10) == 0);  // EOF
-  CHECK(::pwrite(fd, "XYZ", 3, 100) == 3);
+  auto pw = parks([&] { return ::pwrite(fd, "XYZ", 3, 100); });
+  CHECK(pw.result == 3);
+  CHECK(pw.parked);
   char three[3];
-  CHECK(::pread(fd, three, 3, 100) == 3);
+  auto pr = parks([&] { return ::pread(fd, three, 3, 100); });
+  CHECK(pr.result == 3);
+  CHECK(pr.parked);
   CHECK(std::memcmp(three, "XYZ", 3) == 0);
   iovec iov[2] = {{const_cast<char*>("ab"), 2}, {const_cast<char*>("cd"), 2}};
   CHECK(::lseek(fd, 0, SEEK_SET) == 0);
-  CHECK(::writev(fd, iov, 2) == 4);
+  auto wv = parks([&] { return ::writev(fd, iov, 2); });
+  CHECK(wv.result == 4);
+  CHECK(wv.parked);
   char four[4];
   iovec riov[1] = {{four, 4}};
   CHECK(::pread(fd, four, 4, 0) == 4);
   CHECK(std::memcmp(four, "abcd", 4) == 0);
   CHECK(::lseek(fd, 0, SEEK_SET) == 0);
-  CHECK(::readv(fd, riov, 1) == 4);
+  std::memset(four, 0, sizeof four);
+  auto rv = parks([&] { return ::readv(fd, riov, 1); });
+  CHECK(rv.result == 4);
+  CHECK(rv.parked);
+  CHECK(std::memcmp(four, "abcd", 4) == 0);
+  CHECK(::lseek(fd, 0, SEEK_CUR) == 4);
   // pread with a negative offset, pwrite on a pipe: libc's EINVAL / ESPIPE.
   CHECK(here_result([&] { return ::pread(fd, four, 4, -1); }) ==
         libc_result([&] { return ::pread(fd, four, 4, -1); }));
@@ -522,6 +557,265 @@ COGENT_TEST_CASE("accept, connect, refused connect, recvfrom/sendto/sendmsg over
   CHECK(rx.get());
   ::close(u1);
   ::close(u2);
+}
+
+COGENT_TEST_CASE("ppoll parks only its fiber and wakes on readiness or timeout", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  ticker tk;
+  pollfd pf[2] = {{-1, POLLIN, 0}, {s[0], POLLIN, 0}};
+
+  // Timeout: nothing to read for 100 ms; the ticker runs meanwhile.
+  timespec ts{0, 100'000'000};
+  int before = tk.ticks;
+  auto t0 = steady::now();
+  CHECK(::ppoll(pf, 2, &ts, nullptr) == 0);
+  CHECK(since(t0) >= 0.095);
+  CHECK(tk.ticks - before >= 20);
+
+  // Readiness with no timeout at all: a fiber's write after 100 ms wakes it
+  // (a thread's after 2 s if ppoll blocked the hub).
+  int during = 0;
+  int r = -1;
+  {
+    cogent::test::wake_later w(s[1]);
+    before = tk.ticks;
+    r = ::ppoll(pf, 2, nullptr, nullptr);
+    during = tk.ticks - before;
+  }
+  CHECK(r == 1);
+  CHECK(pf[0].revents == 0);
+  CHECK(pf[1].revents == POLLIN);
+  CHECK(during >= 20);
+  char buf[16];
+  CHECK(::recv(s[0], buf, sizeof buf, 0) == 5);  // "fiber"
+
+  // With a signal mask: libc's ppoll (here with nothing to wait for).
+  REQUIRE(::write(s[1], "m", 1) == 1);
+  sigset_t none;
+  sigemptyset(&none);
+  ts = timespec{1, 0};
+  CHECK(::ppoll(pf, 2, &ts, &none) == 1);
+  CHECK(pf[1].revents == POLLIN);
+  CHECK(::recv(s[0], buf, sizeof buf, 0) == 1);
+  // Errors are libc's.
+  timespec bad{0, -1};
+  CHECK(here_result([&] { return ::ppoll(pf, 2, &bad, nullptr); }) ==
+        libc_result([&] { return ::ppoll(pf, 2, &bad, nullptr); }));
+  ::close(s[0]);
+  ::close(s[1]);
+}
+
+COGENT_TEST_CASE("recvmsg on a socket parks only its fiber, ancillary data included", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  // The kernel's own SO_RCVTIMEO is the fallback: a recvmsg that blocked the
+  // thread would fail with EAGAIN after 2 s, the sender fiber never running.
+  timeval tv{2, 0};
+  REQUIRE(::setsockopt(s[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  ticker tk;
+  auto sender = cogent::spawn([&] {
+    cogent::sleep(100ms);
+    iovec v{const_cast<char*>("fd"), 2};
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))] = {};
+    msghdr m{};
+    m.msg_iov = &v;
+    m.msg_iovlen = 1;
+    m.msg_control = ctl;
+    m.msg_controllen = sizeof ctl;
+    cmsghdr* cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cm), &p[0], sizeof(int));
+    return ::sendmsg(s[1], &m, 0);
+  });
+  char data[8] = {};
+  iovec v{data, sizeof data};
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))] = {};
+  msghdr m{};
+  m.msg_iov = &v;
+  m.msg_iovlen = 1;
+  m.msg_control = ctl;
+  m.msg_controllen = sizeof ctl;
+  int before = tk.ticks;
+  ssize_t n = ::recvmsg(s[0], &m, 0);
+  int during = tk.ticks - before;
+  CHECK(sender.get() == 2);
+  REQUIRE(n == 2);
+  CHECK(std::string(data, 2) == "fd");
+  CHECK(during >= 20);
+  // The passed fd arrived and is the pipe's read end.
+  cmsghdr* cm = CMSG_FIRSTHDR(&m);
+  REQUIRE(cm != nullptr);
+  CHECK(cm->cmsg_type == SCM_RIGHTS);
+  int got = -1;
+  std::memcpy(&got, CMSG_DATA(cm), sizeof got);
+  REQUIRE(got >= 0);
+  REQUIRE(::write(p[1], "z", 1) == 1);
+  char c = 0;
+  CHECK(::read(got, &c, 1) == 1);
+  CHECK(c == 'z');
+  // MSG_DONTWAIT: EAGAIN at once, as libc.
+  auto t0 = steady::now();
+  CHECK(here_result([&] { return ::recvmsg(s[0], &m, MSG_DONTWAIT); }) == std::pair<long, int>{-1, EAGAIN});
+  CHECK(since(t0) < 0.5);
+  for (int fd : {s[0], s[1], p[0], p[1], got}) {
+    ::close(fd);
+  }
+}
+
+COGENT_TEST_CASE("dup2, dup3, F_DUPFD and F_DUPFD_CLOEXEC carry what the hooks track", doctest::timeout(30)) {
+  cogent::monkey::patch_all();
+  ticker tk;
+  struct dupper {
+    const char* what;
+    int (*make)(int from, int to);
+    bool cloexec;
+  };
+  const dupper dups[] = {
+      {"dup2", [](int from, int to) { return ::dup2(from, to); }, false},
+      {"dup3", [](int from, int to) { return ::dup3(from, to, O_CLOEXEC); }, true},
+      {"F_DUPFD", [](int from, int to) { return ::fcntl(from, F_DUPFD, to); }, false},
+      {"F_DUPFD_CLOEXEC", [](int from, int to) { return ::fcntl(from, F_DUPFD_CLOEXEC, to); }, true},
+  };
+  for (const dupper& dp : dups) {
+    INFO(std::string(dp.what));
+    int s[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+    timeval tv{0, 100'000};
+    REQUIRE(::setsockopt(s[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+    // The target (dup2/dup3) or the lowest number tried (F_DUPFD) is an fd
+    // the hooks already classified as not cooperative (/dev/null).
+    int target = ::open("/dev/null", O_RDONLY);
+    REQUIRE(target >= 0);
+    char c;
+    REQUIRE(::read(target, &c, 1) == 0);
+    int d = dp.make(s[0], target);
+    REQUIRE(d >= 0);
+    CHECK(((::fcntl(d, F_GETFD) & FD_CLOEXEC) != 0) == dp.cloexec);
+
+    // 1. The copy has the socket's SO_RCVTIMEO (the description's, as for
+    //    libc) and cooperates: EAGAIN after 100 ms, the ticker running. The
+    //    Timeout turns a wait that ignored the timeout into EINTR.
+    std::pair<long, int> r;
+    int before = tk.ticks;
+    auto t0 = steady::now();
+    {
+      cogent::timeout guard(1s);
+      r = here_result([&] { return ::read(d, &c, 1); });
+    }
+    CHECK(r == std::pair<long, int>{-1, EAGAIN});
+    CHECK(since(t0) >= 0.095);
+    CHECK(tk.ticks - before >= 20);
+
+    // 2. Removing the timeout through the copy removes it for the original
+    //    too: s[0] now waits (until the Timeout), not EAGAIN after 100 ms.
+    tv = timeval{0, 0};
+    REQUIRE(::setsockopt(d, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+    {
+      cogent::timeout guard(300ms);
+      r = here_result([&] { return ::read(s[0], &c, 1); });
+    }
+    CHECK(r == std::pair<long, int>{-1, EINTR});
+
+    // 3. The user's O_NONBLOCK set on the original: the copy reports it and
+    //    gives EAGAIN at once, as libc does.
+    REQUIRE(::fcntl(s[0], F_SETFL, O_NONBLOCK) == 0);
+    CHECK((::fcntl(d, F_GETFL) & O_NONBLOCK) != 0);
+    t0 = steady::now();
+    {
+      cogent::timeout guard(1s);
+      r = here_result([&] { return ::read(d, &c, 1); });
+    }
+    CHECK(r == libc_result([&] { return ::read(d, &c, 1); }));
+    CHECK(r == std::pair<long, int>{-1, EAGAIN});
+    CHECK(since(t0) < 0.5);
+
+    // 4. Cleared through the copy: both block again, cooperatively (a
+    //    thread's write after 2 s ends a wait that blocked the hub).
+    REQUIRE(::fcntl(d, F_SETFL, 0) == 0);
+    CHECK((::fcntl(s[0], F_GETFL) & O_NONBLOCK) == 0);
+    for (int fd : {s[0], d}) {
+      char buf[16];
+      ssize_t n;
+      int during;
+      {
+        cogent::test::wake_later w(s[1]);
+        before = tk.ticks;
+        n = ::read(fd, buf, sizeof buf);
+        during = tk.ticks - before;
+      }
+      CHECK(std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0) == "fiber");
+      CHECK(during >= 20);
+    }
+    for (int fd : {s[0], s[1], d}) {
+      ::close(fd);
+    }
+    if (d != target) {
+      ::close(target);
+    }
+  }
+  // Onto itself: dup2 returns the fd, dup3 fails with EINVAL, as libc.
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  CHECK(here_result([&] { return ::dup2(s[0], s[0]); }) == libc_result([&] { return ::dup2(s[0], s[0]); }));
+  CHECK(here_result([&] { return ::dup3(s[0], s[0], 0); }) ==
+        libc_result([&] { return ::dup3(s[0], s[0], 0); }));
+  ::close(s[0]);
+  ::close(s[1]);
+}
+
+COGENT_TEST_CASE("writev on a socket parks until all of it is written", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  int small = 4096;
+  REQUIRE(::setsockopt(s[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+  // The kernel's SO_SNDTIMEO is the fallback: a writev that blocked the thread
+  // would return a partial count after 3 s, the reader fiber never running.
+  timeval tv{3, 0};
+  REQUIRE(::setsockopt(s[1], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0);
+  std::string data(2 << 20, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    data[i] = static_cast<char>(i * 7 + i / 4096);
+  }
+  // Uneven pieces, so partial sends end inside and between iovecs.
+  std::vector<iovec> iov;
+  std::size_t off = 0;
+  for (std::size_t len : {1ul, 7ul, 4096ul, 65537ul, 3ul, 300000ul}) {
+    iov.push_back({data.data() + off, len});
+    off += len;
+  }
+  iov.push_back({data.data() + off, data.size() - off});
+  std::size_t received_at_return = 0;
+  std::size_t received = 0;
+  auto reader = cogent::spawn([&] {
+    std::string got;
+    char buf[1000];
+    while (got.size() < data.size()) {
+      ssize_t n = ::read(s[0], buf, sizeof buf);
+      if (n <= 0) {
+        break;
+      }
+      got.append(buf, static_cast<std::size_t>(n));
+      received = got.size();
+    }
+    return got;
+  });
+  ssize_t n = ::writev(s[1], iov.data(), static_cast<int>(iov.size()));
+  received_at_return = received;
+  CHECK(n == static_cast<ssize_t>(data.size()));
+  // Most of it had been read while writev was still writing: the reader ran.
+  CHECK(received_at_return >= data.size() / 2);
+  ::shutdown(s[1], SHUT_WR);  // EOF for the reader if less was written
+  CHECK(reader.get() == data);
+  ::close(s[0]);
+  ::close(s[1]);
 }
 
 COGENT_TEST_CASE("calls from a plain std::thread and a thread-pool worker are untouched",

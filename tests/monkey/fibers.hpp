@@ -1,0 +1,116 @@
+// tests/monkey/fibers.hpp — witnesses that a hooked call let the hub run other fibers.
+//
+// Defines ticker (a fiber counting 1 ms sleeps), spinner (a fiber that yields
+// in a loop), wake_later (a fiber writes to an fd after 100 ms, a plain thread
+// after 2 s if the hub is stuck) and parks() (did a call park its fiber?). A call that went straight to libc
+// never switches, so each of these tells a cooperative call from a blocking one.
+#pragma once
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "hub/core.hpp"
+#include "hub/task.hpp"
+
+namespace cogent::test {
+
+// ticker counts how often a fiber got to run while something else was parked
+// (about once a millisecond).
+struct ticker {
+  int ticks = 0;
+  bool stop = false;
+  cogent::task<void> t;
+  ticker() {
+    t = cogent::spawn([this] {
+      while (!stop) {
+        ++ticks;
+        cogent::sleep(std::chrono::milliseconds(1));
+      }
+    });
+  }
+  ~ticker() {
+    stop = true;
+    t.join();
+  }
+};
+
+// spinner is a fiber that yields in a loop: it is always ready, so whenever
+// another fiber parks on the hub it runs (ticks grows) before that fiber is
+// resumed. A call across which ticks did not change never let the hub run.
+struct spinner {
+  long ticks = 0;
+  bool stop = false;
+  cogent::task<void> t;
+  spinner() {
+    t = cogent::spawn([this] {
+      while (!stop) {
+        ++ticks;
+        cogent::yield();
+      }
+    });
+  }
+  ~spinner() {
+    stop = true;
+    t.join();
+  }
+};
+
+// wake_later ends a wait on fd: a fiber writes "fiber" after 100 ms; if the
+// hub is blocked (the call went to libc and blocks the thread), a plain
+// thread writes "thread" after 2 s instead, so a test fails instead of hanging.
+struct wake_later {
+  int fd;
+  std::atomic<bool> done{false};
+  cogent::task<void> fib;
+  std::thread fallback;
+  explicit wake_later(int fd_) : fd(fd_) {
+    fib = cogent::spawn([this] {
+      cogent::sleep(std::chrono::milliseconds(100));
+      if (!done.exchange(true)) {
+        [[maybe_unused]] ssize_t n = ::write(fd, "fiber", 5);
+      }
+    });
+    fallback = std::thread([this] {
+      for (int i = 0; i < 200 && !done.load(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      if (!done.exchange(true)) {
+        [[maybe_unused]] ssize_t n = ::write(fd, "thread", 6);
+      }
+    });
+  }
+  ~wake_later() {
+    done.store(true);
+    fib.join();
+    fallback.join();
+  }
+};
+
+// parked_call is what parks() saw.
+struct parked_call {
+  long result = 0;
+  bool parked = false;  // another fiber ran before the call returned
+};
+
+// parks() runs call() and reports whether it parked the calling fiber on the
+// hub: a probe fiber spawned just before runs at the hub's next turn, i.e.
+// before call() returns only if call() switched. A call that went straight to
+// libc never switches. For fd calls the hooks switch only to wait for their
+// own io_uring op, so this shows the op went through the hub's engine (its
+// in_flight() cannot: a page-cache read completes as the hub submits it,
+// before any other fiber runs).
+template <class F>
+parked_call parks(F call) {
+  parked_call out;
+  bool ran = false;
+  auto probe = cogent::spawn([&] { ran = true; });
+  out.result = static_cast<long>(call());
+  out.parked = ran;
+  probe.join();
+  return out;
+}
+
+}  // namespace cogent::test

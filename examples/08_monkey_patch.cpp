@@ -36,6 +36,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "examples/port_arg.hpp"
 #include "hub/task.hpp"
@@ -107,10 +108,20 @@ int main(int argc, char** argv) {
   for (;;) {
     int conn = accept(g_listener, nullptr, nullptr);
     if (conn < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) {
+      int e = errno;
+      if (e == EINTR || e == ECONNABORTED) {
         continue;
       }
-      break;  // shut down by the signal handler (EINVAL)
+      if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+        // Out of descriptors or memory: say so, wait for clients to leave, go on.
+        std::fprintf(stderr, "08_monkey_patch: accept: %s; retrying in 100 ms\n", std::strerror(e));
+        usleep(100000);  // parks only main: the clients keep being served
+        continue;
+      }
+      if (e != EINVAL) {  // EINVAL: shut down by the signal handler
+        std::fprintf(stderr, "08_monkey_patch: accept: %s; stopping\n", std::strerror(e));
+      }
+      break;
     }
     setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     cogent::spawn(handle, conn);

@@ -6,6 +6,7 @@
 // never switches, so each of these tells a cooperative call from a blocking one.
 #pragma once
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -111,6 +112,23 @@ parked_call parks(F call) {
   out.parked = ran;
   probe.join();
   return out;
+}
+
+// open_scratch_file() opens an unlinked scratch file for reading and writing
+// (-1 on failure). mkstemp() opens inside glibc, past the open hook: its fd
+// number may carry a stale table entry (under UBSan, whose vptr check calls
+// pipe() and closes the ends with raw syscalls). Reopened through the hook, it
+// starts afresh.
+inline int open_scratch_file() {
+  char path[] = "/tmp/cogent_monkey_XXXXXX";
+  int fd = ::mkstemp(path);
+  if (fd < 0) {
+    return -1;
+  }
+  ::close(fd);
+  fd = ::open(path, O_RDWR);
+  ::unlink(path);
+  return fd;
 }
 
 }  // namespace cogent::test

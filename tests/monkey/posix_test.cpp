@@ -330,16 +330,8 @@ COGENT_TEST_CASE("regular file write/read round trip through io_uring", doctest:
   // only to wait for their io_uring op. Plain libc would give the same data,
   // but would never switch.
   using cogent::test::parks;
-  char path[] = "/tmp/cogent_monkey_XXXXXX";
-  int fd = ::mkstemp(path);
+  int fd = cogent::test::open_scratch_file();
   REQUIRE(fd >= 0);
-  // mkstemp() opens inside glibc, past the open hook: its fd number may carry
-  // a stale table entry (under UBSan, whose vptr check calls pipe() and closes
-  // the ends with raw syscalls). Reopened through the hook, it starts afresh.
-  ::close(fd);
-  fd = ::open(path, O_RDWR);
-  REQUIRE(fd >= 0);
-  ::unlink(path);
   std::string data(1 << 20, '\0');
   for (std::size_t i = 0; i < data.size(); ++i) {
     data[i] = static_cast<char>('a' + i % 23);

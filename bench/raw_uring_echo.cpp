@@ -2,7 +2,7 @@
 //
 // A single-threaded liburing TCP echo server with no cogent code in it. Usage:
 //
-//     raw_uring_echo <port>          # port 0 picks a free port
+//     raw_uring_echo <port> [--multishot-recv]    # port 0 picks a free port
 //
 // Prints `port <N>` as the first stdout line (flushed), then serves until SIGINT/SIGTERM
 // and exits 0. Driven by bench/echo_load, orchestrated by bench/echo_bench.sh.
@@ -13,6 +13,14 @@
 // loop turn is one io_uring_submit_and_wait(1) followed by batched reaping with
 // io_uring_for_each_cqe + io_uring_cq_advance. The ring asks for SINGLE_ISSUER|DEFER_TASKRUN,
 // falling back to COOP_TASKRUN, then to no flags. No registered files/buffers, no buffer rings.
+//
+// --multishot-recv is not the floor but a reference for a possible cogent design: each connection
+// keeps one multishot recv armed (IORING_RECV_MULTISHOT with a provided-buffer ring of 4096 x 4 KiB
+// buffers), so a read costs no SQE and no poll re-arm; the data is copied from the ring's buffer to
+// the connection's (as a socket API would copy into the caller's buffer) and the buffer returned at
+// once. The recv is re-armed when the kernel ends it (no IORING_CQE_F_MORE, or -ENOBUFS). Made for
+// the ping-pong load only: a connection that fails while its send is in flight (the armed recv and the
+// send both complete with errors) is not handled.
 
 #include <arpa/inet.h>
 #include <liburing.h>
@@ -43,6 +51,7 @@ void on_signal(int) {
 constexpr std::size_t k_buf_size = 4096;
 constexpr unsigned k_sq_entries = 4096;
 constexpr unsigned k_cq_entries = 32768;
+constexpr unsigned k_ring_bufs = 4096;  // --multishot-recv: provided buffers (a power of two)
 
 enum op_kind : uint64_t { op_accept = 1, op_recv = 2, op_send = 3 };
 
@@ -59,8 +68,9 @@ op_kind tag_op(uint64_t tag) {
 
 struct conn_state {
   std::unique_ptr<char[]> buf;
-  unsigned len = 0;   // bytes to echo back
-  unsigned sent = 0;  // bytes of them already sent
+  unsigned len = 0;    // bytes to echo back
+  unsigned sent = 0;   // bytes of them already sent
+  bool rearm = false;  // --multishot-recv: the kernel ended this connection's recv
 };
 
 [[noreturn]] void die(const char* what, int err) {
@@ -69,7 +79,7 @@ struct conn_state {
 
 class echo_server {
  public:
-  explicit echo_server(int listen_fd) : listen_fd_(listen_fd) {
+  echo_server(int listen_fd, bool multishot_recv) : listen_fd_(listen_fd), multishot_recv_(multishot_recv) {
     const unsigned flag_sets[] = {
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
         IORING_SETUP_COOP_TASKRUN,
@@ -88,10 +98,16 @@ class echo_server {
     if (ret < 0) {
       die("io_uring_queue_init_params", -ret);
     }
+    if (multishot_recv_) {
+      setup_buffer_ring();
+    }
     arm_accept();
   }
 
-  ~echo_server() { io_uring_queue_exit(&ring_); }
+  ~echo_server() {
+    io_uring_queue_exit(&ring_);
+    std::free(buf_ring_);
+  }
 
   void run() {
     while (!g_stop) {
@@ -137,9 +153,44 @@ class echo_server {
     io_uring_sqe_set_data64(sqe, make_tag(listen_fd_, op_accept));
   }
 
+  void setup_buffer_ring() {
+    void* mem = nullptr;
+    if (posix_memalign(&mem, 4096, k_ring_bufs * sizeof(io_uring_buf)) != 0) {
+      die("posix_memalign", ENOMEM);
+    }
+    buf_ring_ = static_cast<io_uring_buf_ring*>(mem);
+    io_uring_buf_ring_init(buf_ring_);
+    io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<std::uintptr_t>(buf_ring_);
+    reg.ring_entries = k_ring_bufs;
+    reg.bgid = 0;
+    if (int r = io_uring_register_buf_ring(&ring_, &reg, 0); r < 0) {
+      die("io_uring_register_buf_ring", -r);
+    }
+    ring_mem_.reset(new char[k_ring_bufs * k_buf_size]);
+    for (unsigned i = 0; i < k_ring_bufs; ++i) {
+      io_uring_buf_ring_add(buf_ring_, ring_mem_.get() + i * k_buf_size, k_buf_size,
+                            static_cast<unsigned short>(i), io_uring_buf_ring_mask(k_ring_bufs),
+                            static_cast<int>(i));
+    }
+    io_uring_buf_ring_advance(buf_ring_, static_cast<int>(k_ring_bufs));
+  }
+
+  void give_back(unsigned bid) {
+    io_uring_buf_ring_add(buf_ring_, ring_mem_.get() + bid * k_buf_size, k_buf_size,
+                          static_cast<unsigned short>(bid), io_uring_buf_ring_mask(k_ring_bufs), 0);
+    io_uring_buf_ring_advance(buf_ring_, 1);
+  }
+
   void arm_recv(int fd, conn_state& c) {
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_recv(sqe, fd, c.buf.get(), k_buf_size, 0);
+    if (multishot_recv_) {
+      io_uring_prep_recv_multishot(sqe, fd, nullptr, 0, 0);
+      sqe->flags |= IOSQE_BUFFER_SELECT;
+      sqe->buf_group = 0;
+    } else {
+      io_uring_prep_recv(sqe, fd, c.buf.get(), k_buf_size, 0);
+    }
     io_uring_sqe_set_data64(sqe, make_tag(fd, op_recv));
   }
 
@@ -164,9 +215,19 @@ class echo_server {
         break;
       case op_recv: {
         conn_state& c = state(fd);
+        if (multishot_recv_ && res == -ENOBUFS) {
+          arm_recv(fd, c);  // the ring ran dry: buffers come back as sends finish
+          break;
+        }
         if (res <= 0) {
           close_conn(fd, c);
           break;
+        }
+        if (multishot_recv_) {
+          unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+          std::memcpy(c.buf.get(), ring_mem_.get() + bid * k_buf_size, static_cast<std::size_t>(res));
+          give_back(bid);
+          c.rearm = !(flags & IORING_CQE_F_MORE);
         }
         c.len = static_cast<unsigned>(res);
         c.sent = 0;
@@ -182,7 +243,8 @@ class echo_server {
         c.sent += static_cast<unsigned>(res);
         if (c.sent < c.len) {
           arm_send(fd, c);  // partial send: send the rest
-        } else {
+        } else if (!multishot_recv_ || c.rearm) {
+          c.rearm = false;
           arm_recv(fd, c);
         }
         break;
@@ -215,7 +277,10 @@ class echo_server {
   io_uring ring_{};
   int listen_fd_;
   bool multishot_accept_ = true;
+  bool multishot_recv_;
   std::vector<conn_state> conns_;
+  io_uring_buf_ring* buf_ring_ = nullptr;  // --multishot-recv
+  std::unique_ptr<char[]> ring_mem_;
 };
 
 }  // namespace
@@ -223,7 +288,8 @@ class echo_server {
 int main(int argc, char** argv) {
   int listen_fd = raw::start_server("raw_uring_echo", argc, argv, on_signal, 0).fd;
 
-  echo_server server(listen_fd);
+  bool multishot_recv = argc > 2 && std::strcmp(argv[2], "--multishot-recv") == 0;
+  echo_server server(listen_fd, multishot_recv);
   server.run();
   return 0;
 }

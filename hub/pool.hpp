@@ -273,14 +273,19 @@ class imap_unordered_stream {
         _st->feeder.get();  // the feeder's own error, if any (a full pool killed...)
         return std::nullopt;
       }
-      std::size_t i = _st->finished.get();
+      std::size_t i = _retry != npos ? std::exchange(_retry, npos) : _st->finished.get();
       if (i == npos) {
         _feeder_done = true;
         continue;
       }
-      ++_taken;
       task<T> t = _st->members[i];  // a copy: the feeder may grow the vector meanwhile
-      t.join();                     // it queued its index on its way out: let it finish
+      try {
+        t.join();  // it queued its index on its way out: let it finish
+      } catch (...) {
+        _retry = i;  // the caller was interrupted: this result comes first next time
+        throw;
+      }
+      ++_taken;
       try {
         return t.get();
       } catch (...) {
@@ -392,6 +397,7 @@ class imap_unordered_stream {
 
   std::shared_ptr<state> _st;
   std::size_t _taken = 0;
+  std::size_t _retry = npos;  // an index taken from the queue whose result is still owed
   bool _feeder_done = false;
   bool _ended = false;
   std::optional<T> _current;

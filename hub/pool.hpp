@@ -286,12 +286,14 @@ class imap_unordered_stream {
         throw;
       }
       ++_taken;
+      std::exception_ptr error;
       try {
         return t.get();
       } catch (...) {
-        stop();
-        throw;
+        error = std::current_exception();
       }
+      stop();  // outside the handler: it switches, and a handler's exception is per thread, not per fiber
+      std::rethrow_exception(error);
     }
     return std::nullopt;
   }
@@ -341,27 +343,23 @@ class imap_unordered_stream {
   friend class group;
   template <class Fn, class Item>
   imap_unordered_stream(group& g, Fn fn, std::vector<Item> items) : _st(std::make_shared<state>()) {
-    // The feeder owns the items; fn is shared by the members. Both feeder and
-    // members use the state through a plain pointer: whenever the stream (and
-    // so the state) goes, every one of them has finished — next() joined it
-    // or stop() waited for it.
+    // The feeder owns the items; fn is shared by the members. Each task's
+    // link queues its index (the feeder's: npos) however it ends — finished,
+    // failed, killed before it started, no stack — so next() never waits for
+    // an index that cannot come; links count as observing, next() rethrows.
+    // Links and tasks use the state through a plain pointer: whenever the
+    // stream (and so the state) goes, every task has finished — next() joined
+    // it or stop() waited for it — and a task's links run before it is done.
     auto shared_fn = std::make_shared<Fn>(std::move(fn));
-    _st->feeder = spawn([&g, st = _st.get(), shared_fn, items = std::move(items)]() mutable {
-      struct done {
-        state* st;
-        ~done() { st->finished.put(npos); }
-      } guard{st};
+    state* st = _st.get();
+    _st->feeder = spawn([&g, st, shared_fn, items = std::move(items)]() mutable {
       for (std::size_t i = 0; i < items.size(); ++i) {
-        st->members.push_back(g.spawn([st, shared_fn, i, item = std::move(items[i])]() -> T {
-          struct push {
-            state* st;
-            std::size_t i;
-            ~push() { st->finished.put(i); }
-          } on_exit{st, i};
-          return (*shared_fn)(item);
-        }));
+        task<T> t = g.spawn([shared_fn, item = std::move(items[i])]() -> T { return (*shared_fn)(item); });
+        st->members.push_back(t);
+        t.link([st, i](const task_base&) { st->finished.put(i); });
       }
     });
+    _st->feeder.link([st](const task_base&) { st->finished.put(npos); });
   }
 
   void advance() {
@@ -372,7 +370,10 @@ class imap_unordered_stream {
   }
 
   // stop() kills the feeder first (no new members), then the members still
-  // running, and waits for all of them; the stream has ended.
+  // running, and waits for all of them; the stream has ended. A kill or
+  // Timeout of the caller meanwhile does not cut the wait short (the tasks
+  // use fn and the state): the first one is made pending again afterwards,
+  // raised at the caller's next blocking call.
   void stop() noexcept {
     _ended = true;
     std::vector<task_base> left;
@@ -380,18 +381,32 @@ class imap_unordered_stream {
     for (auto& t : _st->members) {
       left.push_back(t);
     }
+    std::exception_ptr interrupted;
     try {
       killall(left, nullptr, false);
     } catch (...) {
+      interrupted = std::current_exception();
     }
     for (const task_base& t : left) {
       while (!t.ready()) {
         try {
           t.join();
         } catch (...) {
-          // A kill of the caller: keep waiting, they hold fn and the items.
+          if (!interrupted) {
+            interrupted = std::current_exception();
+          }
         }
       }
+    }
+    if (interrupted) {
+      const void* owner = nullptr;
+      try {
+        std::rethrow_exception(interrupted);
+      } catch (const timeout_error& e) {
+        owner = e.source();
+      } catch (...) {
+      }
+      hub::current().interrupt(detail::current_impl(), interrupted, owner);
     }
   }
 

@@ -147,6 +147,71 @@ COGENT_TEST_CASE("imap_unordered: an error kills the rest; leaving early kills t
   CHECK(p.size() == 0);
 }
 
+COGENT_TEST_CASE("imap_unordered: a member killed before it started does not hang the stream",
+                 doctest::timeout(10)) {
+  cogent::group g;
+  // The feeder spawns both members before either runs; the first kills the second, which so never
+  // runs its body. Its end must still reach the stream.
+  auto s = g.imap_unordered(
+      [&g](int i) {
+        if (i == 0) {
+          for (const cogent::task_base& t : g.tasks()) {
+            if (t != cogent::current_task()) {
+              t.kill(nullptr, false);
+            }
+          }
+        }
+        return i;
+      },
+      std::vector<int>{0, 1});
+  bool hung = false;
+  bool killed_seen = false;
+  try {
+    cogent::timeout to(2s);
+    while (s.next()) {
+    }
+  } catch (const cogent::timeout_error&) {
+    hung = true;
+  } catch (const cogent::task_killed&) {
+    killed_seen = true;  // the killed member's result
+  }
+  CHECK_FALSE(hung);
+  CHECK(killed_seen);
+  CHECK_FALSE(s.next().has_value());
+}
+
+COGENT_TEST_CASE("imap_unordered: a kill while leaving early waits for the members, then is raised",
+                 doctest::timeout(10)) {
+  cogent::pool p(2);
+  bool unwound = false;
+  bool went_on = false;
+  auto consumer = cogent::spawn([&] {
+    {
+      auto s = p.imap_unordered(
+          [&unwound](int ms) {
+            try {
+              cogent::sleep(std::chrono::milliseconds(ms));
+            } catch (const cogent::fiber_exit&) {
+              cogent::sleep(30ms);  // takes its time to unwind: the consumer is still waiting
+              unwound = true;
+              throw;
+            }
+            return ms;
+          },
+          std::vector<int>{1, 300});
+      s.next();
+    }                    // leaving: the stream kills the 300 ms member and waits for it to unwind
+    cogent::sleep(1ms);  // the kill that arrived meanwhile is raised here
+    went_on = true;
+  });
+  cogent::sleep(3ms);
+  consumer.kill();  // arrives while the stream's destructor waits: must not cut it short, nor be lost
+  CHECK(consumer.ready());
+  CHECK(unwound);
+  CHECK_FALSE(went_on);
+  CHECK(p.size() == 0);
+}
+
 COGENT_TEST_CASE("group: map rethrows the first error and kills the rest", doctest::timeout(10)) {
   cogent::group g;
   int finished = 0;

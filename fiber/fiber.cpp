@@ -212,8 +212,8 @@ void destroy(fiber_impl* f) noexcept {
   }
   fiber_impl* parent = f->parent;
   stack s = f->stk;  // empty unless it never finished (a leaked unwind)
-  if (fiber_free_hook != nullptr) [[unlikely]] {
-    fiber_free_hook(f);
+  if (auto hook = fiber_free_hook.load(std::memory_order_relaxed); hook != nullptr) [[unlikely]] {
+    hook(f);
   }
   delete f;
   if (s.bottom != nullptr) {

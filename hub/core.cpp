@@ -55,12 +55,22 @@ namespace {
 // per freed fiber, only with a monitor.
 void on_fiber_free(fiber_impl* f) noexcept {
   hub* h = t_hub;
-  if (h == nullptr || h->_running.load(std::memory_order_relaxed) != f) {
+  if (h == nullptr) {
     return;
   }
-  h->_running.store(nullptr, std::memory_order_seq_cst);
+  if (h->_running.load(std::memory_order_relaxed) == f) {
+    h->_running.store(nullptr, std::memory_order_seq_cst);
+  } else {
+    // The monitor may have loaded f from _running before the hub moved on to
+    // another fiber, which then dropped f's last handle: wait all the same.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
   while (h->_inspecting.load(std::memory_order_seq_cst)) {
+#if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
   }
 }
 }  // namespace
@@ -72,7 +82,8 @@ struct hub::monitor {
   std::thread thread;
 
   monitor(hub* h, std::chrono::milliseconds limit) {
-    detail::fiber_free_hook = &on_fiber_free;  // stays set: harmless for hubs without a monitor
+    // Stays set: harmless for hubs without a monitor (a fence per freed fiber).
+    detail::fiber_free_hook.store(&on_fiber_free, std::memory_order_relaxed);
     thread = std::thread([this, h, limit] {
       std::uint64_t last_switches = h->_switches.load();
       auto last_change = clock::now();
@@ -531,7 +542,7 @@ bool hub::nothing_can_happen() const noexcept {
       }
     }
     f->sched.state = st_running;
-    _running.store(f, std::memory_order_relaxed);
+    _running.store(f, std::memory_order_release);  // the monitor reads f's name after loading it
     // Only this thread writes it: a plain increment, no locked RMW per switch.
     _switches.store(_switches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     try {

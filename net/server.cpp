@@ -80,6 +80,9 @@ stream_server::~stream_server() {
         _stopped_waiters.wait(clock::time_point::max());
       }
       reap();
+      while (_serving > 0) {  // fibers woken in serve_forever() still use this object
+        _serve_done.wait(clock::time_point::max());
+      }
       break;
     } catch (const hub_error&) {
       break;  // destroyed inside the hub itself: it cannot wait (a misuse)
@@ -116,6 +119,16 @@ void stream_server::serve_forever() {
   if (!_started && !_stopped) {
     start();
   }
+  // Counted, so the destructor waits for every fiber still in here.
+  ++_serving;
+  struct leave {
+    stream_server& srv;
+    ~leave() {
+      if (--srv._serving == 0) {
+        srv._serve_done.notify_all();
+      }
+    }
+  } guard{*this};
   while (!_stop_done) {
     _stopped_waiters.wait(clock::time_point::max());
   }

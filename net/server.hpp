@@ -108,9 +108,10 @@ class stream_server {
   // timeout: running handlers are killed), waits for a stop() in progress in
   // another fiber, then waits for every handler still running — one that
   // called stop() itself until that stop()'s deadline, after which it is
-  // killed — and for the killed ones to unwind. No task of the server runs
-  // after it returns. A kill or Timeout arriving meanwhile does not cut this
-  // short: what is left is killed at once, and the interrupt is raised at the
+  // killed — and for the killed ones to unwind, and for fibers still inside
+  // serve_forever() to leave it. No task of the server runs after it
+  // returns. A kill or Timeout arriving meanwhile does not cut this short:
+  // what is left is killed at once, and the interrupt is raised at the
   // fiber's next blocking call instead. Must not run in one of the server's
   // own handlers (that handler would go on running in a destroyed server).
   // May switch.
@@ -164,8 +165,10 @@ class stream_server {
   clock::time_point _deadline = clock::time_point::max();  // stop()'s: handlers are killed after it
   std::uint64_t _accepted = 0;
   bool _started = false;
-  bool _stopped = false;    // stop() was called
-  bool _stop_done = false;  // stop() has finished (or was cut short by a kill)
+  bool _stopped = false;                  // stop() was called
+  bool _stop_done = false;                // stop() has finished (or was cut short by a kill)
+  std::size_t _serving = 0;               // fibers inside serve_forever()
+  cogent::detail::wait_list _serve_done;  // woken when the last of them leaves
 };
 
 // wait_for_signal() blocks `signals` in the calling thread (so they are not

@@ -8,6 +8,7 @@
 #pragma GCC visibility push(default)
 
 #include <any>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -35,7 +36,7 @@ struct fiber_impl;
 // fiber_free_hook, when set, runs just before a fiber's control block is
 // freed, on the fiber's thread (hub/core.cpp installs it with the blocked-hub
 // monitor, which must stop reading a fiber before it goes).
-inline void (*fiber_free_hook)(fiber_impl* f) noexcept = nullptr;
+inline std::atomic<void (*)(fiber_impl* f) noexcept> fiber_free_hook{nullptr};
 
 // timer_node is an intrusive entry in the hub's timers (hub/core.hpp). It must
 // stay alive while armed; disarm it (hub::cancel_timer) before destroying it.

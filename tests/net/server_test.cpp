@@ -366,6 +366,27 @@ COGENT_TEST_CASE("server: a handler that stopped its server never outlives it", 
   }
 }
 
+COGENT_TEST_CASE("server: destroyed while another fiber is in serve_forever, which returns first",
+                 doctest::timeout(20)) {
+  // One fiber serves; another destroys the server. The destructor's stop wakes the serving fiber,
+  // which still runs server code (reap) after waking: the destructor must wait for it to leave.
+  auto srv = std::make_unique<stream_server>(address::ipv4_loopback(0), [](stream_socket& s, const address&) {
+    char buf[16];
+    while (s.read_some(buf, sizeof buf) != 0) {
+    }
+  });
+  auto client = stream_socket::connect(srv->address(), 2s);  // a handler is running: reap has work
+  bool returned = false;
+  auto server_fiber = cogent::spawn([&] {
+    srv->serve_forever();
+    returned = true;
+  });
+  cogent::sleep(5ms);
+  srv.reset();  // ASan: the serving fiber touched the freed server before this waited for it
+  CHECK(returned);
+  server_fiber.get();
+}
+
 COGENT_TEST_CASE("server: stop lets quick handlers finish and kills the rest after the timeout",
                  doctest::timeout(20)) {
   int finished = 0;

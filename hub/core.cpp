@@ -51,8 +51,8 @@ namespace {
 // `_running`. A Dekker handshake (both sides seq_cst) keeps the read safe:
 // the monitor raises `_inspecting` and then loads `_running`; we clear
 // `_running` and then wait for `_inspecting` to drop. Either the monitor sees
-// null, or we see it reading and wait. Costs nothing on a switch; one fence
-// per freed fiber, only with a monitor.
+// null, or we see it reading and wait. Costs nothing on a switch; once any
+// hub of the process has a monitor, one fence per freed fiber in every hub.
 void on_fiber_free(fiber_impl* f) noexcept {
   hub* h = t_hub;
   if (h == nullptr) {
@@ -155,9 +155,8 @@ void hub::configure(const hub_config& cfg) {
 hub::hub(const hub_config& cfg)
     : _cfg(cfg),
       _engine(detail::make_uring_engine(cfg.ring_entries)),
-      _mailbox(std::make_shared<detail::mailbox>()),
-      _box(_mailbox.get()) {
-  _box->wake = _engine.get();
+      _mailbox(std::make_shared<detail::mailbox>()) {
+  _mailbox->wake = _engine.get();
   fiber_impl* main = detail::thread_main_impl();
   _fiber = fiber([this] { loop(); }, fiber_options{0, "hub"});
   detail::ensure_stack(_fiber.impl());  // no memory for it: hub creation fails here, clearly
@@ -176,9 +175,9 @@ hub::~hub() {
   // dropped from now on; the ones queued are never run.
   std::vector<std::function<void()>> unrun;
   {
-    std::lock_guard lock(_box->mu);
-    _box->wake = nullptr;
-    unrun.swap(_box->posted);
+    std::lock_guard lock(_mailbox->mu);
+    _mailbox->wake = nullptr;
+    unrun.swap(_mailbox->posted);
   }
   // Dropping our handle on the hub fiber unwinds its loop (fiber_exit at its
   // suspension point) once nothing else holds it; fibers still parked (whose
@@ -484,15 +483,15 @@ bool detail::post_to(mailbox& box, std::function<void()> fn) {
 }
 
 void hub::post(std::function<void()> fn) {
-  detail::post_to(*_box, std::move(fn));
+  detail::post_to(*_mailbox, std::move(fn));
 }
 
 void hub::drain_posted() {
   std::vector<std::function<void()>> batch;
   {
-    std::lock_guard lock(_box->mu);
-    batch.swap(_box->posted);
-    _box->has_posted.store(false, std::memory_order_relaxed);
+    std::lock_guard lock(_mailbox->mu);
+    batch.swap(_mailbox->posted);
+    _mailbox->has_posted.store(false, std::memory_order_relaxed);
   }
   for (auto& fn : batch) {
     try {
@@ -507,7 +506,7 @@ void hub::drain_posted() {
 
 bool hub::nothing_can_happen() const noexcept {
   return _ready_count == 0 && timer_count() == 0 && _engine->in_flight() == 0 &&
-         _held.load(std::memory_order_relaxed) == 0 && !_box->has_posted.load(std::memory_order_acquire);
+         _held.load(std::memory_order_relaxed) == 0 && !_mailbox->has_posted.load(std::memory_order_acquire);
 }
 
 [[gnu::always_inline]] inline void hub::run_ready() {
@@ -564,7 +563,7 @@ bool hub::nothing_can_happen() const noexcept {
 
 void hub::loop() {
   for (;;) {
-    if (_box->has_posted.load(std::memory_order_acquire)) {
+    if (_mailbox->has_posted.load(std::memory_order_acquire)) {
       drain_posted();
     }
     if (_ready_count > 0) {

@@ -251,7 +251,6 @@ class hub {
   std::vector<detail::fiber_impl*> _idle_waiters;  // wait() callers, in arrival order
   std::atomic<std::size_t> _held{0};
   std::shared_ptr<detail::mailbox> _mailbox;  // shared with posters that may outlive the hub
-  detail::mailbox* _box;                      // the same, without the indirection
   struct monitor;
   std::unique_ptr<monitor> _monitor;
 

@@ -399,14 +399,7 @@ class imap_unordered_stream {
       }
     }
     if (interrupted) {
-      const void* owner = nullptr;
-      try {
-        std::rethrow_exception(interrupted);
-      } catch (const timeout_error& e) {
-        owner = e.source();
-      } catch (...) {
-      }
-      hub::current().interrupt(detail::current_impl(), interrupted, owner);
+      defer_interrupt(std::move(interrupted));
     }
   }
 

@@ -13,6 +13,17 @@ const char* timeout_error::what() const noexcept {
   return _msg;
 }
 
+void defer_interrupt(std::exception_ptr e) noexcept {
+  const void* owner = nullptr;
+  try {
+    std::rethrow_exception(e);
+  } catch (const timeout_error& t) {
+    owner = t.source();
+  } catch (...) {
+  }
+  hub::current().interrupt(detail::current_impl(), std::move(e), owner);
+}
+
 timeout::timeout(timeout_duration d) {
   if (!d) {
     return;

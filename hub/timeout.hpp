@@ -80,6 +80,14 @@ class timeout {
   bool _expired = false;
 };
 
+// defer_interrupt() makes `e` — a kill or Timeout caught where it cannot be
+// honoured yet (a wait that must run to its end, C frames that must not be
+// unwound) — the calling fiber's pending interrupt again: it is raised at the
+// fiber's next blocking call. A timeout_error keeps its scope, so leaving that
+// scope still withdraws it; a Timeout never replaces a pending kill. Never
+// switches.
+void defer_interrupt(std::exception_ptr e) noexcept;
+
 // with_timeout() runs fn() under a timeout; timeout_error propagates on expiry.
 // May switch (if fn does).
 template <class Fn>

@@ -746,57 +746,52 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
 
 extern "C" [[noreturn]] void __chk_fail(void);
 
-COGENT_HOOK ssize_t __read_chk(int fd, void* buf, size_t n, size_t buflen) {
-  if (n > buflen) {
+namespace {
+// check_fits() is glibc's check: the destination holds `len` bytes, asked for
+// `n` units of `unit` bytes (dividing, so a huge n cannot wrap around).
+inline void check_fits(std::size_t n, std::size_t len, std::size_t unit = 1) {
+  if (len / unit < n) {
     __chk_fail();
   }
+}
+}  // namespace
+
+COGENT_HOOK ssize_t __read_chk(int fd, void* buf, size_t n, size_t buflen) {
+  check_fits(n, buflen);
   return read(fd, buf, n);
 }
 
 COGENT_HOOK ssize_t __pread_chk(int fd, void* buf, size_t n, off_t offset, size_t buflen) {
-  if (n > buflen) {
-    __chk_fail();
-  }
+  check_fits(n, buflen);
   return pread_impl(fd, buf, n, offset);
 }
 
 // With _FILE_OFFSET_BITS=64 (meson's default, most C libraries) a fortified
 // pread() calls this one.
 COGENT_HOOK ssize_t __pread64_chk(int fd, void* buf, size_t n, off_t offset, size_t buflen) {
-  if (n > buflen) {
-    __chk_fail();
-  }
+  check_fits(n, buflen);
   return pread_impl(fd, buf, n, offset);
 }
 
 COGENT_HOOK ssize_t __recv_chk(int fd, void* buf, size_t n, size_t buflen, int flags) {
-  if (n > buflen) {
-    __chk_fail();
-  }
+  check_fits(n, buflen);
   return recv(fd, buf, n, flags);
 }
 
 COGENT_HOOK ssize_t __recvfrom_chk(int fd, void* buf, size_t n, size_t buflen, int flags, sockaddr* addr,
                                    socklen_t* addrlen) {
-  if (n > buflen) {
-    __chk_fail();
-  }
+  check_fits(n, buflen);
   return recvfrom(fd, buf, n, flags, addr, addrlen);
 }
 
-// fdslen is in bytes; glibc divides rather than multiplies, so a huge nfds
-// cannot wrap around.
+// fdslen is in bytes.
 COGENT_HOOK int __poll_chk(pollfd* fds, nfds_t n, int timeout, size_t fdslen) {
-  if (fdslen / sizeof *fds < n) {
-    __chk_fail();
-  }
+  check_fits(n, fdslen, sizeof *fds);
   return poll(fds, n, timeout);
 }
 
 COGENT_HOOK int __ppoll_chk(pollfd* fds, nfds_t n, const timespec* ts, const sigset_t* mask, size_t fdslen) {
-  if (fdslen / sizeof *fds < n) {
-    __chk_fail();
-  }
+  check_fits(n, fdslen, sizeof *fds);
   return ppoll(fds, n, ts, mask);
 }
 

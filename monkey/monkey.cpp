@@ -470,23 +470,6 @@ int park_until(call_ctx& c, clock::time_point deadline) noexcept {
 
 namespace {
 
-// restore_pending() puts an interrupt that the thread pool raised back as the
-// fiber's pending interrupt (with its Timeout owner, so leaving that Timeout's
-// scope still withdraws it): C frames must not be unwound.
-void restore_pending(call_ctx& c, std::exception_ptr e) noexcept {
-  const void* owner = nullptr;
-  try {
-    std::rethrow_exception(e);
-  } catch (const cogent::timeout_error& t) {
-    owner = t.source();
-  } catch (...) {
-  }
-  if (!c.self->sched.pending) {
-    c.self->sched.pending = std::move(e);
-    c.self->sched.pending_owner = owner;
-  }
-}
-
 // run_blocking() runs fn() on cogent's thread pool. Returns true with fn's
 // effects done (an interrupt that arrived meanwhile is left pending), or
 // false if fn never ran (interrupt pending at entry, or the pool failed).
@@ -503,7 +486,9 @@ bool run_blocking(call_ctx& c, Fn&& fn) noexcept {
     });
   } catch (...) {
     if (ran) {
-      restore_pending(c, std::current_exception());
+      // Raised by the pool: C frames must not be unwound. Pending again, it
+      // comes out of the fiber's next cogent switch point.
+      cogent::defer_interrupt(std::current_exception());
     }
   }
   return ran;

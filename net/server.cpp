@@ -95,14 +95,7 @@ stream_server::~stream_server() {
     }
   }
   if (interrupted) {
-    const void* owner = nullptr;
-    try {
-      std::rethrow_exception(interrupted);
-    } catch (const timeout_error& e) {
-      owner = e.source();
-    } catch (...) {
-    }
-    hub::current().interrupt(cogent::fiber::current().impl(), interrupted, owner);
+    defer_interrupt(std::move(interrupted));
   }
 }
 

@@ -18,17 +18,21 @@
 
 namespace cogent::test {
 
-// ticker counts how often a fiber got to run while something else was parked
-// (about once a millisecond).
+// ticker is a fiber that counts how often it got to run while something else
+// was parked, pausing `period` between counts: about once a millisecond by
+// default. With a zero period (spinner) it only yields: it is always ready, so
+// whenever another fiber parks on the hub it runs (ticks grows) before that
+// fiber is resumed — a call across which ticks did not change never let the
+// hub run.
 struct ticker {
-  int ticks = 0;
+  long ticks = 0;
   bool stop = false;
   cogent::task<void> t;
-  ticker() {
-    t = cogent::spawn([this] {
+  explicit ticker(std::chrono::nanoseconds period = std::chrono::milliseconds(1)) {
+    t = cogent::spawn([this, period] {
       while (!stop) {
         ++ticks;
-        cogent::sleep(std::chrono::milliseconds(1));
+        cogent::sleep(period);  // sleep(0) is a yield
       }
     });
   }
@@ -37,26 +41,8 @@ struct ticker {
     t.join();
   }
 };
-
-// spinner is a fiber that yields in a loop: it is always ready, so whenever
-// another fiber parks on the hub it runs (ticks grows) before that fiber is
-// resumed. A call across which ticks did not change never let the hub run.
-struct spinner {
-  long ticks = 0;
-  bool stop = false;
-  cogent::task<void> t;
-  spinner() {
-    t = cogent::spawn([this] {
-      while (!stop) {
-        ++ticks;
-        cogent::yield();
-      }
-    });
-  }
-  ~spinner() {
-    stop = true;
-    t.join();
-  }
+struct spinner : ticker {
+  spinner() : ticker(std::chrono::nanoseconds::zero()) {}
 };
 
 // wake_later ends a wait on fd: a fiber writes "fiber" after 100 ms; if the

@@ -61,11 +61,11 @@ COGENT_TEST_CASE("fortified read() on a pipe parks only its fiber", doctest::tim
   REQUIRE(::pipe(p) == 0);
   ticker tk;
   std::string got;
-  int during = 0;
+  long during = 0;
   {
     wake_later w(p[1]);
     char buf[16] = {};
-    int before = tk.ticks;
+    long before = tk.ticks;
     ssize_t n = ::read(p[0], buf, opaque(sizeof buf));  // __read_chk
     during = tk.ticks - before;
     got.assign(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
@@ -84,11 +84,11 @@ COGENT_TEST_CASE("fortified recv() and recvfrom() on a socket park only their fi
   for (bool from : {false, true}) {
     INFO(std::string(from ? "recvfrom" : "recv"));
     std::string got;
-    int during = 0;
+    long during = 0;
     {
       wake_later w(s[1]);
       char buf[16] = {};
-      int before = tk.ticks;
+      long before = tk.ticks;
       ssize_t n;
       if (from) {
         sockaddr_un peer{};
@@ -116,11 +116,11 @@ COGENT_TEST_CASE("fortified poll() and ppoll() park only their fiber", doctest::
   for (bool p : {false, true}) {
     INFO(std::string(p ? "ppoll" : "poll"));
     int r = -1;
-    int during = 0;
+    long during = 0;
     pollfd pf[2] = {{-1, POLLIN, 0}, {s[0], POLLIN, 0}};
     {
       wake_later w(s[1]);
-      int before = tk.ticks;
+      long before = tk.ticks;
       if (p) {
         timespec ts{5, 0};
         r = ::ppoll(pf, opaque(2), &ts, nullptr);  // __ppoll_chk

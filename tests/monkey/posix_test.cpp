@@ -560,7 +560,7 @@ COGENT_TEST_CASE("ppoll parks only its fiber and wakes on readiness or timeout",
 
   // Timeout: nothing to read for 100 ms; the ticker runs meanwhile.
   timespec ts{0, 100'000'000};
-  int before = tk.ticks;
+  long before = tk.ticks;
   auto t0 = steady::now();
   CHECK(::ppoll(pf, 2, &ts, nullptr) == 0);
   CHECK(since(t0) >= 0.095);
@@ -568,7 +568,7 @@ COGENT_TEST_CASE("ppoll parks only its fiber and wakes on readiness or timeout",
 
   // Readiness with no timeout at all: a fiber's write after 100 ms wakes it
   // (a thread's after 2 s if ppoll blocked the hub).
-  int during = 0;
+  long during = 0;
   int r = -1;
   {
     cogent::test::wake_later w(s[1]);
@@ -634,9 +634,9 @@ COGENT_TEST_CASE("recvmsg on a socket parks only its fiber, ancillary data inclu
   m.msg_iovlen = 1;
   m.msg_control = ctl;
   m.msg_controllen = sizeof ctl;
-  int before = tk.ticks;
+  long before = tk.ticks;
   ssize_t n = ::recvmsg(s[0], &m, 0);
-  int during = tk.ticks - before;
+  long during = tk.ticks - before;
   CHECK(sender.get() == 2);
   REQUIRE(n == 2);
   CHECK(std::string(data, 2) == "fd");
@@ -695,7 +695,7 @@ COGENT_TEST_CASE("dup2, dup3, F_DUPFD and F_DUPFD_CLOEXEC carry what the hooks t
     //    libc) and cooperates: EAGAIN after 100 ms, the ticker running. The
     //    Timeout turns a wait that ignored the timeout into EINTR.
     std::pair<long, int> r;
-    int before = tk.ticks;
+    long before = tk.ticks;
     auto t0 = steady::now();
     {
       cogent::timeout guard(1s);
@@ -735,7 +735,7 @@ COGENT_TEST_CASE("dup2, dup3, F_DUPFD and F_DUPFD_CLOEXEC carry what the hooks t
     for (int fd : {s[0], d}) {
       char buf[16];
       ssize_t n;
-      int during;
+      long during;
       {
         cogent::test::wake_later w(s[1]);
         before = tk.ticks;

@@ -249,6 +249,16 @@ stream_server::handler_type stopping_handler(std::unique_ptr<stream_server>& srv
   };
 }
 
+// poke_and_read() is a client task that sends the byte a stopping_handler
+// waits for, then returns all the server sends until it closes.
+cogent::task<std::string> poke_and_read(address at) {
+  return cogent::spawn([at] {
+    auto s = stream_socket::connect(at, 2s);
+    s.write_all("q");
+    return s.read_until_eof(100, 5s);
+  });
+}
+
 void reset_stopper() {
   g_stopper = stopper_outcome{};
   g_state_destroyed = false;
@@ -263,11 +273,7 @@ COGENT_TEST_CASE("server: a handler that stopped its server never outlives it", 
     reset_stopper();
     std::unique_ptr<stream_server> srv;
     srv = std::make_unique<stream_server>(address::ipv4_loopback(0), stopping_handler(srv, 2s, 50ms));
-    auto client = cogent::spawn([&, at = srv->address()] {
-      auto s = stream_socket::connect(at, 2s);
-      s.write_all("q");
-      return s.read_until_eof(100, 5s);
-    });
+    auto client = poke_and_read(srv->address());
     srv->serve_forever();
     CHECK(g_stopper.stop_returned);
     srv.reset();
@@ -303,11 +309,7 @@ COGENT_TEST_CASE("server: a handler that stopped its server never outlives it", 
     reset_stopper();
     std::unique_ptr<stream_server> srv;
     srv = std::make_unique<stream_server>(address::ipv4_loopback(0), stopping_handler(srv, 50ms, 10s));
-    auto client = cogent::spawn([&, at = srv->address()] {
-      auto s = stream_socket::connect(at, 2s);
-      s.write_all("q");
-      return s.read_until_eof(100, 5s);
-    });
+    auto client = poke_and_read(srv->address());
     auto t0 = cogent::clock::now();
     srv->serve_forever();
     srv.reset();

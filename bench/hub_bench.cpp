@@ -5,6 +5,8 @@
 //  2. sleep_100k_10ms: 100,000 tasks each sleep(10 ms), whole run (target <= 60 ms). The process's first
 //     (cold) run is measured once in main() before the benchmarks and printed; the benchmark itself
 //     reports warm runs (stacks come from the pool).
+//     raw_100k_park_resume/256 and /32 are its floor: 100k raw Boost.Context fibers on stacks at cogent's
+//     stride, each started (parks) and later resumed (finishes), no scheduler — the page-walk cost alone.
 //  3. yield_ping: two fibers ping-pong through sleep(0) (ns per yield; target <= 60 ns).
 //  4. nop_await_io vs nop_raw_uring: a NOP through hub::await_io from a fiber vs the same NOP on a raw
 //     liburing loop (prep_nop, submit_and_wait, reap) — target <= 1.3x.
@@ -17,12 +19,17 @@
 // sleep_100k_10ms with 32: denser stacks, fewer page-table walks per wake-up).
 #include <benchmark/benchmark.h>
 #include <liburing.h>
+#include <sys/mman.h>
+
+#include <boost/context/fiber.hpp>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "hub/core.hpp"
@@ -95,6 +102,92 @@ void sleep_100k_10ms(benchmark::State& state) {
   }
 }
 BENCHMARK(sleep_100k_10ms)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+
+// raw_100k_park_resume: the floor under sleep_100k_10ms — what 100k fibers
+// that each park once and later finish cost with no scheduler, no timers and
+// no tasks: raw boost::context::fiber on stacks carved from one region at the
+// stride of cogent's pooled stacks (Arg KiB of stack + the 4 KiB guard slot),
+// already committed (as the pool's are on a warm run). Start each one (it
+// writes its first frames and switches back: "parked"), wait out the 10 ms
+// counted from the first start if it has not passed yet, resume each one in
+// the same order (it returns: finished). On a 2-level-paging VM the cost is
+// the page walks to 100k distinct stack pages, twice; it sets how close
+// sleep_100k_10ms can get to its 60 ms target at that stack size.
+class region_stacks {
+ public:
+  region_stacks(std::size_t n, std::size_t stack_bytes) : _stride(stack_bytes + 4096), _n(n) {
+    _base = static_cast<char*>(::mmap(nullptr, _stride * n, PROT_READ | PROT_WRITE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    if (_base == MAP_FAILED) {
+      _base = nullptr;
+      return;
+    }
+    ::madvise(_base, _stride * n, MADV_NOHUGEPAGE);  // as cogent's stack chunks
+  }
+  ~region_stacks() {
+    if (_base != nullptr) {
+      ::munmap(_base, _stride * _n);
+    }
+  }
+  region_stacks(const region_stacks&) = delete;
+  region_stacks& operator=(const region_stacks&) = delete;
+  bool ok() const { return _base != nullptr; }
+  // The allocator boost::context::fiber takes: hands out stack i, never frees.
+  struct slot {
+    region_stacks* r;
+    std::size_t i;
+    boost::context::stack_context allocate() {
+      boost::context::stack_context sc;
+      sc.size = r->_stride - 4096;
+      sc.sp = r->_base + (i + 1) * r->_stride;
+      return sc;
+    }
+    void deallocate(boost::context::stack_context&) noexcept {}
+  };
+  slot at(std::size_t i) { return slot{this, i}; }
+
+ private:
+  std::size_t _stride;
+  std::size_t _n;
+  char* _base = nullptr;
+};
+
+double raw_park_resume_round(region_stacks& stacks) {
+  namespace bctx = boost::context;
+  std::vector<bctx::fiber> parked;
+  parked.reserve(n_tasks);
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n_tasks; ++i) {
+    bctx::fiber f(std::allocator_arg, stacks.at(static_cast<std::size_t>(i)), [](bctx::fiber&& back) {
+      back = std::move(back).resume();  // parked until the second pass
+      return std::move(back);
+    });
+    parked.push_back(std::move(f).resume());
+  }
+  std::this_thread::sleep_until(t0 + 10ms);
+  for (auto& f : parked) {
+    f = std::move(f).resume();  // it returns: finished
+  }
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void raw_100k_park_resume(benchmark::State& state) {
+  region_stacks stacks(n_tasks, static_cast<std::size_t>(state.range(0)) * 1024);
+  if (!stacks.ok()) {
+    state.SkipWithError("mmap of the stack region failed");
+    return;
+  }
+  raw_park_resume_round(stacks);  // commit the pages: warm, like the pool after a first run
+  for (auto _ : state) {
+    state.SetIterationTime(raw_park_resume_round(stacks) / 1000.0);
+  }
+}
+BENCHMARK(raw_100k_park_resume)
+    ->Arg(256)
+    ->Arg(32)
+    ->Unit(benchmark::kMillisecond)
+    ->UseManualTime()
+    ->Iterations(3);
 
 // ---- 3. sleep(0) ping ------------------------------------------------------------------
 

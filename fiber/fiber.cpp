@@ -23,7 +23,17 @@ constinit COGENT_TLS fiber_impl* t_previous = nullptr;  // the fiber whose switc
 
 namespace {
 
-COGENT_TLS char t_tag = 0;  // its address identifies the thread
+// A thread's serial number identifies it: unlike the address of a
+// thread-local, it is never reused by a later thread (a fiber of an ended
+// thread must not pass for one of the thread that got its TLS block).
+std::atomic<std::uint64_t> g_next_thread{1};
+COGENT_TLS std::uint64_t t_thread = 0;
+std::uint64_t this_thread_tag() noexcept {
+  if (t_thread == 0) [[unlikely]] {
+    t_thread = g_next_thread.fetch_add(1, std::memory_order_relaxed);
+  }
+  return t_thread;
+}
 
 std::atomic<std::uint64_t> g_next_id{1};
 // Ids are handed to threads in blocks: creating a fiber costs no atomic RMW.
@@ -163,6 +173,7 @@ fiber_impl* init_thread() {
 namespace {
 
 [[noreturn]] void entry(transfer t) noexcept {
+  reset_eh_state();  // the jumper's exception state is saved on its own stack
   resumed(t);
   fiber_impl* self = t_current;
   std::any result;
@@ -271,7 +282,7 @@ void kill_for_destroy(fiber_impl* f) noexcept {
 // ---- fiber_impl ------------------------------------------------------------
 
 fiber_impl::fiber_impl(std::size_t stack_size, std::string&& name)
-    : thread_tag(&t_tag), id(next_id()), stack_request(stack_size), user_name(std::move(name)) {
+    : thread_tag(this_thread_tag()), id(next_id()), stack_request(stack_size), user_name(std::move(name)) {
   parent = t_current != nullptr ? t_current : init_thread();
   ref(parent);
 }
@@ -299,7 +310,7 @@ void ensure_stack(fiber_impl* f) {
   }
 }
 
-fiber_impl::fiber_impl(std::nullptr_t) : started(true), is_main(true), thread_tag(&t_tag), id(next_id()) {
+fiber_impl::fiber_impl(std::nullptr_t) : started(true), is_main(true), thread_tag(this_thread_tag()), id(next_id()) {
   install_overflow_handler(inspect_fault);
 }
 
@@ -332,7 +343,7 @@ std::any switch_slow(fiber_impl* target, std::any&& value, std::exception_ptr ex
   if (self == nullptr) [[unlikely]] {
     self = init_thread();
   }
-  if (target->thread_tag != &t_tag) [[unlikely]] {
+  if (target->thread_tag != this_thread_tag()) [[unlikely]] {
     throw_error("cogent: cannot switch to fiber '" + target->name() + "': it belongs to another thread");
   }
   while (target->dead) {

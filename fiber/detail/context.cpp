@@ -5,9 +5,18 @@
 // (parent chain, values, stacks), so the extra layer would only add cost.
 #include "fiber/detail/context.hpp"
 
+#include <cxxabi.h>
+
 #include <boost/context/detail/fcontext.hpp>
 
 namespace cogent::detail {
+
+constinit thread_local eh_state* t_eh_state __attribute__((tls_model("initial-exec"))) = nullptr;
+
+eh_state* thread_eh_state_slow() noexcept {
+  t_eh_state = reinterpret_cast<eh_state*>(abi::__cxa_get_globals());
+  return t_eh_state;
+}
 
 namespace bcd = boost::context::detail;
 

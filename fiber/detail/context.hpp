@@ -47,7 +47,7 @@ namespace cogent::detail {
 // before every jump: all saved MXCSRs stay equal and the restore is free. Each
 // fiber keeps its own rounding and denormal modes; fetestexcept() flags do not
 // survive a switch.
-inline void clear_fp_flags() noexcept {
+[[gnu::always_inline]] inline void clear_fp_flags() noexcept {
 #if defined(__x86_64__)
   constexpr unsigned mxcsr_flags = 0x3f;  // IE DE ZE OE UE PE
   unsigned csr = __builtin_ia32_stmxcsr();
@@ -57,9 +57,45 @@ inline void clear_fp_flags() noexcept {
 #endif
 }
 
-inline transfer jump_context(context to, void* data) noexcept {
+// eh_state mirrors the C++ runtime's per-thread exception state (Itanium C++
+// ABI __cxa_eh_globals, libsupc++'s layout): the stack of exceptions being
+// handled (what `throw;` and std::current_exception() see) and the count of
+// exceptions in flight (std::uncaught_exceptions()). It belongs to a stack,
+// not to a thread: a fiber that parks inside a catch block, or in a
+// destructor run by unwinding, must find its own state when it resumes, and
+// the fibers that run meanwhile must not see it (one popping another's
+// caught exception frees it under the other's handler).
+struct eh_state {
+  void* caught;
+  unsigned int uncaught;
+#if defined(__ARM_EABI_UNWINDER__)
+  void* propagating;
+#endif
+};
+extern thread_local constinit eh_state* t_eh_state __attribute__((tls_model("initial-exec")));
+// thread_eh_state() is this thread's runtime exception state (looked up once per thread).
+eh_state* thread_eh_state_slow() noexcept;
+[[gnu::always_inline]] inline eh_state* thread_eh_state() noexcept {
+  eh_state* g = t_eh_state;
+  return g != nullptr ? g : thread_eh_state_slow();
+}
+// reset_eh_state() gives a context that just started the empty state.
+inline void reset_eh_state() noexcept {
+  *thread_eh_state() = eh_state{};
+}
+
+// jump_context() also carries the exception state: the caller's stays on its
+// own stack across the jump and is put back when it is resumed (a new context
+// starts with reset_eh_state()). Two loads and two stores per switch.
+// Always inline: an extra frame between a switch's caller and the jump costs a
+// mispredicted return per switch (BENCHMARKS.md, "one return misprediction").
+[[gnu::always_inline]] inline transfer jump_context(context to, void* data) noexcept {
   clear_fp_flags();
-  return ::jump_fcontext(to, data);
+  eh_state* g = thread_eh_state();
+  const eh_state mine = *g;
+  transfer t = ::jump_fcontext(to, data);
+  *g = mine;  // fibers never change threads: g is still this thread's
+  return t;
 }
 
 }  // namespace cogent::detail

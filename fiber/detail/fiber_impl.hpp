@@ -113,7 +113,7 @@ class fiber_impl {
   bool is_main = false;
   bool unguarded =
       false;  // a created fiber without a guard page: its canary is checked when it switches away
-  const void* thread_tag = nullptr;  // identifies the owning thread
+  std::uint64_t thread_tag = 0;  // the owning thread's serial (never reused by a later thread)
   std::uint64_t id = 0;
   std::any in_value;                  // value delivered by the switch that resumes us
   std::exception_ptr in_exc;          // or an exception to raise at our suspension point

@@ -619,6 +619,73 @@ TEST_SUITE("fiber") {
       }
     }
   }
+
+  // The C++ runtime's exception state (the caught-exception stack behind `throw;` and
+  // std::current_exception(), and std::uncaught_exceptions()) travels with each fiber: before,
+  // it was the thread's, so a fiber parked in a catch block rethrew another fiber's exception.
+  TEST_CASE("a fiber switched away inside a catch handler keeps its own caught exception") {
+    std::string got;
+    fiber main = fiber::current();
+    fiber a([&] {
+      try {
+        try {
+          throw std::runtime_error("A");
+        } catch (...) {
+          main.switch_to();  // main enters (and leaves) a handler of its own meanwhile
+          CHECK(std::uncaught_exceptions() == 0);
+          throw;  // must be A
+        }
+      } catch (const std::exception& e) {
+        got = e.what();
+      }
+    });
+    a.switch_to();
+    CHECK(std::current_exception() == nullptr);  // a's handler is a's, not main's
+    try {
+      throw std::logic_error("main");
+    } catch (...) {
+      a.switch_to();
+      CHECK(std::current_exception() != nullptr);
+    }
+    CHECK(got == "A");
+    CHECK(std::current_exception() == nullptr);
+  }
+
+  TEST_CASE("a new fiber starts outside any handler, even when created and started from one") {
+    bool inside = true;
+    int uncaught = -1;
+    try {
+      throw std::runtime_error("outer");
+    } catch (...) {
+      fiber f([&] {
+        inside = std::current_exception() != nullptr;
+        uncaught = std::uncaught_exceptions();
+      });
+      f.switch_to();
+      CHECK(std::current_exception() != nullptr);  // ours again
+    }
+    CHECK_FALSE(inside);
+    CHECK(uncaught == 0);
+  }
+
+  // A thread's identity is a serial number: a later thread reuses the TLS block (and so the
+  // address of any thread-local) of an ended one, and used to pass for it.
+  TEST_CASE("switching to a fiber of a thread that has ended is a fiber_error") {
+    fiber f;
+    std::thread a([&] { f = fiber([] { return 1; }); });
+    a.join();
+    std::string what = "no error";
+    std::thread b([&] {
+      try {
+        f.switch_to();
+        what = "switched";
+      } catch (const fiber_error& e) {
+        what = e.what();
+      }
+    });
+    b.join();
+    CHECK(what.find("another thread") != std::string::npos);
+  }
 }  // TEST_SUITE("fiber")
 
 #if defined(__SANITIZE_ADDRESS__)

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <exception>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,6 +24,82 @@ using cogent::clock;
 
 std::chrono::milliseconds ms_since(clock::time_point t0) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - t0);
+}
+
+// Each task has its own C++ exception state: one that sleeps inside a catch
+// block keeps its exception while others catch and leave theirs (before, the
+// state was the thread's: ASan saw B's exception freed by A's handler ending).
+COGENT_TEST_CASE("tasks that park inside catch blocks keep their own exceptions", doctest::timeout(10)) {
+  std::string seen_a, seen_b, rethrown_a;
+  auto a = cogent::spawn([&] {
+    try {
+      try {
+        throw std::runtime_error("A");
+      } catch (const std::exception& e) {
+        cogent::sleep(20ms);
+        seen_a = e.what();
+        throw;
+      }
+    } catch (const std::exception& e) {
+      rethrown_a = e.what();
+    }
+  });
+  auto b = cogent::spawn([&] {
+    cogent::sleep(5ms);
+    try {
+      throw std::runtime_error("B");
+    } catch (const std::exception& e) {
+      cogent::sleep(40ms);  // A leaves its handler meanwhile
+      seen_b = e.what();
+    }
+  });
+  a.join();
+  b.join();
+  CHECK(seen_a == "A");
+  CHECK(rethrown_a == "A");
+  CHECK(seen_b == "B");
+}
+
+COGENT_TEST_CASE("a task unwinding through a blocking destructor does not count as uncaught elsewhere",
+                 doctest::timeout(10)) {
+  struct blocking_dtor {
+    ~blocking_dtor() { cogent::hub::current().park(clock::now() + 20ms, false); }
+  };
+  int in_victim = -1;
+  auto victim = cogent::spawn([&] {
+    struct probe {
+      int* out;
+      ~probe() { *out = std::uncaught_exceptions(); }
+    } p{&in_victim};
+    blocking_dtor d;
+    cogent::sleep(1s);
+  });
+  int seen = -1;
+  auto other = cogent::spawn([&] {
+    cogent::sleep(10ms);  // the victim is unwinding now, parked in its destructor
+    seen = std::uncaught_exceptions();
+  });
+  cogent::sleep(2ms);
+  victim.kill(nullptr, false);
+  other.join();
+  victim.join();
+  CHECK(seen == 0);
+  CHECK(in_victim == 1);  // and the victim's own count survived its park
+}
+
+COGENT_TEST_CASE("after throw_in() into a parked task the thrower is not inside a handler",
+                 doctest::timeout(10)) {
+  cogent::fiber tf;
+  auto t = cogent::spawn([&] {
+    tf = cogent::fiber::current();
+    cogent::sleep(1s);
+  });
+  cogent::sleep(2ms);
+  tf.throw_in(std::make_exception_ptr(std::runtime_error("into t")));
+  CHECK(std::current_exception() == nullptr);
+  t.join();
+  CHECK(t.exception() != nullptr);
+  tf = cogent::fiber();
 }
 
 COGENT_TEST_CASE("sleeps wake in deadline order", doctest::timeout(10)) {

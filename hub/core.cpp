@@ -318,6 +318,12 @@ void hub::yield_now() {
 
 int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)(int)) {
   fiber_impl* self = detail::current_impl();
+  if (self->sched.pending) [[unlikely]] {
+    // A kill/Timeout still pending from an op that completed anyway lands
+    // here, before a new op starts: a loop over ops that each complete at
+    // once (a fast peer) would otherwise never see it.
+    throw_if_interrupted();
+  }
   op.user = self;
   op.on_complete = [](detail::io_op* o) {
     t_hub->schedule(static_cast<fiber_impl*>(o->user), wake_reason::woken);

@@ -42,8 +42,8 @@ using clock = std::chrono::steady_clock;
 // default everywhere) waits without limit. Any std::chrono duration converts.
 using timeout_duration = std::optional<std::chrono::nanoseconds>;
 
-// deadline_after() turns a timeout into an absolute deadline (max() for none;
-// negative timeouts count as zero).
+// deadline_after() turns a timeout into an absolute deadline (max() for none
+// or one too far away to represent; negative timeouts count as zero).
 inline clock::time_point deadline_after(timeout_duration t) {
   if (!t) {
     return clock::time_point::max();
@@ -51,7 +51,10 @@ inline clock::time_point deadline_after(timeout_duration t) {
   if (*t <= std::chrono::nanoseconds::zero()) {
     return clock::now();
   }
-  return clock::now() + std::chrono::duration_cast<clock::duration>(*t);
+  // Saturating: nanoseconds::max() (a natural "forever") must not wrap into the past.
+  const clock::time_point now = clock::now();
+  const auto d = std::chrono::duration_cast<clock::duration>(*t);
+  return d >= clock::time_point::max() - now ? clock::time_point::max() : now + d;
 }
 
 // hub_error is thrown for misuse of the hub: blocking inside the hub itself,
@@ -171,7 +174,10 @@ class hub {
   // (>= 0 or -errno). If `deadline` passes first the op is cancelled and
   // -ETIMEDOUT returned. On an interrupt the op is cancelled, its completion
   // reaped (invariant 1), `release(result)` is called if it had succeeded
-  // anyway (e.g. close an accepted fd), and the interrupt is raised.
+  // anyway (e.g. close an accepted fd), and the interrupt is raised. An op
+  // that produced data or wrote bytes before the cancel took effect returns
+  // its result instead, and the interrupt stays pending: the next await_io()
+  // raises it before submitting anything (so does any other blocking call).
   int await_io(detail::io_op& op, clock::time_point deadline = clock::time_point::max(),
                void (*release)(int result) = nullptr);
 

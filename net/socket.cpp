@@ -157,8 +157,9 @@ void basic_socket::close() {
   try {
     r = h.await_io(op);
   } catch (...) {
-    // Interrupted (kill/Timeout) while closing: make sure the fd is gone.
-    if (op.result == -ECANCELED) {
+    // Interrupted (kill/Timeout) while closing, or before the op was even
+    // submitted (an interrupt was pending): make sure the fd is gone.
+    if (!op.done || op.result == -ECANCELED) {
       close_fd(fd);
     }
     throw;
@@ -198,13 +199,15 @@ int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(i
   } guard{w};
   int r = hub::current().await_io(op, deadline, release);
   if (w.closed) [[unlikely]] {
-    // close() ran while this op was in flight.
+    // close() ran while this op was in flight. From here on the socket object
+    // may be gone (a second close() returns at once and its caller may
+    // destroy it): the caller reports this without touching it.
     if (r >= 0 && release != nullptr) {
       release(r);  // it produced something (an fd) nobody will use
-      return -EBADF;
+      return -closed_while_waiting;
     }
     if (r == -ECANCELED) {
-      return -EBADF;
+      return -closed_while_waiting;
     }
   }
   return r;
@@ -214,8 +217,8 @@ void basic_socket::throw_closed(const char* what) {
   throw_sys(EBADF, std::string(what) + " on a closed socket");
 }
 
-void basic_socket::throw_error(int err, const char* what) const {
-  if (err == EBADF && _fd < 0) {
+void basic_socket::throw_error(int err, const char* what) {
+  if (err == closed_while_waiting) {
     throw_sys(EBADF, std::string(what) + ": socket closed while waiting");
   }
   if (err == ETIMEDOUT) {
@@ -311,6 +314,10 @@ void stream_socket::read_exactly(void* buf, std::size_t n, timeout_duration t) {
   auto* p = static_cast<char*>(buf);
   std::size_t got = 0;
   while (got < n) {
+    if (got > 0 && clock::now() >= deadline) [[unlikely]] {
+      // Each op may complete at once (a fast peer) and never reach the timer.
+      throw_error(ETIMEDOUT, "read_exactly");
+    }
     io_op op;
     op.code = op_code::recv;
     op.fd = fd_for("read_exactly");
@@ -353,6 +360,9 @@ std::string stream_socket::read_until_eof(std::size_t max_bytes, timeout_duratio
     }
     if (out.size() > max_bytes) {
       throw_sys(EMSGSIZE, "read_until_eof: more than " + std::to_string(max_bytes) + " bytes");
+    }
+    if (clock::now() >= deadline) [[unlikely]] {
+      throw_error(ETIMEDOUT, "read_until_eof");
     }
     if (chunk < 256 * 1024 && static_cast<std::size_t>(r) == want) {
       chunk *= 2;
@@ -397,6 +407,9 @@ void stream_socket::write_all(const void* buf, std::size_t n, timeout_duration t
     n -= static_cast<std::size_t>(r);
     if (n > 0) {
       fd = fd_for("write_all");
+      if (clock::now() >= deadline) [[unlikely]] {
+        throw_error(ETIMEDOUT, "write_all");
+      }
     }
   }
 }

@@ -179,13 +179,17 @@ class basic_socket {
     return t ? deadline_after(t) : clock::time_point::max();
   }
   // await() runs `op` through hub::await_io() and returns its raw result, with
-  // -ECANCELED turned into -EBADF when close() interrupted it. Fibers blocked
+  // -ECANCELED turned into -closed_while_waiting when close() interrupted it
+  // (after which the socket object must not be touched: it may be destroyed). Fibers blocked
   // on an fd are found by close() through a per-thread table indexed by fd
   // (dense and cache-warm), not through the socket object: after the op
   // completes, the fast path never touches the (by then cold) socket.
   int await(cogent::detail::io_op& op, clock::time_point deadline, void (*release)(int) = nullptr);
-  // throw_error() raises std::system_error(err) naming the call and the socket.
-  [[noreturn]] void throw_error(int err, const char* what) const;
+  // closed_while_waiting (negated) is what await() returns when close() woke
+  // it; throw_error() reports it as EBADF. Not an errno value.
+  static constexpr int closed_while_waiting = 1 << 20;
+  // throw_error() raises std::system_error(err) naming the call.
+  [[noreturn]] static void throw_error(int err, const char* what);
   [[noreturn]] static void throw_closed(const char* what);
   void get_option_raw(int level, int name, void* value, std::size_t len) const;
 

@@ -707,3 +707,44 @@ TEST_CASE("raise_fd_limit raises the soft descriptor limit to the hard one" * do
   CHECK(cogent::net::raise_fd_limit() == now);  // already at the hard limit: unchanged
   REQUIRE(::setrlimit(RLIMIT_NOFILE, &original) == 0);
 }
+
+// stop(t) kills the handlers still running after t, even ones in a loop whose every op
+// completes at once (a client that keeps streaming): the kill lands at their next op.
+COGENT_TEST_CASE("stop(50ms) returns with an echo client streaming at full speed", doctest::timeout(20)) {
+  cogent::net::stream_server srv(address::ipv4_loopback(0), [](stream_socket& s, const address&) {
+    char buf[16384];
+    while (std::size_t n = s.read_some(buf, sizeof buf)) {
+      s.write_all(buf, n);
+    }
+  });
+  srv.start();
+  auto c = stream_socket::connect(srv.address(), 2s);
+  bool quit = false;
+  auto snd = cogent::spawn([&] {
+    std::string chunk(64 << 10, 'e');
+    try {
+      while (!quit) {
+        c.write_all(chunk);
+      }
+    } catch (const std::system_error&) {  // the server side went away
+    }
+  });
+  auto rcv = cogent::spawn([&] {
+    char buf[65536];
+    try {
+      while (!quit && c.read_some(buf, sizeof buf) > 0) {
+      }
+    } catch (const std::system_error&) {
+    }
+  });
+  cogent::sleep(20ms);
+  auto t0 = cogent::clock::now();
+  srv.stop(50ms);
+  CHECK(cogent::clock::now() - t0 < 1s);
+  CHECK(srv.client_count() == 0);
+  quit = true;
+  c.close();
+  cogent::joinall({snd, rcv}, 2s);
+  CHECK(snd.ready());
+  CHECK(rcv.ready());
+}

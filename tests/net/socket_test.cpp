@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <system_error>
@@ -870,4 +871,134 @@ COGENT_TEST_CASE("a recv that completes as its Timeout fires keeps its bytes", d
   ::close(sv[1]);
   CHECK(got == 5);
   CHECK(timeout_later);
+}
+
+// ---- interrupts and deadlines against a fast peer ------------------------------------
+// Every op below completes at once (the peer always has data ready or room to take
+// it), so none of them ever waits for the timer or the cancel: the interrupt and
+// the deadline must still land.
+
+COGENT_TEST_CASE("kill lands in a read_some loop fed by a fast sender", doctest::timeout(20)) {
+  auto p = make_pair();
+  bool stop_sender = false;
+  auto snd = cogent::spawn([&] {
+    std::string chunk(64 << 10, 'y');
+    while (!stop_sender) {
+      p.server.write_all(chunk);
+    }
+  });
+  auto rd = cogent::spawn([&] {
+    char buf[16384];
+    while (p.client.read_some(buf, sizeof buf) > 0) {
+    }
+  });
+  cogent::sleep(20ms);
+  rd.kill(nullptr, /*block=*/true, 1s);
+  CHECK(rd.ready());
+  CHECK(rd.killed());
+  stop_sender = true;
+  p.client.close();
+  cogent::joinall({snd, rd}, 2s);
+  CHECK(snd.ready());
+}
+
+COGENT_TEST_CASE("a Timeout scope lands in a write_all loop to a fast reader", doctest::timeout(20)) {
+  auto p = make_pair();
+  bool stop = false;
+  auto rd = cogent::spawn([&] {
+    std::vector<char> buf(1 << 20);
+    while (!stop && p.server.read_some(buf.data(), buf.size(), 2s) > 0) {
+    }
+  });
+  std::string chunk(64 << 10, 'x');
+  auto t0 = cogent::clock::now();
+  bool done = cogent::try_with_timeout(30ms, [&] {
+    while (cogent::clock::now() - t0 < 2s) {  // bounded: before the fix the Timeout never landed
+      p.client.write_all(chunk);
+    }
+  });
+  CHECK_FALSE(done);
+  CHECK(cogent::clock::now() - t0 < 500ms);
+  stop = true;
+  p.client.close();
+  rd.join(2s);
+  CHECK(rd.ready());
+}
+
+COGENT_TEST_CASE("write_all and read_exactly bound the whole call even when every op completes at once",
+                 doctest::timeout(30)) {
+  {
+    auto p = make_pair();
+    std::vector<char> big(64u << 20, 'x');
+    auto rd = cogent::spawn([&] {
+      std::vector<char> buf(1 << 20);
+      while (p.server.read_some(buf.data(), buf.size(), 2s) > 0) {
+      }
+    });
+    auto t0 = cogent::clock::now();
+    CHECK(errno_of([&] { p.client.write_all(big.data(), big.size(), 5ms); }) == ETIMEDOUT);
+    CHECK(cogent::clock::now() - t0 < 200ms);
+    p.client.close();
+    rd.join(2s);
+    CHECK(rd.ready());
+  }
+  {
+    auto p = make_pair();
+    bool stop = false;
+    auto snd = cogent::spawn([&] {
+      std::string chunk(256 << 10, 'z');
+      while (!stop) {
+        p.server.write_all(chunk);
+      }
+    });
+    std::vector<char> big(256u << 20);
+    auto t0 = cogent::clock::now();
+    CHECK(errno_of([&] { p.client.read_exactly(big.data(), big.size(), 5ms); }) == ETIMEDOUT);
+    CHECK(cogent::clock::now() - t0 < 200ms);
+    stop = true;
+    p.client.close();
+    snd.join(2s);
+    CHECK(snd.ready());
+  }
+}
+
+// A second close() returns at once (the socket is already closed); its caller may
+// destroy the socket while the first close() is still waking the blocked fibers,
+// and those must not touch the object again (ASan: heap-use-after-free before).
+COGENT_TEST_CASE("a second close() and destroy while a reader is being woken", doctest::timeout(10)) {
+  auto p = make_pair();
+  auto holder = std::make_unique<stream_socket>(std::move(p.client));
+  int rerr = 0;
+  std::string what;
+  auto r = cogent::spawn([&] {
+    char b[16];
+    try {
+      (void)holder->read_some(b, sizeof b);
+    } catch (const std::system_error& e) {
+      rerr = e.code().value();
+      what = e.what();
+    }
+  });
+  cogent::sleep(5ms);
+  auto c1 = cogent::spawn([&] { holder->close(); });
+  auto c2 = cogent::spawn([&] {
+    holder->close();
+    holder.reset();
+  });
+  cogent::joinall({r, c1, c2});
+  CHECK(rerr == EBADF);
+  CHECK(what.find("read_some: socket closed while waiting") != std::string::npos);
+}
+
+COGENT_TEST_CASE("a nanoseconds::max() timeout means no timeout", doctest::timeout(10)) {
+  auto p = make_pair();
+  auto r = cogent::spawn([&] {
+    char b[4];
+    return errno_of([&] { (void)p.client.read_some(b, 4, std::chrono::nanoseconds::max()); });
+  });
+  cogent::sleep(20ms);
+  CHECK_FALSE(r.ready());
+  p.server.write_all("x");
+  CHECK(r.get() == 0);
+  CHECK(cogent::deadline_after(std::chrono::nanoseconds::max()) == cogent::clock::time_point::max());
 }

@@ -34,9 +34,17 @@
 // (fetestexcept) are cleared when a fiber switches away (keeping them would
 // cost a pipeline serialization on every switch; see detail/context.hpp).
 //
+// Exceptions in flight: each fiber has its own C++ exception state. A fiber
+// that switches away inside a catch block finds its exception (what `throw;`
+// and std::current_exception() see) when it comes back, whatever the others
+// caught meanwhile; std::uncaught_exceptions() counts only the calling
+// fiber's unwinding (a destructor that blocks while a killed fiber unwinds
+// does not make scope guards in other fibers think they are unwinding).
+// A new fiber starts outside any handler.
+//
 // Threads: a fiber belongs to the thread that created it. Switching to it, or
 // copying/destroying handles to it, from another thread is misuse
-// (switch_to() throws fiber_error). Handles are not thread-safe.
+// (switch_to() throws fiber_error; so it does once that thread has ended). Handles are not thread-safe.
 //
 // Example:
 //   cogent::fiber ping, pong;

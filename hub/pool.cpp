@@ -112,6 +112,12 @@ void pool::add(const task_base& t) {
     return;
   }
   wait_for_slot();
+  // t may have finished, or another waiter added it, while we waited: then
+  // the slot is still free and goes to the next waiter.
+  struct settle {
+    pool& p;
+    ~settle() { p.pass_on_wake(); }
+  } guard{*this};
   group::add(t);
 }
 
@@ -130,10 +136,14 @@ bool pool::wait_available(timeout_duration t) {
   }
   // Wake-ups are not consumed by a caller that does not take the slot: pass
   // it on so another waiter can look too.
+  pass_on_wake();
+  return true;
+}
+
+void pool::pass_on_wake() noexcept {
   if (!_slot_waiters.empty() && !full()) {
     _slot_waiters.notify_one();
   }
-  return true;
 }
 
 }  // namespace cogent

@@ -78,6 +78,12 @@ class group {
   template <class Fn, class... Args>
   auto spawn(Fn&& fn, Args&&... args) {
     wait_for_slot();
+    // However this ends (cogent::spawn may throw fiber_error), a slot left
+    // free goes to the next waiter.
+    struct settle {
+      group& g;
+      ~settle() { g.slot_settled(); }
+    } guard{*this};
     auto t = cogent::spawn(std::forward<Fn>(fn), std::forward<Args>(args)...);
     track(t);
     return t;
@@ -89,7 +95,8 @@ class group {
   bool join(timeout_duration t = std::nullopt, bool raise_error = false);
 
   // kill() raises `e` (default fiber_exit) in every member (see task_base::kill);
-  // with block, waits up to `t` for the group to empty. May switch (block).
+  // with block, waits up to `t` for the group to empty. Called by a member, it
+  // kills all the others, then raises `e` in the caller. May switch (block).
   void kill(std::exception_ptr e = nullptr, bool block = true, timeout_duration t = std::nullopt);
 
   // failures() lists the members that finished with an error (not a fiber_exit kill).
@@ -116,6 +123,10 @@ class group {
  protected:
   // wait_for_slot() blocks until a member may be added (never, for a group).
   virtual void wait_for_slot() {}
+  // slot_settled() runs once the caller of wait_for_slot() has added its
+  // member or given up (the task finished meanwhile or was a member already,
+  // the spawn threw). Never switches.
+  virtual void slot_settled() noexcept {}
   // member_left() runs when a member finishes or is discarded. Never switches.
   virtual void member_left() noexcept {}
 
@@ -162,9 +173,14 @@ class pool : public group {
 
  protected:
   void wait_for_slot() override;
+  void slot_settled() noexcept override { pass_on_wake(); }
   void member_left() noexcept override { _slot_waiters.notify_one(); }
 
  private:
+  // pass_on_wake() wakes the next slot waiter if a slot is still free: a
+  // wake-up the woken fiber did not use for a member must not be lost.
+  void pass_on_wake() noexcept;
+
   std::size_t _capacity;
   detail::wait_list _slot_waiters;
 };

@@ -81,13 +81,17 @@ bool event::wait(timeout_duration t) {
 
 namespace detail {
 
+bool owner_lock::owned_by(const fiber_impl* f) const noexcept {
+  return _owner != 0 && _owner == f->id;
+}
+
 bool owner_lock::owned() const noexcept {
-  return _owner != nullptr && _owner == current_impl();
+  return owned_by(current_impl());
 }
 
 bool owner_lock::take(fiber_impl* self, clock::time_point deadline) {
-  if (_owner == nullptr) {
-    _owner = self;  // free implies no waiter can claim it: hand_over() gives it directly
+  if (_owner == 0) {
+    _owner = self->id;  // free implies no waiter can claim it: hand_over() gives it directly
     return true;
   }
   handoff_list::node n;
@@ -95,28 +99,31 @@ bool owner_lock::take(fiber_impl* self, clock::time_point deadline) {
 }
 
 void owner_lock::check_owner(const char* who) const {
-  if (_owner == nullptr) {
+  if (_owner == 0) {
     throw lock_error(std::string(who) + ": the lock is not locked");
   }
-  if (_owner != current_impl()) {
+  if (!owned()) {
     throw lock_error(std::string(who) + ": the calling fiber does not own the lock");
   }
 }
 
 fiber_impl* owner_lock::hand_over() noexcept {
   handoff_list::node* n = _waiters.first();
-  _owner = n != nullptr ? n->f : nullptr;
-  if (n != nullptr) {
-    _waiters.grant(*n);
+  if (n == nullptr) {
+    _owner = 0;
+    return nullptr;
   }
-  return _owner;
+  fiber_impl* next = n->f;
+  _owner = next->id;
+  _waiters.grant(*n);
+  return next;
 }
 
 }  // namespace detail
 
 bool mutex::acquire(timeout_duration t) {
   detail::fiber_impl* self = detail::current_impl();
-  if (_lock.owner() == self) {
+  if (_lock.owned_by(self)) {
     throw lock_error(
         "cogent::mutex::acquire(): the calling fiber already owns this lock (it would deadlock; "
         "use cogent::rlock for re-entry)");
@@ -131,11 +138,11 @@ void mutex::release() {
 
 bool rlock::acquire(timeout_duration t) {
   detail::fiber_impl* self = detail::current_impl();
-  if (_lock.owner() == self) {
+  if (_lock.owned_by(self)) {
     ++_count;
     return true;
   }
-  if (_lock.owner() == nullptr) {
+  if (!_lock.locked()) {
     _count = 1;
   }
   return _lock.take(self, deadline_after(t));  // free: taken at once; else a grant (release() set the count)

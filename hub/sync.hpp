@@ -99,9 +99,16 @@ class handoff_list {
 
 // owner_lock is what mutex and rlock share: an owning fiber and a FIFO of
 // fibers waiting to be handed the lock. Not thread-safe.
+//
+// The owner is kept as its fiber's id, not its fiber_impl*: a fiber that ends
+// owning the lock leaves it locked, and control blocks are recycled, so a new
+// fiber at the dead owner's address must not pass for it. Ids are never reused.
 class owner_lock {
  public:
-  fiber_impl* owner() const noexcept { return _owner; }
+  // locked() is true while some fiber owns the lock.
+  bool locked() const noexcept { return _owner != 0; }
+  // owned_by() is true if fiber f owns the lock.
+  bool owned_by(const fiber_impl* f) const noexcept;
   // owned() is true if the calling fiber owns the lock.
   bool owned() const noexcept;
   // take() makes `self` the owner if the lock is free (true); otherwise it
@@ -115,7 +122,7 @@ class owner_lock {
   std::size_t waiters() const noexcept { return _waiters.size(); }
 
  private:
-  fiber_impl* _owner = nullptr;
+  std::uint64_t _owner = 0;  // the owning fiber's id (ids start at 1); 0: unlocked
   handoff_list _waiters;
 };
 
@@ -293,7 +300,7 @@ class mutex {
   // lock_error if it is not locked or the caller does not own it. Never switches.
   void release();
   // locked() is true while some fiber owns the lock. Never switches.
-  bool locked() const noexcept { return _lock.owner() != nullptr; }
+  bool locked() const noexcept { return _lock.locked(); }
   // owned() is true if the calling fiber owns the lock. Never switches.
   bool owned() const noexcept { return _lock.owned(); }
   // waiters() counts the fibers blocked in acquire(). Never switches.
@@ -338,7 +345,7 @@ class rlock {
   // (or it is not locked). Never switches.
   void release();
   // locked() is true while some fiber owns it. Never switches.
-  bool locked() const noexcept { return _lock.owner() != nullptr; }
+  bool locked() const noexcept { return _lock.locked(); }
   // owned() is true if the calling fiber owns it. Never switches.
   bool owned() const noexcept { return _lock.owned(); }
   // count() is the owner's acquisition depth (0 when unlocked). Never switches.

@@ -58,6 +58,7 @@ void run_task(const std::shared_ptr<task_state>& st) {
     return;
   }
   st->st = task_state::status::running;
+  st->started = true;
   try {
     st->invoke();
   } catch (fiber_exit&) {
@@ -82,10 +83,14 @@ void task_state::finish() noexcept {
     hub::current().cancel_timer(fib.impl()->sched.park_timer);  // spawn_later's start, never reached
   }
   unregister_task(this);
-  bool observed = waiting > 0 || kill_requested;
+  bool observed = kill_requested;
   for (const auto& l : links) {
     observed = observed || l.observes;
   }
+  // Fibers in join() count as observers only once one of them returns (see
+  // task_base::join()): one interrupted meanwhile unwinds without looking.
+  report_left_to_joiners = error && !observed && waiting > 0;
+  observed = observed || waiting > 0;
   joiners.notify_all();
   if (!links.empty() || (error && !observed)) {
     task_base self(shared_from_this());
@@ -193,6 +198,7 @@ detail::task_state& task_base::state() const {
 bool task_base::join(timeout_duration t) const {
   detail::task_state& s = state();
   if (s.st == detail::task_state::status::done) {
+    s.report_left_to_joiners = false;
     return true;
   }
   if (detail::current_impl() == s.fib.impl()) {
@@ -201,17 +207,36 @@ bool task_base::join(timeout_duration t) const {
   check_same_thread(s, "join");
   auto keep = _s;
   clock::time_point deadline = deadline_after(t);
+  std::exception_ptr interrupted;
   ++s.waiting;
-  struct dec {
-    detail::task_state& s;
-    ~dec() { --s.waiting; }
-  } guard{s};
-  while (s.st != detail::task_state::status::done) {
-    if (!s.joiners.wait(deadline)) {
-      return s.st == detail::task_state::status::done;
+  try {
+    while (s.st != detail::task_state::status::done) {
+      if (!s.joiners.wait(deadline)) {
+        break;
+      }
+    }
+  } catch (...) {
+    interrupted = std::current_exception();
+  }
+  --s.waiting;
+  if (!interrupted) {
+    bool done = s.st == detail::task_state::status::done;
+    if (done) {
+      s.report_left_to_joiners = false;  // we return true: our caller can look at the error
+    }
+    return done;
+  }
+  // Interrupted (a kill, a Timeout). If the task finished meanwhile and
+  // finish() left its error to the joiners, the last of them to leave without
+  // looking reports it: nobody else will. Outside the handler: the report may switch.
+  if (s.report_left_to_joiners && s.waiting == 0) {
+    s.report_left_to_joiners = false;
+    try {
+      detail::report_unjoined(*this, s.error);
+    } catch (...) {
     }
   }
-  return true;
+  std::rethrow_exception(interrupted);
 }
 
 void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const {
@@ -249,6 +274,9 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
 std::size_t task_base::link(std::function<void(const task_base&)> fn, bool observes) const {
   detail::task_state& s = state();
   if (s.st == detail::task_state::status::done) {
+    if (observes) {
+      s.report_left_to_joiners = false;
+    }
     fn(*this);
     return 0;
   }
@@ -281,24 +309,44 @@ void task_base::rethrow() const {
 
 std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t, bool raise_error) {
   clock::time_point deadline = deadline_after(t);
+  // A task not done in time does not end the wait for the others: each is
+  // joined with the time left (once it is up, the rest are only looked at),
+  // and every one that finished is returned, in the given order.
+  for (const task_base& g : tasks) {
+    if (!g.ready()) {
+      if (deadline == clock::time_point::max()) {
+        g.join();
+      } else if (clock::time_point now = clock::now(); now < deadline) {
+        g.join(timeout_duration(deadline - now));
+      }
+    }
+    if (raise_error && g.ready() && g.exception()) {
+      std::rethrow_exception(g.exception());
+    }
+  }
   std::vector<task_base> done;
   for (const task_base& g : tasks) {
-    auto left =
-        deadline == clock::time_point::max() ? timeout_duration() : timeout_duration(deadline - clock::now());
-    if (!g.join(left)) {
-      break;
-    }
-    done.push_back(g);
-    if (raise_error && g.exception()) {
-      std::rethrow_exception(g.exception());
+    if (g.ready()) {
+      done.push_back(g);
     }
   }
   return done;
 }
 
 void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool block, timeout_duration t) {
+  // Killing the calling task raises at once: it goes last, after the others
+  // (gevent's Group.kill from a member), and before any join of itself.
+  task_base self = current_task();
+  bool includes_self = false;
   for (const task_base& g : tasks) {
+    if (self && g == self) {
+      includes_self = true;
+      continue;
+    }
     g.kill(e, false);
+  }
+  if (includes_self) {
+    self.kill(e, false);
   }
   if (block) {
     joinall(tasks, t);

@@ -8,8 +8,9 @@
 // A task runs fn(args...) in its own fiber whose parent is the hub. It starts
 // at the hub's next turn (spawn never switches). Its result (or exception) is
 // kept in the task for join()/get(). An exception in a task nobody is waiting
-// for when it finishes is reported once on stderr with the task's name (the
-// handler is replaceable); it never terminates the process.
+// for when it finishes (or whose every waiter is killed before it can look) is
+// reported once on stderr with the task's name (the handler is replaceable);
+// it never terminates the process.
 //
 // Killing: kill() raises an exception (default fiber_exit) at the task's
 // blocking point; an in-flight IO op is cancelled and reaped first
@@ -67,11 +68,17 @@ struct task_state : std::enable_shared_from_this<task_state> {
   std::string name;
   std::uint64_t id = 0;
   status st = status::pending;
+  bool started = false;  // the body began running (a task killed or failed before that never does)
   bool killed = false;
   bool kill_requested = false;
   std::exception_ptr error;
   wait_list joiners;
   std::size_t waiting = 0;  // fibers currently in join()
+  // finish() left the error's report to the fibers in join() (nothing else
+  // observes it): if the last of them leaves by an exception before anyone
+  // looked, it reports the error. Cleared by whoever looks first (a join()
+  // that returns true, an observing link()).
+  bool report_left_to_joiners = false;
   struct link_entry {
     std::size_t id;
     std::function<void(const task_base&)> fn;
@@ -131,6 +138,11 @@ class task_base {
   // kill() raises `e` (default fiber_exit) in the task at its blocking point.
   // A task not yet started never runs. With block, waits up to `t` for it to
   // finish. Killing the calling task raises `e` at once. May switch (block).
+  // A fiber holds one pending interrupt: a kill that arrives while an earlier
+  // one (or a fiber::throw_in) is still pending, not yet raised at the task's
+  // blocking point, is dropped and the first exception is the one raised
+  // (gevent would deliver both, one after the other). A kill does replace a
+  // pending Timeout error. Once the first is raised, later kills arrive as usual.
   void kill(std::exception_ptr e = nullptr, bool block = true, timeout_duration t = std::nullopt) const;
 
   // link() calls fn(task) when the task finishes (at once if it already has);
@@ -143,11 +155,13 @@ class task_base {
 
   // Status (gevent names). ready(): finished. successful(): finished without
   // an error (a fiber_exit kill counts as success). killed(): killed by
-  // fiber_exit. started(): its fiber began running. exception(): the error.
+  // fiber_exit. started(): its function began running (stays false for a task
+  // killed before it started, or that failed to get a stack). exception():
+  // the error.
   bool ready() const noexcept { return state().st == detail::task_state::status::done; }
   bool successful() const noexcept { return ready() && !state().error; }
   bool killed() const noexcept { return state().killed; }
-  bool started() const noexcept { return state().st != detail::task_state::status::pending; }
+  bool started() const noexcept { return state().started; }
   std::exception_ptr exception() const noexcept { return state().error; }
   // rethrow() raises the task's error if it has one (task_killed if killed).
   void rethrow() const;
@@ -221,8 +235,9 @@ auto spawn_later(std::chrono::nanoseconds delay, Fn&& fn, Args&&... args) {
 }
 
 // joinall() waits for every task (up to `t` overall) and returns those that
-// finished, in the given order. With raise_error, the first error found among
-// them is rethrown. May switch.
+// finished, in the given order (one not done in time does not hide those
+// after it). With raise_error, the first error found among them is rethrown.
+// May switch.
 std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t = std::nullopt,
                                bool raise_error = false);
 inline std::vector<task_base> joinall(std::initializer_list<task_base> tasks,
@@ -235,7 +250,9 @@ std::vector<task_base> joinall(const std::vector<task<T>>& tasks, timeout_durati
   return joinall(std::vector<task_base>(tasks.begin(), tasks.end()), t, raise_error);
 }
 
-// killall() kills every task (see task_base::kill). May switch (block).
+// killall() kills every task (see task_base::kill). If the calling task is
+// among them it is killed last, after all the others (its kill raises at
+// once). May switch (block).
 void killall(const std::vector<task_base>& tasks, std::exception_ptr e = nullptr, bool block = true,
              timeout_duration t = std::nullopt);
 

@@ -390,4 +390,94 @@ COGENT_TEST_CASE("group: a member's error nobody joins is still reported once", 
   CHECK(g.size() == 0);
 }
 
+// Slot wake-ups: member_left() wakes one waiter; if that waiter does not take
+// the slot, the next one must still get in.
+
+COGENT_TEST_CASE("pool: add() of a task that finished meanwhile must not swallow the slot wake-up",
+                 doctest::timeout(5)) {
+  cogent::pool p(1);
+  auto m = p.spawn([] { cogent::sleep(20ms); });
+  auto quick = cogent::spawn([] { cogent::sleep(5ms); });
+  auto a = cogent::spawn([&] { p.add(quick); });  // waits; quick finishes before the slot frees
+  cogent::yield();
+  bool b_ran = false;
+  auto b = cogent::spawn([&] { p.spawn([&] { b_ran = true; }); });
+  cogent::yield();
+  CHECK(a.join(1s));
+  CHECK(b.join(500ms));
+  CHECK(p.join(200ms));
+  CHECK(b_ran);
+  b.kill();
+  m.kill();
+}
+
+COGENT_TEST_CASE("pool: add() of a task another waiter added meanwhile must not swallow the slot wake-up",
+                 doctest::timeout(5)) {
+  cogent::pool p(2);
+  auto m1 = p.spawn([] { cogent::sleep(10ms); });
+  auto m2 = p.spawn([] { cogent::sleep(20ms); });
+  auto t = cogent::spawn([] { cogent::sleep(10s); });
+  auto a = cogent::spawn([&] { p.add(t); });  // gets m1's slot
+  auto c = cogent::spawn([&] { p.add(t); });  // gets m2's slot, but t is a member already
+  cogent::yield();
+  bool b_ran = false;
+  auto b = cogent::spawn([&] { p.spawn([&] { b_ran = true; }); });
+  cogent::yield();
+  CHECK(a.join(1s));
+  CHECK(c.join(1s));
+  CHECK(b.join(500ms));
+  cogent::sleep(1ms);  // b's member runs
+  CHECK(b_ran);
+  CHECK(p.size() == 1);
+  t.kill();
+  b.kill();
+  CHECK(p.join(200ms));
+}
+
+COGENT_TEST_CASE("pool: a spawn() that fails after its slot wait passes the slot wake-up on",
+                 doctest::timeout(5)) {
+  cogent::pool p(1);
+  auto m = p.spawn([] { cogent::sleep(10ms); });
+  bool raised = false;
+  auto bad = cogent::spawn([&] {
+    try {
+      p.spawn(cogent::spawn_options{"bad", 1}, [] {});  // a bad stack size: fiber_error after the wait
+    } catch (const cogent::fiber_error&) {
+      raised = true;
+    }
+  });
+  cogent::yield();
+  bool b_ran = false;
+  auto b = cogent::spawn([&] { p.spawn([&] { b_ran = true; }); });
+  cogent::yield();
+  CHECK(bad.join(1s));
+  CHECK(raised);
+  CHECK(b.join(500ms));
+  CHECK(p.join(200ms));
+  CHECK(b_ran);
+  b.kill();
+  m.kill();
+}
+
+COGENT_TEST_CASE("group: kill() from a member kills all the others, then the caller", doctest::timeout(10)) {
+  cogent::group g;
+  std::vector<cogent::task<void>> sleepers;
+  for (int i = 0; i < 6; ++i) {
+    sleepers.push_back(g.spawn([] { cogent::sleep(10s); }));
+  }
+  bool after = false;
+  auto killer = g.spawn([&] {
+    g.kill(nullptr, false);
+    after = true;
+  });
+  CHECK(killer.join(1s));
+  CHECK(killer.killed());
+  CHECK_FALSE(after);
+  CHECK(g.join(1s));
+  for (auto& s : sleepers) {
+    CHECK(s.killed());
+    s.kill();
+  }
+}
+
 }  // namespace

@@ -564,4 +564,50 @@ COGENT_TEST_CASE("bounded_semaphore: release above the initial value throws", do
   CHECK_THROWS_AS(base.release(), cogent::lock_error);  // through the base too
 }
 
+COGENT_TEST_CASE("a lock left locked by a fiber that ended is not owned by a new fiber",
+                 doctest::timeout(10)) {
+  // Fiber control blocks are recycled: a new fiber soon lands at the dead
+  // owner's address, and must not pass for it. Every task runs the same
+  // function, so the next ones take the blocks the owner's task freed.
+  cogent::rlock r;
+  cogent::mutex m;
+  struct outcome {
+    bool r_owned = false, r_taken = false, m_owned = false, m_taken = false, m_error = false;
+  };
+  const void* dead_owner = nullptr;
+  int same_address = 0;
+  auto body = [&](bool owner) {
+    outcome o;
+    if (owner) {
+      dead_owner = cogent::detail::current_impl();
+      r.acquire();
+      m.acquire();
+      return o;  // ends owning both
+    }
+    same_address += cogent::detail::current_impl() == dead_owner ? 1 : 0;
+    o.r_owned = r.owned();
+    o.r_taken = r.acquire(0ms);
+    o.m_owned = m.owned();
+    try {
+      o.m_taken = m.acquire(0ms);
+    } catch (const cogent::lock_error&) {
+      o.m_error = true;
+    }
+    return o;
+  };
+  cogent::spawn(body, true).join();
+  CHECK(r.locked());
+  CHECK(m.locked());
+  for (int i = 0; i < 8; ++i) {
+    outcome o = cogent::spawn(body, false).get();
+    CHECK_FALSE(o.r_owned);
+    CHECK_FALSE(o.r_taken);
+    CHECK_FALSE(o.m_owned);
+    CHECK_FALSE(o.m_taken);
+    CHECK_FALSE(o.m_error);
+  }
+  CHECK(r.count() == 1);
+  MESSAGE("tasks at the dead owner's address: ", same_address);
+}
+
 }  // namespace

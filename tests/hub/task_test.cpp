@@ -498,6 +498,115 @@ COGENT_TEST_CASE("wait_any that times out while a blocking link runs is unlinked
   CHECK(t.ready());
 }
 
+COGENT_TEST_CASE("killall() called by one of the tasks kills the others, then the caller",
+                 doctest::timeout(10)) {
+  std::vector<cogent::task_base> ts;
+  for (int i = 0; i < 6; ++i) {
+    ts.push_back(cogent::spawn([] { cogent::sleep(10s); }));
+  }
+  bool after = false;
+  auto killer = cogent::spawn([&] {
+    cogent::killall(ts);  // block: must not try to join itself
+    after = true;
+  });
+  ts.insert(ts.begin(), killer);  // the caller comes first
+  CHECK(killer.join(1s));
+  CHECK(killer.killed());
+  CHECK_FALSE(after);
+  for (const auto& t : ts) {
+    CHECK(t.join(1s));
+    CHECK(t.killed());
+  }
+  cogent::killall(ts);
+}
+
+COGENT_TEST_CASE("joinall(timeout) returns the finished tasks listed after an unfinished one",
+                 doctest::timeout(10)) {
+  auto slow = cogent::spawn([] { cogent::sleep(1s); });
+  auto fast = cogent::spawn([] { cogent::sleep(1ms); });
+  auto t0 = clock::now();
+  auto done = cogent::joinall({slow, fast}, 20ms);
+  CHECK(clock::now() - t0 >= 20ms);
+  CHECK(clock::now() - t0 < 500ms);
+  CHECK((done == std::vector<cogent::task_base>{fast}));
+  // Past the deadline the rest is only looked at, not waited for.
+  auto t1 = clock::now();
+  CHECK(cogent::joinall({slow, fast}, 0ms).size() == 1);
+  CHECK(clock::now() - t1 < 500ms);
+  slow.kill();
+}
+
+COGENT_TEST_CASE("started() is false for a task killed before it ran", doctest::timeout(10)) {
+  bool ran = false;
+  auto t = cogent::spawn([&] { ran = true; });
+  auto later = cogent::spawn_later(5ms, [&] { ran = true; });
+  t.kill();
+  later.kill();
+  CHECK(t.killed());
+  CHECK(later.killed());
+  CHECK_FALSE(t.started());
+  CHECK_FALSE(later.started());
+  cogent::sleep(10ms);
+  CHECK_FALSE(ran);
+  CHECK_FALSE(t.started());
+  auto u = cogent::spawn([] { cogent::sleep(10s); });
+  cogent::yield();
+  CHECK(u.started());
+  u.kill();
+  CHECK(u.started());
+}
+
+COGENT_TEST_CASE("an error whose only joiner was killed before it could look is still reported",
+                 doctest::timeout(10)) {
+  int reports = 0;
+  cogent::set_task_error_handler([&](const cogent::task_base&, std::exception_ptr) { ++reports; });
+  cogent::detail::wait_list go;
+  auto failing = cogent::spawn([&] {
+    go.wait();
+    throw std::runtime_error("nobody sees this");
+  });
+  auto joiner = cogent::spawn([&] { failing.join(); });
+  cogent::sleep(2ms);
+  go.notify_one();
+  joiner.kill(nullptr, false);  // the joiner leaves in the same turn the task fails
+  cogent::sleep(5ms);
+  CHECK(joiner.killed());
+  CHECK(failing.ready());
+  CHECK(reports == 1);
+  cogent::set_task_error_handler(nullptr);
+}
+
+COGENT_TEST_CASE("an error one of two joiners sees is not reported, whichever leaves first",
+                 doctest::timeout(10)) {
+  int reports = 0;
+  cogent::set_task_error_handler([&](const cogent::task_base&, std::exception_ptr) { ++reports; });
+  for (bool killed_first : {true, false}) {
+    cogent::detail::wait_list go;
+    auto failing = cogent::spawn([&] {
+      go.wait();
+      throw std::runtime_error("seen");
+    });
+    bool seen = false;
+    auto looker = [&] { seen = failing.join() && failing.exception() != nullptr; };
+    auto doomed = [&] { failing.join(); };
+    cogent::task<void> first = killed_first ? cogent::spawn(doomed) : cogent::spawn(looker);
+    cogent::task<void> second = killed_first ? cogent::spawn(looker) : cogent::spawn(doomed);
+    cogent::sleep(2ms);
+    go.notify_one();
+    (killed_first ? first : second).kill(nullptr, false);
+    cogent::sleep(5ms);
+    CHECK(first.ready());
+    CHECK(second.ready());
+    CHECK(seen);
+  }
+  CHECK(reports == 0);
+  // Joined normally, then nobody left: reported by nobody (the joiner saw it).
+  auto t = cogent::spawn([]() { throw std::runtime_error("joined"); });
+  CHECK(t.join());
+  CHECK(reports == 0);
+  cogent::set_task_error_handler(nullptr);
+}
+
 }  // namespace
 
 #if !defined(__SANITIZE_ADDRESS__)  // ASan reserves terabytes of shadow: an address-space limit breaks it

@@ -553,6 +553,9 @@ void patch_all() {
       munmap(p, n * sizeof(fd_entry));
     }
   }
+  // fds the kernel creates or closes through io_uring (cogent::net's accept
+  // and close) bypass the hooks: have the engines tell the table.
+  cogent::detail::fd_event_hook.store([](int fd) noexcept { reset_fd(fd); }, std::memory_order_release);
   cogent::hub::current();
   g_patched.store(true, std::memory_order_release);
 }

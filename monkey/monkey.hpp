@@ -80,8 +80,9 @@
 //
 // Known gaps: fds closed behind libc's back (close_range, syscall(SYS_close),
 // an fclose of an fdopen'd socket) or created by calls we do not hook
-// (eventfd, accept via cogent::net's io_uring op) can leave a stale table
-// entry until the number is reused through a hooked call; ppoll with a
+// (eventfd, memfd_create, ...) can leave a stale table entry until the number
+// is reused through a hooked call or an io_uring accept/close (cogent::net's
+// ops: the engine reports those to the table); ppoll with a
 // signal mask, F_SETLKW, pselect, reads/writes over 2 GiB in one call, and
 // fds at or above the hard RLIMIT_NOFILE at patch_all() go straight to
 // libc (blocking the thread); clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME)

@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -106,6 +107,14 @@ class engine {
   // name() describes the backend and the setup flags that took ("io_uring (SINGLE_ISSUER|DEFER_TASKRUN)").
   virtual const char* name() const noexcept = 0;
 };
+
+// fd_event_hook, when set, is called by every engine for each descriptor an
+// op created (accept: the new fd) or closed (close), before the op's
+// on_complete. The kernel does these behind libc's back; cogent_monkey sets it
+// (at patch_all) so its per-fd table forgets what it knew about a number the
+// kernel handed out or took back. Called on the hub's thread.
+using fd_event_fn = void (*)(int fd) noexcept;
+extern std::atomic<fd_event_fn> fd_event_hook;
 
 // make_uring_engine() creates the io_uring engine with `entries` SQ slots.
 // Throws std::system_error naming the errno and the likely cause (seccomp,

@@ -84,6 +84,14 @@ std::string unavailable_message(int err) {
   return msg;
 }
 
+// report_fd_event() tells fd_event_hook (cogent_monkey's fd table) about an fd
+// an op created or closed.
+void report_fd_event(int fd) noexcept {
+  if (fd_event_fn hook = fd_event_hook.load(std::memory_order_acquire); hook != nullptr) {
+    hook(fd);
+  }
+}
+
 class uring_engine final : public engine {
  public:
   explicit uring_engine(unsigned entries) {
@@ -428,6 +436,9 @@ class uring_engine final : public engine {
         // done is set for the whole batch before callbacks run, so a callback
         // cancelling a later op of the same batch is a no-op, as it should be.
         op->result = cqe->res;
+        if ((op->code == op_code::accept && cqe->res >= 0) || op->code == op_code::close) [[unlikely]] {
+          report_fd_event(op->code == op_code::accept ? cqe->res : op->fd);
+        }
         op->done = true;
         --_in_flight;
         batch[n++] = op;
@@ -488,6 +499,8 @@ class uring_engine final : public engine {
 };
 
 }  // namespace
+
+std::atomic<fd_event_fn> fd_event_hook{nullptr};
 
 std::unique_ptr<engine> make_uring_engine(unsigned entries) {
   return std::make_unique<uring_engine>(entries);

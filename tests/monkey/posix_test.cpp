@@ -21,6 +21,7 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +39,7 @@
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
 #include "monkey/monkey.hpp"
+#include "net/net.hpp"
 #include "tests/monkey/fibers.hpp"
 #include "tests/monkey/servers.hpp"
 #include "tests/support.hpp"
@@ -1007,4 +1009,33 @@ COGENT_TEST_CASE("a Timeout inside a hooked call: EINTR, then timeout_error", do
   cogent::yield();  // nothing pending any more: no throw
   ::close(s[0]);
   ::close(s[1]);
+}
+
+// cogent::net accepts and closes through io_uring, behind libc's back: the
+// engine tells monkey's fd table, so a number the kernel hands out again does
+// not inherit what the table knew about its previous owner (here: "the user made
+// it non-blocking", which sent a hooked read() on the new, blocking socket
+// straight to libc: it blocked the whole thread, and this test hung).
+COGENT_TEST_CASE("an fd number reused by cogent::net's io_uring accept starts with a clean table entry",
+                 doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  auto l = cogent::net::listener::bind(cogent::net::address::ipv4_loopback(0));
+  auto client = cogent::net::stream_socket::connect(l.local_address(), 2s);
+  int stale = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(stale >= 0);
+  REQUIRE(::fcntl(stale, F_SETFL, ::fcntl(stale, F_GETFL) | O_NONBLOCK) == 0);
+  ::syscall(SYS_close, stale);  // behind libc's back: the table still says non-blocking
+  auto server = l.accept(2s);   // the lowest free number: stale's
+  CHECK_MESSAGE(server.fd() == stale, "the kernel gave the accepted socket another number; test inconclusive");
+  auto reader = cogent::spawn([&] {
+    char b[8];
+    ssize_t n = ::read(server.fd(), b, sizeof b);  // a blocking read: must park until the data comes
+    return std::pair<ssize_t, int>(n, n < 0 ? errno : 0);
+  });
+  cogent::sleep(20ms);
+  CHECK_FALSE(reader.ready());
+  client.write_all("hi");
+  auto [n, err] = reader.get();
+  CHECK(n == 2);
+  CHECK(err == 0);
 }

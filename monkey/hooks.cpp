@@ -18,6 +18,7 @@
 
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/select.h>
@@ -30,7 +31,6 @@
 #include <climits>
 #include <cstdarg>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "monkey/detail/core.hpp"
@@ -45,6 +45,9 @@ namespace {
 // user range; io_op lengths are 32-bit. Larger calls go straight to libc so
 // errors (EFAULT for absurd sizes) and clamping are exactly the kernel's.
 constexpr std::size_t max_rw = static_cast<std::size_t>(INT_MAX) & ~std::size_t{4095};
+
+// A table timeout meaning "expire at once" (a negative SO_RCVTIMEO/SO_SNDTIMEO).
+constexpr std::int64_t immediate_timeout = -1;
 
 // What the kernel reports for SO_RCVTIMEO/SO_SNDTIMEO expiry.
 constexpr int timed_out_errno = EAGAIN;
@@ -66,6 +69,67 @@ std::int64_t sock_timeout(int fd, fd_entry& e, bool rcv) noexcept {
     return timeval_ns(tv);
   }
   return (rcv ? e.rcv_timeout_ns : e.snd_timeout_ns).load(std::memory_order_relaxed);
+}
+
+// Receive flags with which the kernel never blocks: the caller's
+// MSG_DONTWAIT, the error queue (MSG_ERRQUEUE: EAGAIN when empty) and urgent
+// data (MSG_OOB: EAGAIN/EINVAL when none). Such calls go straight to libc.
+constexpr int no_wait_flags = MSG_DONTWAIT | MSG_ERRQUEUE | MSG_OOB;
+
+// accepted() records a socket accept created. Its timeouts are the kernel's:
+// TCP copies the listener's SO_RCVTIMEO/SO_SNDTIMEO to it, AF_UNIX does not.
+void accepted(int fd, bool nonblock) noexcept {
+  reset_fd(fd, kind_socket, nonblock);
+  if (fd_entry* e = entry_for(fd)) {
+    load_sock_timeouts(fd, *e);
+  }
+}
+
+// received_fds() records the fds a recvmsg got through SCM_RIGHTS. Each
+// shares its open file description with the sender's fd, like a dup: its
+// O_NONBLOCK and timeouts are asked of the kernel (flag_shared).
+void received_fds(const msghdr* msg) noexcept {
+  if (msg->msg_control == nullptr || msg->msg_controllen < sizeof(cmsghdr)) {
+    return;
+  }
+  for (cmsghdr* cm = CMSG_FIRSTHDR(msg); cm != nullptr; cm = CMSG_NXTHDR(const_cast<msghdr*>(msg), cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len < CMSG_LEN(0)) {
+      continue;
+    }
+    std::size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+      reset_fd(fd);  // classified (fstat, timeouts) on first cooperative use
+      if (fd_entry* e = entry_for(fd)) {
+        e->flags.store(flag_shared, std::memory_order_relaxed);
+      }
+    }
+  }
+}
+
+// zero_len_result() is what a blocking receive of n bytes that returned r
+// gives. TCP waits for data even when asked for 0 bytes, but when SO_RCVTIMEO
+// expires it returns 0, not EAGAIN (tcp_recvmsg stops once len is used up);
+// AF_UNIX says EAGAIN.
+ssize_t zero_len_result(int fd, std::size_t n, ssize_t r) noexcept {
+  if (n != 0 || r >= 0 || errno != timed_out_errno) {
+    return r;
+  }
+  int proto = 0;
+  socklen_t len = sizeof proto;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 && proto == IPPROTO_TCP) {
+    return 0;
+  }
+  errno = timed_out_errno;
+  return r;
+}
+
+// no_wait() is true if fd is a socket whose SO_RCVTIMEO (rcv) or SO_SNDTIMEO
+// was set negative: the kernel then never blocks (EAGAIN at once, as with
+// O_NONBLOCK), so the call goes straight to libc.
+bool no_wait(int fd, fd_entry& e, fd_kind k, bool rcv) noexcept {
+  return k == kind_socket && sock_timeout(fd, e, rcv) < 0;
 }
 
 // finish_in() maps an await result of an input call to libc's return.
@@ -256,20 +320,48 @@ ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt) n
 
 // ---- poll / select ---------------------------------------------------------------
 
-// poll_wait() parks until fds are ready or the deadline; the kernel (a
-// zero-timeout poll) then reports exactly which, so revents are libc's.
-int poll_wait(call_ctx& c, pollfd* fds, nfds_t n, clock::time_point dl) noexcept {
+// wait_ready() parks on `watch` (one io_uring poll per fd) until probe(last)
+// reports something: the kernel (a zero-timeout poll or select) then says
+// exactly what is ready, so results are libc's. probe(true) is the final
+// check once the deadline passed. visible[i] are the revents bits the caller
+// can see for watch[i] (select reports no POLLHUP for an fd only in its
+// except set). An op that failed (io_uring cannot poll a regular file) or
+// fired with only invisible bits would fire again at once, a busy loop past
+// the timeout: that fd is no longer watched, and the wait goes on with the
+// other ops and the timer. Returns probe's result or a negative errno.
+template <class Probe>
+int wait_ready(call_ctx& c, std::vector<pollfd>& watch, const std::vector<short>& visible,
+               clock::time_point dl, Probe probe) noexcept {
+  std::vector<int> results(watch.size());
   for (;;) {
-    int w = await_poll(c, fds, n, dl);
+    int w = await_poll(c, watch.data(), watch.size(), dl, results.data());
     if (w < 0) {
-      return fail(w);
+      return w;
     }
-    int r = real.poll(fds, n, 0);
-    if (r != 0 || w == 0) {
+    bool last = w == 0 || clock::now() >= dl;
+    int r = probe(last);
+    if (r != 0 || last) {
       return r;
     }
-    // Woken but nothing ready any more (someone else consumed it): wait again.
+    // Woken but nothing ready for the caller. A visible event someone else
+    // consumed meanwhile is waited for again.
+    for (std::size_t i = 0; i < watch.size(); ++i) {
+      if (results[i] < 0 || (results[i] > 0 && (results[i] & visible[i]) == 0)) {
+        watch[i].fd = -1;
+      }
+    }
   }
+}
+
+// poll_wait() is wait_ready() for poll/ppoll: the caller's fds get libc's revents.
+int poll_wait(call_ctx& c, pollfd* fds, nfds_t n, clock::time_point dl) noexcept {
+  std::vector<pollfd> watch(fds, fds + n);
+  std::vector<short> visible(n);
+  for (nfds_t i = 0; i < n; ++i) {
+    visible[i] = static_cast<short>(fds[i].events | POLLERR | POLLHUP | POLLNVAL);
+  }
+  int r = wait_ready(c, watch, visible, dl, [&](bool) { return real.poll(fds, n, 0); });
+  return r < 0 ? fail(r) : r;
 }
 
 bool valid_timespec(const timespec* ts) noexcept {
@@ -311,14 +403,56 @@ int sleep_for(call_ctx& c, const timespec& req, timespec* rem) noexcept {
   return r;
 }
 
-// tracked state per gethostbyname() result: the last result on this thread
-// (libc's static buffer, per thread here, each call with its own buffer so
-// concurrent fibers never share one while their lookups run).
-struct host_result {
+// host_store is gethostbyname()'s result storage, one per thread: libc's
+// static buffer, never freed while the thread lives (a caller may keep the
+// hostent* across another fiber's call, as with libc, where it is
+// overwritten but stays readable). Each lookup runs in its own buffer (two
+// fibers' lookups may run at once on the pool) and is copied in when done.
+// A buffer outgrown is retired, not freed, so pointers into it stay readable.
+struct host_store {
   hostent he{};
   std::vector<char> buf;
+  std::vector<std::vector<char>> retired;
 };
-thread_local std::unique_ptr<host_result> t_host;
+thread_local host_store t_host;
+
+// publish() copies a gethostbyname_r result living in `tmp` into t_host,
+// moving every pointer into `tmp` along with it. Returns &t_host.he.
+hostent* publish(const hostent& res, const std::vector<char>& tmp) {
+  host_store& st = t_host;
+  if (st.buf.size() < tmp.size()) {
+    if (!st.buf.empty()) {
+      st.retired.push_back(std::move(st.buf));
+    }
+    st.buf.assign(tmp.size(), 0);
+  }
+  std::memcpy(st.buf.data(), tmp.data(), tmp.size());
+  const char* lo = tmp.data();
+  const char* hi = lo + tmp.size();
+  auto move = [&](auto* p) {
+    const char* q = reinterpret_cast<const char*>(p);
+    if (q >= lo && q < hi) {
+      return reinterpret_cast<decltype(p)>(st.buf.data() + (q - lo));
+    }
+    return p;
+  };
+  auto move_array = [&](char** arr) {
+    for (char** slot = arr; *slot != nullptr; ++slot) {
+      *slot = move(*slot);
+    }
+  };
+  st.he = res;
+  st.he.h_name = move(res.h_name);
+  st.he.h_aliases = move(res.h_aliases);
+  st.he.h_addr_list = move(res.h_addr_list);
+  if (st.he.h_aliases != res.h_aliases) {
+    move_array(st.he.h_aliases);
+  }
+  if (st.he.h_addr_list != res.h_addr_list) {
+    move_array(st.he.h_addr_list);
+  }
+  return &st.he;
+}
 
 }  // namespace
 
@@ -345,10 +479,11 @@ COGENT_HOOK int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if ((flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) != 0 || !enter_fd(c, fd, e, k) || k != kind_socket) {
+  if ((flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) != 0 || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true) ||
+      k != kind_socket) {
     int r = real.accept4(fd, addr, addrlen, flags);
     if (r >= 0) {
-      reset_fd(r, kind_socket, (flags & SOCK_NONBLOCK) != 0);
+      accepted(r, (flags & SOCK_NONBLOCK) != 0);
     }
     return r;
   }
@@ -360,7 +495,7 @@ COGENT_HOOK int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags) {
   op.flags = static_cast<std::uint32_t>(flags);
   int r = await_op(c, op, deadline_ns(sock_timeout(fd, *e, true)));
   if (r >= 0) {
-    reset_fd(r, kind_socket, (flags & SOCK_NONBLOCK) != 0);
+    accepted(r, (flags & SOCK_NONBLOCK) != 0);
   }
   return static_cast<int>(finish_in(r));
 }
@@ -370,7 +505,7 @@ COGENT_HOOK int accept(int fd, sockaddr* addr, socklen_t* addrlen) {
   if (!enter(c)) {
     int r = real.accept(fd, addr, addrlen);
     if (r >= 0) {
-      reset_fd(r, kind_socket, false);
+      accepted(r, false);
     }
     return r;
   }
@@ -381,7 +516,7 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if (!enter_fd(c, fd, e, k) || k != kind_socket) {
+  if (!enter_fd(c, fd, e, k) || no_wait(fd, *e, k, false) || k != kind_socket) {
     return real.connect(fd, addr, len);
   }
   io_op op;
@@ -391,7 +526,13 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   op.len = len;
   int r = await_op(c, op, deadline_ns(sock_timeout(fd, *e, false)));
   if (r == -ETIMEDOUT) {
-    return fail(-EINPROGRESS);  // a blocking connect whose SO_SNDTIMEO expired
+    // A blocking connect whose SO_SNDTIMEO expired: TCP goes on connecting in
+    // the background (EINPROGRESS); AF_UNIX gave up waiting for room in the
+    // listener's backlog (EAGAIN).
+    int domain = 0;
+    socklen_t dlen = sizeof domain;
+    bool unix_sock = real.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) == 0 && domain == AF_UNIX;
+    return fail(unix_sock ? -EAGAIN : -EINPROGRESS);
   }
   return r < 0 ? fail(r) : 0;
 }
@@ -413,7 +554,8 @@ COGENT_HOOK ssize_t read(int fd, void* buf, size_t n) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if (n > max_rw || !enter_fd(c, fd, e, k)) {
+  // A zero-length read returns 0 at once, even on an empty socket or pipe.
+  if (n == 0 || n > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.read(fd, buf, n);
   }
   io_op op;
@@ -433,7 +575,8 @@ COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if (cnt < 0 || cnt > IOV_MAX || iov_total(iov, cnt) > max_rw || !enter_fd(c, fd, e, k)) {
+  std::size_t total = cnt < 0 || cnt > IOV_MAX ? 0 : iov_total(iov, cnt);
+  if (total == 0 || total > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.readv(fd, iov, cnt);
   }
   io_op op;
@@ -487,7 +630,8 @@ COGENT_HOOK ssize_t recv(int fd, void* buf, size_t n, int flags) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if ((flags & MSG_DONTWAIT) != 0 || n > max_rw || !enter_fd(c, fd, e, k) || k != kind_socket) {
+  if ((flags & no_wait_flags) != 0 || n > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true) ||
+      k != kind_socket) {
     return real.recv(fd, buf, n, flags);
   }
   io_op op;
@@ -496,22 +640,34 @@ COGENT_HOOK ssize_t recv(int fd, void* buf, size_t n, int flags) {
   op.buf = buf;
   op.len = static_cast<std::uint32_t>(n);
   op.flags = static_cast<std::uint32_t>(flags);
-  return input(c, fd, *e, k, op);
+  return zero_len_result(fd, n, input(c, fd, *e, k, op));
 }
 
 COGENT_HOOK ssize_t recvmsg(int fd, msghdr* msg, int flags) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if ((flags & MSG_DONTWAIT) != 0 || msg == nullptr || !enter_fd(c, fd, e, k) || k != kind_socket) {
-    return real.recvmsg(fd, msg, flags);
+  if ((flags & no_wait_flags) != 0 || msg == nullptr || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true) ||
+      k != kind_socket) {
+    ssize_t r = real.recvmsg(fd, msg, flags);
+    if (r >= 0) {
+      received_fds(msg);
+    }
+    return r;
   }
   io_op op;
   op.code = op_code::recvmsg;
   op.fd = fd;
   op.buf = msg;
   op.flags = static_cast<std::uint32_t>(flags);
-  return input(c, fd, *e, k, op);
+  ssize_t r = input(c, fd, *e, k, op);
+  if (r < 0 && errno == timed_out_errno && msg->msg_iovlen <= IOV_MAX) {
+    r = zero_len_result(fd, iov_total(msg->msg_iov, static_cast<int>(msg->msg_iovlen)), r);
+  }
+  if (r >= 0) {
+    received_fds(msg);
+  }
+  return r;
 }
 
 COGENT_HOOK ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr, socklen_t* addrlen) {
@@ -521,8 +677,8 @@ COGENT_HOOK ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* a
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if ((flags & MSG_DONTWAIT) != 0 || addrlen == nullptr || n > max_rw || !enter_fd(c, fd, e, k) ||
-      k != kind_socket) {
+  if ((flags & no_wait_flags) != 0 || addrlen == nullptr || n > max_rw || !enter_fd(c, fd, e, k) ||
+      no_wait(fd, *e, k, true) || k != kind_socket) {
     return real.recvfrom(fd, buf, n, flags, addr, addrlen);
   }
   iovec v{buf, n};
@@ -536,7 +692,7 @@ COGENT_HOOK ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* a
   op.fd = fd;
   op.buf = &m;
   op.flags = static_cast<std::uint32_t>(flags);
-  ssize_t r = input(c, fd, *e, k, op);
+  ssize_t r = zero_len_result(fd, n, input(c, fd, *e, k, op));
   if (r >= 0) {
     *addrlen = m.msg_namelen;
   }
@@ -549,7 +705,7 @@ COGENT_HOOK ssize_t write(int fd, const void* buf, size_t n) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if (n > max_rw || !enter_fd(c, fd, e, k)) {
+  if (n > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, false)) {
     return real.write(fd, buf, n);
   }
   if (k == kind_socket) {
@@ -562,7 +718,8 @@ COGENT_HOOK ssize_t writev(int fd, const iovec* iov, int cnt) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if (cnt < 0 || cnt > IOV_MAX || iov_total(iov, cnt) > max_rw || !enter_fd(c, fd, e, k)) {
+  if (cnt < 0 || cnt > IOV_MAX || iov_total(iov, cnt) > max_rw || !enter_fd(c, fd, e, k) ||
+      no_wait(fd, *e, k, false)) {
     return real.writev(fd, iov, cnt);
   }
   if (k == kind_socket) {
@@ -585,7 +742,8 @@ COGENT_HOOK ssize_t send(int fd, const void* buf, size_t n, int flags) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if ((flags & MSG_DONTWAIT) != 0 || n > max_rw || !enter_fd(c, fd, e, k) || k != kind_socket) {
+  if ((flags & MSG_DONTWAIT) != 0 || n > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, false) ||
+      k != kind_socket) {
     return real.send(fd, buf, n, flags);
   }
   return sock_send(c, fd, *e, buf, n, flags);
@@ -599,7 +757,8 @@ COGENT_HOOK ssize_t sendto(int fd, const void* buf, size_t n, int flags, const s
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if ((flags & MSG_DONTWAIT) != 0 || n > max_rw || !enter_fd(c, fd, e, k) || k != kind_socket) {
+  if ((flags & MSG_DONTWAIT) != 0 || n > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, false) ||
+      k != kind_socket) {
     return real.sendto(fd, buf, n, flags, addr, len);
   }
   iovec v{const_cast<void*>(buf), n};
@@ -616,7 +775,8 @@ COGENT_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
   fd_entry* e;
   fd_kind k;
   if ((flags & MSG_DONTWAIT) != 0 || msg == nullptr || msg->msg_iovlen > IOV_MAX ||
-      (msg->msg_iovlen > 0 && msg->msg_iov == nullptr) || !enter_fd(c, fd, e, k) || k != kind_socket) {
+      (msg->msg_iovlen > 0 && msg->msg_iov == nullptr) || !enter_fd(c, fd, e, k) ||
+      no_wait(fd, *e, k, false) || k != kind_socket) {
     return real.sendmsg(fd, msg, flags);
   }
   return sock_sendmsg(c, fd, *e, msg, flags);
@@ -694,46 +854,45 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
   if (n != 0) {
     return n;
   }
+  // What select(2) reports from each poll bit (the kernel's POLLIN_SET,
+  // POLLOUT_SET, POLLEX_SET).
+  constexpr short in_set = POLLIN | POLLRDNORM | POLLRDBAND | POLLHUP | POLLERR;
+  constexpr short out_set = POLLOUT | POLLWRNORM | POLLWRBAND | POLLERR;
+  constexpr short ex_set = POLLPRI;
   std::vector<pollfd> pfds;
+  std::vector<short> visible;
   for (int fd = 0; fd < nfds; ++fd) {
     short ev = 0;
+    short vis = 0;
     if (rd != nullptr && FD_ISSET(fd, &in_rd)) {
       ev |= POLLIN;
+      vis |= in_set;
     }
     if (wr != nullptr && FD_ISSET(fd, &in_wr)) {
       ev |= POLLOUT;
+      vis |= out_set;
     }
     if (ex != nullptr && FD_ISSET(fd, &in_ex)) {
       ev |= POLLPRI;
+      vis |= ex_set;
     }
     if (ev != 0) {
       pfds.push_back(pollfd{fd, ev, 0});
+      visible.push_back(vis);
     }
   }
   clock::time_point dl = clock::time_point::max();
   if (tv != nullptr) {
     dl = deadline_ts(timespec{tv->tv_sec, tv->tv_usec * 1000});
   }
+  n = wait_ready(c, pfds, visible, dl, probe);
   // Linux writes the time left back into *tv.
-  auto update_tv = [&] {
-    if (tv != nullptr) {
-      timespec left = remaining(dl);
-      tv->tv_sec = left.tv_sec;
-      tv->tv_usec = left.tv_nsec / 1000;
-    }
-  };
-  for (;;) {
-    int w = await_poll(c, pfds.data(), pfds.size(), dl);
-    if (w < 0) {
-      update_tv();
-      return fail(w);
-    }
-    n = probe(w == 0);
-    if (n != 0 || w == 0) {
-      update_tv();
-      return n;
-    }
+  if (tv != nullptr) {
+    timespec left = remaining(dl);
+    tv->tv_sec = left.tv_sec;
+    tv->tv_usec = left.tv_nsec / 1000;
   }
+  return n < 0 ? fail(n) : n;
 }
 
 // ---- _FORTIFY_SOURCE entry points ----------------------------------------------------
@@ -876,13 +1035,14 @@ COGENT_HOOK hostent* gethostbyname(const char* name) {
   if (!enter(c)) {
     return real.gethostbyname(name);
   }
-  auto mine = std::make_unique<host_result>();
+  hostent he{};
+  std::vector<char> buf;
   std::size_t len = 1024;
   for (;;) {
-    mine->buf.resize(len);
+    buf.resize(len);
     hostent* res = nullptr;
     int herr = 0;
-    int rc = resolve_gethostbyname_r(c, name, &mine->he, mine->buf.data(), len, &res, &herr);
+    int rc = resolve_gethostbyname_r(c, name, &he, buf.data(), len, &res, &herr);
     if (rc == ERANGE && len < (std::size_t{1} << 20)) {
       len *= 2;
       continue;
@@ -894,9 +1054,7 @@ COGENT_HOOK hostent* gethostbyname(const char* name) {
       }
       return nullptr;
     }
-    // Like libc's static buffer: valid until this thread's next call.
-    t_host = std::move(mine);
-    return &t_host->he;
+    return publish(*res, buf);
   }
 }
 
@@ -972,8 +1130,11 @@ COGENT_HOOK int setsockopt(int fd, int level, int name, const void* value, sockl
     if (fd_entry* e = entry_for(fd)) {
       timeval tv{};
       std::memcpy(&tv, value, sizeof tv);
-      (name == SO_RCVTIMEO ? e->rcv_timeout_ns : e->snd_timeout_ns)
-          .store(timeval_ns(tv), std::memory_order_relaxed);
+      // A negative tv_sec makes the kernel's timeout 0 jiffies: calls fail at
+      // once with EAGAIN. getsockopt() then reads back 0 ("none"), so only
+      // this copy knows (a dup or an fd set up behind the hooks does not).
+      std::int64_t ns = tv.tv_sec < 0 ? immediate_timeout : timeval_ns(tv);
+      (name == SO_RCVTIMEO ? e->rcv_timeout_ns : e->snd_timeout_ns).store(ns, std::memory_order_relaxed);
     }
   }
   return r;

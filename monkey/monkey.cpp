@@ -279,6 +279,20 @@ void copy_fd(int from, int to) noexcept {
   b->kind.store(a->kind.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 
+void load_sock_timeouts(int fd, fd_entry& e) noexcept {
+  auto load = [&](int name, std::atomic<std::int64_t>& slot) {
+    timeval tv{};
+    socklen_t len = sizeof tv;
+    if (real.getsockopt(fd, SOL_SOCKET, name, &tv, &len) == 0) {
+      slot.store(
+          static_cast<std::int64_t>(tv.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(tv.tv_usec) * 1000,
+          std::memory_order_relaxed);
+    }
+  };
+  load(SO_RCVTIMEO, e.rcv_timeout_ns);
+  load(SO_SNDTIMEO, e.snd_timeout_ns);
+}
+
 fd_kind classify(int fd, fd_entry& e) noexcept {
   if (fd == STDERR_FILENO) [[unlikely]] {
     // Checked before the cache, so a dup2() onto 2 cannot make it cooperative:
@@ -306,6 +320,10 @@ fd_kind classify(int fd, fd_entry& e) noexcept {
   std::uint8_t keep = e.flags.load(std::memory_order_relaxed) & flag_shared;
   e.flags.store(static_cast<std::uint8_t>(keep | ((fl >= 0 && (fl & O_NONBLOCK)) ? flag_nonblock : 0)),
                 std::memory_order_relaxed);
+  if (k == kind_socket) {
+    // Timeouts set before patch_all() (or behind the hooks) live only in the kernel.
+    load_sock_timeouts(fd, e);
+  }
   e.kind.store(k, std::memory_order_relaxed);
   return k;
 }
@@ -383,7 +401,10 @@ int await_ready(call_ctx& c, int fd, std::uint32_t events, clock::time_point dea
   return await_op(c, op, deadline);
 }
 
-int await_poll(call_ctx& c, const pollfd* fds, nfds_t n, clock::time_point deadline) noexcept {
+int await_poll(call_ctx& c, const pollfd* fds, nfds_t n, clock::time_point deadline, int* results) noexcept {
+  if (results != nullptr) {
+    std::fill(results, results + n, 0);
+  }
   if (has_pending(c)) {
     return interrupted(c);
   }
@@ -442,6 +463,16 @@ int await_poll(call_ctx& c, const pollfd* fds, nfds_t n, clock::time_point deadl
   }
   for (nfds_t i = 0; i < live; ++i) {
     fired = fired || ops[i].result > 0;
+  }
+  if (results != nullptr) {
+    // ops[] holds the fds >= 0, in order.
+    nfds_t j = 0;
+    for (nfds_t i = 0; i < n; ++i) {
+      if (fds[i].fd >= 0) {
+        int res = ops[j++].result;
+        results[i] = res == -ECANCELED ? 0 : res;
+      }
+    }
   }
   if (fired) {
     return 1;  // the caller asks the kernel for the exact revents

@@ -39,8 +39,10 @@
 // a zero timeout, then park on one io_uring poll op per fd; sleeps park on a
 // hub timer; getaddrinfo/gethostbyname run on cogent's thread pool. Results
 // and errno are libc's: SO_RCVTIMEO expiry -> EAGAIN, SO_SNDTIMEO on connect
-// -> EINPROGRESS, refused connect -> ECONNREFUSED, F_GETFL reports what the
-// user set (the kernel fd keeps exactly the user's flags).
+// -> EINPROGRESS (AF_UNIX: EAGAIN), refused connect -> ECONNREFUSED, F_GETFL
+// reports what the user set (the kernel fd keeps exactly the user's flags).
+// Calls the kernel never blocks in go straight to libc: zero-length reads,
+// MSG_ERRQUEUE and MSG_OOB receives, sockets with a negative timeout.
 //
 // Kill and Timeout inside a hooked call. C frames must never be unwound, so a
 // kill or cogent::timeout that hits a fiber parked in a hook cancels and
@@ -87,7 +89,12 @@
 // fds at or above the hard RLIMIT_NOFILE at patch_all() go straight to
 // libc (blocking the thread); clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME)
 // does not follow clock jumps during the sleep; closing an fd another fiber
-// is parked on does not wake it (same as libc: Linux does not either).
+// is parked on does not wake it (same as libc: Linux does not either); a
+// negative SO_RCVTIMEO/SO_SNDTIMEO (the kernel then fails at once with
+// EAGAIN) is known only when set through the hooked setsockopt() on that
+// very fd: getsockopt() reads it back as "none", so a dup, an fd received
+// through SCM_RIGHTS or a socket set up before patch_all() waits without
+// limit instead.
 //
 // Example:
 //   int main() {

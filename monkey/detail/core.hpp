@@ -100,8 +100,8 @@ enum : std::uint8_t {
 struct fd_entry {
   std::atomic<std::uint8_t> kind{kind_unknown};
   std::atomic<std::uint8_t> flags{0};
-  std::atomic<std::int64_t> rcv_timeout_ns{0};  // SO_RCVTIMEO; 0 = none
-  std::atomic<std::int64_t> snd_timeout_ns{0};  // SO_SNDTIMEO; 0 = none
+  std::atomic<std::int64_t> rcv_timeout_ns{0};  // SO_RCVTIMEO; 0 = none, < 0 = expire at once
+  std::atomic<std::int64_t> snd_timeout_ns{0};  // SO_SNDTIMEO; 0 = none, < 0 = expire at once
 };
 
 // patched() is true once patch_all() ran.
@@ -115,8 +115,13 @@ fd_entry* entry_for(int fd) noexcept;
 void reset_fd(int fd, fd_kind kind = kind_unknown, bool nonblock = false) noexcept;
 // copy_fd() makes `to` a dup of `from` (both marked shared).
 void copy_fd(int from, int to) noexcept;
-// classify() returns fd's kind, asking the kernel (fstat, F_GETFL) the first
-// time. kind_other for a bad fd (not cached), so the caller falls through to
+// load_sock_timeouts() copies fd's SO_RCVTIMEO/SO_SNDTIMEO from the kernel
+// into its entry: for sockets the hooks did not see get their timeouts
+// (created before patch_all, accepted: TCP copies the listener's, received
+// through SCM_RIGHTS).
+void load_sock_timeouts(int fd, fd_entry& e) noexcept;
+// classify() returns fd's kind, asking the kernel (fstat, F_GETFL, and a
+// socket's timeouts) the first time. kind_other for a bad fd (not cached), so the caller falls through to
 // libc and gets libc's error.
 fd_kind classify(int fd, fd_entry& e) noexcept;
 // user_nonblock() is true if the user made fd's description non-blocking.
@@ -174,10 +179,14 @@ inline bool has_pending(const call_ctx& c) noexcept {
   return static_cast<bool>(c.self->sched.pending);
 }
 
-// deadline_ns() turns a relative timeout in ns (0 = none) into a deadline.
+// deadline_ns() turns a relative timeout in ns (0 = none, < 0 = expire at
+// once) into a deadline.
 inline clock::time_point deadline_ns(std::int64_t ns) noexcept {
-  if (ns <= 0) {
+  if (ns == 0) {
     return clock::time_point::max();
+  }
+  if (ns < 0) {
+    return clock::now();
   }
   return clock::now() + std::chrono::nanoseconds(ns);
 }
@@ -195,8 +204,11 @@ int await_ready(call_ctx& c, int fd, std::uint32_t events, clock::time_point dea
 
 // await_poll() waits until one of fds[0..n) is ready (one io_uring poll op
 // per fd; the rest are cancelled and reaped when one fires), the deadline or
-// an interrupt. Returns 1 (something fired), 0 (deadline) or -EINTR.
-int await_poll(call_ctx& c, const pollfd* fds, nfds_t n, clock::time_point deadline) noexcept;
+// an interrupt. Returns 1 (something fired), 0 (deadline) or -EINTR. If
+// `results` is given, results[i] is fds[i]'s op result (revents, a negative
+// errno, or 0 if it did not fire or fds[i].fd < 0).
+int await_poll(call_ctx& c, const pollfd* fds, nfds_t n, clock::time_point deadline,
+               int* results = nullptr) noexcept;
 
 // park_until() sleeps the calling fiber until the deadline: 0, or -EINTR if
 // an interrupt arrived first (left pending).

@@ -10,7 +10,11 @@
 // thread-pool worker are untouched; bad fds, flags and sizes give libc's
 // errors (checked against the same call on a thread without a hub);
 // kill/Timeout inside a hooked call give EINTR, then the interrupt is raised
-// at the next cogent switch point. Fortified (-D_FORTIFY_SOURCE) callers:
+// at the next cogent switch point; timeouts the hooks never saw (set before
+// patch_all, inherited by accept, SCM_RIGHTS fds) and calls the kernel never
+// blocks in (zero-length reads, MSG_ERRQUEUE/MSG_OOB, negative timeouts)
+// match libc; a gethostbyname result outlives another fiber's call.
+// Fortified (-D_FORTIFY_SOURCE) callers:
 // tests/monkey/fortify_test.cpp.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -22,6 +26,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -94,6 +99,20 @@ sockaddr_in loopback(int port) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = htons(static_cast<uint16_t>(port));
   return a;
+}
+
+// bounded() is here_result(call) under a cogent::timeout: a hooked call that
+// parks for good comes back -1/EINTR after `limit` instead of hanging the test.
+template <class F>
+std::pair<long, int> bounded(F call, std::chrono::milliseconds limit) {
+  std::pair<long, int> got{-2, 0};
+  try {
+    cogent::timeout guard(limit);
+    got = here_result(call);
+    cogent::yield();  // raises the timeout if it fired inside the call
+  } catch (const cogent::timeout_error&) {
+  }
+  return got;
 }
 
 }  // namespace
@@ -1038,4 +1057,357 @@ COGENT_TEST_CASE("an fd number reused by cogent::net's io_uring accept starts wi
   auto [n, err] = reader.get();
   CHECK(n == 2);
   CHECK(err == 0);
+}
+
+// Linux keeps SO_RCVTIMEO/SO_SNDTIMEO in the socket: one set before
+// patch_all() (here: behind the hooks, which is the same to the table), or
+// copied by TCP from the listener to an accepted socket, was never seen by
+// setsockopt()'s hook; the table said "no timeout" and the reads parked for
+// good.
+COGENT_TEST_CASE("socket timeouts the hooks never saw are honoured", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  timeval tv{0, 100'000};
+  char ch;
+  {
+    // The two lowest free numbers, with clean table entries (the hooks reset
+    // them): what a socket created before patch_all() has.
+    int a = ::open("/dev/null", O_RDONLY);
+    int b = ::open("/dev/null", O_RDONLY);
+    ::close(a);
+    ::close(b);
+    int sv[2];
+    REQUIRE(::syscall(SYS_socketpair, AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    CHECK_MESSAGE(((sv[0] == a && sv[1] == b) || (sv[0] == b && sv[1] == a)),
+                  "the kernel gave other numbers; test inconclusive");
+    REQUIRE(::syscall(SYS_setsockopt, sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+    auto call = [&] { return ::read(sv[0], &ch, 1); };
+    auto ref = libc_result(call);
+    CHECK(ref == std::pair<long, int>{-1, EAGAIN});
+    CHECK(bounded(call, 2s) == ref);
+    ::close(sv[0]);
+    ::close(sv[1]);
+  }
+  for (bool coop : {true, false}) {
+    CAPTURE(coop);
+    int port;
+    int l = listener(&port);
+    REQUIRE(::setsockopt(l, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+    REQUIRE(::setsockopt(l, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0);
+    if (!coop) {  // accept4 goes straight to libc
+      REQUIRE(::fcntl(l, F_SETFL, ::fcntl(l, F_GETFL) | O_NONBLOCK) == 0);
+    }
+    int c = ::socket(AF_INET, SOCK_STREAM, 0);
+    auto a = loopback(port);
+    REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    int s = -1;
+    for (int i = 0; i < 100 && s < 0; ++i) {
+      s = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+      if (s < 0) {
+        cogent::sleep(5ms);
+      }
+    }
+    REQUIRE(s >= 0);
+    auto call = [&] { return ::read(s, &ch, 1); };
+    auto ref = libc_result(call);
+    CHECK(ref == std::pair<long, int>{-1, EAGAIN});  // inherited from the listener
+    CHECK(bounded(call, 2s) == ref);
+    ::close(s);
+    ::close(c);
+    ::close(l);
+  }
+}
+
+// poll/select park on one io_uring poll per fd and then ask the kernel. An
+// fd whose op fires (or fails) at once while the kernel reports nothing to
+// the caller made that a busy loop that never looked at the timeout: a
+// hung-up pipe only in select's except set (POLLHUP is not an exception), a
+// regular file polled for 0 or POLLPRI (io_uring cannot poll it).
+COGENT_TEST_CASE("poll and select time out when an fd fires but reports nothing the caller asked for",
+                 doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  ::close(p[1]);
+  auto sel = [&] {
+    fd_set ex;
+    FD_ZERO(&ex);
+    FD_SET(p[0], &ex);
+    timeval tv{0, 100'000};
+    return ::select(p[0] + 1, nullptr, nullptr, &ex, &tv);
+  };
+  auto ref = libc_result(sel);
+  CHECK(ref == std::pair<long, int>{0, 0});
+  auto t0 = steady::now();
+  CHECK(bounded(sel, 2s) == ref);
+  CHECK(since(t0) >= 0.095);
+  // Another fd that does become ready still wakes it.
+  int q[2];
+  REQUIRE(::pipe(q) == 0);
+  auto w = cogent::spawn([&] {
+    cogent::sleep(30ms);
+    (void)::write(q[1], "x", 1);
+  });
+  auto sel2 = [&] {
+    fd_set rd, ex;
+    FD_ZERO(&rd);
+    FD_ZERO(&ex);
+    FD_SET(p[0], &ex);
+    FD_SET(q[0], &rd);
+    timeval tv{2, 0};
+    int n = ::select(std::max(p[0], q[0]) + 1, &rd, nullptr, &ex, &tv);
+    return n == 1 && FD_ISSET(q[0], &rd) && !FD_ISSET(p[0], &ex) ? 1 : -100;
+  };
+  CHECK(bounded(sel2, 3s) == std::pair<long, int>{1, 0});
+  w.join();
+  ::close(q[0]);
+  ::close(q[1]);
+  ::close(p[0]);
+
+  int fd = ::open("/proc/self/exe", O_RDONLY);
+  REQUIRE(fd >= 0);
+  for (short ev : {short{0}, short{POLLPRI}}) {
+    CAPTURE(ev);
+    auto call = [&] {
+      pollfd pf{fd, ev, 0};
+      int r = ::poll(&pf, 1, 100);
+      return r == 0 && pf.revents != 0 ? -100 : r;
+    };
+    auto pref = libc_result(call);
+    CHECK(pref == std::pair<long, int>{0, 0});
+    t0 = steady::now();
+    CHECK(bounded(call, 2s) == pref);
+    CHECK(since(t0) >= 0.095);
+    auto pcall = [&] {
+      pollfd pf{fd, ev, 0};
+      timespec ts{0, 100'000'000};
+      return ::ppoll(&pf, 1, &ts, nullptr);
+    };
+    CHECK(bounded(pcall, 2s) == libc_result(pcall));
+  }
+  ::close(fd);
+}
+
+// A zero-length read is 0 at once on a socket or pipe (read(2), readv(2));
+// the hook parked until data came. recv(..., 0, ...) is the protocol's own
+// business (TCP: 0 at once; AF_UNIX: waits for data) and must match too.
+COGENT_TEST_CASE("zero-length reads and recvs behave as libc's", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  timeval tv{0, 100'000};
+  REQUIRE(::setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  char buf[1];
+  iovec v{buf, 0};
+  for (int fd : {sv[0], p[0]}) {
+    CAPTURE(fd);
+    auto rd = [&] { return ::read(fd, buf, 0); };
+    CHECK(libc_result(rd) == std::pair<long, int>{0, 0});
+    CHECK(bounded(rd, 2s) == libc_result(rd));
+    auto rdv = [&] { return ::readv(fd, &v, 1); };
+    CHECK(bounded(rdv, 2s) == libc_result(rdv));
+  }
+  auto urecv = [&] { return ::recv(sv[0], buf, 0, 0); };
+  CHECK(bounded(urecv, 2s) == libc_result(urecv));
+  int port;
+  int l = listener(&port);
+  int c = ::socket(AF_INET, SOCK_STREAM, 0);
+  auto a = loopback(port);
+  REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  int s = ::accept(l, nullptr, nullptr);
+  REQUIRE(s >= 0);
+  REQUIRE(::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+  auto trecv = [&] { return ::recv(s, buf, 0, 0); };
+  auto tref = libc_result(trecv);
+  CHECK(tref == std::pair<long, int>{0, 0});  // after the 100 ms
+  CHECK(bounded(trecv, 2s) == tref);
+  for (int fd : {sv[0], sv[1], p[0], p[1], s, c, l}) {
+    ::close(fd);
+  }
+}
+
+// The kernel never blocks on the error queue (MSG_ERRQUEUE) or for urgent
+// data (MSG_OOB): EAGAIN/EINVAL at once. The hook parked for good.
+COGENT_TEST_CASE("MSG_ERRQUEUE and MSG_OOB receives never block", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  int u = ::socket(AF_INET, SOCK_DGRAM, 0);
+  REQUIRE(u >= 0);
+  char buf[64], ctl[64];
+  auto rmsg = [&] {
+    iovec v{buf, sizeof buf};
+    msghdr m{};
+    m.msg_iov = &v;
+    m.msg_iovlen = 1;
+    m.msg_control = ctl;
+    m.msg_controllen = sizeof ctl;
+    return ::recvmsg(u, &m, MSG_ERRQUEUE);
+  };
+  CHECK(libc_result(rmsg) == std::pair<long, int>{-1, EAGAIN});
+  CHECK(bounded(rmsg, 2s) == libc_result(rmsg));
+  auto rcv = [&] { return ::recv(u, buf, sizeof buf, MSG_ERRQUEUE); };
+  CHECK(bounded(rcv, 2s) == libc_result(rcv));
+  sockaddr_in from{};
+  socklen_t flen = sizeof from;
+  auto rfrom = [&] {
+    return ::recvfrom(u, buf, sizeof buf, MSG_ERRQUEUE, reinterpret_cast<sockaddr*>(&from), &flen);
+  };
+  CHECK(bounded(rfrom, 2s) == libc_result(rfrom));
+  ::close(u);
+
+  int port;
+  int l = listener(&port);
+  int c = ::socket(AF_INET, SOCK_STREAM, 0);
+  auto a = loopback(port);
+  REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  int s = ::accept(l, nullptr, nullptr);
+  REQUIRE(s >= 0);
+  auto oob = [&] { return ::recv(s, buf, 1, MSG_OOB); };
+  CHECK(libc_result(oob) == std::pair<long, int>{-1, EINVAL});
+  CHECK(bounded(oob, 2s) == libc_result(oob));
+  for (int fd : {s, c, l}) {
+    ::close(fd);
+  }
+}
+
+// A blocking AF_UNIX connect waits for room in the listener's backlog; when
+// SO_SNDTIMEO expires the kernel says EAGAIN (TCP's EINPROGRESS means "still
+// connecting in the background", which AF_UNIX never does).
+COGENT_TEST_CASE("AF_UNIX connect whose SO_SNDTIMEO expires fails with EAGAIN", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  std::string path = "/tmp/cogent_monkey_connect." + std::to_string(::getpid());
+  ::unlink(path.c_str());
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  int l = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  REQUIRE(::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(l, 0) == 0);
+  int fill[4];
+  for (int& f : fill) {  // fill the accept queue
+    f = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    (void)::connect(f, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  }
+  auto call = [&] {
+    int c = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    timeval tv{0, 100'000};
+    ::setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int r = ::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    int e = errno;
+    ::close(c);
+    errno = e;
+    return r;
+  };
+  auto ref = libc_result(call);
+  CHECK(ref == std::pair<long, int>{-1, EAGAIN});
+  CHECK(bounded(call, 2s) == ref);
+  for (int f : fill) {
+    ::close(f);
+  }
+  ::close(l);
+  ::unlink(path.c_str());
+}
+
+// gethostbyname()'s result is libc's static storage: a later call overwrites
+// it but never frees it. A fiber that keeps the hostent* (connect() in a loop
+// over h_addr_list parks) while another fiber resolves read freed memory.
+COGENT_TEST_CASE("a gethostbyname result stays readable across another fiber's call", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  hostent* hp = ::gethostbyname("localhost");
+  REQUIRE(hp != nullptr);
+  REQUIRE(hp->h_addr_list[0] != nullptr);
+  char* addr0 = hp->h_addr_list[0];
+  auto other = cogent::spawn([] { (void)::gethostbyname("localhost"); });
+  ::usleep(50'000);  // parks; `other` runs
+  other.join();
+  CHECK(hp->h_addrtype == AF_INET);
+  CHECK(hp->h_length == 4);
+  CHECK(std::memcmp(addr0, "\x7f", 1) == 0);  // 127.x.x.x, read through the old pointer
+  CHECK(std::string(hp->h_name).size() > 0);
+  // gethostbyname_r fills the caller's storage, untouched by gethostbyname.
+  hostent he{}, *res = nullptr;
+  char buf[1024];
+  int herr = 0;
+  CHECK(::gethostbyname_r("localhost", &he, buf, sizeof buf, &res, &herr) == 0);
+  REQUIRE(res == &he);
+  CHECK(he.h_addrtype == AF_INET);
+  CHECK(hp->h_addrtype == AF_INET);
+}
+
+// A negative SO_RCVTIMEO/SO_SNDTIMEO makes the kernel's timeout zero: a
+// blocking call fails at once with EAGAIN (data already there is returned).
+COGENT_TEST_CASE("a negative SO_RCVTIMEO or SO_SNDTIMEO fails at once with EAGAIN", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  timeval tv{-1, 0};
+  REQUIRE(::setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+  char c;
+  auto call = [&] { return ::read(sv[0], &c, 1); };
+  auto ref = libc_result(call);
+  CHECK(ref == std::pair<long, int>{-1, EAGAIN});
+  CHECK(bounded(call, 2s) == ref);
+  REQUIRE(::write(sv[1], "a", 1) == 1);
+  CHECK(bounded(call, 2s) == std::pair<long, int>{1, 0});
+  // A full send buffer with a negative SO_SNDTIMEO: EAGAIN, nothing waits.
+  int small = 4096;
+  ::setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  REQUIRE(::setsockopt(sv[1], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0);
+  std::string big(1 << 20, 'b');
+  while (::send(sv[1], big.data(), big.size(), MSG_DONTWAIT) > 0) {
+  }
+  auto wcall = [&] { return ::write(sv[1], big.data(), big.size()); };
+  auto wref = libc_result(wcall);
+  CHECK(wref == std::pair<long, int>{-1, EAGAIN});
+  CHECK(bounded(wcall, 2s) == wref);
+  ::close(sv[0]);
+  ::close(sv[1]);
+}
+
+// An fd received through SCM_RIGHTS shares its open file description with
+// the sender's fd, like a dup: O_NONBLOCK set through the sender's fd is the
+// receiver's too. The table did not know and parked the read for good.
+COGENT_TEST_CASE("an fd received through SCM_RIGHTS follows its shared description", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  for (bool coop : {true, false}) {
+    CAPTURE(coop);
+    int ctl[2], data[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, ctl) == 0);
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, data) == 0);
+    char byte = 'x';
+    iovec v{&byte, 1};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))]{};
+    msghdr m{};
+    m.msg_iov = &v;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    cmsghdr* cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cm), &data[0], sizeof(int));
+    REQUIRE(::sendmsg(ctl[0], &m, 0) == 1);
+    alignas(cmsghdr) char rbuf[CMSG_SPACE(sizeof(int))]{};
+    msghdr r{};
+    iovec rv{&byte, 1};
+    r.msg_iov = &rv;
+    r.msg_iovlen = 1;
+    r.msg_control = rbuf;
+    r.msg_controllen = sizeof rbuf;
+    REQUIRE(::recvmsg(ctl[1], &r, coop ? 0 : MSG_DONTWAIT) == 1);  // MSG_DONTWAIT: straight to libc
+    REQUIRE(CMSG_FIRSTHDR(&r) != nullptr);
+    int fd;
+    std::memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&r)), sizeof(int));
+    char c;
+    REQUIRE(::write(data[1], "a", 1) == 1);
+    REQUIRE(::read(fd, &c, 1) == 1);  // first use: classified, blocking
+    // O_NONBLOCK through the sender's fd: the same description.
+    REQUIRE(::fcntl(data[0], F_SETFL, ::fcntl(data[0], F_GETFL) | O_NONBLOCK) == 0);
+    REQUIRE((::fcntl(fd, F_GETFL) & O_NONBLOCK) != 0);
+    CHECK(bounded([&] { return ::read(fd, &c, 1); }, 2s) == std::pair<long, int>{-1, EAGAIN});
+    for (int f : {fd, data[0], data[1], ctl[0], ctl[1]}) {
+      ::close(f);
+    }
+  }
 }

@@ -128,7 +128,9 @@ inline void jump(fiber_impl* self, fiber_impl* target) noexcept {
   __sanitizer_start_switch_fiber(self->dead ? nullptr : &self->asan_fake_stack, target->asan_bottom,
                                  target->asan_size);
 #endif
+  eh_park(self->thread_eh, self->eh);
   transfer t = jump_context(target->ctx, self);
+  eh_unpark(self->thread_eh, self->eh);
   resumed(t);
 }
 
@@ -173,8 +175,7 @@ fiber_impl* init_thread() {
 namespace {
 
 [[noreturn]] void entry(transfer t) noexcept {
-  reset_eh_state();  // the jumper's exception state is saved on its own stack
-  resumed(t);
+  resumed(t);  // the thread's exception state is empty: the jumper parked its own (eh_park)
   fiber_impl* self = t_current;
   std::any result;
   std::exception_ptr error;

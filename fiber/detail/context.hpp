@@ -9,6 +9,7 @@
 #pragma GCC visibility push(default)
 
 #include <cstddef>
+#include <cstdint>
 
 namespace cogent::detail {
 
@@ -79,23 +80,36 @@ eh_state* thread_eh_state_slow() noexcept;
   eh_state* g = t_eh_state;
   return g != nullptr ? g : thread_eh_state_slow();
 }
-// reset_eh_state() gives a context that just started the empty state.
-inline void reset_eh_state() noexcept {
-  *thread_eh_state() = eh_state{};
+[[gnu::always_inline]] inline bool eh_empty(const eh_state& s) noexcept {
+  return (reinterpret_cast<std::uintptr_t>(s.caught) | s.uncaught) == 0;
 }
 
-// jump_context() also carries the exception state: the caller's stays on its
-// own stack across the jump and is put back when it is resumed (a new context
-// starts with reset_eh_state()). Two loads and two stores per switch.
-// Always inline: an extra frame between a switch's caller and the jump costs a
-// mispredicted return per switch (BENCHMARKS.md, "one return misprediction").
+// eh_park() runs in a fiber about to switch away: it moves the thread's
+// exception state, if there is any, into the fiber's `saved` and leaves the
+// thread's empty, so whichever fiber runs (or starts) next finds none of it.
+// eh_unpark() runs when the fiber is resumed and puts its own back. So the
+// thread's state is always the running fiber's. The common case (nothing
+// caught, nothing unwinding) costs two loads before a switch and two after.
+[[gnu::always_inline]] inline void eh_park(eh_state* g, eh_state& saved) noexcept {
+  if (!eh_empty(*g)) [[unlikely]] {
+    saved = *g;
+    *g = eh_state{};
+  }
+}
+[[gnu::always_inline]] inline void eh_unpark(eh_state* g, eh_state& saved) noexcept {
+  if (!eh_empty(saved)) [[unlikely]] {
+    *g = saved;
+    saved = eh_state{};
+  }
+}
+
+// jump_context() suspends the caller and resumes `to`. The fiber layer wraps
+// it in eh_park()/eh_unpark(). Always inline: an extra frame between a
+// switch's caller and the jump costs a mispredicted return per switch
+// (BENCHMARKS.md, "one return misprediction").
 [[gnu::always_inline]] inline transfer jump_context(context to, void* data) noexcept {
   clear_fp_flags();
-  eh_state* g = thread_eh_state();
-  const eh_state mine = *g;
-  transfer t = ::jump_fcontext(to, data);
-  *g = mine;  // fibers never change threads: g is still this thread's
-  return t;
+  return ::jump_fcontext(to, data);
 }
 
 }  // namespace cogent::detail

@@ -115,6 +115,8 @@ class fiber_impl {
       false;  // a created fiber without a guard page: its canary is checked when it switches away
   std::uint64_t thread_tag = 0;  // the owning thread's serial (never reused by a later thread)
   std::uint64_t id = 0;
+  eh_state eh{};                      // our C++ exception state while we are switched away (eh_park)
+  eh_state* thread_eh = thread_eh_state();  // the owning thread's runtime exception state
   std::any in_value;                  // value delivered by the switch that resumes us
   std::exception_ptr in_exc;          // or an exception to raise at our suspension point
   stack stk;                          // empty for main fibers, before the first switch and once dead
@@ -180,7 +182,9 @@ template <class Put>
     put(target->in_value);
     target->started = true;
     t_current = target;
+    eh_park(self->thread_eh, self->eh);
     transfer t = jump_context(target->ctx, self);
+    eh_unpark(self->thread_eh, self->eh);
     auto* from = static_cast<fiber_impl*>(t.data);
     from->ctx = t.from;
     if (self->in_exc) [[unlikely]] {

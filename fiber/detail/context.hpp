@@ -85,21 +85,25 @@ eh_state* thread_eh_state_slow() noexcept;
 }
 
 // eh_park() runs in a fiber about to switch away: it moves the thread's
-// exception state, if there is any, into the fiber's `saved` and leaves the
-// thread's empty, so whichever fiber runs (or starts) next finds none of it.
-// eh_unpark() runs when the fiber is resumed and puts its own back. So the
-// thread's state is always the running fiber's. The common case (nothing
-// caught, nothing unwinding) costs two loads before a switch and two after.
-[[gnu::always_inline]] inline void eh_park(eh_state* g, eh_state& saved) noexcept {
+// exception state, if there is any, into the fiber's `saved` (and sets
+// `parked`) and leaves the thread's empty, so whichever fiber runs (or
+// starts) next finds none of it. eh_unpark() runs when the fiber is resumed
+// and puts its own back. So the thread's state is always the running
+// fiber's. The common case (nothing caught, nothing unwinding) costs two
+// loads before a switch and a flag test after; `saved` is touched only when
+// there is something to park (it can live in a cold part of the fiber).
+[[gnu::always_inline]] inline void eh_park(eh_state& saved, bool& parked) noexcept {
+  eh_state* g = thread_eh_state();
   if (!eh_empty(*g)) [[unlikely]] {
     saved = *g;
     *g = eh_state{};
+    parked = true;
   }
 }
-[[gnu::always_inline]] inline void eh_unpark(eh_state* g, eh_state& saved) noexcept {
-  if (!eh_empty(saved)) [[unlikely]] {
-    *g = saved;
-    saved = eh_state{};
+[[gnu::always_inline]] inline void eh_unpark(eh_state& saved, bool& parked) noexcept {
+  if (parked) [[unlikely]] {
+    *thread_eh_state() = saved;  // fibers never change threads: still this thread's
+    parked = false;
   }
 }
 

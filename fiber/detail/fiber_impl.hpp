@@ -113,15 +113,15 @@ class fiber_impl {
   bool is_main = false;
   bool unguarded =
       false;  // a created fiber without a guard page: its canary is checked when it switches away
-  std::uint64_t thread_tag = 0;  // the owning thread's serial (never reused by a later thread)
+  bool eh_parked = false;  // `eh` holds our C++ exception state (we switched away inside a handler)
+  std::uint32_t thread_tag = 0;  // the owning thread's serial (not reused by a later thread)
   std::uint64_t id = 0;
-  eh_state eh{};                      // our C++ exception state while we are switched away (eh_park)
-  eh_state* thread_eh = thread_eh_state();  // the owning thread's runtime exception state
   std::any in_value;                  // value delivered by the switch that resumes us
   std::exception_ptr in_exc;          // or an exception to raise at our suspension point
   stack stk;                          // empty for main fibers, before the first switch and once dead
   std::size_t stack_request = 0;      // the validated stack_size (0 = default), allocated at first switch
   std::string user_name;              // empty: "<name_prefix>-<id>"
+  eh_state eh{};                      // with eh_parked: our exception state while switched away (cold)
   const char* name_prefix = "fiber";  // a static string; the hub's tasks say "task"
 #if defined(__SANITIZE_ADDRESS__)
   void* asan_fake_stack = nullptr;
@@ -182,9 +182,9 @@ template <class Put>
     put(target->in_value);
     target->started = true;
     t_current = target;
-    eh_park(self->thread_eh, self->eh);
+    eh_park(self->eh, self->eh_parked);
     transfer t = jump_context(target->ctx, self);
-    eh_unpark(self->thread_eh, self->eh);
+    eh_unpark(self->eh, self->eh_parked);
     auto* from = static_cast<fiber_impl*>(t.data);
     from->ctx = t.from;
     if (self->in_exc) [[unlikely]] {

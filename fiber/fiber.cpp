@@ -31,7 +31,10 @@ std::atomic<std::uint32_t> g_next_thread{1};
 COGENT_TLS std::uint32_t t_thread = 0;
 std::uint32_t this_thread_tag() noexcept {
   if (t_thread == 0) [[unlikely]] {
+    // The first fiber of this thread (its main fiber or a created one) is
+    // being made: every switch on this thread comes after this.
     t_thread = g_next_thread.fetch_add(1, std::memory_order_relaxed);
+    init_eh_state();
   }
   return t_thread;
 }
@@ -129,9 +132,7 @@ inline void jump(fiber_impl* self, fiber_impl* target) noexcept {
   __sanitizer_start_switch_fiber(self->dead ? nullptr : &self->asan_fake_stack, target->asan_bottom,
                                  target->asan_size);
 #endif
-  eh_park(self->eh, self->eh_parked);
-  transfer t = jump_context(target->ctx, self);
-  eh_unpark(self->eh, self->eh_parked);
+  transfer t = jump_to(self, target);
   resumed(t);
 }
 

@@ -302,14 +302,12 @@ class imap_unordered_stream {
         throw;
       }
       ++_taken;
-      std::exception_ptr error;
       try {
         return t.get();
       } catch (...) {
-        error = std::current_exception();
+        stop();  // a member failed: the rest are killed, then its error goes to the caller
+        throw;
       }
-      stop();  // outside the handler: it switches, and a handler's exception is per thread, not per fiber
-      std::rethrow_exception(error);
     }
     return std::nullopt;
   }

@@ -207,7 +207,6 @@ bool task_base::join(timeout_duration t) const {
   check_same_thread(s, "join");
   auto keep = _s;
   clock::time_point deadline = deadline_after(t);
-  std::exception_ptr interrupted;
   ++s.waiting;
   try {
     while (s.st != detail::task_state::status::done) {
@@ -216,27 +215,24 @@ bool task_base::join(timeout_duration t) const {
       }
     }
   } catch (...) {
-    interrupted = std::current_exception();
+    // Interrupted (a kill, a Timeout). If the task finished meanwhile and
+    // finish() left its error to the joiners, the last of them to leave
+    // without looking reports it: nobody else will.
+    if (--s.waiting == 0 && s.report_left_to_joiners) {
+      s.report_left_to_joiners = false;
+      try {
+        detail::report_unjoined(*this, s.error);
+      } catch (...) {
+      }
+    }
+    throw;
   }
   --s.waiting;
-  if (!interrupted) {
-    bool done = s.st == detail::task_state::status::done;
-    if (done) {
-      s.report_left_to_joiners = false;  // we return true: our caller can look at the error
-    }
-    return done;
+  bool done = s.st == detail::task_state::status::done;
+  if (done) {
+    s.report_left_to_joiners = false;  // we return true: our caller can look at the error
   }
-  // Interrupted (a kill, a Timeout). If the task finished meanwhile and
-  // finish() left its error to the joiners, the last of them to leave without
-  // looking reports it: nobody else will. Outside the handler: the report may switch.
-  if (s.report_left_to_joiners && s.waiting == 0) {
-    s.report_left_to_joiners = false;
-    try {
-      detail::report_unjoined(*this, s.error);
-    } catch (...) {
-    }
-  }
-  std::rethrow_exception(interrupted);
+  return done;
 }
 
 void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const {

@@ -52,21 +52,12 @@ constexpr std::int64_t immediate_timeout = -1;
 // What the kernel reports for SO_RCVTIMEO/SO_SNDTIMEO expiry.
 constexpr int timed_out_errno = EAGAIN;
 
-std::int64_t timeval_ns(const timeval& tv) noexcept {
-  return static_cast<std::int64_t>(tv.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(tv.tv_usec) * 1000;
-}
-
 // sock_timeout() is fd's SO_RCVTIMEO (rcv) or SO_SNDTIMEO in ns, 0 = none.
 // A description shared with a dup is asked of the kernel (the dup may have
 // changed it).
 std::int64_t sock_timeout(int fd, fd_entry& e, bool rcv) noexcept {
   if (e.flags.load(std::memory_order_relaxed) & flag_shared) [[unlikely]] {
-    timeval tv{};
-    socklen_t len = sizeof tv;
-    if (real.getsockopt(fd, SOL_SOCKET, rcv ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &len) < 0) {
-      return 0;
-    }
-    return timeval_ns(tv);
+    return kernel_sock_timeout(fd, rcv);
   }
   return (rcv ? e.rcv_timeout_ns : e.snd_timeout_ns).load(std::memory_order_relaxed);
 }

@@ -279,18 +279,18 @@ void copy_fd(int from, int to) noexcept {
   b->kind.store(a->kind.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 
+std::int64_t kernel_sock_timeout(int fd, bool rcv) noexcept {
+  timeval tv{};
+  socklen_t len = sizeof tv;
+  if (real.getsockopt(fd, SOL_SOCKET, rcv ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &len) < 0) {
+    return 0;
+  }
+  return timeval_ns(tv);
+}
+
 void load_sock_timeouts(int fd, fd_entry& e) noexcept {
-  auto load = [&](int name, std::atomic<std::int64_t>& slot) {
-    timeval tv{};
-    socklen_t len = sizeof tv;
-    if (real.getsockopt(fd, SOL_SOCKET, name, &tv, &len) == 0) {
-      slot.store(
-          static_cast<std::int64_t>(tv.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(tv.tv_usec) * 1000,
-          std::memory_order_relaxed);
-    }
-  };
-  load(SO_RCVTIMEO, e.rcv_timeout_ns);
-  load(SO_SNDTIMEO, e.snd_timeout_ns);
+  e.rcv_timeout_ns.store(kernel_sock_timeout(fd, true), std::memory_order_relaxed);
+  e.snd_timeout_ns.store(kernel_sock_timeout(fd, false), std::memory_order_relaxed);
 }
 
 fd_kind classify(int fd, fd_entry& e) noexcept {

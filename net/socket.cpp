@@ -33,6 +33,14 @@ void close_fd(int fd) noexcept {
   }
 }
 
+// past() is the whole-call deadline check between the ops of a looping call
+// (read_exactly, write_all, read_until_eof): when each op completes at once (a
+// fast peer) none of them waits long enough to reach the timer. No clock read
+// for a call without a deadline.
+bool past(clock::time_point deadline) noexcept {
+  return deadline != clock::time_point::max() && clock::now() >= deadline;
+}
+
 [[noreturn]] void throw_sys(int err, const std::string& what) {
   throw std::system_error(err, std::generic_category(), "cogent::net: " + what);
 }
@@ -314,8 +322,7 @@ void stream_socket::read_exactly(void* buf, std::size_t n, timeout_duration t) {
   auto* p = static_cast<char*>(buf);
   std::size_t got = 0;
   while (got < n) {
-    if (got > 0 && clock::now() >= deadline) [[unlikely]] {
-      // Each op may complete at once (a fast peer) and never reach the timer.
+    if (got > 0 && past(deadline)) [[unlikely]] {
       throw_error(ETIMEDOUT, "read_exactly");
     }
     io_op op;
@@ -361,7 +368,7 @@ std::string stream_socket::read_until_eof(std::size_t max_bytes, timeout_duratio
     if (out.size() > max_bytes) {
       throw_sys(EMSGSIZE, "read_until_eof: more than " + std::to_string(max_bytes) + " bytes");
     }
-    if (clock::now() >= deadline) [[unlikely]] {
+    if (past(deadline)) [[unlikely]] {
       throw_error(ETIMEDOUT, "read_until_eof");
     }
     if (chunk < 256 * 1024 && static_cast<std::size_t>(r) == want) {
@@ -407,7 +414,7 @@ void stream_socket::write_all(const void* buf, std::size_t n, timeout_duration t
     n -= static_cast<std::size_t>(r);
     if (n > 0) {
       fd = fd_for("write_all");
-      if (clock::now() >= deadline) [[unlikely]] {
+      if (past(deadline)) [[unlikely]] {
         throw_error(ETIMEDOUT, "write_all");
       }
     }

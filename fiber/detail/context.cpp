@@ -13,9 +13,8 @@ namespace cogent::detail {
 
 constinit thread_local eh_state* t_eh_state __attribute__((tls_model("initial-exec"))) = nullptr;
 
-eh_state* thread_eh_state_slow() noexcept {
+void init_eh_state() noexcept {
   t_eh_state = reinterpret_cast<eh_state*>(abi::__cxa_get_globals());
-  return t_eh_state;
 }
 
 namespace bcd = boost::context::detail;

@@ -73,13 +73,11 @@ struct eh_state {
   void* propagating;
 #endif
 };
+// t_eh_state is this thread's runtime exception state. init_eh_state() sets it;
+// the fiber layer calls it when it first meets a thread (before any of the
+// thread's fibers exists), so a switch reads it without a check.
 extern thread_local constinit eh_state* t_eh_state __attribute__((tls_model("initial-exec")));
-// thread_eh_state() is this thread's runtime exception state (looked up once per thread).
-eh_state* thread_eh_state_slow() noexcept;
-[[gnu::always_inline]] inline eh_state* thread_eh_state() noexcept {
-  eh_state* g = t_eh_state;
-  return g != nullptr ? g : thread_eh_state_slow();
-}
+void init_eh_state() noexcept;
 [[gnu::always_inline]] inline bool eh_empty(const eh_state& s) noexcept {
   return (reinterpret_cast<std::uintptr_t>(s.caught) | s.uncaught) == 0;
 }
@@ -93,7 +91,7 @@ eh_state* thread_eh_state_slow() noexcept;
 // loads before a switch and a flag test after; `saved` is touched only when
 // there is something to park (it can live in a cold part of the fiber).
 [[gnu::always_inline]] inline void eh_park(eh_state& saved, bool& parked) noexcept {
-  eh_state* g = thread_eh_state();
+  eh_state* g = t_eh_state;
   if (!eh_empty(*g)) [[unlikely]] {
     saved = *g;
     *g = eh_state{};
@@ -102,13 +100,13 @@ eh_state* thread_eh_state_slow() noexcept;
 }
 [[gnu::always_inline]] inline void eh_unpark(eh_state& saved, bool& parked) noexcept {
   if (parked) [[unlikely]] {
-    *thread_eh_state() = saved;  // fibers never change threads: still this thread's
+    *t_eh_state = saved;  // fibers never change threads: still this thread's
     parked = false;
   }
 }
 
 // jump_context() suspends the caller and resumes `to`. The fiber layer wraps
-// it in eh_park()/eh_unpark(). Always inline: an extra frame between a
+// it in eh_park()/eh_unpark() (detail::jump_to). Always inline: an extra frame between a
 // switch's caller and the jump costs a mispredicted return per switch
 // (BENCHMARKS.md, "one return misprediction").
 [[gnu::always_inline]] inline transfer jump_context(context to, void* data) noexcept {

@@ -173,6 +173,16 @@ void resumed_slow(fiber_impl* from, const void* from_sp) noexcept;
 // return executed right after a stack change is mispredicted (the CPU's
 // return-stack buffer holds the other fiber's calls), so every frame between
 // the caller and the jump would cost a misprediction per switch.
+// jump_to() is the jump of every switch: it suspends `self` (the running
+// fiber) and resumes `target`, carrying self's C++ exception state across
+// (eh_park/eh_unpark). Returns when some fiber switches back to self.
+[[gnu::always_inline]] inline transfer jump_to(fiber_impl* self, fiber_impl* target) noexcept {
+  eh_park(self->eh, self->eh_parked);
+  transfer t = jump_context(target->ctx, self);
+  eh_unpark(self->eh, self->eh_parked);
+  return t;
+}
+
 template <class Put>
 [[gnu::always_inline]] inline void switch_put(fiber_impl* target, Put&& put) {
 #if !defined(__SANITIZE_ADDRESS__)
@@ -182,9 +192,7 @@ template <class Put>
     put(target->in_value);
     target->started = true;
     t_current = target;
-    eh_park(self->eh, self->eh_parked);
-    transfer t = jump_context(target->ctx, self);
-    eh_unpark(self->eh, self->eh_parked);
+    transfer t = jump_to(self, target);
     auto* from = static_cast<fiber_impl*>(t.data);
     from->ctx = t.from;
     if (self->in_exc) [[unlikely]] {

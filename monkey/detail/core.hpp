@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -115,6 +116,13 @@ fd_entry* entry_for(int fd) noexcept;
 void reset_fd(int fd, fd_kind kind = kind_unknown, bool nonblock = false) noexcept;
 // copy_fd() makes `to` a dup of `from` (both marked shared).
 void copy_fd(int from, int to) noexcept;
+// timeval_ns() is a socket timeout in ns.
+inline std::int64_t timeval_ns(const timeval& tv) noexcept {
+  return static_cast<std::int64_t>(tv.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(tv.tv_usec) * 1000;
+}
+// kernel_sock_timeout() asks the kernel for fd's SO_RCVTIMEO (rcv) or
+// SO_SNDTIMEO, in ns (0 = none, or not a socket).
+std::int64_t kernel_sock_timeout(int fd, bool rcv) noexcept;
 // load_sock_timeouts() copies fd's SO_RCVTIMEO/SO_SNDTIMEO from the kernel
 // into its entry: for sockets the hooks did not see get their timeouts
 // (created before patch_all, accepted: TCP copies the listener's, received

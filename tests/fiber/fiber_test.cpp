@@ -671,11 +671,18 @@ TEST_SUITE("fiber") {
   // A thread's identity is a serial number: a later thread reuses the TLS block (and so the
   // address of any thread-local) of an ended one, and used to pass for it.
   TEST_CASE("switching to a fiber of a thread that has ended is a fiber_error") {
+    static thread_local int tls_probe = 0;
+    const void* tls_a = nullptr;
+    const void* tls_b = nullptr;
     fiber f;
-    std::thread a([&] { f = fiber([] { return 1; }); });
+    std::thread a([&] {
+      tls_a = &tls_probe;
+      f = fiber([] { return 1; });
+    });
     a.join();
     std::string what = "no error";
     std::thread b([&] {
+      tls_b = &tls_probe;
       try {
         f.switch_to();
         what = "switched";
@@ -685,6 +692,8 @@ TEST_SUITE("fiber") {
     });
     b.join();
     CHECK(what.find("another thread") != std::string::npos);
+    // The case that used to crash: b got a's TLS block (glibc reuses an ended thread's).
+    CHECK_MESSAGE(tls_a == tls_b, "the second thread did not reuse the first one's TLS: test inconclusive");
   }
 }  // TEST_SUITE("fiber")
 

@@ -177,7 +177,9 @@ COGENT_TEST_CASE("imap_unordered: a member killed before it started does not han
   }
   CHECK_FALSE(hung);
   CHECK(killed_seen);
-  CHECK_FALSE(s.next().has_value());
+  if (!hung) {  // a hung stream would hang here too
+    CHECK_FALSE(s.next().has_value());
+  }
 }
 
 COGENT_TEST_CASE("imap_unordered: a kill while leaving early waits for the members, then is raised",

@@ -607,7 +607,12 @@ COGENT_TEST_CASE("a lock left locked by a fiber that ended is not owned by a new
     CHECK_FALSE(o.m_error);
   }
   CHECK(r.count() == 1);
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan builds have no block cache: no address comes back, and the checks above prove nothing here.
   MESSAGE("tasks at the dead owner's address: ", same_address);
+#else
+  CHECK_MESSAGE(same_address > 0, "no task landed at the dead owner's address: test inconclusive");
+#endif
 }
 
 }  // namespace

@@ -1034,7 +1034,7 @@ COGENT_TEST_CASE("a Timeout inside a hooked call: EINTR, then timeout_error", do
 // engine tells monkey's fd table, so a number the kernel hands out again does
 // not inherit what the table knew about its previous owner (here: "the user made
 // it non-blocking", which sent a hooked read() on the new, blocking socket
-// straight to libc: it blocked the whole thread, and this test hung).
+// straight to libc: it blocked the whole thread until the 2 s SO_RCVTIMEO).
 COGENT_TEST_CASE("an fd number reused by cogent::net's io_uring accept starts with a clean table entry",
                  doctest::timeout(10)) {
   cogent::monkey::patch_all();
@@ -1046,6 +1046,10 @@ COGENT_TEST_CASE("an fd number reused by cogent::net's io_uring accept starts wi
   ::syscall(SYS_close, stale);  // behind libc's back: the table still says non-blocking
   auto server = l.accept(2s);   // the lowest free number: stale's
   CHECK_MESSAGE(server.fd() == stale, "the kernel gave the accepted socket another number; test inconclusive");
+  // Behind the hooks (raw syscall), so the table cannot know: bounds the read that
+  // went to libc and blocked the thread before the fix (EAGAIN after 2 s, not a hang).
+  timeval two_s{2, 0};
+  REQUIRE(::syscall(SYS_setsockopt, server.fd(), SOL_SOCKET, SO_RCVTIMEO, &two_s, sizeof two_s) == 0);
   auto reader = cogent::spawn([&] {
     char b[8];
     ssize_t n = ::read(server.fd(), b, sizeof b);  // a blocking read: must park until the data comes
@@ -1311,6 +1315,7 @@ COGENT_TEST_CASE("AF_UNIX connect whose SO_SNDTIMEO expires fails with EAGAIN", 
 // gethostbyname()'s result is libc's static storage: a later call overwrites
 // it but never frees it. A fiber that keeps the hostent* (connect() in a loop
 // over h_addr_list parks) while another fiber resolves read freed memory.
+// Only the ASan build sees that read (elsewhere freed memory usually still holds the values).
 COGENT_TEST_CASE("a gethostbyname result stays readable across another fiber's call", doctest::timeout(20)) {
   cogent::monkey::patch_all();
   hostent* hp = ::gethostbyname("localhost");

@@ -153,6 +153,7 @@ void resumed_slow(fiber_impl* from, const void* from_sp) noexcept {
     // not pooled dirty. We are off its stack now: it goes back to the pool at once.
     release_stack(std::exchange(from->stk, stack{}));
     from->unguarded = false;
+    from->sched.locals.release();  // its fiber_local values go with it, not with its last handle
     if (from->refs == 0) {
       destroy(from);
     }

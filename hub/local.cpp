@@ -22,7 +22,8 @@ struct local_storage {
   std::vector<local_entry> entries;
 };
 
-// free_storage() is fiber_locals_hook: it runs from ~fiber_impl. Values are
+// free_storage() is fiber_locals_hook: it runs once the fiber has finished
+// (fiber/: resumed_slow) or from ~fiber_impl. Values are
 // destroyed newest first; one whose destructor touches a fiber_local gets the
 // current fiber's value, never this (dying) storage.
 void free_storage(void* p) noexcept {

@@ -3,10 +3,10 @@
 // Defines cogent::fiber_local<T>: one object, a separate T per fiber (task,
 // plain fiber, the thread's main fiber or the hub). A fiber's value is made on
 // its first access (default-constructed, or by the factory given to the
-// constructor) and destroyed when that fiber is freed: for a task, right after
-// it finishes (once its fiber has switched away for the last time); for a
-// plain fiber, when it has died and its last handle is gone; for the main
-// fiber, at thread exit. reset() destroys the calling fiber's value earlier.
+// constructor) and destroyed when that fiber ends: for a task or a plain
+// fiber, right after it finishes (once its fiber has switched away for the
+// last time; a suspended fiber that is destroyed unwinds, then finishes); for
+// the main fiber, at thread exit. reset() destroys the calling fiber's value earlier.
 //
 // Values are destroyed in the fiber running at that moment (usually the hub),
 // so a T's destructor must not block (it would raise hub_error) or throw. The

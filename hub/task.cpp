@@ -48,39 +48,54 @@ void report_unjoined(const task_base& t, std::exception_ptr e) {
   std::fprintf(stderr, "cogent: task '%s' failed: %s\n", t.name().c_str(), describe_exception(e).c_str());
 }
 
-void run_task(const std::shared_ptr<task_state>& st) {
-  if (st->st == task_state::status::done) {
-    // Killed before it started, after it was queued to run: it never runs.
-    // finish() left the fiber to us (the hub's ready queue held a raw pointer
-    // to it); drop it now that it is running — the hub frees it once it has
-    // switched away for the last time.
-    st->fib = fiber();
-    return;
+// drop_self_ref() releases the reference an unfinished task holds on itself.
+// If it was the last one the task is freed now, or, if it is the running
+// fiber, by the fiber it switches to once it has finished (fiber/).
+void drop_self_ref(task_state* s) noexcept {
+  if (std::exchange(s->self_ref, false)) {
+    unref(s);
   }
-  st->st = task_state::status::running;
-  st->started = true;
-  try {
-    st->invoke();
-  } catch (fiber_exit&) {
-    st->killed = true;
-  } catch (...) {
-    st->error = std::current_exception();
-  }
-  st->finish();
 }
 
 }  // namespace
 
-task_state::task_state() = default;
+task_state::task_state(std::size_t stack_size, std::string&& name) : fiber_impl(stack_size, std::move(name)) {
+  name_prefix = "task";
+}
 task_state::~task_state() = default;
 
+std::any task_state::run(std::any&&) {
+  if (st == status::done) {
+    // Killed before it started, after it was queued to run: it never runs.
+    // finish() left our self-reference to us (the hub's ready queue held a
+    // raw pointer); drop it now that we are running.
+    drop_self_ref(this);
+    return {};
+  }
+  st = status::running;
+  body_started = true;
+  try {
+    invoke();
+  } catch (fiber_exit&) {
+    killed = true;
+  } catch (...) {
+    error = std::current_exception();
+  }
+  finish();
+  return {};
+}
+
+void check_task_options(const spawn_options& opts) {
+  check_stack_size(opts.stack_size, opts.name);
+}
+
 void task_state::finish() noexcept {
-  // Every caller holds a reference (run_task() through its fiber's body,
-  // kill() through its own copy), so *this outlives this call; a handle for
-  // the callbacks is made only when there are callbacks to make.
+  // Every caller holds a reference (run() its self-reference, kill() its own
+  // handle), so *this outlives this call; a handle for the callbacks is made
+  // only when there are callbacks to make.
   st = status::done;
-  if (fib && fib.impl()->sched.park_timer.armed()) {
-    hub::current().cancel_timer(fib.impl()->sched.park_timer);  // spawn_later's start, never reached
+  if (sched.park_timer.armed()) {
+    hub::current().cancel_timer(sched.park_timer);  // spawn_later's start, never reached
   }
   unregister_task(this);
   bool observed = kill_requested;
@@ -93,7 +108,8 @@ void task_state::finish() noexcept {
   observed = observed || waiting > 0;
   joiners.notify_all();
   if (!links.empty() || (error && !observed)) {
-    task_base self(shared_from_this());
+    ref(this);
+    task_base self = task_base::adopt(this);
     // One at a time, taken off the list before the call: a link that blocks
     // lets others unlink() the ones not yet called (an iwait going away).
     while (!links.empty()) {
@@ -113,14 +129,15 @@ void task_state::finish() noexcept {
       }
     }
   }
-  // Drop our fiber: if it is the running one it is freed by the hub once it
-  // has switched away for the last time. A fiber that never started but sits
-  // in the hub's ready queue (killed right after spawn) must stay alive until
-  // the hub runs it: run_task() then drops it without running the task.
-  if (fib && !fib.started() && fib.impl()->sched.state == 2 /* ready: queued in the hub */) {
+  // Drop our self-reference: if we are the running fiber we are freed by the
+  // hub once we have switched away for the last time. A task that never
+  // started but sits in the hub's ready queue (killed right after spawn) must
+  // stay alive until the hub runs it: run() then drops it without running
+  // the task.
+  if (!started && sched.state == 2 /* ready: queued in the hub */) {
     return;
   }
-  fib = fiber();
+  drop_self_ref(this);
 }
 
 // fail_unstarted() is detail::start_failed_hook: the task's fiber could not
@@ -131,46 +148,38 @@ void fail_unstarted(fiber_impl* f, std::exception_ptr error) noexcept {
   if (s == nullptr || s->st == task_state::status::done) {
     return;
   }
-  auto keep = s->shared_from_this();
+  ref(s);
+  task_base keep = task_base::adopt(s);
   s->error = std::move(error);
   s->finish();
 }
 
-void start_task(const std::shared_ptr<task_state>& st, spawn_options&& opts,
-                std::optional<std::chrono::nanoseconds> delay) {
+void start_task(task_state* st, std::optional<std::chrono::nanoseconds> delay) {
   hub& h = hub::current();
   start_failed_hook = &fail_unstarted;
-  // A default name costs nothing here: the task takes its fiber's id and both
-  // print as "task-<id>" when asked (no string is built per spawn).
-  st->name = std::move(opts.name);
-  fiber_options fo;
-  fo.stack_size = opts.stack_size;
-  fo.name = st->name;
-  st->fib = fiber([st] { run_task(st); }, std::move(fo));
-  fiber_impl* f = st->fib.impl();
-  f->name_prefix = "task";
-  st->id = f->id;
   fiber_impl* hub_fiber = hub_fiber_impl(h);
-  if (f->parent != hub_fiber) {
+  if (st->parent != hub_fiber) {
     ref(hub_fiber);
-    unref(std::exchange(f->parent, hub_fiber));  // a task returns to the hub when it finishes
+    unref(std::exchange(st->parent, hub_fiber));  // a task returns to the hub when it finishes
   }
-  f->sched.task = st.get();
-  f->sched.state = 1;  // parked: schedule() may make it ready
-  register_task(st.get());
+  st->sched.task = st;
+  st->sched.state = 1;  // parked: schedule() may make it ready
   if (delay && *delay > std::chrono::nanoseconds::zero()) {
     // The start is the fiber's own park timer: a fiber that has not started
     // cannot be parked on anything else.
-    auto& timer = f->sched.park_timer;
-    timer.owner = f;
+    auto& timer = st->sched.park_timer;
+    timer.owner = st;
     timer.deadline = clock::now() + std::chrono::duration_cast<clock::duration>(*delay);
     timer.fire = [](timer_node* n) {
       hub::current().schedule(static_cast<fiber_impl::sched_slot::park_timer_node*>(n)->owner);
     };
     h.add_timer(timer);
   } else {
-    h.schedule(f);
+    h.schedule(st);
   }
+  ref(st);
+  st->self_ref = true;
+  register_task(st);
 }
 
 }  // namespace detail
@@ -181,7 +190,7 @@ namespace {
 // A task lives on one thread's hub; waiting on or killing it from another
 // thread would race with that hub (invariant 4).
 void check_same_thread(const detail::task_state& s, const char* what) {
-  if (s.fib && s.fib.impl()->thread_tag != detail::current_impl()->thread_tag) {
+  if (s.thread_tag != detail::current_impl()->thread_tag) {
     throw hub_error(std::string("cogent: ") + what + "() of task '" + s.display_name() +
                     "' from another thread");
   }
@@ -201,11 +210,11 @@ bool task_base::join(timeout_duration t) const {
     s.report_left_to_joiners = false;
     return true;
   }
-  if (detail::current_impl() == s.fib.impl()) {
+  if (detail::current_impl() == &s) {
     throw hub_error("cogent: task '" + s.display_name() + "' tried to join itself");
   }
   check_same_thread(s, "join");
-  auto keep = _s;
+  task_base keep = *this;  // the task outlives this call even if our handle goes
   clock::time_point deadline = deadline_after(t);
   ++s.waiting;
   try {
@@ -221,7 +230,7 @@ bool task_base::join(timeout_duration t) const {
     if (--s.waiting == 0 && s.report_left_to_joiners) {
       s.report_left_to_joiners = false;
       try {
-        detail::report_unjoined(*this, s.error);
+        detail::report_unjoined(keep, s.error);
       } catch (...) {
       }
     }
@@ -236,7 +245,7 @@ bool task_base::join(timeout_duration t) const {
 }
 
 void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const {
-  auto keep = _s;
+  task_base keep = *this;  // the task outlives this call even if our handle goes
   detail::task_state& s = state();
   if (!e) {
     e = std::make_exception_ptr(fiber_exit{});
@@ -258,10 +267,10 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
     s.finish();
     return;
   }
-  if (detail::current_impl() == s.fib.impl()) {
+  if (detail::current_impl() == &s) {
     std::rethrow_exception(e);
   }
-  hub::current().interrupt(s.fib.impl(), std::move(e));
+  hub::current().interrupt(&s, std::move(e));
   if (block) {
     join(t);
   }
@@ -389,13 +398,15 @@ task_base current_task() {
   if (s == nullptr) {
     return {};
   }
-  return task_base(s->shared_from_this());
+  detail::ref(s);
+  return task_base::adopt(s);
 }
 
 std::vector<task_base> live_tasks() {
   std::vector<task_base> out;
   for (detail::task_state* s = detail::t_live_head; s != nullptr; s = s->reg_next) {
-    out.emplace_back(s->shared_from_this());
+    detail::ref(s);
+    out.push_back(task_base::adopt(s));
   }
   return out;
 }

@@ -62,23 +62,25 @@ class task_base;
 
 namespace detail {
 
-struct task_state : std::enable_shared_from_this<task_state> {
+// task_state is a task: it *is* its fiber (one control block, one
+// allocation), with the task's fields after the fiber's. Handles (task_base)
+// hold fiber references; an unfinished task also holds one on itself
+// (`self_ref`), so a task nobody holds a handle to still runs to the end.
+struct task_state : fiber_impl {
   enum class status : std::uint8_t { pending, running, done };
-  fiber fib;
-  std::string name;
-  std::uint64_t id = 0;
   status st = status::pending;
-  bool started = false;  // the body began running (a task killed or failed before that never does)
+  bool body_started = false;  // the body began running (a task killed or failed before that never does)
   bool killed = false;
   bool kill_requested = false;
-  std::exception_ptr error;
-  wait_list joiners;
-  std::size_t waiting = 0;  // fibers currently in join()
   // finish() left the error's report to the fibers in join() (nothing else
   // observes it): if the last of them leaves by an exception before anyone
   // looked, it reports the error. Cleared by whoever looks first (a join()
   // that returns true, an observing link()).
   bool report_left_to_joiners = false;
+  bool self_ref = false;    // holds the reference that keeps an unfinished task alive
+  std::size_t waiting = 0;  // fibers currently in join()
+  std::exception_ptr error;
+  wait_list joiners;
   struct link_entry {
     std::size_t id;
     std::function<void(const task_base&)> fn;
@@ -89,46 +91,91 @@ struct task_state : std::enable_shared_from_this<task_state> {
   task_state* reg_prev = nullptr;
   task_state* reg_next = nullptr;
 
-  task_state();
-  virtual ~task_state();
+  task_state(std::size_t stack_size, std::string&& name);
+  ~task_state() override;
+  // run() is the fiber's body: the task's function, its outcome recorded.
+  std::any run(std::any&& arg) final;
   virtual void invoke() = 0;
-  std::string display_name() const { return name.empty() ? "task-" + std::to_string(id) : name; }
+  std::string display_name() const { return name(); }
   void finish() noexcept;
 };
 
 template <class T>
 struct typed_task_state : task_state {
+  using task_state::task_state;
   std::optional<T> value;
 };
 template <>
-struct typed_task_state<void> : task_state {};
+struct typed_task_state<void> : task_state {
+  using task_state::task_state;
+};
 
+// task_impl owns the function and its arguments until the task finishes
+// (released then, on the task's own stack, as gevent drops a greenlet's run).
 template <class T, class Fn, class Tuple>
 struct task_impl final : typed_task_state<T> {
-  task_impl(Fn&& f, Tuple&& a) : fn(std::move(f)), args(std::move(a)) {}
+  task_impl(std::size_t stack_size, std::string&& name, Fn&& f, Tuple&& a)
+      : typed_task_state<T>(stack_size, std::move(name)) {
+    body.emplace(std::move(f), std::move(a));
+  }
   void invoke() override {
     if constexpr (std::is_void_v<T>) {
-      std::apply(fn, std::move(args));
+      std::apply(body->fn, std::move(body->args));
     } else {
-      this->value.emplace(std::apply(fn, std::move(args)));
+      this->value.emplace(std::apply(body->fn, std::move(body->args)));
     }
   }
-  Fn fn;
-  Tuple args;
+  void release_body() noexcept override { body.reset(); }
+  struct fn_args {
+    Fn fn;
+    Tuple args;
+  };
+  std::optional<fn_args> body;
 };
+
+// check_task_options() validates spawn_options (throws fiber_error).
+void check_task_options(const spawn_options& opts);
 
 // start_task() creates the task's fiber (parent: the hub), registers it and
 // schedules it now or after `delay`.
-void start_task(const std::shared_ptr<task_state>& st, spawn_options&& opts,
-                std::optional<std::chrono::nanoseconds> delay);
+// The new task (`st`, just constructed, refs 1: the caller's handle) takes
+// its self-reference here.
+void start_task(task_state* st, std::optional<std::chrono::nanoseconds> delay);
 
 }  // namespace detail
 
-// task_base is an untyped, copyable handle to a task (empty when default-constructed).
+// task_base is an untyped, copyable handle to a task (empty when default-
+// constructed). Like a fiber handle it belongs to the task's thread: copy and
+// drop it there (the reference count is not atomic).
 class task_base {
  public:
   task_base() = default;
-  explicit task_base(std::shared_ptr<detail::task_state> s) noexcept : _s(std::move(s)) {}
+  // adopt() wraps a reference the caller already holds.
+  static task_base adopt(detail::task_state* s) noexcept {
+    task_base t;
+    t._s = s;
+    return t;
+  }
+  task_base(const task_base& o) noexcept : _s(o._s) {
+    if (_s != nullptr) {
+      detail::ref(_s);
+    }
+  }
+  task_base(task_base&& o) noexcept : _s(std::exchange(o._s, nullptr)) {}
+  task_base& operator=(const task_base& o) noexcept {
+    task_base(o).swap(*this);
+    return *this;
+  }
+  task_base& operator=(task_base&& o) noexcept {
+    task_base(std::move(o)).swap(*this);
+    return *this;
+  }
+  ~task_base() {
+    if (_s != nullptr) {
+      detail::unref(_s);
+    }
+  }
+  void swap(task_base& o) noexcept { std::swap(_s, o._s); }
 
   // join() waits until the task finished or `t` passed; true if it finished.
   // Never throws the task's error. Joining the running task from itself throws
@@ -161,7 +208,7 @@ class task_base {
   bool ready() const noexcept { return state().st == detail::task_state::status::done; }
   bool successful() const noexcept { return ready() && !state().error; }
   bool killed() const noexcept { return state().killed; }
-  bool started() const noexcept { return state().started; }
+  bool started() const noexcept { return state().body_started; }
   std::exception_ptr exception() const noexcept { return state().error; }
   // rethrow() raises the task's error if it has one (task_killed if killed).
   void rethrow() const;
@@ -173,7 +220,7 @@ class task_base {
 
  protected:
   detail::task_state& state() const;
-  std::shared_ptr<detail::task_state> _s;
+  detail::task_state* _s = nullptr;
 };
 
 // task<T> is a task whose function returns T.
@@ -181,7 +228,12 @@ template <class T>
 class task : public task_base {
  public:
   task() = default;
-  explicit task(std::shared_ptr<detail::typed_task_state<T>> s) noexcept : task_base(std::move(s)) {}
+  // adopt() wraps a reference the caller already holds.
+  static task adopt(detail::typed_task_state<T>* s) noexcept {
+    task t;
+    t._s = s;
+    return t;
+  }
 
   // get() waits for the task and returns its value, or rethrows its exception
   // (task_killed if it was killed). Raises timeout_error if `t` passes first.
@@ -207,15 +259,32 @@ class task : public task_base {
 // task's stack is taken when it first runs: if none can be mapped then, the
 // task fails with that std::system_error (its body never runs). Throws
 // fiber_error for a bad stack_size.
+namespace detail {
 template <class Fn, class... Args>
-auto spawn(spawn_options opts, Fn&& fn, Args&&... args) {
+auto make_task(spawn_options&& opts, std::optional<std::chrono::nanoseconds> delay, Fn&& fn, Args&&... args) {
   using R = std::invoke_result_t<std::decay_t<Fn>&, std::decay_t<Args>...>;
   using tuple = std::tuple<std::decay_t<Args>...>;
-  auto st = std::allocate_shared<detail::task_impl<R, std::decay_t<Fn>, tuple>>(
-      detail::cached_allocator<char>{}, std::decay_t<Fn>(std::forward<Fn>(fn)),
-      tuple(std::forward<Args>(args)...));
-  detail::start_task(st, std::move(opts), std::nullopt);
-  return task<R>(std::move(st));
+  if (opts.stack_size != 0) {
+    check_task_options(opts);
+  }
+  auto* st = new task_impl<R, std::decay_t<Fn>, tuple>(opts.stack_size, std::move(opts.name),
+                                                        std::decay_t<Fn>(std::forward<Fn>(fn)),
+                                                        tuple(std::forward<Args>(args)...));
+  auto t = task<R>::adopt(st);
+  start_task(st, delay);
+  return t;
+}
+}  // namespace detail
+
+// spawn() starts fn(args...) in a new task (at the hub's next turn; spawn
+// itself never switches). Arguments are copied/moved into the task and
+// destroyed, with the function, when it finishes. The task's stack is taken
+// when it first runs: if none can be mapped then, the task fails with that
+// std::system_error (its body never runs). Throws fiber_error for a bad
+// stack_size.
+template <class Fn, class... Args>
+auto spawn(spawn_options opts, Fn&& fn, Args&&... args) {
+  return detail::make_task(std::move(opts), std::nullopt, std::forward<Fn>(fn), std::forward<Args>(args)...);
 }
 template <class Fn, class... Args, class = std::enable_if_t<!std::is_same_v<std::decay_t<Fn>, spawn_options>>>
 auto spawn(Fn&& fn, Args&&... args) {
@@ -225,13 +294,7 @@ auto spawn(Fn&& fn, Args&&... args) {
 // spawn_later() is spawn() that starts the task after `delay`.
 template <class Fn, class... Args>
 auto spawn_later(std::chrono::nanoseconds delay, Fn&& fn, Args&&... args) {
-  using R = std::invoke_result_t<std::decay_t<Fn>&, std::decay_t<Args>...>;
-  using tuple = std::tuple<std::decay_t<Args>...>;
-  auto st = std::allocate_shared<detail::task_impl<R, std::decay_t<Fn>, tuple>>(
-      detail::cached_allocator<char>{}, std::decay_t<Fn>(std::forward<Fn>(fn)),
-      tuple(std::forward<Args>(args)...));
-  detail::start_task(st, spawn_options{}, delay);
-  return task<R>(std::move(st));
+  return detail::make_task(spawn_options{}, delay, std::forward<Fn>(fn), std::forward<Args>(args)...);
 }
 
 // joinall() waits for every task (up to `t` overall) and returns those that

@@ -75,7 +75,7 @@ class fiber_impl {
   virtual void release_body() noexcept = 0;
 
   // Scheduler slot: owned by the layer above (the hub); the fiber layer never
-  // reads or writes it. Kept inline so parking and waking allocate nothing.
+  // reads or writes it (but for `locals`, released when the fiber finishes). Kept inline so parking and waking allocate nothing.
   struct sched_slot {
     // The fields the hub touches to wake a fiber come first, together.
     fiber_impl* next_ready = nullptr;  // intrusive ready-queue link
@@ -91,15 +91,19 @@ class fiber_impl {
     std::exception_ptr pending;           // interrupt (kill, Timeout) to raise at the next park
     const void* pending_owner = nullptr;  // who raised `pending` (a Timeout scope), or null
     void* task = nullptr;                 // the task this fiber runs, if any
-    // locals is this fiber's fiber_local storage (hub/local.hpp), freed with the fiber.
+    // locals is this fiber's fiber_local storage (hub/local.hpp), freed as
+    // soon as the fiber has finished and switched away for the last time (or,
+    // if it never finishes, with the control block). The one sched field the
+    // fiber layer touches.
     struct locals_slot {
       void* storage = nullptr;
       locals_slot() = default;
       locals_slot(const locals_slot&) = delete;
       locals_slot& operator=(const locals_slot&) = delete;
-      ~locals_slot() {
+      ~locals_slot() { release(); }
+      void release() noexcept {
         if (storage != nullptr && fiber_locals_hook != nullptr) {
-          fiber_locals_hook(storage);
+          fiber_locals_hook(std::exchange(storage, nullptr));
         }
       }
     } locals;

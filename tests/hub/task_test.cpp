@@ -650,3 +650,37 @@ TEST_CASE("a task whose stack cannot be mapped fails with the error" * doctest::
   INFO("child stderr: " << r.err);
 }
 #endif
+
+COGENT_TEST_CASE("a task's function and arguments go when it finishes; a forgotten task still runs",
+                 doctest::timeout(10)) {
+  // The task is its own control block: a handle keeps its result, not what it ran with.
+  auto arg = std::make_shared<int>(1);
+  auto captured = std::make_shared<int>(2);
+  std::weak_ptr<int> arg_w = arg, cap_w = captured;
+  auto t = cogent::spawn([c = std::move(captured)](std::shared_ptr<int> a) { return *a + *c; }, std::move(arg));
+  CHECK_FALSE(arg_w.expired());
+  CHECK(t.get() == 3);
+  CHECK(arg_w.expired());
+  CHECK(cap_w.expired());
+  CHECK(t.ready());
+  // Killed before it started: never run, what it would have run with goes with the task.
+  auto never = std::make_shared<int>(0);
+  std::weak_ptr<int> never_w = never;
+  {
+    auto k = cogent::spawn([n = std::move(never)] { return *n; });
+    k.kill();
+    CHECK(k.killed());
+    CHECK_FALSE(never_w.expired());  // the handle holds the task, which still holds its (unrun) function
+  }
+  cogent::sleep(0ms);  // it was queued to run: the hub drops it at its turn, without running it
+  CHECK(never_w.expired());
+  // No handle at all: the task holds itself until it finishes.
+  int ran = 0;
+  cogent::spawn([&] {
+    cogent::sleep(1ms);
+    ++ran;
+  });
+  CHECK(cogent::active_count() >= 1);
+  cogent::sleep(20ms);
+  CHECK(ran == 1);
+}

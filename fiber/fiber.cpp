@@ -151,7 +151,9 @@ void resumed_slow(fiber_impl* from, const void* from_sp) noexcept {
   if (from->dead) {
     // Checked above too: a fiber that overflowed and then finished is named, and its stack is
     // not pooled dirty. We are off its stack now: it goes back to the pool at once.
-    release_stack(std::exchange(from->stk, stack{}));
+    const stack s = from->stk;
+    from->stk = stack{};
+    release_stack(s);
     from->unguarded = false;
     from->sched.locals.release();  // its fiber_local values go with it, not with its last handle
     if (from->refs == 0) {
@@ -286,7 +288,10 @@ void kill_for_destroy(fiber_impl* f) noexcept {
 // ---- fiber_impl ------------------------------------------------------------
 
 fiber_impl::fiber_impl(std::size_t stack_size, std::string&& name)
-    : thread_tag(this_thread_tag()), id(next_id()), stack_request(stack_size), user_name(std::move(name)) {
+    : thread_tag(this_thread_tag()),
+      id(next_id()),
+      user_name(name.empty() ? nullptr : std::make_unique<std::string>(std::move(name))),
+      stack_request(static_cast<std::uint32_t>(stack_size)) {  // validated: at most stack_limits::max_size
   parent = t_current != nullptr ? t_current : init_thread();
   ref(parent);
 }
@@ -327,12 +332,12 @@ std::string fiber_impl::name() const {
 }
 
 void fiber_impl::write_name(char* buf, std::size_t len) const noexcept {
-  if (!user_name.empty()) {
-    std::snprintf(buf, len, "%s", user_name.c_str());
+  if (user_name != nullptr) {
+    std::snprintf(buf, len, "%s", user_name->c_str());
   } else if (is_main) {
     std::snprintf(buf, len, "main");
   } else {
-    std::snprintf(buf, len, "%s-%llu", name_prefix, static_cast<unsigned long long>(id));
+    std::snprintf(buf, len, "%s-%llu", is_task ? "task" : "fiber", static_cast<unsigned long long>(id));
   }
 }
 

@@ -241,7 +241,7 @@ void prefetch_next_stacks() noexcept {
   }
 }
 
-void release_stack(const stack& s) noexcept {
+void release_stack(stack s) noexcept {
   if (s.pooled && t_pool_dead) {
     // A fiber outlived its thread's pool (destroyed during thread exit).
     auto& g = shared_pool();

@@ -60,7 +60,7 @@ void drop_self_ref(task_state* s) noexcept {
 }  // namespace
 
 task_state::task_state(std::size_t stack_size, std::string&& name) : fiber_impl(stack_size, std::move(name)) {
-  name_prefix = "task";
+  is_task = true;
 }
 task_state::~task_state() = default;
 

@@ -67,6 +67,8 @@ namespace detail {
 // hold fiber references; an unfinished task also holds one on itself
 // (`self_ref`), so a task nobody holds a handle to still runs to the end.
 struct task_state : fiber_impl {
+  // Packed (the first bytes share the fiber's tail padding): 100k tasks are
+  // 100k of these blocks in memory, and a spawn+join walks each one three times.
   enum class status : std::uint8_t { pending, running, done };
   status st = status::pending;
   bool body_started = false;  // the body began running (a task killed or failed before that never does)
@@ -77,8 +79,8 @@ struct task_state : fiber_impl {
   // looked, it reports the error. Cleared by whoever looks first (a join()
   // that returns true, an observing link()).
   bool report_left_to_joiners = false;
-  bool self_ref = false;    // holds the reference that keeps an unfinished task alive
-  std::size_t waiting = 0;  // fibers currently in join()
+  bool self_ref = false;      // holds the reference that keeps an unfinished task alive
+  std::uint32_t waiting = 0;  // fibers currently in join()
   std::exception_ptr error;
   wait_list joiners;
   struct link_entry {

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -120,13 +121,15 @@ class fiber_impl {
   bool eh_parked = false;  // `eh` holds our C++ exception state (we switched away inside a handler)
   std::uint32_t thread_tag = 0;  // the owning thread's serial (not reused by a later thread)
   std::uint64_t id = 0;
-  std::any in_value;                  // value delivered by the switch that resumes us
-  std::exception_ptr in_exc;          // or an exception to raise at our suspension point
-  stack stk;                          // empty for main fibers, before the first switch and once dead
-  std::size_t stack_request = 0;      // the validated stack_size (0 = default), allocated at first switch
-  std::string user_name;              // empty: "<name_prefix>-<id>"
-  eh_state eh{};                      // with eh_parked: our exception state while switched away (cold)
-  const char* name_prefix = "fiber";  // a static string; the hub's tasks say "task"
+  std::any in_value;          // value delivered by the switch that resumes us
+  std::exception_ptr in_exc;  // or an exception to raise at our suspension point
+  stack stk;                  // empty for main fibers, before the first switch and once dead
+  // The cold end, kept small: a task's fields follow (hub/task.hpp) and 100k
+  // tasks are 100k of these blocks in memory.
+  std::unique_ptr<std::string> user_name;  // null: "fiber-<id>" / "task-<id>"
+  eh_state eh{};                           // with eh_parked: our exception state while switched away
+  std::uint32_t stack_request = 0;         // the validated stack_size (0 = default), allocated at first switch
+  bool is_task = false;                    // a hub task: its default name is "task-<id>"
 #if defined(__SANITIZE_ADDRESS__)
   void* asan_fake_stack = nullptr;
   const void* asan_bottom = nullptr;

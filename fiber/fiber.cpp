@@ -136,6 +136,22 @@ inline void jump(fiber_impl* self, fiber_impl* target) noexcept {
   resumed(t);
 }
 
+// release_locals() destroys a finished fiber's fiber_local values. We are
+// inside the switch that delivers its result to us (resumed_slow()), and a
+// value's destructor may switch (dropping the last handle of a suspended
+// fiber unwinds it): keep the value or exception being delivered across it,
+// as kill_orphan() does.
+[[gnu::noinline, gnu::cold]] void release_locals(fiber_impl* f) noexcept {
+  fiber_impl* self = t_current;
+  std::any value = std::move(self->in_value);
+  std::exception_ptr exc = std::move(self->in_exc);
+  fiber_impl* previous = t_previous;
+  f->sched.locals.release();
+  self->in_value = std::move(value);
+  self->in_exc = std::move(exc);
+  t_previous = previous;  // f: still alive (destroy() clears it if it frees f)
+}
+
 }  // namespace
 
 void resumed_slow(fiber_impl* from, const void* from_sp) noexcept {
@@ -155,9 +171,18 @@ void resumed_slow(fiber_impl* from, const void* from_sp) noexcept {
     from->stk = stack{};
     release_stack(s);
     from->unguarded = false;
-    from->sched.locals.release();  // its fiber_local values go with it, not with its last handle
+    if (from->sched.locals.storage != nullptr) [[unlikely]] {
+      release_locals(from);  // its fiber_local values go with it, not with its last handle
+    }
     if (from->refs == 0) {
       destroy(from);
+    } else if (from->is_task && from->parent != t_main.main && t_main.main != nullptr) {
+      // A finished task kept by a handle no longer holds the hub fiber it
+      // returned to (the hub could not unwind while such a handle lives, and
+      // dropping it after the thread ended would reach into a dead hub): it
+      // holds the thread's main fiber instead, whose destruction needs nothing.
+      ref(t_main.main);
+      unref(std::exchange(from->parent, t_main.main));
     }
     return;
   }

@@ -81,6 +81,11 @@ std::any task_state::run(std::any&&) {
   } catch (...) {
     error = std::current_exception();
   }
+  // A kill that arrived too late to land (the body finished without blocking
+  // again) is moot now: it must not go off in a link or in the destructor of
+  // the function or its arguments (released after this, on our stack).
+  sched.pending = nullptr;
+  sched.pending_owner = nullptr;
   finish();
   return {};
 }
@@ -145,7 +150,13 @@ void task_state::finish() noexcept {
 // body never ran), exactly as if it had raised it.
 void fail_unstarted(fiber_impl* f, std::exception_ptr error) noexcept {
   auto* s = static_cast<task_state*>(f->sched.task);
-  if (s == nullptr || s->st == task_state::status::done) {
+  if (s == nullptr) {
+    return;
+  }
+  if (s->st == task_state::status::done) {
+    // Killed while queued: finish() left our self-reference to run(), which
+    // never runs now. Drop it here, or the task is never freed.
+    drop_self_ref(s);
     return;
   }
   ref(s);

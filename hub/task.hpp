@@ -118,7 +118,15 @@ template <class T, class Fn, class Tuple>
 struct task_impl final : typed_task_state<T> {
   task_impl(std::size_t stack_size, std::string&& name, Fn&& f, Tuple&& a)
       : typed_task_state<T>(stack_size, std::move(name)) {
-    body.emplace(std::move(f), std::move(a));
+    try {
+      body.emplace(std::move(f), std::move(a));
+    } catch (...) {
+      // Moving them in threw: no task is made. The control block's reference
+      // on its parent (the spawner) is dropped by destroy(), which never runs
+      // for a block whose constructor failed: drop it here.
+      unref(std::exchange(this->parent, nullptr));
+      throw;
+    }
   }
   void invoke() override {
     if constexpr (std::is_void_v<T>) {

@@ -30,7 +30,7 @@ T any_value_cast(std::any&& v);
 namespace detail {
 
 // fiber_locals_hook destroys one fiber's fiber_local storage (hub/local.cpp
-// installs it; the fiber layer only calls it, from ~fiber_impl).
+// installs it; the fiber layer only calls it, once the fiber has finished or from ~fiber_impl).
 inline void (*fiber_locals_hook)(void* storage) noexcept = nullptr;
 
 struct fiber_impl;
@@ -129,7 +129,9 @@ class fiber_impl {
   std::unique_ptr<std::string> user_name;  // null: "fiber-<id>" / "task-<id>"
   eh_state eh{};                           // with eh_parked: our exception state while switched away
   std::uint32_t stack_request = 0;         // the validated stack_size (0 = default), allocated at first switch
-  bool is_task = false;                    // a hub task: its default name is "task-<id>"
+  // is_task: a hub task. Its default name is "task-<id>", and once it has
+  // finished its parent becomes the thread's main fiber (not the hub's).
+  bool is_task = false;
 #if defined(__SANITIZE_ADDRESS__)
   void* asan_fake_stack = nullptr;
   const void* asan_bottom = nullptr;

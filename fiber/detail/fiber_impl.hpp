@@ -293,7 +293,14 @@ class fiber_body final : public fiber_impl {
  public:
   template <class F>
   fiber_body(F&& fn, std::size_t stack_size, std::string&& name) : fiber_impl(stack_size, std::move(name)) {
-    _fn.emplace(std::forward<F>(fn));
+    try {
+      _fn.emplace(std::forward<F>(fn));
+    } catch (...) {
+      // No fiber is made: give back the reference on the parent taken by
+      // fiber_impl's constructor (destroy() never runs for this block).
+      unref(std::exchange(parent, nullptr));
+      throw;
+    }
   }
 
   std::any run(std::any&& arg) override {

@@ -733,3 +733,18 @@ TEST_CASE("ASan build: a stack-buffer-overflow on a fiber's stack is reported as
   CHECK(r.err.find("ERROR: AddressSanitizer: stack-buffer-overflow") != std::string::npos);
 }
 #endif
+
+TEST_CASE("a fiber whose callable cannot be copied in leaves its parent's references alone") {
+  // The control block names the creator as its parent before the callable is
+  // copied in: if that copy throws, no fiber exists and the reference goes too.
+  struct copy_throws {
+    copy_throws() = default;
+    copy_throws(const copy_throws&) { throw std::runtime_error("copy"); }
+    void operator()() const {}
+  };
+  cogent::detail::fiber_impl* self = cogent::detail::current_impl();
+  std::uint32_t before = self->refs;
+  const copy_throws fn;
+  CHECK_THROWS_AS(cogent::fiber{fn}, std::runtime_error);
+  CHECK(self->refs == before);
+}

@@ -7,7 +7,12 @@
 //
 // A task runs fn(args...) in its own fiber whose parent is the hub. It starts
 // at the hub's next turn (spawn never switches). Its result (or exception) is
-// kept in the task for join()/get(). An exception in a task nobody is waiting
+// kept in the task for join()/get(); the function and its arguments are
+// destroyed as soon as it finishes (handles keep only the outcome). A task
+// runs to its end whether or not anyone holds a handle to it. A task and its
+// fiber are one control block (320 bytes for a small function): handles are
+// reference counts on it, like fiber handles, and belong to its thread.
+// An exception in a task nobody is waiting
 // for when it finishes (or whose every waiter is killed before it can look) is
 // reported once on stderr with the task's name (the handler is replaceable);
 // it never terminates the process.

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -87,14 +88,54 @@ struct socket_waiter {
   bool closed = false;              // close() cancelled the op
 };
 
-// closing_state is what close() waits on until every waiter has let go.
+// closing_state is what close() waits on until every waiter has let go. A
+// close() that cannot wait for them (called in the hub) or stopped waiting
+// (killed) hands the fd to a detached one on the heap instead: the fd stays
+// open, so its number is not handed out again while a cancelled op may still
+// act on it (one still in the submission queue resolves the number only when
+// submitted), and the last waiter to let go closes it and frees the state.
 struct closing_state {
-  cogent::detail::wait_list waiters_gone;
+  cogent::detail::wait_list waiters_gone;  // unused when detached
   std::size_t pending = 0;
+  int fd = -1;            // detached: the fd to close when pending reaches 0 (-1: closed at thread exit)
+  bool detached = false;  // on the heap, freed by the last waiter to let go
+  closing_state* prev = nullptr;  // detached and not yet closed: in t_detached
+  closing_state* next = nullptr;
 };
 
 // t_waiters[fd] heads the list of this thread's fibers blocked on fd.
 thread_local std::vector<socket_waiter*> t_waiters;
+
+// t_detached lists the detached closes whose waiters have not all let go. If
+// the thread ends first (its hub goes with the waiters still parked, their
+// ops never reaped) the fds are closed here. The states themselves stay with
+// those abandoned fibers (a parked fiber's frames are never unwound), so a
+// waiter that did let go later would still find its state.
+struct detached_closes {
+  closing_state* head = nullptr;
+  void add(closing_state* c) noexcept {
+    c->next = head;
+    if (head != nullptr) {
+      head->prev = c;
+    }
+    head = c;
+  }
+  void remove(closing_state* c) noexcept {
+    (c->prev != nullptr ? c->prev->next : head) = c->next;
+    if (c->next != nullptr) {
+      c->next->prev = c->prev;
+    }
+    c->prev = c->next = nullptr;
+  }
+  ~detached_closes() {
+    while (head != nullptr) {
+      closing_state* c = head;
+      remove(c);
+      close_fd(std::exchange(c->fd, -1));
+    }
+  }
+};
+thread_local detached_closes t_detached;
 
 socket_waiter*& waiter_head(int fd) {
   auto i = static_cast<std::size_t>(fd);
@@ -107,6 +148,42 @@ socket_waiter*& waiter_head(int fd) {
 socket_waiter* waiters_of(int fd) noexcept {
   auto i = static_cast<std::size_t>(fd);
   return i < t_waiters.size() ? t_waiters[i] : nullptr;
+}
+
+// detach_close() hands fd to the waiters that close() `cs` still waits for:
+// the last of them to let go closes it (let_go). Closes it now if none is left.
+void detach_close(int fd, closing_state& cs) noexcept {
+  closing_state* d = cs.pending > 0 ? new (std::nothrow) closing_state : nullptr;
+  if (d != nullptr) {
+    d->pending = cs.pending;
+    d->fd = fd;
+    d->detached = true;
+    t_detached.add(d);
+  }
+  for (socket_waiter* w = waiters_of(fd); w != nullptr; w = w->next) {
+    if (w->closer == &cs) {
+      w->closer = d;  // null only if out of memory: closed below, nobody waits for it
+    }
+  }
+  if (d == nullptr) {
+    close_fd(fd);
+  }
+}
+
+// let_go() is a cancelled waiter leaving close() `c`'s wait.
+void let_go(closing_state* c) noexcept {
+  if (--c->pending > 0) {
+    return;
+  }
+  if (!c->detached) {
+    c->waiters_gone.notify_all();
+    return;
+  }
+  if (c->fd >= 0) {  // else the thread's end closed it (and unlisted it)
+    t_detached.remove(c);
+    close_fd(c->fd);
+  }
+  delete c;
 }
 
 }  // namespace
@@ -131,13 +208,9 @@ void basic_socket::close() {
       }
     }
     if (h.in_hub()) {
-      // A timer or post() callback cannot park: detach and close now.
-      for (socket_waiter* w = waiters_of(fd); w != nullptr; w = w->next) {
-        if (w->closer == &cs) {
-          w->closer = nullptr;  // closed, but nobody waits for it
-        }
-      }
-      close_fd(fd);
+      // A timer or post() callback cannot park: the last waiter to let go
+      // closes the fd (not touching this object, which may be gone by then).
+      detach_close(fd, cs);
       return;
     }
     try {
@@ -145,13 +218,8 @@ void basic_socket::close() {
         cs.waiters_gone.wait(clock::time_point::max());
       }
     } catch (...) {
-      // Killed while waiting: detach the stragglers and still never leak the fd.
-      for (socket_waiter* w = waiters_of(fd); w != nullptr; w = w->next) {
-        if (w->closer == &cs) {
-          w->closer = nullptr;
-        }
-      }
-      close_fd(fd);
+      // Killed while waiting: the stragglers close the fd when they let go.
+      detach_close(fd, cs);
       throw;
     }
   } else if (h.in_hub()) {
@@ -199,9 +267,7 @@ int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(i
         w.next->prev = w.prev;
       }
       if (w.closer != nullptr) [[unlikely]] {
-        if (--w.closer->pending == 0) {
-          w.closer->waiters_gone.notify_all();
-        }
+        let_go(w.closer);
       }
     }
   } guard{w};
@@ -209,14 +275,13 @@ int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(i
   if (w.closed) [[unlikely]] {
     // close() ran while this op was in flight. From here on the socket object
     // may be gone (a second close() returns at once and its caller may
-    // destroy it): the caller reports this without touching it.
+    // destroy it): the caller reports this without touching it — even if the
+    // op completed anyway (a loop such as read_exactly() would otherwise come
+    // back to the object for its next op).
     if (r >= 0 && release != nullptr) {
       release(r);  // it produced something (an fd) nobody will use
-      return -closed_while_waiting;
     }
-    if (r == -ECANCELED) {
-      return -closed_while_waiting;
-    }
+    return -closed_while_waiting;
   }
   return r;
 }

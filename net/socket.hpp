@@ -35,8 +35,9 @@
 //
 // Sharing: a socket belongs to its hub's thread. Several fibers may block on
 // one socket at once (one reading while one writes; several accepting on one
-// listener); close() from any fiber wakes them all with EBADF. A socket must
-// not be destroyed or moved while another fiber is blocked on it.
+// listener); close() from any fiber, or from the hub, wakes them all with
+// EBADF. A socket must not be destroyed or moved while another fiber is
+// blocked on it (close() it first).
 //
 // Example:
 //   using namespace cogent::net;
@@ -115,8 +116,17 @@ class basic_socket {
   ~basic_socket();
 
   // close() closes the socket through an io_uring close op. Fibers blocked on
-  // this socket are woken first and raise std::system_error(EBADF); close()
-  // waits until they have let go. Idempotent. May switch.
+  // this socket are woken first (their ops cancelled) and raise
+  // std::system_error(EBADF); close() waits until they have let go.
+  // Called inside the hub (a timer or post() callback), which cannot wait,
+  // close() wakes them the same way and returns at once; the fd is closed
+  // with close(2) right away if nobody was blocked on it, else by the last
+  // woken fiber to let go (its op's completion reaped), so until then the
+  // descriptor number is not reused and no cancelled op can reach another
+  // socket (DESIGN.md invariant 1). The same holds if close() is killed
+  // while waiting. The fd is closed in every case (when the thread ends at
+  // the latest) and the socket object may be destroyed as soon as close()
+  // returns. Idempotent. May switch (never inside the hub).
   void close();
   // release() gives up ownership and returns the fd (-1 if closed).
   int release() noexcept;
@@ -178,9 +188,10 @@ class basic_socket {
     }
     return t ? deadline_after(t) : clock::time_point::max();
   }
-  // await() runs `op` through hub::await_io() and returns its raw result, with
-  // -ECANCELED turned into -closed_while_waiting when close() interrupted it
-  // (after which the socket object must not be touched: it may be destroyed). Fibers blocked
+  // await() runs `op` through hub::await_io() and returns its raw result, or
+  // -closed_while_waiting when close() ran while it waited (whether the op was
+  // cancelled or completed anyway; after which the socket object must not be
+  // touched: it may be destroyed). Fibers blocked
   // on an fd are found by close() through a per-thread table indexed by fd
   // (dense and cache-warm), not through the socket object: after the op
   // completes, the fast path never touches the (by then cold) socket.

@@ -30,7 +30,9 @@
 #include <cerrno>
 #include <climits>
 #include <cstdarg>
+#include <cstdint>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "monkey/detail/core.hpp"
@@ -311,21 +313,75 @@ ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt) n
 
 // ---- poll / select ---------------------------------------------------------------
 
-// wait_ready() parks on `watch` (one io_uring poll per fd) until probe(last)
+// poll_scratch is wait_ready()'s working memory for n fds: watch[i] (the fd
+// and events one io_uring poll op waits on), visible[i] (the revents bits the
+// caller can see) and results[i] (that op's result). Up to inline_fds live
+// in the object itself, on the fiber's stack like await_poll()'s ops: a
+// hooked poll() on a few fds allocates nothing. A larger set is one heap
+// block; ok() is false if that allocation failed (the caller reports
+// ENOMEM, as the kernel's poll and select do when their tables cannot be
+// allocated). Never throws.
+class poll_scratch {
+ public:
+  // inline_fds matches await_poll()'s inline ops: the same calls stay off the heap there.
+  static constexpr std::size_t inline_fds = 16;
+
+  explicit poll_scratch(std::size_t n) noexcept : _n(n) {
+    if (n <= inline_fds) {
+      watch = _watch;
+      visible = _visible;
+      results = _results;
+      return;
+    }
+    constexpr std::size_t per_fd = sizeof(pollfd) + sizeof(int) + sizeof(short);
+    if (n > SIZE_MAX / per_fd) {
+      return;
+    }
+    // pollfd[n], then int[n], then short[n]: each starts suitably aligned.
+    static_assert(alignof(pollfd) >= alignof(int) && alignof(int) >= alignof(short));
+    static_assert(sizeof(pollfd) % alignof(int) == 0);
+    _heap = static_cast<char*>(::operator new(n * per_fd, std::nothrow));
+    if (_heap == nullptr) {
+      return;
+    }
+    watch = reinterpret_cast<pollfd*>(_heap);
+    results = reinterpret_cast<int*>(_heap + n * sizeof(pollfd));
+    visible = reinterpret_cast<short*>(_heap + n * (sizeof(pollfd) + sizeof(int)));
+  }
+  ~poll_scratch() { ::operator delete(_heap); }
+  poll_scratch(const poll_scratch&) = delete;
+  poll_scratch& operator=(const poll_scratch&) = delete;
+
+  // ok() is true if the arrays are there (always for n <= inline_fds).
+  bool ok() const noexcept { return watch != nullptr; }
+  std::size_t size() const noexcept { return _n; }
+
+  pollfd* watch = nullptr;
+  short* visible = nullptr;
+  int* results = nullptr;
+
+ private:
+  std::size_t _n;
+  char* _heap = nullptr;
+  pollfd _watch[inline_fds];
+  short _visible[inline_fds];
+  int _results[inline_fds];
+};
+
+// wait_ready() parks on s.watch (one io_uring poll per fd) until probe(last)
 // reports something: the kernel (a zero-timeout poll or select) then says
 // exactly what is ready, so results are libc's. probe(true) is the final
-// check once the deadline passed. visible[i] are the revents bits the caller
-// can see for watch[i] (select reports no POLLHUP for an fd only in its
-// except set). An op that failed (io_uring cannot poll a regular file) or
-// fired with only invisible bits would fire again at once, a busy loop past
-// the timeout: that fd is no longer watched, and the wait goes on with the
-// other ops and the timer. Returns probe's result or a negative errno.
+// check once the deadline passed. s.visible[i] are the revents bits the
+// caller can see for s.watch[i] (select reports no POLLHUP for an fd only in
+// its except set). An op that failed (io_uring cannot poll a regular file)
+// or fired with only invisible bits would fire again at once, a busy loop
+// past the timeout: that fd is no longer watched, and the wait goes on with
+// the other ops and the timer. Precondition: s.ok(). Returns probe's result
+// or a negative errno (-ENOMEM from await_poll() for a large set).
 template <class Probe>
-int wait_ready(call_ctx& c, std::vector<pollfd>& watch, const std::vector<short>& visible,
-               clock::time_point dl, Probe probe) noexcept {
-  std::vector<int> results(watch.size());
+int wait_ready(call_ctx& c, poll_scratch& s, clock::time_point dl, Probe probe) noexcept {
   for (;;) {
-    int w = await_poll(c, watch.data(), watch.size(), dl, results.data());
+    int w = await_poll(c, s.watch, s.size(), dl, s.results);
     if (w < 0) {
       return w;
     }
@@ -336,22 +392,26 @@ int wait_ready(call_ctx& c, std::vector<pollfd>& watch, const std::vector<short>
     }
     // Woken but nothing ready for the caller. A visible event someone else
     // consumed meanwhile is waited for again.
-    for (std::size_t i = 0; i < watch.size(); ++i) {
-      if (results[i] < 0 || (results[i] > 0 && (results[i] & visible[i]) == 0)) {
-        watch[i].fd = -1;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+      if (s.results[i] < 0 || (s.results[i] > 0 && (s.results[i] & s.visible[i]) == 0)) {
+        s.watch[i].fd = -1;
       }
     }
   }
 }
 
-// poll_wait() is wait_ready() for poll/ppoll: the caller's fds get libc's revents.
+// poll_wait() is wait_ready() for poll/ppoll: the caller's fds get libc's
+// revents. -1/ENOMEM if a large set's scratch cannot be allocated.
 int poll_wait(call_ctx& c, pollfd* fds, nfds_t n, clock::time_point dl) noexcept {
-  std::vector<pollfd> watch(fds, fds + n);
-  std::vector<short> visible(n);
-  for (nfds_t i = 0; i < n; ++i) {
-    visible[i] = static_cast<short>(fds[i].events | POLLERR | POLLHUP | POLLNVAL);
+  poll_scratch s(n);
+  if (!s.ok()) {
+    return fail(-ENOMEM);
   }
-  int r = wait_ready(c, watch, visible, dl, [&](bool) { return real.poll(fds, n, 0); });
+  for (nfds_t i = 0; i < n; ++i) {
+    s.watch[i] = fds[i];
+    s.visible[i] = static_cast<short>(fds[i].events | POLLERR | POLLHUP | POLLNVAL);
+  }
+  int r = wait_ready(c, s, dl, [&](bool) { return real.poll(fds, n, 0); });
   return r < 0 ? fail(r) : r;
 }
 
@@ -850,33 +910,50 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
   constexpr short in_set = POLLIN | POLLRDNORM | POLLRDBAND | POLLHUP | POLLERR;
   constexpr short out_set = POLLOUT | POLLWRNORM | POLLWRBAND | POLLERR;
   constexpr short ex_set = POLLPRI;
-  std::vector<pollfd> pfds;
-  std::vector<short> visible;
-  for (int fd = 0; fd < nfds; ++fd) {
+  // events_for() is what fd asks poll for (0: not in any set) and *vis
+  // what the caller can see of it.
+  auto events_for = [&](int fd, short* vis) {
     short ev = 0;
-    short vis = 0;
+    *vis = 0;
     if (rd != nullptr && FD_ISSET(fd, &in_rd)) {
       ev |= POLLIN;
-      vis |= in_set;
+      *vis |= in_set;
     }
     if (wr != nullptr && FD_ISSET(fd, &in_wr)) {
       ev |= POLLOUT;
-      vis |= out_set;
+      *vis |= out_set;
     }
     if (ex != nullptr && FD_ISSET(fd, &in_ex)) {
       ev |= POLLPRI;
-      vis |= ex_set;
+      *vis |= ex_set;
     }
-    if (ev != 0) {
-      pfds.push_back(pollfd{fd, ev, 0});
-      visible.push_back(vis);
-    }
+    return ev;
+  };
+  std::size_t count = 0;
+  for (int fd = 0; fd < nfds; ++fd) {
+    short vis;
+    count += events_for(fd, &vis) != 0 ? 1 : 0;
   }
   clock::time_point dl = clock::time_point::max();
   if (tv != nullptr) {
     dl = deadline_ts(timespec{tv->tv_sec, tv->tv_usec * 1000});
   }
-  n = wait_ready(c, pfds, visible, dl, probe);
+  poll_scratch s(count);
+  if (s.ok()) {
+    std::size_t j = 0;
+    for (int fd = 0; fd < nfds; ++fd) {
+      short vis;
+      short ev = events_for(fd, &vis);
+      if (ev != 0) {
+        s.watch[j] = pollfd{fd, ev, 0};
+        s.visible[j] = vis;
+        ++j;
+      }
+    }
+    n = wait_ready(c, s, dl, probe);
+  } else {
+    n = -ENOMEM;
+  }
   // Linux writes the time left back into *tv.
   if (tv != nullptr) {
     timespec left = remaining(dl);

@@ -2,8 +2,10 @@
 //
 // Defines ticker (a fiber counting 1 ms sleeps), spinner (a fiber that yields
 // in a loop), wake_later (a fiber writes to an fd after 100 ms, a plain thread
-// after 2 s if the hub is stuck) and parks() (did a call park its fiber?). A call that went straight to libc
-// never switches, so each of these tells a cooperative call from a blocking one.
+// after 2 s if the hub is stuck), woken_later() (a call ended by wake_later,
+// with the ticks it let run) and parks() (did a call park its fiber?). A call
+// that went straight to libc never switches, so each of these tells a
+// cooperative call from a blocking one.
 #pragma once
 
 #include <fcntl.h>
@@ -75,6 +77,33 @@ struct wake_later {
     fallback.join();
   }
 };
+
+// woken_call is what woken_later() saw.
+template <class R>
+struct woken_call {
+  R result;
+  long ticks;  // how often the ticker ran between call()'s start and return
+};
+
+// woken_later() runs call(), a wait that data arriving on fd's peer ends,
+// under a wake_later(fd), and counts the ticker's runs across the call alone
+// (the wake_later is torn down after the count). A call that cooperated
+// returns with "fiber" written after 100 ms, about 100 ticks later; one that
+// blocked the hub returns with "thread" after 2 s and no ticks. Callers check
+// both: the result (or what was read) and ticks.
+//
+// Example:
+//   ticker tk;
+//   auto w = woken_later(tk, s[1], [&] { return ::recv(s[0], buf, sizeof buf, 0); });
+//   CHECK(w.result == 5);  // "fiber"
+//   CHECK(w.ticks >= 20);
+template <class F>
+auto woken_later(ticker& tk, int fd, F call) {
+  wake_later w(fd);
+  long before = tk.ticks;
+  auto r = call();
+  return woken_call<decltype(r)>{r, tk.ticks - before};
+}
 
 // parked_call is what parks() saw.
 struct parked_call {

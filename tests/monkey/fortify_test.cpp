@@ -33,6 +33,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "hub/task.hpp"
 #include "monkey/monkey.hpp"
@@ -42,7 +43,7 @@
 
 using namespace std::chrono_literals;
 using cogent::test::ticker;
-using cogent::test::wake_later;
+using cogent::test::woken_later;
 
 namespace {
 
@@ -60,18 +61,15 @@ COGENT_TEST_CASE("fortified read() on a pipe parks only its fiber", doctest::tim
   int p[2];
   REQUIRE(::pipe(p) == 0);
   ticker tk;
-  std::string got;
-  long during = 0;
-  {
-    wake_later w(p[1]);
+  // Each fortified call has its buffer in its own frame: its size is known
+  // there whether or not the lambda is inlined.
+  auto w = woken_later(tk, p[1], [&] {
     char buf[16] = {};
-    long before = tk.ticks;
     ssize_t n = ::read(p[0], buf, opaque(sizeof buf));  // __read_chk
-    during = tk.ticks - before;
-    got.assign(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
-  }
-  CHECK(got == "fiber");
-  CHECK(during >= 20);  // the ticker kept running while the reader waited
+    return std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+  });
+  CHECK(w.result == "fiber");
+  CHECK(w.ticks >= 20);  // the ticker kept running while the reader waited
   ::close(p[0]);
   ::close(p[1]);
 }
@@ -83,12 +81,8 @@ COGENT_TEST_CASE("fortified recv() and recvfrom() on a socket park only their fi
   ticker tk;
   for (bool from : {false, true}) {
     INFO(std::string(from ? "recvfrom" : "recv"));
-    std::string got;
-    long during = 0;
-    {
-      wake_later w(s[1]);
+    auto w = woken_later(tk, s[1], [&] {
       char buf[16] = {};
-      long before = tk.ticks;
       ssize_t n;
       if (from) {
         sockaddr_un peer{};
@@ -98,11 +92,10 @@ COGENT_TEST_CASE("fortified recv() and recvfrom() on a socket park only their fi
       } else {
         n = ::recv(s[0], buf, opaque(sizeof buf), 0);  // __recv_chk
       }
-      during = tk.ticks - before;
-      got.assign(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
-    }
-    CHECK(got == "fiber");
-    CHECK(during >= 20);
+      return std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+    });
+    CHECK(w.result == "fiber");
+    CHECK(w.ticks >= 20);
   }
   ::close(s[0]);
   ::close(s[1]);
@@ -115,23 +108,21 @@ COGENT_TEST_CASE("fortified poll() and ppoll() park only their fiber", doctest::
   ticker tk;
   for (bool p : {false, true}) {
     INFO(std::string(p ? "ppoll" : "poll"));
-    int r = -1;
-    long during = 0;
-    pollfd pf[2] = {{-1, POLLIN, 0}, {s[0], POLLIN, 0}};
-    {
-      wake_later w(s[1]);
-      long before = tk.ticks;
+    // (result, pf[1].revents)
+    auto w = woken_later(tk, s[1], [&] {
+      pollfd pf[2] = {{-1, POLLIN, 0}, {s[0], POLLIN, 0}};
+      int r;
       if (p) {
         timespec ts{5, 0};
         r = ::ppoll(pf, opaque(2), &ts, nullptr);  // __ppoll_chk
       } else {
         r = ::poll(pf, opaque(2), 5000);  // __poll_chk
       }
-      during = tk.ticks - before;
-    }
-    CHECK(r == 1);
-    CHECK(pf[1].revents == POLLIN);
-    CHECK(during >= 20);
+      return std::pair<int, short>{r, pf[1].revents};
+    });
+    CHECK(w.result.first == 1);
+    CHECK(w.result.second == POLLIN);
+    CHECK(w.ticks >= 20);
     char buf[16];
     CHECK(::recv(s[0], buf, sizeof buf, 0) == 5);  // "fiber" (the fallback thread writes 6 bytes)
   }

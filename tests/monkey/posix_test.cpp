@@ -1,7 +1,8 @@
 // tests/monkey/posix_test.cpp — monkey/monkey.hpp on plain POSIX calls.
 //
 // Sleeps overlap across 1000 fibers; a pipe read parks only its fiber; poll,
-// ppoll and select wake on readiness or timeout; getaddrinfo/gethostbyname
+// ppoll and select wake on readiness or timeout, and on 4 to 100 pipes
+// report exactly what became ready; getaddrinfo/gethostbyname
 // from many fibers let the others run; a file round trip whose every call
 // parks on an io_uring op; recvmsg (with SCM_RIGHTS) and writev on sockets
 // park; dup2/dup3/F_DUPFD copies carry SO_RCVTIMEO and O_NONBLOCK as libc's
@@ -52,6 +53,7 @@
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
 using cogent::test::ticker;
+using cogent::test::woken_later;
 
 namespace {
 
@@ -589,18 +591,11 @@ COGENT_TEST_CASE("ppoll parks only its fiber and wakes on readiness or timeout",
 
   // Readiness with no timeout at all: a fiber's write after 100 ms wakes it
   // (a thread's after 2 s if ppoll blocked the hub).
-  long during = 0;
-  int r = -1;
-  {
-    cogent::test::wake_later w(s[1]);
-    before = tk.ticks;
-    r = ::ppoll(pf, 2, nullptr, nullptr);
-    during = tk.ticks - before;
-  }
-  CHECK(r == 1);
+  auto w = woken_later(tk, s[1], [&] { return ::ppoll(pf, 2, nullptr, nullptr); });
+  CHECK(w.result == 1);
   CHECK(pf[0].revents == 0);
   CHECK(pf[1].revents == POLLIN);
-  CHECK(during >= 20);
+  CHECK(w.ticks >= 20);
   char buf[16];
   CHECK(::recv(s[0], buf, sizeof buf, 0) == 5);  // "fiber"
 
@@ -618,6 +613,175 @@ COGENT_TEST_CASE("ppoll parks only its fiber and wakes on readiness or timeout",
         libc_result([&] { return ::ppoll(pf, 2, &bad, nullptr); }));
   ::close(s[0]);
   ::close(s[1]);
+}
+
+namespace {
+
+enum class poll_call { poll, ppoll, select };
+
+// check_poll_set() runs poll, ppoll or select on n entries over n fresh pipes'
+// read ends, nothing ready at the call, so each call waits in the hook (its
+// fast path sees nothing). n on either side of 16 crosses the hook's switch
+// from its inline scratch to the heap (monkey/hooks.cpp, poll_scratch).
+// Entry i is, by i % 4: 0 a pipe a fiber writes to after 100 ms (POLLIN), 1
+// a pipe whose write end that fiber closes (POLLHUP; readable for select), 2
+// a pipe nobody touches (0), 3 a negative fd (ignored, revents 0). The fiber
+// does it all in one run (write ends are O_NONBLOCK, so its writes go
+// straight to libc and never park), so the waiting call's probe sees every
+// change at once: the count and every revents are exact. Before that, a
+// 100 ms timeout with nothing ready: 0 and every revents cleared. A ticker
+// proves both waits let the hub run; if the call blocked the thread instead,
+// the writer never runs and the 5 s wait returns 0 (a failure, not a hang).
+// For select, revents[i] is POLLIN if entry i's fd is in the returned set.
+void check_poll_set(std::size_t n, poll_call how) {
+  std::vector<int> rd(n, -1), wr(n, -1);
+  for (std::size_t i = 0; i < n; ++i) {
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    rd[i] = p[0];
+    wr[i] = p[1];
+    REQUIRE(::fcntl(p[1], F_SETFL, O_NONBLOCK) == 0);
+  }
+  std::vector<pollfd> pf(n);
+  auto reset = [&] {
+    for (std::size_t i = 0; i < n; ++i) {
+      pf[i] = pollfd{i % 4 == 3 ? -1 : rd[i], POLLIN, static_cast<short>(0x5a5a)};  // revents: junk
+    }
+  };
+  auto call = [&](int timeout_ms) -> int {
+    switch (how) {
+      case poll_call::poll:
+        return ::poll(pf.data(), n, timeout_ms);
+      case poll_call::ppoll: {
+        timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1'000'000L};
+        return ::ppoll(pf.data(), n, &ts, nullptr);
+      }
+      case poll_call::select:
+        break;
+    }
+    fd_set set;
+    FD_ZERO(&set);
+    int maxfd = -1;
+    for (const pollfd& p : pf) {
+      if (p.fd >= 0) {
+        REQUIRE(p.fd < FD_SETSIZE);
+        FD_SET(p.fd, &set);
+        maxfd = std::max(maxfd, p.fd);
+      }
+    }
+    timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000L};
+    int r = ::select(maxfd + 1, &set, nullptr, nullptr, &tv);
+    for (pollfd& p : pf) {
+      p.revents = r >= 0 && p.fd >= 0 && FD_ISSET(p.fd, &set) ? POLLIN : 0;
+    }
+    return r;
+  };
+  // mismatches() lists the entries whose revents are not want(i): "" if none.
+  auto mismatches = [&](auto want) {
+    std::string out;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (pf[i].revents != want(i)) {
+        out += '[';
+        out += std::to_string(i);
+        out += "] revents ";
+        out += std::to_string(pf[i].revents);
+        out += " want ";
+        out += std::to_string(want(i));
+        out += "; ";
+      }
+    }
+    return out;
+  };
+  ticker tk;
+
+  // Timeout: nothing becomes ready.
+  reset();
+  long before = tk.ticks;
+  auto t0 = steady::now();
+  CHECK(call(100) == 0);
+  CHECK(since(t0) >= 0.095);
+  CHECK(tk.ticks - before >= 20);
+  CHECK(mismatches([](std::size_t) { return short{0}; }) == "");
+
+  // Readiness: everything the fiber does is reported, nothing else.
+  reset();
+  auto waker = cogent::spawn([&] {
+    cogent::sleep(100ms);
+    int done = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (i % 4 == 0) {
+        done += ::write(wr[i], "x", 1) == 1 ? 1 : 0;
+      } else if (i % 4 == 1) {
+        done += ::close(wr[i]) == 0 ? 1 : 0;
+        wr[i] = -1;
+      }
+    }
+    return done;
+  });
+  int want_count = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    want_count += i % 4 <= 1 ? 1 : 0;
+  }
+  before = tk.ticks;
+  t0 = steady::now();
+  int r = call(5000);
+  long during = tk.ticks - before;
+  CHECK(waker.get() == want_count);
+  CHECK(r == want_count);
+  CHECK(since(t0) < 2.0);
+  CHECK(during >= 20);
+  CHECK(mismatches([&](std::size_t i) -> short {
+          switch (i % 4) {
+            case 0:
+              return POLLIN;
+            case 1:
+              return how == poll_call::select ? POLLIN : POLLHUP;
+            default:
+              return 0;
+          }
+        }) == "");
+  for (std::size_t i = 0; i < n; ++i) {
+    ::close(rd[i]);
+    if (wr[i] >= 0) {
+      ::close(wr[i]);
+    }
+  }
+}
+
+const char* name_of(poll_call how) {
+  switch (how) {
+    case poll_call::poll:
+      return "poll";
+    case poll_call::ppoll:
+      return "ppoll";
+    case poll_call::select:
+      return "select";
+  }
+  return "?";
+}
+
+}  // namespace
+
+COGENT_TEST_CASE("poll, ppoll and select on a few pipes report exactly what became ready", doctest::timeout(30)) {
+  cogent::monkey::patch_all();
+  for (std::size_t n : {std::size_t{4}, std::size_t{16}}) {
+    for (poll_call how : {poll_call::poll, poll_call::ppoll, poll_call::select}) {
+      INFO(name_of(how), " on ", n, " entries");
+      check_poll_set(n, how);
+    }
+  }
+}
+
+// More entries than the hook keeps on the stack: its scratch (and
+// await_poll's ops) come from the heap, with the same results.
+COGENT_TEST_CASE("poll, ppoll and select on 100 pipes report exactly what became ready", doctest::timeout(30)) {
+  cogent::monkey::patch_all();
+  for (std::size_t n : {std::size_t{17}, std::size_t{100}}) {
+    for (poll_call how : {poll_call::poll, poll_call::ppoll, poll_call::select}) {
+      INFO(name_of(how), " on ", n, " entries");
+      check_poll_set(n, how);
+    }
+  }
 }
 
 COGENT_TEST_CASE("recvmsg on a socket parks only its fiber, ancillary data included", doctest::timeout(20)) {
@@ -755,16 +919,9 @@ COGENT_TEST_CASE("dup2, dup3, F_DUPFD and F_DUPFD_CLOEXEC carry what the hooks t
     CHECK((::fcntl(s[0], F_GETFL) & O_NONBLOCK) == 0);
     for (int fd : {s[0], d}) {
       char buf[16];
-      ssize_t n;
-      long during;
-      {
-        cogent::test::wake_later w(s[1]);
-        before = tk.ticks;
-        n = ::read(fd, buf, sizeof buf);
-        during = tk.ticks - before;
-      }
-      CHECK(std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0) == "fiber");
-      CHECK(during >= 20);
+      auto w = woken_later(tk, s[1], [&] { return ::read(fd, buf, sizeof buf); });
+      CHECK(std::string(buf, w.result > 0 ? static_cast<std::size_t>(w.result) : 0) == "fiber");
+      CHECK(w.ticks >= 20);
     }
     for (int fd : {s[0], s[1], d}) {
       ::close(fd);

@@ -231,7 +231,10 @@ void stream_server::accept_loop() {
     if (_opts.idle_timeout) {
       client.set_timeout(_opts.idle_timeout);
     }
-    auto body = [this](stream_socket s, const net::address& p) { run_client(std::move(s), p); };
+    // The socket stays where spawn() put it, in the task's control block (which
+    // the hub touches to resume the task anyway), not in a frame at the top of
+    // the client's stack: one page fewer to touch per op with 1000s of clients.
+    auto body = [this](stream_socket&& s, const net::address& p) { run_client(s, p); };
     if (_opts.workers != nullptr) {
       auto t = _opts.workers->spawn(body, std::move(client), peer);
       _clients.add(t);
@@ -241,7 +244,7 @@ void stream_server::accept_loop() {
   }
 }
 
-void stream_server::run_client(stream_socket s, const net::address& peer) {
+void stream_server::run_client(stream_socket& s, const net::address& peer) {
   try {
     _handler(s, peer);
   } catch (const std::exception&) {

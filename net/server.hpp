@@ -149,7 +149,7 @@ class stream_server {
 
  private:
   void accept_loop();
-  void run_client(stream_socket s, const net::address& peer);
+  void run_client(stream_socket& s, const net::address& peer);
   void report(const net::address& peer, std::exception_ptr e);
   // reap() kills the accept task, waits until _deadline for every client task
   // but the calling one, then kills those left and waits for them to unwind.

@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +26,27 @@ struct child_result {
 
 // child_setup_failed is the exit code of a child that could not set up its scenario.
 inline constexpr int child_setup_failed = 3;
+
+// limit_address_space() caps this (child) process's address space at what it
+// maps now plus `extra_kib`, so the next large mapping (a 1 GiB fiber stack)
+// fails. Exits the child with child_setup_failed if it cannot.
+inline void limit_address_space(long extra_kib) {
+  long vm_kb = 0;
+  if (FILE* f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+      if (std::sscanf(line, "VmSize: %ld", &vm_kb) == 1) {
+        break;
+      }
+    }
+    std::fclose(f);
+  }
+  rlimit rl{};
+  rl.rlim_cur = rl.rlim_max = static_cast<rlim_t>(vm_kb + extra_kib) * 1024;
+  if (vm_kb == 0 || ::setrlimit(RLIMIT_AS, &rl) != 0) {
+    ::_exit(child_setup_failed);
+  }
+}
 
 // run_in_child() forks, runs body() in the child with stderr captured, and
 // waits for it. The child exits 0 if body() returns; SIGABRT takes its default

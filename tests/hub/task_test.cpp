@@ -617,21 +617,7 @@ TEST_CASE("a task whose stack cannot be mapped fails with the error" * doctest::
     std::thread t([] {  // a fresh thread: a hub of its own, not the parent's (forked) one
       cogent::hub::current();
       cogent::yield();
-      rlimit rl{};
-      long vm_kb = 0;
-      if (FILE* f = std::fopen("/proc/self/status", "r")) {
-        char line[256];
-        while (std::fgets(line, sizeof line, f) != nullptr) {
-          if (std::sscanf(line, "VmSize: %ld", &vm_kb) == 1) {
-            break;
-          }
-        }
-        std::fclose(f);
-      }
-      rl.rlim_cur = rl.rlim_max = static_cast<rlim_t>(vm_kb + 256 * 1024) * 1024;
-      if (vm_kb == 0 || ::setrlimit(RLIMIT_AS, &rl) != 0) {
-        ::_exit(cogent::test::child_setup_failed);
-      }
+      cogent::test::limit_address_space(256 * 1024);
       bool ran = false;
       auto big = cogent::spawn(cogent::spawn_options{"big", std::size_t{1} << 30}, [&] { ran = true; });
       auto small = cogent::spawn([] { return 7; });

@@ -27,6 +27,7 @@
 #include "hub/sync.hpp"
 #include "hub/task.hpp"
 #include "tests/child.hpp"
+#include "tests/net/net_support.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
@@ -34,35 +35,11 @@ using cogent::net::stream_socket;
 
 namespace {
 
-// open_fds() counts this process's open descriptors.
-int open_fds() {
-  int n = 0;
-  DIR* d = ::opendir("/proc/self/fd");
-  if (d == nullptr) {
-    return -1;
-  }
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') {
-      ++n;
-    }
-  }
-  ::closedir(d);
-  return n - 1;  // the DIR's own fd
-}
+using cogent::test::errno_of;
+using cogent::test::open_fds;
 
 bool fd_open(int fd) {
   return ::fcntl(fd, F_GETFD) != -1;
-}
-
-// errno_of() runs fn and returns the errno of the std::system_error it raised (0 if none).
-template <class Fn>
-int errno_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::system_error& e) {
-    return e.code().value();
-  }
-  return 0;
 }
 
 // pending_bytes() reads, without blocking, what is waiting on fd.

@@ -37,6 +37,7 @@
 #include "hub/pool.hpp"
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
+#include "tests/net/net_support.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
@@ -45,6 +46,9 @@ using cogent::net::stream_server;
 using cogent::net::stream_socket;
 
 namespace {
+
+using cogent::test::errno_of;
+using cogent::test::open_fds;
 
 void echo_handler(stream_socket& s, const address&) {
   char buf[4096];
@@ -80,16 +84,6 @@ std::string frame(const std::string& body) {
   auto len = static_cast<std::uint32_t>(body.size());
   std::string f(reinterpret_cast<const char*>(&len), sizeof len);
   return f + body;
-}
-
-int open_fds() {
-  int n = 0;
-  DIR* d = ::opendir("/proc/self/fd");
-  while (dirent* e = ::readdir(d)) {
-    n += e->d_name[0] != '.';
-  }
-  ::closedir(d);
-  return n - 1;
 }
 
 }  // namespace

@@ -36,6 +36,7 @@
 #include "hub/task.hpp"
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
+#include "tests/net/net_support.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
@@ -46,30 +47,8 @@ using cogent::net::udp_socket;
 
 namespace {
 
-// open_fds() counts this process's open descriptors.
-int open_fds() {
-  int n = 0;
-  DIR* d = ::opendir("/proc/self/fd");
-  REQUIRE(d != nullptr);
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') {
-      ++n;
-    }
-  }
-  ::closedir(d);
-  return n - 1;  // the DIR's own fd
-}
-
-// errno_of() runs fn and returns the errno of the std::system_error it raised (0 if none).
-template <class Fn>
-int errno_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::system_error& e) {
-    return e.code().value();
-  }
-  return 0;
-}
+using cogent::test::errno_of;
+using cogent::test::open_fds;
 
 // fnv1a() folds bytes into a running 64-bit FNV-1a hash.
 std::uint64_t fnv1a(std::uint64_t h, const unsigned char* p, std::size_t n) {

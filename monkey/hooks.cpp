@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdarg>
@@ -212,6 +213,40 @@ std::size_t iov_total(const iovec* v, int cnt) noexcept {
   return t;
 }
 
+// iov_copy is a private, writable copy of a caller's iovecs, which the rest
+// of a partial write advances through: up to 8 inline (on the fiber's stack),
+// more in one heap block. assign() returns null if that block cannot be had
+// (the caller then reports the short count written so far, as a blocking
+// write interrupted midway does). Never throws: the hooks are noexcept.
+class iov_copy {
+ public:
+  iov_copy() = default;
+  iov_copy(const iov_copy&) = delete;
+  iov_copy& operator=(const iov_copy&) = delete;
+  ~iov_copy() { ::operator delete(_heap); }
+  iovec* assign(const iovec* v, std::size_t n) noexcept {
+    iovec* dst = _inline;
+    if (n > inline_count) {
+      // n was accepted by the kernel (at most UIO_MAXIOV): no overflow.
+      _heap = static_cast<iovec*>(::operator new(n * sizeof(iovec), std::nothrow));
+      if (_heap == nullptr) {
+        return nullptr;
+      }
+      dst = _heap;
+    }
+    std::copy(v, v + n, dst);
+    _data = dst;
+    return dst;
+  }
+  iovec* data() const noexcept { return _data; }
+
+ private:
+  static constexpr std::size_t inline_count = 8;
+  iovec _inline[inline_count];
+  iovec* _heap = nullptr;
+  iovec* _data = nullptr;
+};
+
 // sock_sendmsg() is sock_send() for a msghdr (writev, sendto, sendmsg). On a
 // partial send the rest goes out from a private copy of the iovecs, without
 // the ancillary data (the kernel sent that with the first bytes).
@@ -223,7 +258,7 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
   std::size_t done = 0;
   clock::time_point dl;
   bool dl_set = false;
-  std::vector<iovec> rest;
+  iov_copy rest;
   msghdr m = *msg;
   for (;;) {
     ssize_t r = real.sendmsg(fd, &m, flags | MSG_DONTWAIT);
@@ -233,9 +268,11 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
         return static_cast<ssize_t>(done);
       }
       if (r > 0) {
-        if (rest.empty()) {
-          rest.assign(msg->msg_iov, msg->msg_iov + msg->msg_iovlen);
-          m.msg_iov = rest.data();
+        if (rest.data() == nullptr) {
+          m.msg_iov = rest.assign(msg->msg_iov, msg->msg_iovlen);
+          if (m.msg_iov == nullptr) {
+            return static_cast<ssize_t>(done);  // out of memory: the short count
+          }
           m.msg_control = nullptr;
           m.msg_controllen = 0;
         }
@@ -283,7 +320,7 @@ ssize_t file_write(call_ctx& c, int fd, fd_kind k, const void* buf, std::size_t 
 ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt) noexcept {
   std::size_t total = iov_total(iov, cnt);
   std::size_t done = 0;
-  std::vector<iovec> rest;
+  iov_copy rest;
   const iovec* v = iov;
   int left = cnt;
   do {
@@ -300,9 +337,11 @@ ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt) n
     if (r == 0 || k == kind_regular || done >= total) {
       break;
     }
-    if (rest.empty()) {
-      rest.assign(iov, iov + cnt);
-      v = rest.data();
+    if (rest.data() == nullptr) {
+      v = rest.assign(iov, static_cast<std::size_t>(cnt));
+      if (v == nullptr) {
+        return static_cast<ssize_t>(done);  // out of memory: the short count
+      }
     }
     iovec* mv = const_cast<iovec*>(v);
     advance(mv, left, static_cast<std::size_t>(r));

@@ -762,7 +762,8 @@ const char* name_of(poll_call how) {
 
 }  // namespace
 
-COGENT_TEST_CASE("poll, ppoll and select on a few pipes report exactly what became ready", doctest::timeout(30)) {
+COGENT_TEST_CASE("poll, ppoll and select on a few pipes report exactly what became ready",
+                 doctest::timeout(30)) {
   cogent::monkey::patch_all();
   for (std::size_t n : {std::size_t{4}, std::size_t{16}}) {
     for (poll_call how : {poll_call::poll, poll_call::ppoll, poll_call::select}) {
@@ -774,7 +775,8 @@ COGENT_TEST_CASE("poll, ppoll and select on a few pipes report exactly what beca
 
 // More entries than the hook keeps on the stack: its scratch (and
 // await_poll's ops) come from the heap, with the same results.
-COGENT_TEST_CASE("poll, ppoll and select on 100 pipes report exactly what became ready", doctest::timeout(30)) {
+COGENT_TEST_CASE("poll, ppoll and select on 100 pipes report exactly what became ready",
+                 doctest::timeout(30)) {
   cogent::monkey::patch_all();
   for (std::size_t n : {std::size_t{17}, std::size_t{100}}) {
     for (poll_call how : {poll_call::poll, poll_call::ppoll, poll_call::select}) {
@@ -940,52 +942,62 @@ COGENT_TEST_CASE("dup2, dup3, F_DUPFD and F_DUPFD_CLOEXEC carry what the hooks t
   ::close(s[1]);
 }
 
-COGENT_TEST_CASE("writev on a socket parks until all of it is written", doctest::timeout(20)) {
+COGENT_TEST_CASE("writev on a socket parks until all of it is written", doctest::timeout(30)) {
   cogent::monkey::patch_all();
-  int s[2];
-  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
-  int small = 4096;
-  REQUIRE(::setsockopt(s[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
-  // The kernel's SO_SNDTIMEO is the fallback: a writev that blocked the thread
-  // would return a partial count after 3 s, the reader fiber never running.
-  timeval tv{3, 0};
-  REQUIRE(::setsockopt(s[1], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0);
-  std::string data(2 << 20, '\0');
-  for (std::size_t i = 0; i < data.size(); ++i) {
-    data[i] = static_cast<char>(i * 7 + i / 4096);
+  // 7 uneven pieces (the hook's private copy of the rest is inline), then 24
+  // (it is a heap block): partial sends end inside and between iovecs.
+  std::vector<std::size_t> few{1, 7, 4096, 65537, 3, 300000};
+  std::vector<std::size_t> many;
+  for (std::size_t i = 0; i < 23; ++i) {
+    many.push_back(i % 2 == 0 ? 1 + i * 977 : 50000 + i);
   }
-  // Uneven pieces, so partial sends end inside and between iovecs.
-  std::vector<iovec> iov;
-  std::size_t off = 0;
-  for (std::size_t len : {1ul, 7ul, 4096ul, 65537ul, 3ul, 300000ul}) {
-    iov.push_back({data.data() + off, len});
-    off += len;
-  }
-  iov.push_back({data.data() + off, data.size() - off});
-  std::size_t received_at_return = 0;
-  std::size_t received = 0;
-  auto reader = cogent::spawn([&] {
-    std::string got;
-    char buf[1000];
-    while (got.size() < data.size()) {
-      ssize_t n = ::read(s[0], buf, sizeof buf);
-      if (n <= 0) {
-        break;
-      }
-      got.append(buf, static_cast<std::size_t>(n));
-      received = got.size();
+  for (const auto& pieces : {few, many}) {
+    CAPTURE(pieces.size() + 1);
+    int s[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+    int small = 4096;
+    REQUIRE(::setsockopt(s[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+    // The kernel's SO_SNDTIMEO is the fallback: a writev that blocked the thread
+    // would return a partial count after 3 s, the reader fiber never running.
+    timeval tv{3, 0};
+    REQUIRE(::setsockopt(s[1], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0);
+    std::string data(2 << 20, '\0');
+    for (std::size_t i = 0; i < data.size(); ++i) {
+      data[i] = static_cast<char>(i * 7 + i / 4096);
     }
-    return got;
-  });
-  ssize_t n = ::writev(s[1], iov.data(), static_cast<int>(iov.size()));
-  received_at_return = received;
-  CHECK(n == static_cast<ssize_t>(data.size()));
-  // Most of it had been read while writev was still writing: the reader ran.
-  CHECK(received_at_return >= data.size() / 2);
-  ::shutdown(s[1], SHUT_WR);  // EOF for the reader if less was written
-  CHECK(reader.get() == data);
-  ::close(s[0]);
-  ::close(s[1]);
+    // Uneven pieces, so partial sends end inside and between iovecs.
+    std::vector<iovec> iov;
+    std::size_t off = 0;
+    for (std::size_t len : pieces) {
+      iov.push_back({data.data() + off, len});
+      off += len;
+    }
+    iov.push_back({data.data() + off, data.size() - off});
+    std::size_t received_at_return = 0;
+    std::size_t received = 0;
+    auto reader = cogent::spawn([&] {
+      std::string got;
+      char buf[1000];
+      while (got.size() < data.size()) {
+        ssize_t n = ::read(s[0], buf, sizeof buf);
+        if (n <= 0) {
+          break;
+        }
+        got.append(buf, static_cast<std::size_t>(n));
+        received = got.size();
+      }
+      return got;
+    });
+    ssize_t n = ::writev(s[1], iov.data(), static_cast<int>(iov.size()));
+    received_at_return = received;
+    CHECK(n == static_cast<ssize_t>(data.size()));
+    // Most of it had been read while writev was still writing: the reader ran.
+    CHECK(received_at_return >= data.size() / 2);
+    ::shutdown(s[1], SHUT_WR);  // EOF for the reader if less was written
+    CHECK(reader.get() == data);
+    ::close(s[0]);
+    ::close(s[1]);
+  }
 }
 
 COGENT_TEST_CASE("calls from a plain std::thread and a thread-pool worker are untouched",
@@ -1202,7 +1214,8 @@ COGENT_TEST_CASE("an fd number reused by cogent::net's io_uring accept starts wi
   REQUIRE(::fcntl(stale, F_SETFL, ::fcntl(stale, F_GETFL) | O_NONBLOCK) == 0);
   ::syscall(SYS_close, stale);  // behind libc's back: the table still says non-blocking
   auto server = l.accept(2s);   // the lowest free number: stale's
-  CHECK_MESSAGE(server.fd() == stale, "the kernel gave the accepted socket another number; test inconclusive");
+  CHECK_MESSAGE(server.fd() == stale,
+                "the kernel gave the accepted socket another number; test inconclusive");
   // Behind the hooks (raw syscall), so the table cannot know: bounds the read that
   // went to libc and blocked the thread before the fix (EAGAIN after 2 s, not a hang).
   timeval two_s{2, 0};

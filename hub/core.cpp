@@ -324,6 +324,11 @@ int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)
     // once (a fast peer) would otherwise never see it.
     throw_if_interrupted();
   }
+  if (self == _fiber.impl()) [[unlikely]] {
+    // Refused before the op is submitted (park_here() would refuse only after:
+    // the op would stay in flight on the callback's unwound frame).
+    throw hub_error("cogent: a blocking call was made inside the hub (timer or post() callback)");
+  }
   op.user = self;
   op.on_complete = [](detail::io_op* o) {
     t_hub->schedule(static_cast<fiber_impl*>(o->user), wake_reason::woken);

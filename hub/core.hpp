@@ -178,6 +178,8 @@ class hub {
   // that produced data or wrote bytes before the cancel took effect returns
   // its result instead, and the interrupt stays pending: the next await_io()
   // raises it before submitting anything (so does any other blocking call).
+  // Called in the hub (a timer or post() callback) it raises hub_error, also
+  // before submitting anything.
   int await_io(detail::io_op& op, clock::time_point deadline = clock::time_point::max(),
                void (*release)(int result) = nullptr);
 

@@ -97,20 +97,23 @@ struct socket_waiter {
 struct closing_state {
   cogent::detail::wait_list waiters_gone;  // unused when detached
   std::size_t pending = 0;
-  int fd = -1;            // detached: the fd to close when pending reaches 0 (-1: closed at thread exit)
+  int fd = -1;            // the fd to close when pending reaches 0 if detached, or at thread exit
+                          // if listed in t_detached (-1: closed at thread exit)
   bool detached = false;  // on the heap, freed by the last waiter to let go
-  closing_state* prev = nullptr;  // detached and not yet closed: in t_detached
+  closing_state* prev = nullptr;  // detached and not yet closed, or waited for: in t_detached
   closing_state* next = nullptr;
 };
 
 // t_waiters[fd] heads the list of this thread's fibers blocked on fd.
 thread_local std::vector<socket_waiter*> t_waiters;
 
-// t_detached lists the detached closes whose waiters have not all let go. If
-// the thread ends first (its hub goes with the waiters still parked, their
-// ops never reaped) the fds are closed here. The states themselves stay with
-// those abandoned fibers (a parked fiber's frames are never unwound), so a
-// waiter that did let go later would still find its state.
+// t_detached lists the closes whose waiters have not all let go: the detached
+// ones, and (on its stack) a close() still waiting in a fiber. If the thread
+// ends first (its hub goes with the waiters, and that close(), still parked,
+// their ops never reaped) the fds are closed here. The states themselves stay
+// with those abandoned fibers (a parked fiber's frames and stack are never
+// unwound or unmapped), so a waiter that did let go later would still find its
+// state.
 struct detached_closes {
   closing_state* head = nullptr;
   void add(closing_state* c) noexcept {
@@ -213,15 +216,23 @@ void basic_socket::close() {
       detach_close(fd, cs);
       return;
     }
+    // Listed while it waits: if the thread ends with this fiber and the
+    // waiters still parked (nobody ever reaps their cancels), the thread's end
+    // closes the fd, as for a detached close (else it leaked). Safe: the fd
+    // is certainly still open here (no close op submitted yet).
+    cs.fd = fd;
+    t_detached.add(&cs);
     try {
       while (cs.pending > 0) {
         cs.waiters_gone.wait(clock::time_point::max());
       }
     } catch (...) {
       // Killed while waiting: the stragglers close the fd when they let go.
+      t_detached.remove(&cs);
       detach_close(fd, cs);
       throw;
     }
+    t_detached.remove(&cs);
   } else if (h.in_hub()) {
     close_fd(fd);
     return;
@@ -247,6 +258,7 @@ void basic_socket::close() {
 }
 
 int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(int)) {
+  hub& h = hub::current();  // refuses, before anything is listed or submitted, to block in the hub
   socket_waiter w;
   w.op = &op;
   socket_waiter*& head = waiter_head(op.fd);
@@ -271,7 +283,7 @@ int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(i
       }
     }
   } guard{w};
-  int r = hub::current().await_io(op, deadline, release);
+  int r = h.await_io(op, deadline, release);
   if (w.closed) [[unlikely]] {
     // close() ran while this op was in flight. From here on the socket object
     // may be gone (a second close() returns at once and its caller may

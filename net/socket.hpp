@@ -195,6 +195,8 @@ class basic_socket {
   // on an fd are found by close() through a per-thread table indexed by fd
   // (dense and cache-warm), not through the socket object: after the op
   // completes, the fast path never touches the (by then cold) socket.
+  // Inside the hub (a timer or post() callback) it raises hub_error before
+  // submitting anything.
   int await(cogent::detail::io_op& op, clock::time_point deadline, void (*release)(int) = nullptr);
   // closed_while_waiting (negated) is what await() returns when close() woke
   // it; throw_error() reports it as EBADF. Not an errno value.

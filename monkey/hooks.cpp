@@ -416,7 +416,8 @@ class poll_scratch {
 // or fired with only invisible bits would fire again at once, a busy loop
 // past the timeout: that fd is no longer watched, and the wait goes on with
 // the other ops and the timer. Precondition: s.ok(). Returns probe's result
-// or a negative errno (-ENOMEM from await_poll() for a large set).
+// (>= 0) or a negative errno (-ENOMEM from await_poll() for a large set, or
+// the errno of a probe that failed).
 template <class Probe>
 int wait_ready(call_ctx& c, poll_scratch& s, clock::time_point dl, Probe probe) noexcept {
   for (;;) {
@@ -426,6 +427,12 @@ int wait_ready(call_ctx& c, poll_scratch& s, clock::time_point dl, Probe probe) 
     }
     bool last = w == 0 || clock::now() >= dl;
     int r = probe(last);
+    if (r < 0) {
+      // probe() is a libc call: -1 with errno set (EBADF for an fd closed
+      // meanwhile, EFAULT, EINTR, ENOMEM). Our callers take a negative
+      // errno: handing them -1 made the caller's errno 1 (EPERM).
+      return -errno;
+    }
     if (r != 0 || last) {
       return r;
     }
@@ -665,7 +672,9 @@ COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  std::size_t total = cnt < 0 || cnt > IOV_MAX ? 0 : iov_total(iov, cnt);
+  // A null array with cnt > 0 is libc's EFAULT (the kernel checks it), not
+  // a crash in iov_total(). A bad non-null pointer still faults here.
+  std::size_t total = cnt < 0 || cnt > IOV_MAX || iov == nullptr ? 0 : iov_total(iov, cnt);
   if (total == 0 || total > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.readv(fd, iov, cnt);
   }
@@ -808,8 +817,9 @@ COGENT_HOOK ssize_t writev(int fd, const iovec* iov, int cnt) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  if (cnt < 0 || cnt > IOV_MAX || iov_total(iov, cnt) > max_rw || !enter_fd(c, fd, e, k) ||
-      no_wait(fd, *e, k, false)) {
+  // iov == nullptr (cnt > 0): libc's EFAULT, not a crash in iov_total().
+  if (cnt < 0 || cnt > IOV_MAX || (cnt > 0 && iov == nullptr) || iov_total(iov, cnt) > max_rw ||
+      !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, false)) {
     return real.writev(fd, iov, cnt);
   }
   if (k == kind_socket) {

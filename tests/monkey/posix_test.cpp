@@ -23,6 +23,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1583,6 +1584,151 @@ COGENT_TEST_CASE("an fd received through SCM_RIGHTS follows its shared descripti
     CHECK(bounded([&] { return ::read(fd, &c, 1); }, 2s) == std::pair<long, int>{-1, EAGAIN});
     for (int f : {fd, data[0], data[1], ctl[0], ctl[1]}) {
       ::close(f);
+    }
+  }
+}
+
+// readv/writev with a null iovec array and a positive count: libc's EFAULT
+// (the kernel checks the array). The hooks summed the array's lengths before
+// anything else and dereferenced null, on a plain thread too.
+COGENT_TEST_CASE("readv and writev with a null iovec array fail with EFAULT as libc", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  iovec* volatile null_iov_v = nullptr;
+  iovec* null_iov = null_iov_v;
+  struct named {
+    const char* what;
+    std::function<long()> call;
+  };
+  std::vector<named> calls = {
+      {"writev(socket, null, 1)", [&] { return ::writev(s[1], null_iov, 1); }},
+      {"readv(socket, null, 1)", [&] { return ::readv(s[0], null_iov, 1); }},
+      {"writev(pipe, null, 2)", [&] { return ::writev(p[1], null_iov, 2); }},
+      {"readv(pipe, null, 2)", [&] { return ::readv(p[0], null_iov, 2); }},
+  };
+  for (auto& c : calls) {
+    INFO(c.what);
+    auto ref = libc_result(c.call);
+    CHECK(ref == std::pair<long, int>{-1, EFAULT});
+    CHECK(bounded(c.call, 2s) == ref);
+  }
+  for (int fd : {s[0], s[1], p[0], p[1]}) {
+    ::close(fd);
+  }
+}
+
+// When the kernel's final answer is an error, the caller gets that errno.
+// wait_ready() passed probe()'s -1 (errno already set) to fail(), which
+// stored errno = 1 (EPERM). Here: select's fd is closed by another fiber
+// while it waits (libc skips it and times out; EBADF is the other defensible
+// answer), and poll's array is unmapped before the fd fires (the kernel
+// cannot write revents back: EFAULT, as libc).
+COGENT_TEST_CASE("poll and select failing after their wait keep the kernel's errno", doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  {
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    auto closer = cogent::spawn([&] {
+      cogent::sleep(30ms);
+      ::close(p[0]);
+    });
+    auto got = bounded(
+        [&] {
+          fd_set rd;
+          FD_ZERO(&rd);
+          FD_SET(p[0], &rd);
+          timeval tv{0, 150'000};
+          return ::select(p[0] + 1, &rd, nullptr, nullptr, &tv);
+        },
+        2s);
+    closer.join();
+    CAPTURE(got.first);
+    CAPTURE(got.second);
+    CHECK((got == std::pair<long, int>{0, 0} || got == std::pair<long, int>{-1, EBADF}));
+    ::close(p[1]);
+  }
+  {
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    long page_size = ::sysconf(_SC_PAGESIZE);
+    void* page = ::mmap(nullptr, static_cast<std::size_t>(page_size), PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(page != MAP_FAILED);
+    auto* pf = static_cast<pollfd*>(page);
+    *pf = pollfd{p[0], POLLIN, 0};
+    auto w = cogent::spawn([&] {
+      cogent::sleep(30ms);
+      ::munmap(page, static_cast<std::size_t>(page_size));
+      (void)::write(p[1], "x", 1);
+    });
+    CHECK(bounded([&] { return ::poll(pf, 1, 2000); }, 3s) == std::pair<long, int>{-1, EFAULT});
+    w.join();
+    ::close(p[0]);
+    ::close(p[1]);
+  }
+}
+
+// writev through a small socket buffer and a pipe with exactly 8 and 9
+// iovecs (the last inline count, the first heap one) and zero-length pieces
+// among them, first, last and around the partial-write boundaries.
+COGENT_TEST_CASE("writev with 8 and 9 iovecs and zero-length pieces writes everything",
+                 doctest::timeout(30)) {
+  cogent::monkey::patch_all();
+  for (bool sock : {true, false}) {
+    for (std::size_t count : {std::size_t{8}, std::size_t{9}}) {
+      CAPTURE(sock);
+      CAPTURE(count);
+      int s[2];
+      if (sock) {
+        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+        int small = 4096;
+        REQUIRE(::setsockopt(s[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+      } else {
+        REQUIRE(::pipe(s) == 0);
+      }
+      std::string data(600'000, '\0');
+      for (std::size_t i = 0; i < data.size(); ++i) {
+        data[i] = static_cast<char>(i * 13 + i / 1000);
+      }
+      // Zero-length first, last, and every third piece; the one before last takes the rest.
+      std::vector<iovec> iov;
+      std::size_t off = 0;
+      for (std::size_t i = 0; i < count; ++i) {
+        std::size_t len = i + 1 == count   ? 0
+                          : i + 2 == count ? data.size() - off
+                          : i % 3 == 0     ? 0
+                                           : 70'000 + i;
+        iov.push_back({data.data() + off, len});
+        off += len;
+      }
+      REQUIRE(iov.size() == count);
+      std::size_t sum = 0;
+      for (auto& v : iov) {
+        sum += v.iov_len;
+      }
+      REQUIRE(sum == data.size());
+      auto reader = cogent::spawn([&] {
+        std::string got;
+        char buf[1000];
+        while (got.size() < data.size()) {
+          ssize_t n = ::read(s[0], buf, sizeof buf);
+          if (n <= 0) {
+            break;
+          }
+          got.append(buf, static_cast<std::size_t>(n));
+        }
+        return got;
+      });
+      ssize_t n = ::writev(s[1], iov.data(), static_cast<int>(iov.size()));
+      CHECK(n == static_cast<ssize_t>(data.size()));
+      ::close(s[1]);
+      std::string got = reader.get();
+      CHECK(got.size() == data.size());
+      CHECK(got == data);
+      ::close(s[0]);
     }
   }
 }

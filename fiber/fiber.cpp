@@ -172,7 +172,12 @@ void resumed_slow(fiber_impl* from, const void* from_sp) noexcept {
     release_stack(s);
     from->unguarded = false;
     if (from->sched.locals.storage != nullptr) [[unlikely]] {
-      release_locals(from);  // its fiber_local values go with it, not with its last handle
+      // Its fiber_local values go with it, not with its last handle. A value
+      // may hold that last handle (a fiber_local<task_base> set to
+      // current_task()): keep `from` alive across them, its count is read below.
+      ref(from);
+      release_locals(from);
+      --from->refs;
     }
     if (from->refs == 0) {
       destroy(from);

@@ -83,8 +83,18 @@ std::any task_state::run(std::any&&) {
   }
   // A kill that arrived too late to land (the body finished without blocking
   // again) is moot now: it must not go off in a link or in the destructor of
-  // the function or its arguments (released after this, on our stack).
+  // the function or its arguments.
   sched.pending = nullptr;
+  sched.pending_owner = nullptr;
+  // The function and its arguments go before the task is done (gevent drops
+  // a greenlet's run before reporting its result): their destructors may
+  // block, and until they are through, joiners (group::join(), map(), an
+  // imap stream's stop()) must not return to a caller that frees what they
+  // refer to, nor a pool give the slot to the next member. Kills meanwhile
+  // are moot (status::releasing): the destructors are noexcept.
+  st = status::releasing;
+  release_body();
+  sched.pending = nullptr;  // a Timeout scope of a destructor's own that fired late
   sched.pending_owner = nullptr;
   finish();
   return {};
@@ -142,6 +152,18 @@ void task_state::finish() noexcept {
   if (!started && sched.state == 2 /* ready: queued in the hub */) {
     return;
   }
+  if (!started) {
+    // It never ran and never will (killed while spawn_later's timer held it,
+    // or no stack could be mapped), so the fiber layer never re-parents it as
+    // it does a finished task (fiber/: resumed_slow): a handle kept on it must
+    // not hold the hub fiber either (~hub could not unwind it, and dropping
+    // the handle after the thread ended would try to kill that hub fiber from
+    // another thread).
+    if (fiber_impl* m = thread_main_impl(); parent != m) {
+      ref(m);
+      unref(std::exchange(parent, m));
+    }
+  }
   drop_self_ref(this);
 }
 
@@ -155,7 +177,13 @@ void fail_unstarted(fiber_impl* f, std::exception_ptr error) noexcept {
   }
   if (s->st == task_state::status::done) {
     // Killed while queued: finish() left our self-reference to run(), which
-    // never runs now. Drop it here, or the task is never freed.
+    // never runs now. Drop it here, or the task is never freed; nor does the
+    // fiber layer re-parent it (see finish()): a handle kept on it must not
+    // hold the hub fiber.
+    if (fiber_impl* m = thread_main_impl(); s->parent != m) {
+      ref(m);
+      unref(std::exchange(s->parent, m));
+    }
     drop_self_ref(s);
     return;
   }
@@ -265,6 +293,14 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
     return;
   }
   check_same_thread(s, "kill");
+  if (s.st == detail::task_state::status::releasing) {
+    // Its body has ended; its function and arguments are being destroyed: a
+    // kill is moot (it would go off in a noexcept destructor). block waits.
+    if (block && detail::current_impl() != &s) {
+      join(t);
+    }
+    return;
+  }
   s.kill_requested = true;
   if (s.st == detail::task_state::status::pending) {
     // Never started: it never runs. Record the outcome as if `e` ended it.
@@ -276,6 +312,12 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
       s.error = std::current_exception();
     }
     s.finish();
+    // Its function and arguments go now, not with its last handle (which may
+    // be dropped anywhere: after its thread ended, or after an imap stream's
+    // stop() or map() returned to a caller that frees what they refer to).
+    // Here, in the killer: the task's own stack is never used (a queued one
+    // only runs to drop its self-reference).
+    s.release_body();
     return;
   }
   if (detail::current_impl() == &s) {

@@ -74,7 +74,10 @@ namespace detail {
 struct task_state : fiber_impl {
   // Packed (the first bytes share the fiber's tail padding): 100k tasks are
   // 100k of these blocks in memory, and a spawn+join walks each one three times.
-  enum class status : std::uint8_t { pending, running, done };
+  // releasing: the body has ended and its function and arguments are being
+  // destroyed (on the task's stack; a destructor may block). The task is not
+  // ready yet: joiners, links and a group's slot wait for it; kills are moot.
+  enum class status : std::uint8_t { pending, running, releasing, done };
   status st = status::pending;
   bool body_started = false;  // the body began running (a task killed or failed before that never does)
   bool killed = false;
@@ -118,7 +121,8 @@ struct typed_task_state<void> : task_state {
 };
 
 // task_impl owns the function and its arguments until the task finishes
-// (released then, on the task's own stack, as gevent drops a greenlet's run).
+// (released just before, on the task's own stack, as gevent drops a
+// greenlet's run before it reports the result).
 template <class T, class Fn, class Tuple>
 struct task_impl final : typed_task_state<T> {
   task_impl(std::size_t stack_size, std::string&& name, Fn&& f, Tuple&& a)
@@ -140,12 +144,21 @@ struct task_impl final : typed_task_state<T> {
       this->value.emplace(std::apply(body->fn, std::move(body->args)));
     }
   }
-  void release_body() noexcept override { body.reset(); }
+  void release_body() noexcept override {
+    // Once, even if called again while a destructor of the body blocks (a
+    // task killed before it started is released by its killer, and the hub
+    // may run its empty fiber, which releases too, meanwhile).
+    if (body_live) {
+      body_live = false;
+      body.reset();
+    }
+  }
   struct fn_args {
     Fn fn;
     Tuple args;
   };
   std::optional<fn_args> body;
+  bool body_live = true;
 };
 
 // check_task_options() validates spawn_options (throws fiber_error).
@@ -198,7 +211,9 @@ class task_base {
   bool join(timeout_duration t = std::nullopt) const;
 
   // kill() raises `e` (default fiber_exit) in the task at its blocking point.
-  // A task not yet started never runs. With block, waits up to `t` for it to
+  // A task not yet started never runs (its function and arguments are
+  // destroyed at once, by the caller). A task whose function has returned and
+  // is being destroyed is past killing (the kill is moot). With block, waits up to `t` for it to
   // finish. Killing the calling task raises `e` at once. May switch (block).
   // A fiber holds one pending interrupt: a kill that arrives while an earlier
   // one (or a fiber::throw_in) is still pending, not yet raised at the task's

@@ -8,7 +8,9 @@
 // A task runs fn(args...) in its own fiber whose parent is the hub. It starts
 // at the hub's next turn (spawn never switches). Its result (or exception) is
 // kept in the task for join()/get(); the function and its arguments are
-// destroyed as soon as it finishes (handles keep only the outcome). A task
+// destroyed when its body ends, before the task counts as finished (joiners,
+// links and a pool's slot wait for their destructors; handles keep only the
+// outcome; a task killed before it started drops them at the kill). A task
 // runs to its end whether or not anyone holds a handle to it. A task and its
 // fiber are one control block (320 bytes for a small function): handles are
 // reference counts on it, like fiber handles, and belong to its thread.

@@ -100,6 +100,9 @@ start_server() {
     fi
     read -ra words <<<"$cmd"
     local stdout_file=$out_dir/logs/$tag.server.out
+    # Emptied here, not only by the redirection below: that runs in the background
+    # child, and a file left by an earlier run into the same --out would give a stale port.
+    : >"$stdout_file"
     taskset -c 0 "${words[@]}" >"$stdout_file" 2>"$out_dir/logs/$tag.server.err" &
     srv_pid=$!
     srv_port=""

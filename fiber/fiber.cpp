@@ -154,6 +154,14 @@ inline void jump(fiber_impl* self, fiber_impl* target) noexcept {
 
 }  // namespace
 
+void release_parent(fiber_impl* f) noexcept {
+  fiber_impl* m = t_main.main;
+  if (m != nullptr && f->parent != m) {
+    ref(m);
+    unref(std::exchange(f->parent, m));
+  }
+}
+
 void resumed_slow(fiber_impl* from, const void* from_sp) noexcept {
   if (from->unguarded) {
     // Canary stacks: the saved stack pointer and the canary must both be in bounds.
@@ -181,13 +189,8 @@ void resumed_slow(fiber_impl* from, const void* from_sp) noexcept {
     }
     if (from->refs == 0) {
       destroy(from);
-    } else if (from->is_task && from->parent != t_main.main && t_main.main != nullptr) {
-      // A finished task kept by a handle no longer holds the hub fiber it
-      // returned to (the hub could not unwind while such a handle lives, and
-      // dropping it after the thread ended would reach into a dead hub): it
-      // holds the thread's main fiber instead, whose destruction needs nothing.
-      ref(t_main.main);
-      unref(std::exchange(from->parent, t_main.main));
+    } else if (from->is_task) {
+      release_parent(from);
     }
     return;
   }

@@ -154,15 +154,9 @@ void task_state::finish() noexcept {
   }
   if (!started) {
     // It never ran and never will (killed while spawn_later's timer held it,
-    // or no stack could be mapped), so the fiber layer never re-parents it as
-    // it does a finished task (fiber/: resumed_slow): a handle kept on it must
-    // not hold the hub fiber either (~hub could not unwind it, and dropping
-    // the handle after the thread ended would try to kill that hub fiber from
-    // another thread).
-    if (fiber_impl* m = thread_main_impl(); parent != m) {
-      ref(m);
-      unref(std::exchange(parent, m));
-    }
+    // or no stack could be mapped): the fiber layer, which does this for a
+    // finished task, never sees it finish.
+    release_parent(this);
   }
   drop_self_ref(this);
 }
@@ -178,12 +172,8 @@ void fail_unstarted(fiber_impl* f, std::exception_ptr error) noexcept {
   if (s->st == task_state::status::done) {
     // Killed while queued: finish() left our self-reference to run(), which
     // never runs now. Drop it here, or the task is never freed; nor does the
-    // fiber layer re-parent it (see finish()): a handle kept on it must not
-    // hold the hub fiber.
-    if (fiber_impl* m = thread_main_impl(); s->parent != m) {
-      ref(m);
-      unref(std::exchange(s->parent, m));
-    }
+    // fiber layer see it finish (see finish()).
+    release_parent(s);
     drop_self_ref(s);
     return;
   }

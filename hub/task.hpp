@@ -12,7 +12,7 @@
 // links and a pool's slot wait for their destructors; handles keep only the
 // outcome; a task killed before it started drops them at the kill). A task
 // runs to its end whether or not anyone holds a handle to it. A task and its
-// fiber are one control block (320 bytes for a small function): handles are
+// fiber are one control block (320 bytes for a lambda with no captures): handles are
 // reference counts on it, like fiber handles, and belong to its thread.
 // An exception in a task nobody is waiting
 // for when it finishes (or whose every waiter is killed before it can look) is

@@ -258,7 +258,7 @@ void basic_socket::close() {
 }
 
 int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(int)) {
-  hub& h = hub::current();  // refuses, before anything is listed or submitted, to block in the hub
+  hub& h = hub::current();
   socket_waiter w;
   w.op = &op;
   socket_waiter*& head = waiter_head(op.fd);

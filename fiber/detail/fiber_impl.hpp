@@ -234,6 +234,12 @@ inline void ref(fiber_impl* f) noexcept {
   ++f->refs;
 }
 void unref(fiber_impl* f) noexcept;
+// release_parent() makes a fiber that will never run again (a task that
+// finished or never started) hold the thread's main fiber instead of its
+// parent: a handle kept on it must not keep the hub fiber alive (the hub
+// could not unwind, and dropping the handle after the thread ended would
+// reach into that dead hub). The fiber layer does it for a finished task.
+void release_parent(fiber_impl* f) noexcept;
 
 // ensure_stack() gives a created fiber that never ran its stack now instead
 // of at its first switch (the hub maps its own at creation, so that failure

@@ -36,11 +36,8 @@ using cogent::net::stream_socket;
 namespace {
 
 using cogent::test::errno_of;
+using cogent::test::fd_open;
 using cogent::test::open_fds;
-
-bool fd_open(int fd) {
-  return ::fcntl(fd, F_GETFD) != -1;
-}
 
 // pending_bytes() reads, without blocking, what is waiting on fd.
 std::string pending_bytes(int fd) {
@@ -261,34 +258,13 @@ COGENT_TEST_CASE("a close() killed while waiting leaves the fd to the reader, wh
 // parked when its thread ends), which LeakSanitizer would report at exit.
 TEST_CASE("a socket closed in the hub is not leaked when its thread ends with the waiters parked" *
           doctest::timeout(20)) {
-  cogent::test::child_result res = cogent::test::run_in_child([] {
-    int before = open_fds();
-    int old_fd = -1;
-    std::thread([&] {
-      int sv[2];
-      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        std::_Exit(cogent::test::child_setup_failed);
-      }
-      old_fd = sv[0];
-      stream_socket s(sv[0]);
-      auto r = cogent::spawn([&] {
-        char b[16];
-        (void)s.read_some(b, sizeof b);
-      });
-      cogent::yield();  // r is parked in its recv
-      cogent::event closed;
-      cogent::hub::current().post([&] {
-        s.close();
-        closed.set();
-      });
-      closed.wait();  // resumed in the turn the callback ran: r's cancel is still queued
-      ::close(sv[1]);
-      std::fprintf(stderr, "thread ending, parked=%zu\n", cogent::hub::current().parked_count());
-    }).join();
-    int after = open_fds();
-    std::fprintf(stderr, "fds before=%d after=%d old_open=%d\n", before, after, fd_open(old_fd) ? 1 : 0);
-    std::fflush(nullptr);
-    ::_exit(after == before && !fd_open(old_fd) ? 0 : 1);
+  cogent::test::child_result res = cogent::test::closed_at_thread_end([](stream_socket& s) {
+    cogent::event closed;
+    cogent::hub::current().post([&] {
+      s.close();
+      closed.set();
+    });
+    closed.wait();  // resumed in the turn the callback ran: the reader's cancel is still queued
   });
   INFO("child stderr: " << res.err);
   CHECK(res.exited(0));

@@ -26,11 +26,8 @@ using cogent::net::stream_socket;
 namespace {
 
 using cogent::test::errno_of;
+using cogent::test::fd_open;
 using cogent::test::open_fds;
-
-bool fd_open(int fd) {
-  return ::fcntl(fd, F_GETFD) != -1;
-}
 
 }  // namespace
 
@@ -43,34 +40,13 @@ bool fd_open(int fd) {
 // parked fibers are abandoned with the thread.
 TEST_CASE("a close() still waiting in a fiber when its thread ends does not leak the fd" *
           doctest::timeout(20)) {
-  cogent::test::child_result res = cogent::test::run_in_child([] {
-    int before = open_fds();
-    int old_fd = -1;
-    std::thread([&] {
-      int sv[2];
-      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        std::_Exit(cogent::test::child_setup_failed);
-      }
-      old_fd = sv[0];
-      stream_socket s(sv[0]);
-      auto r = cogent::spawn([&] {
-        char b[16];
-        (void)s.read_some(b, sizeof b);
-      });
-      cogent::yield();  // r is parked in its recv
-      cogent::event closing;
-      auto c = cogent::spawn([&] {
-        closing.set();
-        s.close();  // cancels r's recv, waits for r to let go
-      });
-      closing.wait();  // c ran up to its wait (the cancel is still queued)
-      ::close(sv[1]);
-      std::fprintf(stderr, "thread ending, parked=%zu\n", cogent::hub::current().parked_count());
-    }).join();
-    int after = open_fds();
-    std::fprintf(stderr, "fds before=%d after=%d old_open=%d\n", before, after, fd_open(old_fd) ? 1 : 0);
-    std::fflush(nullptr);
-    ::_exit(after == before && !fd_open(old_fd) ? 0 : 1);
+  cogent::test::child_result res = cogent::test::closed_at_thread_end([](stream_socket& s) {
+    cogent::event closing;
+    cogent::spawn([&] {
+      closing.set();
+      s.close();  // cancels the reader's recv, waits for it to let go
+    });
+    closing.wait();  // the closer ran up to its wait (the cancel is still queued)
   });
   INFO("child stderr: " << res.err);
   CHECK(res.exited(0));

@@ -2,9 +2,21 @@
 #pragma once
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
+
+#include "hub/core.hpp"
+#include "hub/task.hpp"
+#include "net/socket.hpp"
+#include "tests/child.hpp"
 
 namespace cogent::test {
 
@@ -22,6 +34,47 @@ inline int open_fds() {
   }
   ::closedir(d);
   return n - 1;  // the DIR's own fd
+}
+
+// fd_open() is whether fd is an open descriptor of this process.
+inline bool fd_open(int fd) {
+  return ::fcntl(fd, F_GETFD) != -1;
+}
+
+// closed_at_thread_end() checks, in a fork()ed child, that a socket whose
+// close() has begun but is still waiting for a blocked reader is not leaked
+// when its thread ends with those fibers parked (their cancels never reaped).
+// On a fresh thread: a socket pair, a reader task parked in read_some() on
+// one end, then start_close(socket), which must return with that close under
+// way; then the thread ends. The child exits 0 if no fd leaked and the
+// socket's fd was closed; its stderr says "parked=<fibers parked at the end>"
+// and would name any sanitizer report.
+template <class StartClose>
+child_result closed_at_thread_end(StartClose start_close) {
+  return run_in_child([&] {
+    int before = open_fds();
+    int old_fd = -1;
+    std::thread([&] {
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        std::_Exit(child_setup_failed);
+      }
+      old_fd = sv[0];
+      cogent::net::stream_socket s(sv[0]);
+      auto r = cogent::spawn([&] {
+        char b[16];
+        (void)s.read_some(b, sizeof b);
+      });
+      cogent::yield();  // r is parked in its recv
+      start_close(s);
+      ::close(sv[1]);
+      std::fprintf(stderr, "thread ending, parked=%zu\n", cogent::hub::current().parked_count());
+    }).join();
+    int after = open_fds();
+    std::fprintf(stderr, "fds before=%d after=%d old_open=%d\n", before, after, fd_open(old_fd) ? 1 : 0);
+    std::fflush(nullptr);
+    ::_exit(after == before && !fd_open(old_fd) ? 0 : 1);
+  });
 }
 
 // errno_of() runs fn and returns the errno of the std::system_error it raised (0 if none).

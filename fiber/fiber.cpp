@@ -339,6 +339,7 @@ fiber_impl::fiber_impl(std::size_t stack_size, std::string&& name)
   f->stk.size = s.size;
   f->stk.guarded = s.guarded;
   f->stk.pooled = s.pooled;
+  f->stk.marker = s.marker;
   f->unguarded = !s.guarded;
   f->ctx = make_context(s.bottom + s.size, s.size, entry);
 #if defined(__SANITIZE_ADDRESS__)

@@ -70,6 +70,46 @@ bool try_take_guard() {
   return false;
 }
 
+// Guard markers (Linux 6.13, madvise MADV_GUARD_INSTALL; Debian 12's headers
+// predate the constant): a page-table marker that makes the page fault, with
+// no VMA of its own. They survive MADV_DONTNEED (the cold list) and go with
+// munmap. markers_available(): the kernel has them (probed once on a scratch
+// page; kernels that do not know the advice answer EINVAL); g_markers_wanted:
+// not turned off by set_guard_markers().
+constexpr int madv_guard_install = 102;
+std::atomic<bool> g_markers_wanted{true};
+std::atomic<std::size_t> g_marker_guarded{0};
+
+bool markers_available() noexcept {
+  static const bool available = [] {
+    void* p = ::mmap(nullptr, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return false;
+    }
+    bool ok = ::madvise(p, page_size, madv_guard_install) == 0;
+    ::munmap(p, page_size);
+    return ok;
+  }();
+  return available;
+}
+
+bool install_marker(char* page) noexcept {
+  if (!g_markers_wanted.load(std::memory_order_relaxed) || !markers_available()) {
+    return false;
+  }
+  // It may ask to be retried (EAGAIN / a restart while racing a fault on the range).
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (::madvise(page, page_size, madv_guard_install) == 0) {
+      g_marker_guarded.fetch_add(1, std::memory_order_relaxed);
+      return true;
+    }
+    if (errno != EAGAIN && errno != EINTR) {
+      return false;  // ENOMEM and the like: this stack falls back to the budget
+    }
+  }
+  return false;
+}
+
 [[noreturn]] void throw_errno(int err, const char* what) {
   throw std::system_error(err, std::generic_category(), what);
 }
@@ -90,7 +130,10 @@ void* map_region(std::size_t bytes) {
 stack carve(char* base, std::size_t bytes, bool pooled) {
   stack s;
   s.pooled = pooled;
-  if (try_take_guard()) {
+  if (install_marker(base)) {
+    s.guarded = true;
+    s.marker = true;
+  } else if (try_take_guard()) {
     if (::mprotect(base, page_size, PROT_NONE) == 0) {
       s.guarded = true;
     } else {
@@ -267,10 +310,16 @@ void release_stack(stack s) noexcept {
 #if defined(COGENT_VALGRIND)
   // The registration id is not kept; valgrind tolerates stale registrations of unmapped ranges.
 #endif
-  if (s.guarded) {
+  if (s.marker) {
+    g_marker_guarded.fetch_sub(1, std::memory_order_relaxed);
+  } else if (s.guarded) {
     g_guarded.fetch_sub(1, std::memory_order_relaxed);
   }
   ::munmap(s.bottom - page_size, s.size + page_size);
+}
+
+void set_guard_markers(bool on) noexcept {
+  g_markers_wanted.store(on, std::memory_order_relaxed);
 }
 
 // ---- overflow reporting ----------------------------------------------------
@@ -390,6 +439,8 @@ stack_counters stack_stats() noexcept {
   c.pooled = tp.free.size() + tp.cold.size();
   c.guarded_total = detail::g_guarded.load(std::memory_order_relaxed);
   c.guard_budget = detail::guard_budget();
+  c.marker_guarded = detail::g_marker_guarded.load(std::memory_order_relaxed);
+  c.guard_markers = detail::g_markers_wanted.load(std::memory_order_relaxed) && detail::markers_available();
   return c;
 }
 

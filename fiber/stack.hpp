@@ -10,11 +10,14 @@
 //    creating a fiber normally costs no syscall and no page fault. Free stacks
 //    beyond the hot limit (set_stack_pool_limit, default 131072 per thread)
 //    have their pages returned (MADV_DONTNEED) and are reused last.
-//  - Overflow protection: a PROT_NONE guard page below each stack while the
-//    process's mapping budget allows (each guard splits a mapping; Linux caps a
-//    process at vm.max_map_count, 65530 by default, so 1,000,000 fibers cannot
-//    all have one). Beyond the budget a stack gets a canary instead, checked at
-//    every switch away from the fiber. Either way an overflow prints
+//  - Overflow protection: a guard page below every stack. On Linux >= 6.13 it
+//    is a guard marker (madvise MADV_GUARD_INSTALL): a page-table entry that
+//    faults, costing no mapping, so 1,000,000 fibers all have one. On older
+//    kernels it is a PROT_NONE page while the process's mapping budget allows
+//    (each splits a mapping; Linux caps a process at vm.max_map_count, 65530
+//    by default); beyond the budget a stack gets a canary instead, checked at
+//    every switch away from the fiber (a read of the stack's bottom page: on a
+//    sleep-heavy load of 100k fibers that costs ~7%). Either way an overflow prints
 //    "cogent: stack overflow in fiber '<name>'" on stderr and aborts; it is
 //    never silent corruption.
 #pragma once
@@ -37,8 +40,10 @@ struct stack_limits {
 struct stack_counters {
   std::size_t live = 0;           // stacks handed out and not yet released (this thread)
   std::size_t pooled = 0;         // default-size stacks waiting for reuse (this thread)
-  std::size_t guarded_total = 0;  // stacks with a guard page (process-wide)
-  std::size_t guard_budget = 0;   // how many guarded stacks the map-count budget allows (process-wide)
+  std::size_t guarded_total = 0;  // stacks with a PROT_NONE guard page, each a mapping (process-wide)
+  std::size_t guard_budget = 0;   // how many of those the map-count budget allows (process-wide)
+  std::size_t marker_guarded = 0;  // stacks with a guard marker instead, no budget needed (process-wide)
+  bool guard_markers = false;      // new stacks get guard markers (the kernel has them: Linux >= 6.13)
 };
 
 // set_default_stack_size() sets the usable size, in bytes, of the stacks of
@@ -72,8 +77,9 @@ struct stack {
   char* bottom = nullptr;  // lowest usable address (just above the guard page, if any)
   std::uint32_t size =
       0;  // usable bytes (at most stack_limits::max_size: 16 bytes in all, returned in registers)
-  bool guarded = false;  // a PROT_NONE page sits right below `bottom`
+  bool guarded = false;  // the page right below `bottom` faults (PROT_NONE or a guard marker)
   bool pooled = false;   // came from the default-size pool
+  bool marker = false;   // the guard is a marker (no mapping, not counted against the budget)
   char* top() const noexcept { return bottom + size; }
 };
 static_assert(sizeof(stack) == 16, "a stack is returned in two registers");
@@ -96,6 +102,11 @@ void prefetch_next_stacks() noexcept;
 
 // release_stack() gives a stack back (to the pool or to the kernel).
 void release_stack(stack s) noexcept;  // by value: two registers, no store-forwarding stall
+
+// set_guard_markers() turns guard markers off (or back on, if the kernel has
+// them) for stacks carved from now on, process-wide: tests use it to reach the
+// PROT_NONE budget and the canary that older kernels get. Never switches.
+void set_guard_markers(bool on) noexcept;
 
 // canary_intact() reports whether an unguarded stack's canary is untouched.
 inline bool canary_intact(const char* bottom) noexcept {

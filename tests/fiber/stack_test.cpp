@@ -29,6 +29,7 @@ using cogent::test::run_in_child;
 // spend_guard_budget() creates and suspends fibers until the process's guard-page budget is used up,
 // so the next default stack is a canary stack. The fibers are kept in `hogs`. In a child only.
 void spend_guard_budget(std::vector<fiber>& hogs, fiber& main) {
+  cogent::detail::set_guard_markers(false);  // the path of kernels before 6.13
   cogent::stack_counters st = cogent::stack_stats();
   while (cogent::stack_stats().guarded_total < st.guard_budget) {
     hogs.emplace_back([&main] { main.switch_to(); });
@@ -111,9 +112,14 @@ TEST_SUITE("stack") {
   }
 
   // The next two tests need the guard budget not yet spent by this process (a fork()ed child inherits it).
-  TEST_CASE("a stack overflow on a guard page is reported by name and aborts" * doctest::timeout(60)) {
-    child_result r = run_in_child([] {
+  // markers: a guard marker (Linux >= 6.13) if the kernel has them, else (and with markers off) a
+  // PROT_NONE page from the budget.
+  void overflow_on_guard_page(bool markers) {
+    child_result r = run_in_child([markers] {
+      cogent::detail::set_guard_markers(markers);
       std::size_t guarded0 = cogent::stack_stats().guarded_total;
+      std::size_t markers0 = cogent::stack_stats().marker_guarded;
+      bool want_marker = cogent::stack_stats().guard_markers;
       // A non-default size is always freshly mapped (never from the pool), so it gets a guard page while
       // the budget allows. The stack is mapped by the first switch: the fiber comes back once first.
       fiber main = fiber::current();
@@ -124,11 +130,15 @@ TEST_SUITE("stack") {
           },
           {.stack_size = 64 * 1024, .name = "deep-diver"});
       f.switch_to();
-      if (cogent::stack_stats().guarded_total != guarded0 + 1) {
-        std::fprintf(stderr, "no guard page: guarded %zu -> %zu of %zu\n", guarded0,
-                     cogent::stack_stats().guarded_total, cogent::stack_stats().guard_budget);
+      cogent::stack_counters st = cogent::stack_stats();
+      bool as_wanted = want_marker ? st.marker_guarded == markers0 + 1 && st.guarded_total == guarded0
+                                   : st.guarded_total == guarded0 + 1 && st.marker_guarded == markers0;
+      if (!f.impl()->stk.guarded || f.impl()->stk.marker != want_marker || !as_wanted) {
+        std::fprintf(stderr, "no guard page of the kind wanted (marker %d): guarded %zu -> %zu of %zu\n",
+                     want_marker ? 1 : 0, guarded0, st.guarded_total, st.guard_budget);
         ::_exit(child_setup_failed);
       }
+      std::fprintf(stderr, "guard: %s\n", want_marker ? "marker" : "PROT_NONE");
       f.switch_to();
     });
     INFO("child stderr: " << r.err);
@@ -140,6 +150,15 @@ TEST_SUITE("stack") {
     // Under ASan our SIGSEGV handler still runs (ASan allows user SEGV handlers and provides the alternate
     // signal stack), so the report is the same.
     CHECK(contains(r.err, "stack overflow in fiber 'deep-diver'"));
+  }
+
+  TEST_CASE("a stack overflow on a guard page is reported by name and aborts" * doctest::timeout(60)) {
+    SUBCASE("a guard marker (PROT_NONE on kernels before 6.13)") {
+      overflow_on_guard_page(true);
+    }
+    SUBCASE("a PROT_NONE guard page from the budget") {
+      overflow_on_guard_page(false);
+    }
   }
 
   TEST_CASE("beyond the guard budget, the canary catches an overflow at the next switch" *
@@ -238,6 +257,10 @@ TEST_SUITE("stack") {
       cogent::stack_counters during = cogent::stack_stats();
       CHECK(during.live == before.live + count);
       CHECK(during.guarded_total <= during.guard_budget);
+      if (during.guard_markers) {
+        // No map-count budget to run out of: every one of them has a guard page.
+        CHECK(during.marker_guarded + during.guarded_total >= count);
+      }
       // Resume a few to show they still work, then destroy everything (the rest unwind).
       for (std::size_t i = 0; i < count; i += count / 10) {
         all[i].switch_to();

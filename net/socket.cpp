@@ -8,12 +8,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <new>
 #include <system_error>
 #include <utility>
-#include <vector>
 
 namespace cogent::net {
 namespace {
@@ -104,8 +104,39 @@ struct closing_state {
   closing_state* next = nullptr;
 };
 
-// t_waiters[fd] heads the list of this thread's fibers blocked on fd.
-thread_local std::vector<socket_waiter*> t_waiters;
+// t_waiters.slots[fd] heads the list of this thread's fibers blocked on fd.
+// Trivially destructible (a pointer and a size), so it stays readable through
+// the whole of the thread's exit: once its owner has freed the slots it is
+// empty, and a socket closed from a static or thread_local destructor finds
+// no waiters instead of freed memory.
+struct waiter_table {
+  socket_waiter** slots = nullptr;
+  std::size_t size = 0;
+};
+thread_local constinit waiter_table t_waiters;
+thread_local constinit bool t_waiters_freed = false;
+struct waiter_table_owner {
+  void touch() noexcept {}  // its first use registers the destructor
+  ~waiter_table_owner() {
+    std::free(t_waiters.slots);
+    t_waiters = {};
+    t_waiters_freed = true;
+  }
+};
+thread_local waiter_table_owner t_waiters_owner;
+
+[[gnu::noinline]] void grow_waiters(std::size_t i) {
+  std::size_t n = i * 2 + 64;
+  auto* p = static_cast<socket_waiter**>(std::realloc(t_waiters.slots, n * sizeof(socket_waiter*)));
+  if (p == nullptr) {
+    throw std::bad_alloc();
+  }
+  std::fill(p + t_waiters.size, p + n, nullptr);
+  if (!t_waiters_freed) {
+    t_waiters_owner.touch();  // (after the thread's exit freed it, this one is left to the process's end)
+  }
+  t_waiters = {p, n};
+}
 
 // t_detached lists the closes whose waiters have not all let go: the detached
 // ones, and (on its stack) a close() still waiting in a fiber. If the thread
@@ -142,15 +173,15 @@ thread_local detached_closes t_detached;
 
 socket_waiter*& waiter_head(int fd) {
   auto i = static_cast<std::size_t>(fd);
-  if (i >= t_waiters.size()) [[unlikely]] {
-    t_waiters.resize(i * 2 + 64, nullptr);
+  if (i >= t_waiters.size) [[unlikely]] {
+    grow_waiters(i);
   }
-  return t_waiters[i];
+  return t_waiters.slots[i];
 }
 
 socket_waiter* waiters_of(int fd) noexcept {
   auto i = static_cast<std::size_t>(fd);
-  return i < t_waiters.size() ? t_waiters[i] : nullptr;
+  return i < t_waiters.size ? t_waiters.slots[i] : nullptr;
 }
 
 // detach_close() hands fd to the waiters that close() `cs` still waits for:
@@ -273,7 +304,7 @@ int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(i
       if (w.prev != nullptr) {
         w.prev->next = w.next;
       } else {
-        t_waiters[static_cast<std::size_t>(w.op->fd)] = w.next;
+        t_waiters.slots[static_cast<std::size_t>(w.op->fd)] = w.next;
       }
       if (w.next != nullptr) {
         w.next->prev = w.prev;

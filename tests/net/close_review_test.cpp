@@ -206,3 +206,47 @@ COGENT_TEST_CASE("a listener closed in the hub while a connection arrives: no le
   ::close(client);
   CHECK(open_fds() == fds_before);
 }
+
+// A socket closed from a thread_local destructor that runs after the thread's
+// table of blocked fibers was destroyed (thread_locals go in reverse order of
+// construction: this holder was constructed first, the table at the socket's
+// first op). Before the fix the table was a thread_local std::vector: close()
+// read its freed heap storage (an ASan heap-use-after-free). In a child: the
+// thread ends there.
+namespace {
+struct close_at_thread_exit {
+  stream_socket s;
+  int peer = -1;
+  ~close_at_thread_exit() {
+    if (s.is_open()) {
+      s.close();
+      char c;
+      std::fprintf(stderr, "peer read %zd\n", ::recv(peer, &c, 1, MSG_DONTWAIT));
+    }
+  }
+};
+thread_local close_at_thread_exit t_holder;
+}  // namespace
+
+TEST_CASE("close() from a thread_local destructor after the thread's waiter table is gone" *
+          doctest::timeout(20)) {
+  cogent::test::child_result res = cogent::test::run_in_child([] {
+    std::thread([] {
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        std::_Exit(cogent::test::child_setup_failed);
+      }
+      t_holder.peer = sv[1];  // constructed here, before the waiter table
+      t_holder.s = stream_socket(sv[0]);
+      t_holder.s.write_all("x", 1);  // an op: the table now exists
+      char c;
+      (void)::recv(sv[1], &c, 1, 0);
+    }).join();
+    std::fflush(nullptr);
+    ::_exit(0);
+  });
+  INFO("child stderr: " << res.err);
+  CHECK(res.exited(0));
+  CHECK(res.err.find("peer read 0") != std::string::npos);  // closed: the peer reads end of stream
+  CHECK(res.err.find("Sanitizer") == std::string::npos);
+}

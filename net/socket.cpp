@@ -3,6 +3,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -105,25 +106,35 @@ struct closing_state {
 };
 
 // t_waiters.slots[fd] heads the list of this thread's fibers blocked on fd.
-// Trivially destructible (a pointer and a size), so it stays readable through
-// the whole of the thread's exit: once its owner has freed the slots it is
-// empty, and a socket closed from a static or thread_local destructor finds
-// no waiters instead of freed memory.
+// Trivially destructible (a pointer and a size), and freed by a pthread key's
+// destructor, which glibc runs after every thread_local destructor of the
+// exiting thread: a socket used or closed from any thread_local or static
+// destructor — also while fibers are still parked on it, which may be resumed
+// there — finds the table whole. (The main thread's is never freed: the
+// process is ending.)
 struct waiter_table {
   socket_waiter** slots = nullptr;
   std::size_t size = 0;
 };
 thread_local constinit waiter_table t_waiters;
-thread_local constinit bool t_waiters_freed = false;
-struct waiter_table_owner {
-  void touch() noexcept {}  // its first use registers the destructor
-  ~waiter_table_owner() {
-    std::free(t_waiters.slots);
+
+void free_waiters(void* slots) noexcept {
+  std::free(slots);
+  if (t_waiters.slots == slots) {
     t_waiters = {};
-    t_waiters_freed = true;
   }
+}
+
+// waiter_key() is the key whose value is this thread's table (0 if it could
+// not be created: the tables are then left to the process's end).
+struct waiter_key_holder {
+  pthread_key_t key{};
+  bool ok = ::pthread_key_create(&key, free_waiters) == 0;
 };
-thread_local waiter_table_owner t_waiters_owner;
+const waiter_key_holder& waiter_key() {
+  static const waiter_key_holder k;
+  return k;
+}
 
 [[gnu::noinline]] void grow_waiters(std::size_t i) {
   std::size_t n = i * 2 + 64;
@@ -132,10 +143,12 @@ thread_local waiter_table_owner t_waiters_owner;
     throw std::bad_alloc();
   }
   std::fill(p + t_waiters.size, p + n, nullptr);
-  if (!t_waiters_freed) {
-    t_waiters_owner.touch();  // (after the thread's exit freed it, this one is left to the process's end)
-  }
   t_waiters = {p, n};
+  if (const waiter_key_holder& k = waiter_key(); k.ok) {
+    // Also after the key's destructor ran for this thread (a later key's
+    // destructor used a socket): glibc then calls it again.
+    (void)::pthread_setspecific(k.key, p);
+  }
 }
 
 // t_detached lists the closes whose waiters have not all let go: the detached

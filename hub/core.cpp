@@ -652,17 +652,28 @@ bool wait_list::wait(clock::time_point deadline) {
   waiter w;
   w.f = current_impl();
   fifo_links<waiter>::scoped link(_links, w);
-  h.park(deadline, true);
-  if (w.linked) {
-    _links.unlink(w);
-  }
-  if (w.f->sched.pending) {
-    if (w.notified) {
-      notify_one();  // we cannot use the wake-up: pass it on
+  for (;;) {
+    wake_reason r = h.park(deadline, true);
+    if (w.f->sched.pending) {
+      if (w.linked) {
+        _links.unlink(w);
+      }
+      if (w.notified == notice::one) {
+        notify_one();  // we cannot use the wake-up: pass it on
+      }
+      hub::throw_if_interrupted();
     }
-    hub::throw_if_interrupted();
+    if (w.notified != notice::none) {
+      return true;  // unlinked by the notifier: `this` is not touched again
+    }
+    if (r == wake_reason::timed_out || deadline <= clock::now()) {
+      if (w.linked) {
+        _links.unlink(w);
+      }
+      return false;
+    }
+    // Woken by an interrupt withdrawn before we ran: still linked, wait on.
   }
-  return w.notified;
 }
 
 bool wait_list::notify_one() noexcept {
@@ -671,13 +682,16 @@ bool wait_list::notify_one() noexcept {
     return false;
   }
   _links.unlink(*w);
-  w->notified = true;
+  w->notified = notice::one;
   t_hub->schedule(w->f, wake_reason::woken);
   return true;
 }
 
 void wait_list::notify_all() noexcept {
-  while (notify_one()) {
+  while (waiter* w = _links.front()) {
+    _links.unlink(*w);
+    w->notified = notice::all;
+    t_hub->schedule(w->f, wake_reason::woken);
   }
 }
 

@@ -338,18 +338,24 @@ class fifo_links {
 // on it until notified, a deadline, or an interrupt. Not thread-safe (one hub).
 class wait_list {
  public:
+  enum class notice : std::uint8_t { none, one, all };
   struct waiter {
     fiber_impl* f = nullptr;
     waiter* prev = nullptr;
     waiter* next = nullptr;
-    bool notified = false;
+    notice notified = notice::none;
     bool linked = false;
   };
 
   // wait() parks the calling fiber until notify_one()/notify_all() picks it
   // (returns true) or `deadline` passes (false). Raises a pending interrupt;
-  // a notification it received but cannot use is passed on to the next waiter.
-  // May switch.
+  // a notify_one() it received but cannot use is passed on to the next
+  // waiter (a notify_all() reached everyone it was meant for). After a
+  // notify_all() it returns without touching the list again, so the object
+  // holding it may be destroyed right after notify_all() (an event set, then
+  // freed: its woken waiters return true). Woken by an interrupt that was
+  // withdrawn before it ran (timeout::cancel() from another fiber), it waits
+  // on. May switch.
   bool wait(clock::time_point deadline = clock::time_point::max());
 
   // notify_one() wakes the longest-waiting fiber; false if none. Never switches.

@@ -8,7 +8,8 @@
 // A queue belongs to one thread's hub (not thread-safe, like gevent's). get()
 // blocks while the queue is empty, put() while a bounded queue is full; both
 // take an optional timeout (std::nullopt waits without limit; zero never
-// switches) and raise a pending kill or Timeout (timeout_error).
+// switches) and raise a pending kill or Timeout (timeout_error) on entry, also
+// when they would not block (nothing is then taken or added).
 //
 // Loses nothing: waiting getters and putters are served first come, first
 // served, and an item is handed straight to a waiting getter (or a waiting
@@ -106,20 +107,31 @@ class basic_queue {
   // queue_full if `t` passes first (the item is not added). Raises a pending
   // kill or Timeout (the item is not added). May switch (only when full).
   void put(T item, timeout_duration t = std::nullopt) {
-    if (handoff_list::node* g = _getters.first()) {
-      give(*g, std::move(item));
-      return;
+    hub::throw_if_interrupted();
+    clock::time_point deadline = clock::time_point::min();  // resolved only if it has to wait
+    for (;;) {
+      if (handoff_list::node* g = _getters.first()) {
+        give(*g, std::move(item));
+        return;
+      }
+      if (!full()) {
+        store(std::move(item));
+        return;
+      }
+      if (deadline == clock::time_point::min()) {
+        deadline = deadline_after(t);
+      }
+      handoff_list::node n;
+      n.data = &item;
+      switch (_putters.wait(n, deadline)) {
+        case handoff_list::outcome::granted:
+          return;  // a getter moved our item into the freed slot (and counted it)
+        case handoff_list::outcome::timed_out:
+          throw queue_full("cogent::queue::put(): the queue is full");
+        case handoff_list::outcome::retry:
+          break;
+      }
     }
-    if (!full()) {
-      store(std::move(item));
-      return;
-    }
-    handoff_list::node n;
-    n.data = &item;
-    if (!_putters.wait(n, deadline_after(t))) {
-      throw queue_full("cogent::queue::put(): the queue is full");
-    }
-    // Granted: a getter moved our item into the freed slot (and counted it).
   }
   // put_nowait() is put() that never blocks: throws queue_full if full. Never switches.
   void put_nowait(T item) { put(std::move(item), std::chrono::nanoseconds::zero()); }
@@ -128,19 +140,30 @@ class basic_queue {
   // empty up to `t`. Throws queue_empty if `t` passes first. Raises a pending
   // kill or Timeout (nothing is removed). May switch (only when empty).
   T get(timeout_duration t = std::nullopt) {
-    if (!empty()) {
-      T v = std::move(_store.top());
-      _store.pop();
-      admit_putter();
-      return v;
+    hub::throw_if_interrupted();
+    clock::time_point deadline = clock::time_point::min();  // resolved only if it has to wait
+    for (;;) {
+      if (!empty()) {
+        T v = std::move(_store.top());
+        _store.pop();
+        admit_putter();
+        return v;
+      }
+      if (deadline == clock::time_point::min()) {
+        deadline = deadline_after(t);
+      }
+      std::optional<T> slot;
+      handoff_list::node n;
+      n.data = &slot;
+      switch (_getters.wait(n, deadline)) {
+        case handoff_list::outcome::granted:
+          return std::move(*slot);  // put() placed the item in our slot
+        case handoff_list::outcome::timed_out:
+          throw queue_empty("cogent::queue::get(): the queue is empty");
+        case handoff_list::outcome::retry:
+          break;
+      }
     }
-    std::optional<T> slot;
-    handoff_list::node n;
-    n.data = &slot;
-    if (!_getters.wait(n, deadline_after(t))) {
-      throw queue_empty("cogent::queue::get(): the queue is empty");
-    }
-    return std::move(*slot);  // granted: put() placed the item in our slot
   }
   // get_nowait() is get() that never blocks: throws queue_empty if empty. Never switches.
   T get_nowait() { return get(std::chrono::nanoseconds::zero()); }
@@ -150,6 +173,7 @@ class basic_queue {
   // while a getter waits goes to the getter and is never seen by peek().
   // Raises a pending kill or Timeout. May switch (only when empty).
   T peek(timeout_duration t = std::nullopt) {
+    hub::throw_if_interrupted();
     clock::time_point deadline = deadline_after(t);
     while (empty()) {
       if (deadline_passed(deadline) || (!_peekers.wait(deadline) && empty())) {
@@ -293,13 +317,17 @@ class joinable_queue : public queue<T> {
   // join() blocks until every item put has been task_done() (true) or `t`
   // passes (false; no exception). Raises a pending kill or Timeout. May switch.
   bool join(timeout_duration t = std::nullopt) {
-    clock::time_point deadline = deadline_after(t);
-    while (this->_unfinished > 0) {
-      if (detail::deadline_passed(deadline) || (!_joiners.wait(deadline) && this->_unfinished > 0)) {
-        return false;
-      }
+    hub::throw_if_interrupted();
+    if (this->_unfinished == 0) {
+      return true;
     }
-    return true;
+    clock::time_point deadline = deadline_after(t);
+    if (detail::deadline_passed(deadline)) {
+      return false;
+    }
+    // Woken means the count reached 0 (task_done's notify_all, the only
+    // notifier): not read again, so the queue may be destroyed right after.
+    return _joiners.wait(deadline);
   }
   // unfinished_tasks() is the number of items put and not yet task_done(). Never switches.
   std::size_t unfinished_tasks() const noexcept { return this->_unfinished; }
@@ -329,15 +357,24 @@ class channel {
   // time (the item is not delivered). Raises a pending kill or Timeout (the
   // item is not delivered). May switch (unless a getter is waiting).
   void put(T item, timeout_duration t = std::nullopt) {
-    if (detail::handoff_list::node* g = _getters.first()) {
-      static_cast<std::optional<T>*>(g->data)->emplace(std::move(item));
-      _getters.grant(*g);
-      return;
-    }
-    detail::handoff_list::node n;
-    n.data = &item;
-    if (!_putters.wait(n, deadline_after(t))) {
-      throw queue_full("cogent::channel::put(): no getter took the item");
+    hub::throw_if_interrupted();
+    clock::time_point deadline = deadline_after(t);
+    for (;;) {
+      if (detail::handoff_list::node* g = _getters.first()) {
+        static_cast<std::optional<T>*>(g->data)->emplace(std::move(item));
+        _getters.grant(*g);
+        return;
+      }
+      detail::handoff_list::node n;
+      n.data = &item;
+      switch (_putters.wait(n, deadline)) {
+        case detail::handoff_list::outcome::granted:
+          return;
+        case detail::handoff_list::outcome::timed_out:
+          throw queue_full("cogent::channel::put(): no getter took the item");
+        case detail::handoff_list::outcome::retry:
+          break;
+      }
     }
   }
   // put_nowait() hands `item` to a waiting getter or throws queue_full. Never switches.
@@ -347,18 +384,26 @@ class channel {
   // or blocks until a putter comes, up to `t`. Throws queue_empty if none came
   // in time. Raises a pending kill or Timeout. May switch (unless a putter is waiting).
   T get(timeout_duration t = std::nullopt) {
-    if (detail::handoff_list::node* p = _putters.first()) {
-      T v = std::move(*static_cast<T*>(p->data));
-      _putters.grant(*p);
-      return v;
+    hub::throw_if_interrupted();
+    clock::time_point deadline = deadline_after(t);
+    for (;;) {
+      if (detail::handoff_list::node* p = _putters.first()) {
+        T v = std::move(*static_cast<T*>(p->data));
+        _putters.grant(*p);
+        return v;
+      }
+      std::optional<T> slot;
+      detail::handoff_list::node n;
+      n.data = &slot;
+      switch (_getters.wait(n, deadline)) {
+        case detail::handoff_list::outcome::granted:
+          return std::move(*slot);
+        case detail::handoff_list::outcome::timed_out:
+          throw queue_empty("cogent::channel::get(): no putter came");
+        case detail::handoff_list::outcome::retry:
+          break;
+      }
     }
-    std::optional<T> slot;
-    detail::handoff_list::node n;
-    n.data = &slot;
-    if (!_getters.wait(n, deadline_after(t))) {
-      throw queue_empty("cogent::channel::get(): no putter came");
-    }
-    return std::move(*slot);
   }
   // get_nowait() takes a waiting putter's item or throws queue_empty. Never switches.
   T get_nowait() { return get(std::chrono::nanoseconds::zero()); }

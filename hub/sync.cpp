@@ -8,29 +8,26 @@ namespace detail {
 
 // ---- handoff_list ---------------------------------------------------------------
 
-bool handoff_list::wait(node& n, clock::time_point deadline) {
+handoff_list::outcome handoff_list::wait(node& n, clock::time_point deadline) {
   if (deadline_passed(deadline)) {
-    return false;
+    return outcome::timed_out;
   }
   hub& h = hub::current();
   n.f = current_impl();
   n.granted = false;
   fifo_links<node>::scoped link(_links, n);
-  for (;;) {
-    wake_reason r = h.park(deadline, true);
-    if (n.granted) {
-      return true;  // a grant wins; a pending interrupt is raised at the next blocking call
-    }
-    if (n.f->sched.pending) {
-      _links.unlink(n);
-      hub::throw_if_interrupted();
-    }
-    if (r == wake_reason::timed_out || deadline_passed(deadline)) {
-      _links.unlink(n);
-      return false;
-    }
-    // Woken for another reason (an interrupt that was withdrawn): wait on.
+  wake_reason r = h.park(deadline, true);
+  if (n.granted) {
+    return outcome::granted;  // a grant wins; a pending interrupt is raised at the next blocking call
   }
+  _links.unlink(n);
+  hub::throw_if_interrupted();
+  if (r == wake_reason::timed_out || deadline_passed(deadline)) {
+    return outcome::timed_out;
+  }
+  // Woken by an interrupt that was withdrawn: while it was pending, first()
+  // passed us over, so a unit or an item may have been stored meanwhile.
+  return outcome::retry;
 }
 
 handoff_list::node* handoff_list::first() const noexcept {
@@ -54,27 +51,22 @@ void handoff_list::grant(node& n) noexcept {
 
 void event::set() noexcept {
   _flag = true;
-  ++_generation;
   _waiters.notify_all();
 }
 
 bool event::wait(timeout_duration t) {
+  hub::throw_if_interrupted();
   if (_flag) {
     return true;
   }
   clock::time_point deadline = deadline_after(t);
-  std::uint64_t generation = _generation;
-  // A set() since we began counts even if clear() followed it; other wake-ups
-  // (a notification passed on by a killed waiter) are rechecked.
-  while (!_flag && _generation == generation) {
-    if (detail::deadline_passed(deadline)) {
-      return false;
-    }
-    if (!_waiters.wait(deadline)) {
-      return _flag || _generation != generation;
-    }
+  if (detail::deadline_passed(deadline)) {
+    return false;
   }
-  return true;
+  // Woken, the wait means set() ran (it is the only notifier: notify_all),
+  // even if clear() followed it; the event is not read again, so it may be
+  // destroyed right after set().
+  return _waiters.wait(deadline);
 }
 
 // ---- mutex and rlock ----------------------------------------------------------------
@@ -90,12 +82,21 @@ bool owner_lock::owned() const noexcept {
 }
 
 bool owner_lock::take(fiber_impl* self, clock::time_point deadline) {
-  if (_owner == 0) {
-    _owner = self->id;  // free implies no waiter can claim it: hand_over() gives it directly
-    return true;
+  for (;;) {
+    if (_owner == 0) {
+      _owner = self->id;  // free implies no waiter can claim it: hand_over() gives it directly
+      return true;
+    }
+    handoff_list::node n;
+    switch (_waiters.wait(n, deadline)) {
+      case handoff_list::outcome::granted:
+        return true;  // hand_over() made us the owner
+      case handoff_list::outcome::timed_out:
+        return false;
+      case handoff_list::outcome::retry:
+        break;
+    }
   }
-  handoff_list::node n;
-  return _waiters.wait(n, deadline);  // on a grant, hand_over() made us the owner
 }
 
 void owner_lock::check_owner(const char* who) const {
@@ -122,6 +123,7 @@ fiber_impl* owner_lock::hand_over() noexcept {
 }  // namespace detail
 
 bool mutex::acquire(timeout_duration t) {
+  hub::throw_if_interrupted();
   detail::fiber_impl* self = detail::current_impl();
   if (_lock.owned_by(self)) {
     throw lock_error(
@@ -137,15 +139,19 @@ void mutex::release() {
 }
 
 bool rlock::acquire(timeout_duration t) {
+  hub::throw_if_interrupted();
   detail::fiber_impl* self = detail::current_impl();
   if (_lock.owned_by(self)) {
     ++_count;
     return true;
   }
-  if (!_lock.locked()) {
-    _count = 1;
+  if (!_lock.take(self, deadline_after(t))) {
+    return false;
   }
-  return _lock.take(self, deadline_after(t));  // free: taken at once; else a grant (release() set the count)
+  if (_count == 0) {
+    _count = 1;  // taken while free (a grant comes with release()'s count of 1)
+  }
+  return true;
 }
 
 void rlock::release() {
@@ -161,12 +167,23 @@ void rlock::release() {
 // ---- semaphore --------------------------------------------------------------------
 
 bool semaphore::acquire(timeout_duration t) {
-  if (_counter > 0) {
-    --_counter;  // a free unit implies no waiter can claim it: release() hands units over directly
-    return true;
+  hub::throw_if_interrupted();
+  clock::time_point deadline = deadline_after(t);
+  for (;;) {
+    if (_counter > 0) {
+      --_counter;  // a free unit implies no waiter can claim it: release() hands units over directly
+      return true;
+    }
+    detail::handoff_list::node n;
+    switch (_waiters.wait(n, deadline)) {
+      case detail::handoff_list::outcome::granted:
+        return true;  // release() gave us its unit
+      case detail::handoff_list::outcome::timed_out:
+        return false;
+      case detail::handoff_list::outcome::retry:
+        break;
+    }
   }
-  detail::handoff_list::node n;
-  return _waiters.wait(n, deadline_after(t));  // on a grant, release() gave us its unit
 }
 
 void semaphore::release() {

@@ -10,7 +10,9 @@
 // All of them belong to one thread's hub (not thread-safe, like gevent's).
 // Every call that may block takes an optional timeout (cogent::timeout_duration;
 // std::nullopt waits without limit; zero never switches) and raises a pending
-// kill or Timeout (timeout_error) of the calling fiber.
+// kill or Timeout (timeout_error) of the calling fiber — on entry, whether or
+// not it would block (then nothing is taken), so a killed fiber stops at its
+// next such call even when a lock is free or an event already set.
 //
 // Fairness and kills: waiters are served first come, first served. A release
 // hands the lock (or the semaphore unit) straight to the longest waiter, so a
@@ -19,7 +21,9 @@
 // the next waiter instead. If the grant reached a waiter before its kill could
 // act (both happened in the same hub turn), the grant is honoured: the call
 // succeeds and the kill is raised at the fiber's next blocking call. Nothing
-// is ever lost or counted twice.
+// is ever lost or counted twice. A waiter whose Timeout is withdrawn
+// (timeout::cancel() from another fiber) before it ran looks again: a unit
+// released meanwhile is not left free while it waits on.
 #pragma once
 #pragma GCC visibility push(default)
 
@@ -73,13 +77,20 @@ class handoff_list {
   handoff_list(const handoff_list&) = delete;
   handoff_list& operator=(const handoff_list&) = delete;
 
+  // outcome is how wait() ended without raising: granted; timed_out
+  // (`deadline` passed); or retry — woken by an interrupt that was withdrawn
+  // (timeout::cancel() from another fiber) before it ran, while first()
+  // skipped it as leaving: what was released meanwhile went to the store, so
+  // the caller must look again (its fast path) before waiting again.
+  enum class outcome : std::uint8_t { granted, timed_out, retry };
+
   // wait() links `n` at the tail and parks the calling fiber until grant(n)
-  // (returns true), `deadline` passes (false) or an interrupt arrives (raised:
+  // (granted), `deadline` passes (timed_out) or an interrupt arrives (raised:
   // fiber_exit, timeout_error, ...). A grant that arrived first wins: wait()
-  // returns true and the interrupt stays pending for the next blocking call.
-  // `n` is unlinked when wait() returns or throws. A deadline already passed
-  // returns false without switching. May switch.
-  bool wait(node& n, clock::time_point deadline);
+  // returns granted and the interrupt stays pending for the next blocking
+  // call. `n` is unlinked when wait() returns or throws. A deadline already
+  // passed returns timed_out without switching. May switch.
+  outcome wait(node& n, clock::time_point deadline);
 
   // first() returns the longest-waiting node whose fiber has no interrupt on
   // its way (those are leaving), or null. Never switches.
@@ -159,7 +170,6 @@ class event {
 
  private:
   bool _flag = false;
-  std::uint64_t _generation = 0;  // bumped by every set()
   detail::wait_list _waiters;
 };
 
@@ -213,16 +223,17 @@ class async_result {
   // exception). Never rethrows the stored exception. Raises a pending kill or
   // Timeout. May switch.
   bool wait(timeout_duration t = std::nullopt) {
-    clock::time_point deadline = deadline_after(t);
-    while (!_ready) {
-      if (detail::deadline_passed(deadline)) {
-        return false;
-      }
-      if (!_waiters.wait(deadline)) {
-        return _ready;
-      }
+    hub::throw_if_interrupted();
+    if (_ready) {
+      return true;
     }
-    return true;
+    clock::time_point deadline = deadline_after(t);
+    if (detail::deadline_passed(deadline)) {
+      return false;
+    }
+    // Woken means set()/set_exception() ran (the only notifier, notify_all):
+    // not read again, so the object may be destroyed right after the set.
+    return _waiters.wait(deadline);
   }
 
   // get() waits for the result and returns a copy of the value (a move-only

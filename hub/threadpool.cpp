@@ -47,8 +47,8 @@ struct threadpool::impl {
                                             std::memory_order_acq_rel)) {
         // Abandoned by its (detachable) waiter, which already released the
         // hub's hold: nobody waits, the hub is not ours to touch.
-        j->dispose(j);
         outstanding.fetch_sub(1, std::memory_order_relaxed);
+        j->dispose(j);
         continue;
       }
       // Hand the job back. After post() the worker never touches *j again: the
@@ -59,12 +59,13 @@ struct threadpool::impl {
       // here, its stack kept), the post is dropped: the mailbox outlives the hub.
       hub* h = j->owner;
       std::shared_ptr<detail::mailbox> box = std::move(j->box);
+      // Counted out before the waiter can resume: pending() is 0 once run() returned.
+      outstanding.fetch_sub(1, std::memory_order_relaxed);
       detail::post_to(*box, [j, h] {
         j->done = true;
         h->release();
         h->schedule(j->waiter);
       });
-      outstanding.fetch_sub(1, std::memory_order_relaxed);
     }
   }
 };

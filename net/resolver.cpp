@@ -28,6 +28,10 @@ const std::error_category& resolver_category() noexcept {
 
 std::vector<address> resolve(std::string_view host, int port, const resolve_options& opts) {
   check_port(port);
+  if (host.find('\0') != std::string_view::npos) {
+    // getaddrinfo() would see only the part before it ("127.0.0.1\0.evil.example").
+    throw std::invalid_argument("cogent::net: resolve: host name contains a NUL byte");
+  }
   // Fast path: a numeric literal needs no resolver and no thread.
   if (!host.empty()) {
     std::string_view h = host;

@@ -44,8 +44,8 @@ const std::error_category& resolver_category() noexcept;
 // are resolved by getaddrinfo on a worker thread (threadpool::run_detachable
 // on the default pool: a kill or Timeout is raised at once, even while the
 // lookup hangs; the lookup then finishes on its worker and is dropped). Raises
-// std::invalid_argument for a port outside 0..65535 or an empty host (without
-// passive), std::system_error in resolver_category() (EAI_NONAME, EAI_AGAIN,
+// std::invalid_argument for a port outside 0..65535, an empty host (without
+// passive) or one containing a NUL byte, std::system_error in resolver_category() (EAI_NONAME, EAI_AGAIN,
 // ...) when resolution fails. May switch.
 std::vector<address> resolve(std::string_view host, int port, const resolve_options& opts = {});
 

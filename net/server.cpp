@@ -60,6 +60,16 @@ stream_server::stream_server(listener l, handler_type handler, server_options op
 }
 
 stream_server::~stream_server() {
+  bool busy = (_acceptor && !_acceptor.ready()) || _clients.size() > 0 || _serving > 0 || (_stopped && !_stop_done);
+  if (hub* h = hub::current_if_exists(); h != nullptr && h->in_hub() && busy) {
+    // It would have to wait for its tasks, which go on running against this
+    // object: a silent use-after-free. Fail loudly instead (a destructor cannot throw).
+    std::fprintf(stderr,
+                 "cogent: stream_server %s destroyed inside the hub (a timer or post() callback) while it "
+                 "has tasks: it cannot wait for them; aborting\n",
+                 _address.to_string().c_str());
+    std::abort();
+  }
   // Nothing may run against this object once it is gone: not a stop() still
   // in progress in another fiber, not the accept task, not a handler (one
   // that called stop() itself included). A kill or Timeout that hits this
@@ -131,6 +141,12 @@ void stream_server::serve_forever() {
 void stream_server::stop(timeout_duration t) {
   if (_stopped) {
     return;
+  }
+  if (hub* h = hub::current_if_exists(); h != nullptr && h->in_hub()) {
+    // Before anything changes: half a stop (accepting, yet marked stopped) could not be finished later.
+    throw hub_error(
+        "cogent::net: stream_server::stop() inside the hub (a timer or post() callback): it must wait for "
+        "the accept task; spawn a task that calls it");
   }
   _stopped = true;
   _deadline = deadline_after(t);
@@ -229,7 +245,7 @@ void stream_server::accept_loop() {
       (void)::setsockopt(client.fd(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     if (_opts.idle_timeout) {
-      client.set_timeout(_opts.idle_timeout);
+      client.set_idle_timeout(_opts.idle_timeout);
     }
     // The socket stays where spawn() put it, in the task's control block (which
     // the hub touches to resume the task anyway), not in a frame at the top of
@@ -247,7 +263,12 @@ void stream_server::accept_loop() {
 void stream_server::run_client(stream_socket& s, const net::address& peer) {
   try {
     _handler(s, peer);
-  } catch (const std::exception&) {
+  } catch (const fiber_exit&) {
+    throw;  // killed (stop's deadline) or destroyed: unwind
+  } catch (...) {
+    // Anything else, std::exception or not (a timeout_error of the handler's
+    // own scope, `throw 42`): that client's error, reported, never kept in a
+    // failed task for the server's lifetime.
     std::exception_ptr e = std::current_exception();
     if (!is_disconnect(e)) {
       report(peer, e);
@@ -261,6 +282,8 @@ void stream_server::report(const net::address& peer, std::exception_ptr e) {
   if (_opts.on_error) {
     try {
       _opts.on_error(peer, e);
+    } catch (const fiber_exit&) {
+      throw;  // killed while on_error blocked: not an error of the callback
     } catch (...) {
       std::fprintf(stderr, "cogent: stream_server %s: on_error callback threw\n",
                    _address.to_string().c_str());

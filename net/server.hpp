@@ -16,8 +16,10 @@
 //
 // Handler errors: disconnect-like errors (ECONNRESET, EPIPE, ETIMEDOUT from
 // the idle timeout, end_of_stream, EBADF after stop) end the client quietly;
-// any other std::exception goes to server_options::on_error (default: one line
-// on stderr). Either way only that client is affected.
+// any other exception (std::exception or not, a timeout_error of the
+// handler's own scope included; a kill excepted) goes to
+// server_options::on_error (default: one line on stderr). Either way only
+// that client is affected, and nothing of it is kept.
 //
 // Shutdown and lifetime: stop() gives the handlers until its deadline, then
 // kills the rest. serve_forever() returns, and the destructor returns, only
@@ -70,9 +72,11 @@ struct server_options {
   // workers, if set, bounds concurrency: each handler is spawned into this pool
   // (the accept task waits while it is full). Must outlive the server.
   cogent::pool* workers = nullptr;
-  // idle_timeout becomes every client socket's default timeout: a client that
-  // sends nothing for that long makes the blocked read raise ETIMEDOUT, which
-  // ends the client quietly. std::nullopt = no idle limit.
+  // idle_timeout becomes every client socket's idle limit
+  // (basic_socket::set_idle_timeout): a client that sends (or, for a write,
+  // takes) nothing for that long makes the blocked call raise ETIMEDOUT, which
+  // ends the client quietly; a slow but steady one is never cut off.
+  // std::nullopt = no idle limit.
   timeout_duration idle_timeout;
   // nodelay sets TCP_NODELAY on each accepted TCP client.
   bool nodelay = true;
@@ -114,7 +118,10 @@ class stream_server {
   // what is left is killed at once, and the interrupt is raised at the
   // fiber's next blocking call instead. Must not run in one of the server's
   // own handlers (that handler would go on running in a destroyed server).
-  // May switch.
+  // Inside the hub (a timer or post() callback), which cannot wait, it may
+  // only destroy a server with nothing left running (never started, or
+  // stopped with every task ended); else it prints why on stderr and aborts
+  // rather than let its tasks run on in freed memory. May switch.
   ~stream_server();
   stream_server(const stream_server&) = delete;
   stream_server& operator=(const stream_server&) = delete;
@@ -133,7 +140,9 @@ class stream_server {
   // finish, then kills the rest and waits for them to unwind. Idempotent: a
   // second call returns at once. A handler may call it: it is not waited for
   // or killed by that call (serve_forever() and the destructor wait for it, up
-  // to the same deadline). May switch.
+  // to the same deadline). Inside the hub (a timer or post() callback), which
+  // cannot wait, it raises cogent::hub_error before changing anything (spawn a
+  // task that calls it). May switch.
   void stop(timeout_duration t = std::nullopt);
 
   // port() is the bound port (0 for Unix). Never switches.

@@ -57,12 +57,14 @@ end_of_stream::end_of_stream(std::size_t got, std::size_t wanted)
 
 // ---- basic_socket -------------------------------------------------------------
 
-basic_socket::basic_socket(basic_socket&& o) noexcept : _fd(std::exchange(o._fd, -1)), _timeout(o._timeout) {}
+basic_socket::basic_socket(basic_socket&& o) noexcept
+    : _fd(std::exchange(o._fd, -1)), _timeout(o._timeout), _idle(o._idle) {}
 
 basic_socket& basic_socket::operator=(basic_socket&& o) noexcept {
   if (this != &o) {
     close_fd(std::exchange(_fd, std::exchange(o._fd, -1)));
     _timeout = o._timeout;
+    _idle = o._idle;
   }
   return *this;
 }
@@ -303,6 +305,9 @@ void basic_socket::close() {
 
 int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(int)) {
   hub& h = hub::current();
+  if (_idle) [[unlikely]] {
+    deadline = std::min(deadline, deadline_after(_idle));  // this wait alone
+  }
   socket_waiter w;
   w.op = &op;
   socket_waiter*& head = waiter_head(op.fd);

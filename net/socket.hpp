@@ -141,6 +141,15 @@ class basic_socket {
   void set_timeout(timeout_duration t) noexcept { _timeout = t; }
   // timeout() is the default timeout.
   timeout_duration timeout() const noexcept { return _timeout; }
+  // set_idle_timeout() bounds every single wait of every later call (each op
+  // of a looping call such as read_exactly() or write_all(), unlike a call's
+  // timeout, which bounds the whole call): a peer that sends or takes nothing
+  // for that long makes the call raise std::system_error(ETIMEDOUT), while a
+  // slow but steady one is never cut off. std::nullopt (the initial value) =
+  // no idle limit. Never switches.
+  void set_idle_timeout(timeout_duration t) noexcept { _idle = t; }
+  // idle_timeout() is the idle limit.
+  timeout_duration idle_timeout() const noexcept { return _idle; }
 
   // local_address() returns the bound address (getsockname). Throws
   // std::system_error (EBADF when closed). Never switches.
@@ -208,6 +217,7 @@ class basic_socket {
 
   int _fd = -1;
   timeout_duration _timeout;
+  timeout_duration _idle;
 };
 
 // stream_socket is a connected stream socket (TCP or Unix-domain).

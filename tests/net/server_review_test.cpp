@@ -105,7 +105,7 @@ COGENT_TEST_CASE("review: stop() inside a post() callback either stops or fails 
 
 COGENT_TEST_CASE("review: idle_timeout does not drop a client that keeps sending", doctest::timeout(10)) {
   cogent::net::server_options opts;
-  opts.idle_timeout = 100ms;
+  opts.idle_timeout = 300ms;
   bool got_all = false;
   std::string error;
   stream_server srv(
@@ -125,16 +125,18 @@ COGENT_TEST_CASE("review: idle_timeout does not drop a client that keeps sending
   auto c = stream_socket::connect(srv.address(), 1s);
   int sent = 0;
   try {
-    for (int i = 0; i < 20; ++i) {  // 2 bytes every 20 ms: never silent for 100 ms; 400 ms in all
+    for (int i = 0; i < 20; ++i) {  // 2 bytes every 30 ms: never silent for 300 ms; 600 ms in all
       c.write_all("ab");
       sent += 2;
-      cogent::sleep(20ms);
+      cogent::sleep(30ms);
     }
   } catch (const std::system_error& e) {
     MESSAGE("client: " << e.what() << " after " << sent << " bytes");
   }
-  cogent::sleep(20ms);
-  CHECK_MESSAGE(got_all, "client dropped while sending every 20 ms: ", error);
+  for (int i = 0; i < 200 && !got_all && error.empty(); ++i) {
+    cogent::sleep(5ms);  // until the handler has read it all (or failed)
+  }
+  CHECK_MESSAGE(got_all, "client dropped while sending every 30 ms: ", error);
   srv.stop(1s);
 }
 

@@ -22,7 +22,11 @@
 //    its value is delivered to the parent as a normal return value.
 //  - When the last handle to a suspended, started fiber goes away, the fiber is
 //    unwound: fiber_exit is raised at its suspension point so destructors run
-//    (greenlet's kill-on-GC), then its stack is released.
+//    (greenlet's kill-on-GC), then its stack is released. A child holds a
+//    handle on its parent (it returns there), and there is no cycle collector:
+//    a suspended fiber that keeps, on its own stack, a handle to a child that
+//    never finishes is kept alive by that child. Let such a child finish, or
+//    kill the parent first: throw_in(std::make_exception_ptr(fiber_exit{})).
 //
 // Values: switch_to() carries a std::any (a type-erased value, like greenlet's
 // *args); small values (ints, pointers, small structs) move without allocating.

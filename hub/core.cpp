@@ -334,7 +334,12 @@ int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)
     t_hub->schedule(static_cast<fiber_impl*>(o->user), wake_reason::woken);
   };
   _engine->submit(op);
-  wake_reason r = park_here(deadline, true);
+  wake_reason r;
+  do {
+    r = park_here(deadline, true);
+    // Woken by an interrupt withdrawn before we ran (timeout::cancel() from
+    // another fiber): nothing to raise, so the op goes on.
+  } while (!op.done && r == wake_reason::interrupted && !self->sched.pending);
   if (!op.done) {
     // Timed out or interrupted: cancel, and keep the fiber (and `op`, which
     // lives on its stack) parked until the op's own completion is reaped.

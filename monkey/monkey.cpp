@@ -371,7 +371,10 @@ int await_op(call_ctx& c, io_op& op, clock::time_point deadline) noexcept {
   cogent::detail::wake_reason r;
   do {
     r = c.h->park(deadline, true);
-  } while (!op.done && r == cogent::detail::wake_reason::woken);
+    // Woken without the op: spuriously, or by an interrupt withdrawn before we
+    // ran (timeout::cancel() from another fiber): the op goes on.
+  } while (!op.done && (r == cogent::detail::wake_reason::woken ||
+                        (r == cogent::detail::wake_reason::interrupted && !has_pending(c))));
   if (op.done) {
     return op.result;  // completed first: the real outcome, even if an interrupt is now pending
   }

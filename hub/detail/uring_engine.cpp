@@ -209,6 +209,21 @@ class uring_engine final : public engine {
       tsp = &ts;
     }
     drain_backlog();
+    if (!_backlog.empty()) {
+      // The kernel refused submissions: hand it what the SQ holds, which
+      // frees room for the rest. If some are still left in user space, block
+      // at most 1 ms: nothing else would hand them over.
+      (void)io_uring_submit(&_ring);
+      drain_backlog();
+      if (!_backlog.empty()) {
+        constexpr long retry_ns = 1'000'000;
+        if (tsp == nullptr || ts.tv_sec > 0 || ts.tv_nsec > retry_ns) {
+          ts.tv_sec = 0;
+          ts.tv_nsec = retry_ns;
+          tsp = &ts;
+        }
+      }
+    }
     io_uring_cqe* cqe = nullptr;
     // -ETIME (deadline), -EINTR (signal), -EBUSY/-EAGAIN (kernel pressure):
     // all mean "return to the loop"; whatever did arrive is reaped below.

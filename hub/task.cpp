@@ -72,6 +72,17 @@ std::any task_state::run(std::any&&) {
     drop_self_ref(this);
     return {};
   }
+  if (st == status::releasing) {
+    // Killed before it started (task_base::kill): its function never runs;
+    // it and its arguments go here, on this fiber, then the task finishes.
+    sched.pending = nullptr;
+    sched.pending_owner = nullptr;
+    release_body();
+    sched.pending = nullptr;
+    sched.pending_owner = nullptr;
+    finish();
+    return {};
+  }
   st = status::running;
   body_started = true;
   try {
@@ -179,6 +190,13 @@ void fail_unstarted(fiber_impl* f, std::exception_ptr error) noexcept {
   }
   ref(s);
   task_base keep = task_base::adopt(s);
+  if (s->st == task_state::status::releasing) {
+    // Killed before it started, and now it cannot even get a stack to drop its
+    // function in: that happens here, in the hub; the kill's outcome stands.
+    s->release_body();
+    s->finish();
+    return;
+  }
   s->error = std::move(error);
   s->finish();
 }
@@ -293,7 +311,13 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
   }
   s.kill_requested = true;
   if (s.st == detail::task_state::status::pending) {
-    // Never started: it never runs. Record the outcome as if `e` ended it.
+    // Never started: its function never runs. Record the outcome as if `e`
+    // ended it; from here kills are moot (status::releasing). It still runs,
+    // in its own fiber, only to destroy its function and arguments — their
+    // destructors may block, which the killer's frame (or the hub, for a kill
+    // from a callback) cannot host — and then to finish there (its links run
+    // in its fiber, as for any task): joiners, a pool's slot and an imap
+    // stream's stop() wait for both. block waits for it.
     try {
       std::rethrow_exception(e);
     } catch (fiber_exit&) {
@@ -301,13 +325,15 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
     } catch (...) {
       s.error = std::current_exception();
     }
-    s.finish();
-    // Its function and arguments go now, not with its last handle (which may
-    // be dropped anywhere: after its thread ended, or after an imap stream's
-    // stop() or map() returned to a caller that frees what they refer to).
-    // Here, in the killer: the task's own stack is never used (a queued one
-    // only runs to drop its self-reference).
-    s.release_body();
+    s.st = detail::task_state::status::releasing;
+    hub& h = hub::current();
+    if (s.sched.park_timer.armed()) {
+      h.cancel_timer(s.sched.park_timer);  // spawn_later's start: now
+      h.schedule(&s);
+    }
+    if (block && !h.in_hub()) {
+      join(t);
+    }
     return;
   }
   if (detail::current_impl() == &s) {

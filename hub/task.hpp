@@ -10,7 +10,8 @@
 // kept in the task for join()/get(); the function and its arguments are
 // destroyed when its body ends, before the task counts as finished (joiners,
 // links and a pool's slot wait for their destructors; handles keep only the
-// outcome; a task killed before it started drops them at the kill). A task
+// outcome; a task killed before it started runs only to drop them, in its
+// own fiber, then finishes). A task
 // runs to its end whether or not anyone holds a handle to it. A task and its
 // fiber are one control block (320 bytes for a lambda with no captures): handles are
 // reference counts on it, like fiber handles, and belong to its thread.
@@ -147,9 +148,7 @@ struct task_impl final : typed_task_state<T> {
     }
   }
   void release_body() noexcept override {
-    // Once, even if called again while a destructor of the body blocks (a
-    // task killed before it started is released by its killer, and the hub
-    // may run its empty fiber, which releases too, meanwhile).
+    // Once, even if called again while a destructor of the body blocks.
     if (body_live) {
       body_live = false;
       body.reset();
@@ -213,8 +212,11 @@ class task_base {
   bool join(timeout_duration t = std::nullopt) const;
 
   // kill() raises `e` (default fiber_exit) in the task at its blocking point.
-  // A task not yet started never runs (its function and arguments are
-  // destroyed at once, by the caller). A task whose function has returned and
+  // A task not yet started never runs its function: its fiber starts only to
+  // destroy the function and its arguments (their destructors may block) and
+  // to finish (links run there); block waits for that, also when the task
+  // was spawned with spawn_later (it starts at once). From a timer or post()
+  // callback (in the hub) that cannot wait it does not block. A task whose function has returned and
   // is being destroyed is past killing (the kill is moot). With block, waits up to `t` for it to
   // finish. Killing the calling task raises `e` at once. May switch (block).
   // A fiber holds one pending interrupt: a kill that arrives while an earlier

@@ -1,9 +1,17 @@
 // hub/timeout.cpp — the timeout scope: a hub timer that interrupts its fiber.
 #include "hub/timeout.hpp"
 
+#include <atomic>
 #include <cstdio>
 
 namespace cogent {
+
+namespace {
+std::atomic<std::uint64_t> g_timeout_serial{0};
+}  // namespace
+
+timeout_error::timeout_error(const timeout* source, std::chrono::nanoseconds after) noexcept
+    : _source(source), _serial(source != nullptr ? source->_serial : 0), _after(after) {}
 
 const char* timeout_error::what() const noexcept {
   if (_msg[0] == '\0') {
@@ -31,6 +39,7 @@ timeout::timeout(timeout_duration d) {
   _hub = &hub::current();
   _fiber = detail::current_impl();
   _after = *d;
+  _serial = g_timeout_serial.fetch_add(1, std::memory_order_relaxed) + 1;
   _node.self = this;
   _node.deadline = deadline_after(d);
   _node.fire = [](detail::timer_node* n) {

@@ -24,6 +24,7 @@
 #pragma GCC visibility push(default)
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -37,8 +38,7 @@ class timeout;
 // timeout_error is raised at a blocking point when a timeout expires.
 class timeout_error {
  public:
-  timeout_error(const timeout* source, std::chrono::nanoseconds after) noexcept
-      : _source(source), _after(after) {}
+  timeout_error(const timeout* source, std::chrono::nanoseconds after) noexcept;
   virtual ~timeout_error() = default;
   // what() says how long the timeout was.
   virtual const char* what() const noexcept;
@@ -47,7 +47,9 @@ class timeout_error {
   std::chrono::nanoseconds after() const noexcept { return _after; }
 
  private:
+  friend class timeout;
   const timeout* _source;
+  std::uint64_t _serial;  // the source scope's serial: a later scope at the same address is another one
   std::chrono::nanoseconds _after;
   mutable char _msg[64] = {};
 };
@@ -66,10 +68,13 @@ class timeout {
   bool expired() const noexcept { return _expired; }
   // cancel() disarms it; a pending, not yet raised error is withdrawn.
   void cancel() noexcept;
-  // owns() is true if `e` was raised by this scope (not an outer one).
-  bool owns(const timeout_error& e) const noexcept { return e.source() == this; }
+  // owns() is true if `e` was raised by this scope: not an outer one, nor an
+  // earlier scope that lived at the same address (another task's, on the same
+  // pooled stack, whose error came here through task::get()).
+  bool owns(const timeout_error& e) const noexcept { return e._source == this && e._serial == _serial; }
 
  private:
+  friend class timeout_error;
   struct node : detail::timer_node {
     timeout* self = nullptr;
   };
@@ -77,6 +82,7 @@ class timeout {
   hub* _hub = nullptr;
   detail::fiber_impl* _fiber = nullptr;
   std::chrono::nanoseconds _after{};
+  std::uint64_t _serial = 0;  // unique in the process (0: never armed)
   bool _expired = false;
 };
 

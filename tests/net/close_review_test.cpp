@@ -233,9 +233,7 @@ TEST_CASE("close() from a thread_local destructor after the thread's waiter tabl
   cogent::test::child_result res = cogent::test::run_in_child([] {
     std::thread([] {
       int sv[2];
-      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        std::_Exit(cogent::test::child_setup_failed);
-      }
+      cogent::test::child_socketpair(sv);
       t_holder.peer = sv[1];  // constructed here, before the waiter table
       t_holder.s = stream_socket(sv[0]);
       t_holder.s.write_all("x", 1);  // an op: the table now exists

@@ -41,6 +41,14 @@ inline bool fd_open(int fd) {
   return ::fcntl(fd, F_GETFD) != -1;
 }
 
+// child_socketpair() fills sv with a connected Unix stream socket pair, or
+// ends the (fork()ed) child with child_setup_failed.
+inline void child_socketpair(int sv[2]) {
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    std::_Exit(child_setup_failed);
+  }
+}
+
 // closed_at_thread_end() checks, in a fork()ed child, that a socket whose
 // close() has begun but is still waiting for a blocked reader is not leaked
 // when its thread ends with those fibers parked (their cancels never reaped).
@@ -56,9 +64,7 @@ child_result closed_at_thread_end(StartClose start_close) {
     int old_fd = -1;
     std::thread([&] {
       int sv[2];
-      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        std::_Exit(child_setup_failed);
-      }
+      child_socketpair(sv);
       old_fd = sv[0];
       cogent::net::stream_socket s(sv[0]);
       auto r = cogent::spawn([&] {

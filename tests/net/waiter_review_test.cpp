@@ -21,6 +21,7 @@
 
 #include "hub/task.hpp"
 #include "tests/child.hpp"
+#include "tests/net/net_support.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
@@ -47,9 +48,7 @@ TEST_CASE("a fiber parked in a socket op resumed during thread exit, after the w
     std::thread([] {
       cogent::hub::current();  // the hub first (destroyed last)
       int sv[2];
-      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        std::_Exit(cogent::test::child_setup_failed);
-      }
+      cogent::test::child_socketpair(sv);
       t_late.peer = sv[1];  // the holder next: destroyed after the table's owner
       auto* s = new stream_socket(sv[0]);  // never destroyed (the child _exits)
       auto r = cogent::spawn([s] {
@@ -101,9 +100,7 @@ TEST_CASE("close() from a late thread_local destructor wakes the fiber parked on
     std::thread([] {
       cogent::hub::current();  // the hub first (destroyed last)
       int sv[2];
-      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        std::_Exit(cogent::test::child_setup_failed);
-      }
+      cogent::test::child_socketpair(sv);
       auto* s = new stream_socket(sv[0]);  // never destroyed (the child _exits)
       t_late_socket.peer = sv[1];          // the holder next: destroyed after the table's owner
       t_late_socket.s = s;

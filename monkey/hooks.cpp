@@ -298,6 +298,22 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
 ssize_t file_write(call_ctx& c, int fd, fd_kind k, const void* buf, std::size_t n,
                    std::int64_t offset) noexcept {
   std::size_t done = 0;
+  if (k == kind_fifo) {
+    // A pipe with room takes the write at once, as write(2) would, before any
+    // other fiber runs: a queued op would reach the kernel only at the hub's
+    // next turn, writing to whatever file holds the number by then (another
+    // fiber's dup2()), and would park a signal handler's self-pipe write.
+    iovec v{const_cast<void*>(buf), n};
+    ssize_t r = ::pwritev2(fd, &v, 1, -1, RWF_NOWAIT);
+    if (r >= 0) {
+      done = static_cast<std::size_t>(r);
+      if (done >= n) {
+        return static_cast<ssize_t>(done);
+      }
+    } else if (errno != EAGAIN && errno != EOPNOTSUPP) {
+      return -1;  // what write(2) reports (EPIPE, EBADF, ...)
+    }
+  }
   do {
     io_op op;
     op.code = op_code::write;
@@ -654,6 +670,15 @@ COGENT_HOOK ssize_t read(int fd, void* buf, size_t n) {
   // A zero-length read returns 0 at once, even on an empty socket or pipe.
   if (n == 0 || n > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.read(fd, buf, n);
+  }
+  if (k == kind_fifo) {
+    // Data (or end of file) already there is read at once, as read(2) would,
+    // before any other fiber runs (see file_write()).
+    iovec v{buf, n};
+    ssize_t r = ::preadv2(fd, &v, 1, -1, RWF_NOWAIT);
+    if (r >= 0 || (errno != EAGAIN && errno != EOPNOTSUPP)) {
+      return r;
+    }
   }
   io_op op;
   op.fd = fd;

@@ -339,6 +339,25 @@ ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt) n
   iov_copy rest;
   const iovec* v = iov;
   int left = cnt;
+  if (k == kind_fifo) {
+    // At once if the pipe has room, as writev(2) would (see file_write()).
+    ssize_t r = ::pwritev2(fd, iov, cnt, -1, RWF_NOWAIT);
+    if (r >= 0) {
+      done = static_cast<std::size_t>(r);
+      if (done >= total) {
+        return static_cast<ssize_t>(done);
+      }
+      v = rest.assign(iov, static_cast<std::size_t>(cnt));
+      if (v == nullptr) {
+        return static_cast<ssize_t>(done);  // out of memory: the short count
+      }
+      iovec* mv = const_cast<iovec*>(v);
+      advance(mv, left, static_cast<std::size_t>(r));
+      v = mv;
+    } else if (errno != EAGAIN && errno != EOPNOTSUPP) {
+      return -1;
+    }
+  }
   do {
     io_op op;
     op.code = op_code::writev;
@@ -702,6 +721,13 @@ COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
   std::size_t total = cnt < 0 || cnt > IOV_MAX || iov == nullptr ? 0 : iov_total(iov, cnt);
   if (total == 0 || total > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.readv(fd, iov, cnt);
+  }
+  if (k == kind_fifo) {
+    // Data already there is read at once, as readv(2) would (see read()).
+    ssize_t r = ::preadv2(fd, iov, cnt, -1, RWF_NOWAIT);
+    if (r >= 0 || (errno != EAGAIN && errno != EOPNOTSUPP)) {
+      return r;
+    }
   }
   io_op op;
   op.code = op_code::readv;

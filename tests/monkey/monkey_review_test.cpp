@@ -1,6 +1,6 @@
 // tests/monkey/monkey_review_test.cpp — adversarial review of monkey/monkey.cpp and monkey/hooks.cpp.
 // Each case states what libc does for the same inputs; a failure is a deviation. The three pipe
-// cases failed before hooked read()/write() on a pipe tried the call at once (RWF_NOWAIT) before
+// cases failed before hooked read()/write()/readv()/writev() on a pipe tried the call at once (RWF_NOWAIT) before
 // queueing an io_uring op. Not fixed (closing note): a signal without SA_RESTART does not give
 // EINTR in a hooked call; an fd sent through SCM_RIGHTS does not see O_NONBLOCK set on the
 // received copy; a blocked unconnected AF_UNIX datagram sendto spins on POLLOUT.
@@ -123,6 +123,45 @@ COGENT_TEST_CASE("review: a read queued by the hook steals data from the file th
   ::close(p1[1]);
   ::close(p2[0]);
   ::close(p2[1]);
+}
+
+// The same two orderings through writev()/readv(), which the hooks also queued.
+COGENT_TEST_CASE("review: writev/readv on a pipe complete before another fiber dup2()s the number",
+                 doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  int p1[2], p2[2];
+  REQUIRE(::pipe(p1) == 0);
+  REQUIRE(::pipe(p2) == 0);
+  int w = p1[1];
+  char a1[] = "AA", a2[] = "BB";
+  iovec out[2] = {{a1, 2}, {a2, 2}};
+  long wr = -2;
+  auto a = cogent::spawn([&] { wr = ::writev(w, out, 2); });
+  auto b = cogent::spawn([&] { REQUIRE(::dup2(p2[1], w) == w); });
+  cogent::joinall({a, b});
+  CHECK(wr == 4);
+  char buf[8] = {};
+  pollfd pf{p1[0], POLLIN, 0};
+  REQUIRE(::poll(&pf, 1, 0) == 1);
+  CHECK(::read(p1[0], buf, sizeof buf) == 4);
+  CHECK(std::string(buf, 4) == "AABB");
+  // readv: p1 holds "mine", p2 "THEIRS"; a fiber dup2()s p2's read end onto p1's.
+  REQUIRE(::write(p2[1], "THEIRS", 6) == 6);
+  int q[2];
+  REQUIRE(::pipe(q) == 0);
+  REQUIRE(::write(q[1], "mine", 4) == 4);
+  int r = q[0];
+  char x[2] = {}, y[8] = {};
+  iovec in[2] = {{x, 2}, {y, sizeof y}};
+  long rd = -2;
+  auto c = cogent::spawn([&] { rd = ::readv(r, in, 2); });
+  auto d = cogent::spawn([&] { REQUIRE(::dup2(p2[0], r) == r); });
+  cogent::joinall({c, d});
+  CHECK(rd == 4);
+  CHECK(std::string(x, 2) + std::string(y, 2) == "mine");
+  for (int fd : {p1[0], p1[1], p2[0], p2[1], q[0], q[1]}) {
+    ::close(fd);
+  }
 }
 
 // The self-pipe trick: a signal handler write()s one byte to a (blocking)

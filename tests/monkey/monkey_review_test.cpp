@@ -1,5 +1,5 @@
 // tests/monkey/monkey_review_test.cpp — adversarial review of monkey/monkey.cpp and monkey/hooks.cpp.
-// Each case states what libc does for the same inputs; a failure is a deviation. The three pipe
+// Each case states what libc does for the same inputs; a failure is a deviation. The four pipe
 // cases failed before hooked read()/write()/readv()/writev() on a pipe tried the call at once (RWF_NOWAIT) before
 // queueing an io_uring op. Not fixed (closing note): a signal without SA_RESTART does not give
 // EINTR in a hooked call; an fd sent through SCM_RIGHTS does not see O_NONBLOCK set on the

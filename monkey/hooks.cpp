@@ -292,97 +292,78 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
   }
 }
 
-// file_write() writes through io_uring: a regular file in one op (like the
+// file_writev() writes through io_uring: a regular file in one op (like the
 // kernel, which writes it whole or reports a short count), a pipe until all
-// is written (a blocking pipe write does).
-ssize_t file_write(call_ctx& c, int fd, fd_kind k, const void* buf, std::size_t n,
-                   std::int64_t offset) noexcept {
-  std::size_t done = 0;
-  if (k == kind_fifo) {
-    // A pipe with room takes the write at once, as write(2) would, before any
-    // other fiber runs: a queued op would reach the kernel only at the hub's
-    // next turn, writing to whatever file holds the number by then (another
-    // fiber's dup2()), and would park a signal handler's self-pipe write.
-    iovec v{const_cast<void*>(buf), n};
-    ssize_t r = ::pwritev2(fd, &v, 1, -1, RWF_NOWAIT);
-    if (r >= 0) {
-      done = static_cast<std::size_t>(r);
-      if (done >= n) {
-        return static_cast<ssize_t>(done);
-      }
-    } else if (errno != EAGAIN && errno != EOPNOTSUPP) {
-      return -1;  // what write(2) reports (EPIPE, EBADF, ...)
-    }
-  }
-  do {
-    io_op op;
-    op.code = op_code::write;
-    op.fd = fd;
-    op.buf = const_cast<char*>(static_cast<const char*>(buf) + done);
-    op.len = static_cast<std::uint32_t>(n - done);
-    op.offset = offset;
-    int r = await_op(c, op, clock::time_point::max());
-    if (r < 0) {
-      return done > 0 ? static_cast<ssize_t>(done) : fail(r);
-    }
-    done += static_cast<std::size_t>(r);
-    if (r == 0 || k == kind_regular) {
-      break;
-    }
-  } while (done < n);
-  return static_cast<ssize_t>(done);
-}
-
-ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt) noexcept {
+// is written (a blocking pipe write does). A pipe with room takes the write
+// at once (RWF_NOWAIT), as writev(2) would, before any other fiber runs: a
+// queued op reaches the kernel only at the hub's next turn — writing to
+// whatever file holds the number by then (another fiber's dup2()), and
+// parking a signal handler's self-pipe write. offset -1: the file position.
+ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt, std::int64_t offset) noexcept {
   std::size_t total = iov_total(iov, cnt);
   std::size_t done = 0;
   iov_copy rest;
   const iovec* v = iov;
   int left = cnt;
-  if (k == kind_fifo) {
-    // At once if the pipe has room, as writev(2) would (see file_write()).
-    ssize_t r = ::pwritev2(fd, iov, cnt, -1, RWF_NOWAIT);
-    if (r >= 0) {
-      done = static_cast<std::size_t>(r);
-      if (done >= total) {
-        return static_cast<ssize_t>(done);
+  for (bool first = true;; first = false) {
+    ssize_t got = -1;
+    if (first && k == kind_fifo) {
+      got = ::pwritev2(fd, v, left, -1, RWF_NOWAIT);
+      if (got < 0 && errno != EAGAIN && errno != EOPNOTSUPP) {
+        return -1;  // what writev(2) reports (EPIPE, EBADF, ...)
       }
-      v = rest.assign(iov, static_cast<std::size_t>(cnt));
-      if (v == nullptr) {
-        return static_cast<ssize_t>(done);  // out of memory: the short count
+    }
+    if (got < 0) {  // not tried, or no room: wait for it through the ring
+      io_op op;
+      op.code = op_code::writev;
+      op.fd = fd;
+      op.buf = const_cast<iovec*>(v);
+      op.len = static_cast<std::uint32_t>(left);
+      op.offset = offset;
+      int r = await_op(c, op, clock::time_point::max());
+      if (r < 0) {
+        return done > 0 ? static_cast<ssize_t>(done) : fail(r);
       }
-      iovec* mv = const_cast<iovec*>(v);
-      advance(mv, left, static_cast<std::size_t>(r));
-      v = mv;
-    } else if (errno != EAGAIN && errno != EOPNOTSUPP) {
-      return -1;
+      got = r;
+      if (r == 0 || k == kind_regular) {
+        done += static_cast<std::size_t>(r);
+        break;
+      }
     }
-  }
-  do {
-    io_op op;
-    op.code = op_code::writev;
-    op.fd = fd;
-    op.buf = const_cast<iovec*>(v);
-    op.len = static_cast<std::uint32_t>(left);
-    int r = await_op(c, op, clock::time_point::max());
-    if (r < 0) {
-      return done > 0 ? static_cast<ssize_t>(done) : fail(r);
-    }
-    done += static_cast<std::size_t>(r);
-    if (r == 0 || k == kind_regular || done >= total) {
+    done += static_cast<std::size_t>(got);
+    if (done >= total) {
       break;
     }
-    if (rest.data() == nullptr) {
+    if (rest.data() == nullptr) {  // the caller's array is const: advance a copy
       v = rest.assign(iov, static_cast<std::size_t>(cnt));
       if (v == nullptr) {
         return static_cast<ssize_t>(done);  // out of memory: the short count
       }
     }
     iovec* mv = const_cast<iovec*>(v);
-    advance(mv, left, static_cast<std::size_t>(r));
+    advance(mv, left, static_cast<std::size_t>(got));
     v = mv;
-  } while (left > 0);
+  }
   return static_cast<ssize_t>(done);
+}
+
+ssize_t file_write(call_ctx& c, int fd, fd_kind k, const void* buf, std::size_t n,
+                   std::int64_t offset) noexcept {
+  iovec v{const_cast<void*>(buf), n};
+  return file_writev(c, fd, k, &v, 1, offset);
+}
+
+// pipe_read_now() reads a pipe at once (RWF_NOWAIT) if data or end of file is
+// already there, as read(2) would before any other fiber runs (see
+// file_writev()): true with the call's result in `ret` (an error included);
+// false if it is empty and the caller must wait.
+bool pipe_read_now(int fd, const iovec* iov, int cnt, ssize_t& ret) noexcept {
+  ret = ::preadv2(fd, iov, cnt, -1, RWF_NOWAIT);
+  return ret >= 0 || (errno != EAGAIN && errno != EOPNOTSUPP);
+}
+bool pipe_read_now(int fd, void* buf, std::size_t n, ssize_t& ret) noexcept {
+  iovec v{buf, n};
+  return pipe_read_now(fd, &v, 1, ret);
 }
 
 // ---- poll / select ---------------------------------------------------------------
@@ -690,14 +671,8 @@ COGENT_HOOK ssize_t read(int fd, void* buf, size_t n) {
   if (n == 0 || n > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.read(fd, buf, n);
   }
-  if (k == kind_fifo) {
-    // Data (or end of file) already there is read at once, as read(2) would,
-    // before any other fiber runs (see file_write()).
-    iovec v{buf, n};
-    ssize_t r = ::preadv2(fd, &v, 1, -1, RWF_NOWAIT);
-    if (r >= 0 || (errno != EAGAIN && errno != EOPNOTSUPP)) {
-      return r;
-    }
+  if (ssize_t r; k == kind_fifo && pipe_read_now(fd, buf, n, r)) {
+    return r;
   }
   io_op op;
   op.fd = fd;
@@ -722,12 +697,8 @@ COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
   if (total == 0 || total > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.readv(fd, iov, cnt);
   }
-  if (k == kind_fifo) {
-    // Data already there is read at once, as readv(2) would (see read()).
-    ssize_t r = ::preadv2(fd, iov, cnt, -1, RWF_NOWAIT);
-    if (r >= 0 || (errno != EAGAIN && errno != EOPNOTSUPP)) {
-      return r;
-    }
+  if (ssize_t r; k == kind_fifo && pipe_read_now(fd, iov, cnt, r)) {
+    return r;
   }
   io_op op;
   op.code = op_code::readv;
@@ -879,7 +850,7 @@ COGENT_HOOK ssize_t writev(int fd, const iovec* iov, int cnt) {
     m.msg_iovlen = static_cast<std::size_t>(cnt);
     return sock_sendmsg(c, fd, *e, &m, 0);
   }
-  return file_writev(c, fd, k, iov, cnt);
+  return file_writev(c, fd, k, iov, cnt, -1);
 }
 
 COGENT_HOOK ssize_t pwrite(int fd, const void* buf, size_t n, off_t offset) {

@@ -107,30 +107,20 @@ class basic_queue {
   // queue_full if `t` passes first (the item is not added). Raises a pending
   // kill or Timeout (the item is not added). May switch (only when full).
   void put(T item, timeout_duration t = std::nullopt) {
-    hub::throw_if_interrupted();
-    clock::time_point deadline = clock::time_point::min();  // resolved only if it has to wait
-    for (;;) {
-      if (handoff_list::node* g = _getters.first()) {
-        give(*g, std::move(item));
-        return;
-      }
-      if (!full()) {
-        store(std::move(item));
-        return;
-      }
-      if (deadline == clock::time_point::min()) {
-        deadline = deadline_after(t);
-      }
-      handoff_list::node n;
-      n.data = &item;
-      switch (_putters.wait(n, deadline)) {
-        case handoff_list::outcome::granted:
-          return;  // a getter moved our item into the freed slot (and counted it)
-        case handoff_list::outcome::timed_out:
-          throw queue_full("cogent::queue::put(): the queue is full");
-        case handoff_list::outcome::retry:
-          break;
-      }
+    handoff_list::node n;
+    n.data = &item;  // granted: a getter moved it into the freed slot (and counted it)
+    if (!_putters.take(n, t, [&] {
+          if (handoff_list::node* g = _getters.first()) {
+            give(*g, std::move(item));
+            return true;
+          }
+          if (full()) {
+            return false;
+          }
+          store(std::move(item));
+          return true;
+        })) {
+      throw queue_full("cogent::queue::put(): the queue is full");
     }
   }
   // put_nowait() is put() that never blocks: throws queue_full if full. Never switches.
@@ -140,30 +130,21 @@ class basic_queue {
   // empty up to `t`. Throws queue_empty if `t` passes first. Raises a pending
   // kill or Timeout (nothing is removed). May switch (only when empty).
   T get(timeout_duration t = std::nullopt) {
-    hub::throw_if_interrupted();
-    clock::time_point deadline = clock::time_point::min();  // resolved only if it has to wait
-    for (;;) {
-      if (!empty()) {
-        T v = std::move(_store.top());
-        _store.pop();
-        admit_putter();
-        return v;
-      }
-      if (deadline == clock::time_point::min()) {
-        deadline = deadline_after(t);
-      }
-      std::optional<T> slot;
-      handoff_list::node n;
-      n.data = &slot;
-      switch (_getters.wait(n, deadline)) {
-        case handoff_list::outcome::granted:
-          return std::move(*slot);  // put() placed the item in our slot
-        case handoff_list::outcome::timed_out:
-          throw queue_empty("cogent::queue::get(): the queue is empty");
-        case handoff_list::outcome::retry:
-          break;
-      }
+    std::optional<T> slot;
+    handoff_list::node n;
+    n.data = &slot;  // granted: put() placed the item here
+    if (!_getters.take(n, t, [&] {
+          if (empty()) {
+            return false;
+          }
+          slot.emplace(std::move(_store.top()));
+          _store.pop();
+          admit_putter();
+          return true;
+        })) {
+      throw queue_empty("cogent::queue::get(): the queue is empty");
     }
+    return std::move(*slot);
   }
   // get_nowait() is get() that never blocks: throws queue_empty if empty. Never switches.
   T get_nowait() { return get(std::chrono::nanoseconds::zero()); }
@@ -357,24 +338,18 @@ class channel {
   // time (the item is not delivered). Raises a pending kill or Timeout (the
   // item is not delivered). May switch (unless a getter is waiting).
   void put(T item, timeout_duration t = std::nullopt) {
-    hub::throw_if_interrupted();
-    clock::time_point deadline = deadline_after(t);
-    for (;;) {
-      if (detail::handoff_list::node* g = _getters.first()) {
-        static_cast<std::optional<T>*>(g->data)->emplace(std::move(item));
-        _getters.grant(*g);
-        return;
-      }
-      detail::handoff_list::node n;
-      n.data = &item;
-      switch (_putters.wait(n, deadline)) {
-        case detail::handoff_list::outcome::granted:
-          return;
-        case detail::handoff_list::outcome::timed_out:
-          throw queue_full("cogent::channel::put(): no getter took the item");
-        case detail::handoff_list::outcome::retry:
-          break;
-      }
+    detail::handoff_list::node n;
+    n.data = &item;  // granted: a getter took it
+    if (!_putters.take(n, t, [&] {
+          detail::handoff_list::node* g = _getters.first();
+          if (g == nullptr) {
+            return false;
+          }
+          static_cast<std::optional<T>*>(g->data)->emplace(std::move(item));
+          _getters.grant(*g);
+          return true;
+        })) {
+      throw queue_full("cogent::channel::put(): no getter took the item");
     }
   }
   // put_nowait() hands `item` to a waiting getter or throws queue_full. Never switches.
@@ -384,26 +359,21 @@ class channel {
   // or blocks until a putter comes, up to `t`. Throws queue_empty if none came
   // in time. Raises a pending kill or Timeout. May switch (unless a putter is waiting).
   T get(timeout_duration t = std::nullopt) {
-    hub::throw_if_interrupted();
-    clock::time_point deadline = deadline_after(t);
-    for (;;) {
-      if (detail::handoff_list::node* p = _putters.first()) {
-        T v = std::move(*static_cast<T*>(p->data));
-        _putters.grant(*p);
-        return v;
-      }
-      std::optional<T> slot;
-      detail::handoff_list::node n;
-      n.data = &slot;
-      switch (_getters.wait(n, deadline)) {
-        case detail::handoff_list::outcome::granted:
-          return std::move(*slot);
-        case detail::handoff_list::outcome::timed_out:
-          throw queue_empty("cogent::channel::get(): no putter came");
-        case detail::handoff_list::outcome::retry:
-          break;
-      }
+    std::optional<T> slot;
+    detail::handoff_list::node n;
+    n.data = &slot;  // granted: a putter placed its item here
+    if (!_getters.take(n, t, [&] {
+          detail::handoff_list::node* p = _putters.first();
+          if (p == nullptr) {
+            return false;
+          }
+          slot.emplace(std::move(*static_cast<T*>(p->data)));
+          _putters.grant(*p);
+          return true;
+        })) {
+      throw queue_empty("cogent::channel::get(): no putter came");
     }
+    return std::move(*slot);
   }
   // get_nowait() takes a waiting putter's item or throws queue_empty. Never switches.
   T get_nowait() { return get(std::chrono::nanoseconds::zero()); }

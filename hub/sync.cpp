@@ -25,9 +25,7 @@ handoff_list::outcome handoff_list::wait(node& n, clock::time_point deadline) {
   if (r == wake_reason::timed_out || deadline_passed(deadline)) {
     return outcome::timed_out;
   }
-  // Woken by an interrupt that was withdrawn: while it was pending, first()
-  // passed us over, so a unit or an item may have been stored meanwhile.
-  return outcome::retry;
+  return outcome::withdrawn;  // an interrupt withdrawn before we ran: take() looks again
 }
 
 handoff_list::node* handoff_list::first() const noexcept {
@@ -81,22 +79,17 @@ bool owner_lock::owned() const noexcept {
   return owned_by(current_impl());
 }
 
-bool owner_lock::take(fiber_impl* self, clock::time_point deadline) {
-  for (;;) {
-    if (_owner == 0) {
-      _owner = self->id;  // free implies no waiter can claim it: hand_over() gives it directly
-      return true;
+bool owner_lock::take(fiber_impl* self, timeout_duration t) {
+  handoff_list::node n;
+  // Free implies no waiter can claim it (hand_over() gives it directly); a
+  // grant means hand_over() made us the owner.
+  return _waiters.take(n, t, [&] {
+    if (_owner != 0) {
+      return false;
     }
-    handoff_list::node n;
-    switch (_waiters.wait(n, deadline)) {
-      case handoff_list::outcome::granted:
-        return true;  // hand_over() made us the owner
-      case handoff_list::outcome::timed_out:
-        return false;
-      case handoff_list::outcome::retry:
-        break;
-    }
-  }
+    _owner = self->id;
+    return true;
+  });
 }
 
 void owner_lock::check_owner(const char* who) const {
@@ -123,14 +116,13 @@ fiber_impl* owner_lock::hand_over() noexcept {
 }  // namespace detail
 
 bool mutex::acquire(timeout_duration t) {
-  hub::throw_if_interrupted();
   detail::fiber_impl* self = detail::current_impl();
   if (_lock.owned_by(self)) {
     throw lock_error(
         "cogent::mutex::acquire(): the calling fiber already owns this lock (it would deadlock; "
         "use cogent::rlock for re-entry)");
   }
-  return _lock.take(self, deadline_after(t));
+  return _lock.take(self, t);
 }
 
 void mutex::release() {
@@ -145,7 +137,7 @@ bool rlock::acquire(timeout_duration t) {
     ++_count;
     return true;
   }
-  if (!_lock.take(self, deadline_after(t))) {
+  if (!_lock.take(self, t)) {
     return false;
   }
   if (_count == 0) {
@@ -167,23 +159,16 @@ void rlock::release() {
 // ---- semaphore --------------------------------------------------------------------
 
 bool semaphore::acquire(timeout_duration t) {
-  hub::throw_if_interrupted();
-  clock::time_point deadline = deadline_after(t);
-  for (;;) {
-    if (_counter > 0) {
-      --_counter;  // a free unit implies no waiter can claim it: release() hands units over directly
-      return true;
+  detail::handoff_list::node n;
+  // A free unit implies no waiter can claim it (release() hands units over
+  // directly); a grant means release() gave us its unit.
+  return _waiters.take(n, t, [this] {
+    if (_counter == 0) {
+      return false;
     }
-    detail::handoff_list::node n;
-    switch (_waiters.wait(n, deadline)) {
-      case detail::handoff_list::outcome::granted:
-        return true;  // release() gave us its unit
-      case detail::handoff_list::outcome::timed_out:
-        return false;
-      case detail::handoff_list::outcome::retry:
-        break;
-    }
-  }
+    --_counter;
+    return true;
+  });
 }
 
 void semaphore::release() {

@@ -77,20 +77,39 @@ class handoff_list {
   handoff_list(const handoff_list&) = delete;
   handoff_list& operator=(const handoff_list&) = delete;
 
-  // outcome is how wait() ended without raising: granted; timed_out
-  // (`deadline` passed); or retry — woken by an interrupt that was withdrawn
-  // (timeout::cancel() from another fiber) before it ran, while first()
-  // skipped it as leaving: what was released meanwhile went to the store, so
-  // the caller must look again (its fast path) before waiting again.
-  enum class outcome : std::uint8_t { granted, timed_out, retry };
-
-  // wait() links `n` at the tail and parks the calling fiber until grant(n)
-  // (granted), `deadline` passes (timed_out) or an interrupt arrives (raised:
-  // fiber_exit, timeout_error, ...). A grant that arrived first wins: wait()
-  // returns granted and the interrupt stays pending for the next blocking
-  // call. `n` is unlinked when wait() returns or throws. A deadline already
-  // passed returns timed_out without switching. May switch.
-  outcome wait(node& n, clock::time_point deadline);
+  // take() is the whole of every handoff call (lock, semaphore, queue and
+  // channel put/get): it raises a pending interrupt first (nothing taken),
+  // then, until it has what it came for, runs try_now() — the caller's fast
+  // path: take what is free and return true — and otherwise waits with `n`
+  // (n.data set by the caller) for a giver to complete the transfer. False
+  // once `t` passes; `t` is resolved only when it first has to wait (a call
+  // that takes at once reads no clock). A grant that arrived first wins: the
+  // call succeeds and the interrupt stays pending for the next blocking call.
+  // Woken by an interrupt that was withdrawn before it ran (timeout::cancel()
+  // from another fiber) it looks again: while the interrupt was pending,
+  // first() passed it over, so what was released meanwhile was stored. May
+  // switch.
+  template <class TryNow>
+  bool take(node& n, timeout_duration t, TryNow&& try_now) {
+    hub::throw_if_interrupted();
+    clock::time_point deadline = clock::time_point::min();
+    for (;;) {
+      if (try_now()) {
+        return true;
+      }
+      if (deadline == clock::time_point::min()) {
+        deadline = deadline_after(t);
+      }
+      switch (wait(n, deadline)) {
+        case outcome::granted:
+          return true;
+        case outcome::timed_out:
+          return false;
+        case outcome::withdrawn:
+          break;
+      }
+    }
+  }
 
   // first() returns the longest-waiting node whose fiber has no interrupt on
   // its way (those are leaving), or null. Never switches.
@@ -105,6 +124,11 @@ class handoff_list {
   std::size_t size() const noexcept { return _links.size(); }
 
  private:
+  enum class outcome : std::uint8_t { granted, timed_out, withdrawn };
+  // wait() links `n` at the tail and parks until grant(n), `deadline` or an
+  // interrupt (raised); `n` is unlinked when it returns or throws.
+  outcome wait(node& n, clock::time_point deadline);
+
   fifo_links<node> _links;
 };
 
@@ -123,9 +147,9 @@ class owner_lock {
   // owned() is true if the calling fiber owns the lock.
   bool owned() const noexcept;
   // take() makes `self` the owner if the lock is free (true); otherwise it
-  // waits up to `deadline` for a release to hand it over (true) or not
-  // (false). Raises a pending interrupt. May switch.
-  bool take(fiber_impl* self, clock::time_point deadline);
+  // waits up to `t` for a release to hand it over (true) or not (false).
+  // Raises a pending interrupt. May switch.
+  bool take(fiber_impl* self, timeout_duration t);
   // check_owner() throws lock_error, naming `who`, unless the caller owns the lock.
   void check_owner(const char* who) const;
   // hand_over() gives the lock to the longest waiter (returned) or unlocks it (null).

@@ -65,47 +65,32 @@ task_state::task_state(std::size_t stack_size, std::string&& name) : fiber_impl(
 task_state::~task_state() = default;
 
 std::any task_state::run(std::any&&) {
-  if (st == status::done) {
-    // Killed before it started, after it was queued to run: it never runs.
-    // finish() left our self-reference to us (the hub's ready queue held a
-    // raw pointer); drop it now that we are running.
-    drop_self_ref(this);
-    return {};
+  if (st == status::pending) {
+    st = status::running;
+    body_started = true;
+    try {
+      invoke();
+    } catch (fiber_exit&) {
+      killed = true;
+    } catch (...) {
+      error = std::current_exception();
+    }
+    st = status::releasing;
   }
-  if (st == status::releasing) {
-    // Killed before it started (task_base::kill): its function never runs;
-    // it and its arguments go here, on this fiber, then the task finishes.
-    sched.pending = nullptr;
-    sched.pending_owner = nullptr;
-    release_body();
-    sched.pending = nullptr;
-    sched.pending_owner = nullptr;
-    finish();
-    return {};
-  }
-  st = status::running;
-  body_started = true;
-  try {
-    invoke();
-  } catch (fiber_exit&) {
-    killed = true;
-  } catch (...) {
-    error = std::current_exception();
-  }
-  // A kill that arrived too late to land (the body finished without blocking
-  // again) is moot now: it must not go off in a link or in the destructor of
-  // the function or its arguments.
+  // The body ended — or never ran: killed before it started, the task runs
+  // only for what follows (task_base::kill). The function and its arguments go
+  // before the task is done (gevent drops a greenlet's run before reporting
+  // its result): their destructors may block, and until they are through,
+  // joiners (group::join(), map(), an imap stream's stop()) must not return to
+  // a caller that frees what they refer to, nor a pool give the slot to the
+  // next member. Kills meanwhile are moot (status::releasing): the destructors
+  // are noexcept. So is a kill that arrived too late to land (the body
+  // finished without blocking again), and a Timeout of a destructor's own
+  // scope that fired late: neither may go off here or in a link.
   sched.pending = nullptr;
   sched.pending_owner = nullptr;
-  // The function and its arguments go before the task is done (gevent drops
-  // a greenlet's run before reporting its result): their destructors may
-  // block, and until they are through, joiners (group::join(), map(), an
-  // imap stream's stop()) must not return to a caller that frees what they
-  // refer to, nor a pool give the slot to the next member. Kills meanwhile
-  // are moot (status::releasing): the destructors are noexcept.
-  st = status::releasing;
   release_body();
-  sched.pending = nullptr;  // a Timeout scope of a destructor's own that fired late
+  sched.pending = nullptr;
   sched.pending_owner = nullptr;
   finish();
   return {};
@@ -116,13 +101,12 @@ void check_task_options(const spawn_options& opts) {
 }
 
 void task_state::finish() noexcept {
-  // Every caller holds a reference (run() its self-reference, kill() its own
-  // handle), so *this outlives this call; a handle for the callbacks is made
-  // only when there are callbacks to make.
+  // Both callers, run() and fail_unstarted(), hold a reference (the task's
+  // self-reference, a handle), so *this outlives this call; a handle for the
+  // callbacks is made only when there are callbacks to make. Either way the
+  // hub has dequeued the task and spawn_later's timer has fired or been
+  // cancelled (by kill()).
   st = status::done;
-  if (sched.park_timer.armed()) {
-    hub::current().cancel_timer(sched.park_timer);  // spawn_later's start, never reached
-  }
   unregister_task(this);
   bool observed = kill_requested;
   for (const auto& l : links) {
@@ -156,17 +140,10 @@ void task_state::finish() noexcept {
     }
   }
   // Drop our self-reference: if we are the running fiber we are freed by the
-  // hub once we have switched away for the last time. A task that never
-  // started but sits in the hub's ready queue (killed right after spawn) must
-  // stay alive until the hub runs it: run() then drops it without running
-  // the task.
-  if (!started && sched.state == 2 /* ready: queued in the hub */) {
-    return;
-  }
+  // hub once we have switched away for the last time.
   if (!started) {
-    // It never ran and never will (killed while spawn_later's timer held it,
-    // or no stack could be mapped): the fiber layer, which does this for a
-    // finished task, never sees it finish.
+    // No stack could be mapped (fail_unstarted()): the fiber layer, which
+    // does this for a finished task, never sees it finish.
     release_parent(this);
   }
   drop_self_ref(this);
@@ -178,14 +155,6 @@ void task_state::finish() noexcept {
 void fail_unstarted(fiber_impl* f, std::exception_ptr error) noexcept {
   auto* s = static_cast<task_state*>(f->sched.task);
   if (s == nullptr) {
-    return;
-  }
-  if (s->st == task_state::status::done) {
-    // Killed while queued: finish() left our self-reference to run(), which
-    // never runs now. Drop it here, or the task is never freed; nor does the
-    // fiber layer see it finish (see finish()).
-    release_parent(s);
-    drop_self_ref(s);
     return;
   }
   ref(s);

@@ -80,7 +80,9 @@ struct server_options {
   timeout_duration idle_timeout;
   // nodelay sets TCP_NODELAY on each accepted TCP client.
   bool nodelay = true;
-  // max_accept_backoff caps the pause after a resource-exhaustion accept error.
+  // max_accept_backoff caps the pause after a resource-exhaustion accept error
+  // (EMFILE, ENFILE, ENOBUFS, ENOMEM). Must be positive (else the constructors
+  // raise std::invalid_argument).
   std::chrono::milliseconds max_accept_backoff{100};
   // on_error receives a handler's unexpected exception (not disconnects, not
   // kills). Default: "cogent: stream_server: client <peer>: <what>" on stderr.

@@ -1,7 +1,7 @@
 // tests/net/server_review_test.cpp — adversarial review of net/server.cpp and net/resolver.cpp; the
 // cases that failed before the fix that came with this file: a server destroyed or stopped inside
 // the hub, idle_timeout cutting slow but steady clients, failed handler tasks kept, a kill
-// swallowed while on_error blocks, a host with a NUL byte resolved as its prefix.
+// swallowed while on_error blocks, a host with a NUL byte resolved as its prefix. A max_accept_backoff that is not positive (busy loop on EMFILE).
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -448,4 +448,20 @@ COGENT_TEST_CASE("review: failed handler tasks are not retained by a long-runnin
   CHECK_MESSAGE(g_live_errors == 0, "exceptions of finished clients still alive: ", g_live_errors);
   srv.stop(1s);
   cogent::set_task_error_handler(nullptr);
+}
+
+// ---- options -----------------------------------------------------------------------------
+
+COGENT_TEST_CASE("review: a max_accept_backoff that is not positive is rejected (it would busy-loop on EMFILE)",
+                 doctest::timeout(10)) {
+  for (auto cap : {0ms, -5ms}) {
+    cogent::net::server_options opts;
+    opts.max_accept_backoff = cap;
+    try {
+      stream_server srv(address::ipv4_loopback(0), echo_handler, opts);
+      FAIL("a stream_server with max_accept_backoff ", cap.count(), " ms was made");
+    } catch (const std::invalid_argument& e) {
+      CHECK(std::string(e.what()).find("max_accept_backoff") != std::string::npos);
+    }
+  }
 }

@@ -1,7 +1,8 @@
 // tests/net/server_review_test.cpp — adversarial review of net/server.cpp and net/resolver.cpp; the
 // cases that failed before the fix that came with this file: a server destroyed or stopped inside
 // the hub, idle_timeout cutting slow but steady clients, failed handler tasks kept, a kill
-// swallowed while on_error blocks, a host with a NUL byte resolved as its prefix. A max_accept_backoff that is not positive (busy loop on EMFILE).
+// swallowed while on_error blocks, a host with a NUL byte resolved as its prefix, a
+// max_accept_backoff that is not positive (a busy loop on EMFILE).
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>

@@ -74,6 +74,12 @@ std::any task_state::run(std::any&&) {
       killed = true;
     } catch (...) {
       error = std::current_exception();
+      if (kill_requested && !kill_custom && sched.pending == nullptr) {
+        // A fiber_exit kill was raised in the body (nothing is left pending),
+        // caught, and the task failed otherwise: not the outcome its killer
+        // expects — report it if nobody joins.
+        kill_requested = false;
+      }
     }
     st = status::releasing;
   }
@@ -220,10 +226,14 @@ detail::task_state& task_base::state() const {
   return *_s;
 }
 
-bool task_base::join(timeout_duration t) const {
+bool task_base::join(timeout_duration t) const { return join_impl(t, true); }
+
+bool task_base::join_impl(timeout_duration t, bool looks) const {
   detail::task_state& s = state();
   if (s.st == detail::task_state::status::done) {
-    s.report_left_to_joiners = false;
+    if (looks) {
+      s.report_left_to_joiners = false;
+    }
     return true;
   }
   if (detail::current_impl() == &s) {
@@ -252,10 +262,18 @@ bool task_base::join(timeout_duration t) const {
     }
     throw;
   }
-  --s.waiting;
   bool done = s.st == detail::task_state::status::done;
-  if (done) {
+  if (done && looks) {
+    --s.waiting;
     s.report_left_to_joiners = false;  // we return true: our caller can look at the error
+  } else if (--s.waiting == 0 && s.report_left_to_joiners) {
+    // Timed out (the task is not done, so the flag is still clear), or a
+    // joiner that cannot look, and the last: nobody else will report it.
+    s.report_left_to_joiners = false;
+    try {
+      detail::report_unjoined(keep, s.error);
+    } catch (...) {
+    }
   }
   return done;
 }
@@ -263,6 +281,7 @@ bool task_base::join(timeout_duration t) const {
 void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const {
   task_base keep = *this;  // the task outlives this call even if our handle goes
   detail::task_state& s = state();
+  bool custom = e != nullptr;
   if (!e) {
     e = std::make_exception_ptr(fiber_exit{});
   }
@@ -274,11 +293,12 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
     // Its body has ended; its function and arguments are being destroyed: a
     // kill is moot (it would go off in a noexcept destructor). block waits.
     if (block && detail::current_impl() != &s) {
-      join(t);
+      join_impl(t, false);
     }
     return;
   }
   s.kill_requested = true;
+  s.kill_custom = s.kill_custom || custom;
   if (s.st == detail::task_state::status::pending) {
     // Never started: its function never runs. Record the outcome as if `e`
     // ended it; from here kills are moot (status::releasing). It still runs,
@@ -301,7 +321,7 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
       h.schedule(&s);
     }
     if (block && !h.in_hub()) {
-      join(t);
+      join_impl(t, false);
     }
     return;
   }
@@ -310,7 +330,7 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
   }
   hub::current().interrupt(&s, std::move(e));
   if (block) {
-    join(t);
+    join_impl(t, false);
   }
 }
 
@@ -392,7 +412,15 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool blo
     self.kill(e, false);
   }
   if (block) {
-    joinall(tasks, t);
+    // As joinall(), but as a joiner that cannot look (see task_base::kill).
+    clock::time_point deadline = deadline_after(t);
+    for (const task_base& g : tasks) {
+      if (deadline == clock::time_point::max()) {
+        g.join_impl(std::nullopt, false);
+      } else if (clock::time_point now = clock::now(); now < deadline) {
+        g.join_impl(timeout_duration(deadline - now), false);
+      }
+    }
   }
 }
 

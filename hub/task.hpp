@@ -84,7 +84,12 @@ struct task_state : fiber_impl {
   status st = status::pending;
   bool body_started = false;  // the body began running (a task killed or failed before that never does)
   bool killed = false;
+  // kill_requested: a kill's outcome is expected, so it is not reported as
+  // unjoined — cleared when a default (fiber_exit) kill was raised, caught,
+  // and the task then failed with an error of its own. kill_custom: a kill
+  // passed its own exception (the task failing with it is that outcome).
   bool kill_requested = false;
+  bool kill_custom = false;
   // finish() left the error's report to the fibers in join() (nothing else
   // observes it): if the last of them leaves by an exception before anyone
   // looked, it reports the error. Cleared by whoever looks first (a join()
@@ -224,6 +229,10 @@ class task_base {
   // blocking point, is dropped and the first exception is the one raised
   // (gevent would deliver both, one after the other). A kill does replace a
   // pending Timeout error. Once the first is raised, later kills arrive as usual.
+  // The kill's outcome is not reported as an unjoined error; but a task that
+  // catches a fiber_exit kill and then fails with an error of its own has
+  // that error reported like any other (the killer, even with block, does
+  // not see it: kill() returns nothing).
   void kill(std::exception_ptr e = nullptr, bool block = true, timeout_duration t = std::nullopt) const;
 
   // link() calls fn(task) when the task finishes (at once if it already has);
@@ -255,6 +264,14 @@ class task_base {
  protected:
   detail::task_state& state() const;
   detail::task_state* _s = nullptr;
+
+ private:
+  // join_impl(): join(); `looks` says the caller can see the error when it
+  // returns true (join) — kill(block) and killall(block) cannot, so they
+  // leave as a joiner that never looked (the last such one reports it).
+  bool join_impl(timeout_duration t, bool looks) const;
+  friend void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool block,
+                      timeout_duration t);
 };
 
 // task<T> is a task whose function returns T.

@@ -2,9 +2,10 @@
 // hub/timeout.cpp against the promises of their headers. A1, A2, B1, C and D failed before the fix
 // that came with this file (a task killed before it started now drops its function and runs its
 // links in its own fiber, before it counts as finished; timeout::owns() tells apart two scopes at
-// one address); B2 and B3 were rewritten for it (the killer no longer runs the links). Two
-// findings are not fixed (closing note): an imap_unordered stream dropped early does not report a
-// member's error it never reached, and a task that caught a kill reports no later error.
+// one address); B2 and B3 were rewritten for it (the killer no longer runs the links). F failed
+// before a later fix: a task that caught a kill and then failed reported nothing. Not fixed
+// (closing note): an imap_unordered stream dropped early does not report a member's error it
+// never reached.
 #include "hub/pool.hpp"
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
@@ -246,4 +247,60 @@ COGENT_TEST_CASE("review ok: nested try_with_timeout, the outer fires inside the
   t.kill();
   CHECK(t.killed());
   CHECK_FALSE(after);
+}
+
+// ---- F: a task that caught a kill and then failed otherwise ----
+
+COGENT_TEST_CASE("review F: a task that catches a kill and then fails reports that error, once",
+                 doctest::timeout(10)) {
+  std::vector<std::string> reports;
+  cogent::set_task_error_handler([&](const cogent::task_base&, std::exception_ptr e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      reports.emplace_back(x.what());
+    }
+  });
+  auto body = [] {
+    try {
+      cogent::sleep(10s);
+    } catch (const cogent::fiber_exit&) {
+      throw custom_error("cleanup failed");  // not the outcome the killer asked for
+    }
+  };
+  for (bool block : {false, true}) {
+    reports.clear();
+    auto t = cogent::spawn(body);
+    cogent::sleep(1ms);
+    t.kill(nullptr, block);
+    cogent::sleep(1ms);
+    CHECK_FALSE(t.killed());
+    CHECK(reports == std::vector<std::string>{"cleanup failed"});
+    t.join();  // joining afterwards does not report again
+    CHECK(reports.size() == 1);
+  }
+  // killall(block) does not look at the error either.
+  reports.clear();
+  auto a = cogent::spawn(body);
+  cogent::sleep(1ms);
+  cogent::killall({a});
+  CHECK(reports == std::vector<std::string>{"cleanup failed"});
+  // Not reported: the kill's own outcome (killed, or the custom exception it passed), an error that a
+  // join() or get() sees, and an error while a joiner that looks is waiting.
+  reports.clear();
+  auto k = cogent::spawn([] { cogent::sleep(10s); });
+  auto c = cogent::spawn([] { cogent::sleep(10s); });
+  auto j = cogent::spawn(body);
+  cogent::sleep(1ms);
+  k.kill();
+  c.kill(std::make_exception_ptr(custom_error("stop")));
+  auto joiner = cogent::spawn([&j] { j.join(); });
+  cogent::sleep(1ms);
+  j.kill(nullptr, false);
+  joiner.join();
+  CHECK(k.killed());
+  CHECK_THROWS_AS(c.get(), custom_error);
+  CHECK_THROWS_AS(j.get(), custom_error);
+  CHECK(reports.empty());
+  cogent::set_task_error_handler(nullptr);
 }

@@ -25,8 +25,10 @@
 #include <algorithm>
 #include <cstddef>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -60,7 +62,7 @@ class queue_error : public std::logic_error {
 
 namespace detail {
 
-// fifo_store, lifo_store and heap_store are the orderings basic_queue uses.
+// fifo_store, lifo_store and ordered_store are the orderings basic_queue uses.
 template <class T>
 struct fifo_store {
   std::deque<T> items;
@@ -75,21 +77,19 @@ struct lifo_store {
   T& top() { return items.back(); }
   void pop() { items.pop_back(); }
 };
+// ordered_store keeps items sorted under Compare in a node-based multiset:
+// an insert either adds the item where it belongs or, if a move or the
+// comparator throws, leaves the store as it was (a binary heap would keep a
+// half-sifted item); equal items come out in the order they were put.
 template <class T, class Compare>
-struct heap_store {
-  std::vector<T> items;
-  Compare comp;
-  // The heap's top is the item that comes first under comp (the smallest for std::less).
-  bool after(const T& a, const T& b) const { return comp(b, a); }
-  void push(T&& v) {
-    items.push_back(std::move(v));
-    std::push_heap(items.begin(), items.end(), [this](const T& a, const T& b) { return after(a, b); });
-  }
-  T& top() { return items.front(); }
-  void pop() {
-    std::pop_heap(items.begin(), items.end(), [this](const T& a, const T& b) { return after(a, b); });
-    items.pop_back();
-  }
+struct ordered_store {
+  std::multiset<T, Compare> items;
+  void push(T&& v) { items.insert(std::move(v)); }
+  // The first item, to be moved from and then popped: nothing compares it in
+  // between (erase() of begin() compares nothing), so the set's order is
+  // never consulted while it holds a moved-from value.
+  T& top() { return const_cast<T&>(*items.begin()); }
+  void pop() { items.erase(items.begin()); }
 };
 
 // basic_queue is the shared implementation of queue, lifo_queue,
@@ -107,12 +107,18 @@ class basic_queue {
   // queue_full if `t` passes first (the item is not added). Raises a pending
   // kill or Timeout (the item is not added). May switch (only when full).
   void put(T item, timeout_duration t = std::nullopt) {
+    offer o{&item, nullptr};
     handoff_list::node n;
-    n.data = &item;  // granted: a getter moved it into the freed slot (and counted it)
+    n.data = &o;  // granted: a getter moved the item into the freed slot (or failed to: o.error)
     if (!_putters.take(n, t, [&] {
-          if (handoff_list::node* g = _getters.first()) {
-            give(*g, std::move(item));
-            return true;
+          // Straight to a getter only when nothing is stored: a getter still
+          // linked while items are stored was woken by a Timeout that was
+          // withdrawn, and takes the oldest item when it looks again.
+          if (empty()) {
+            if (handoff_list::node* g = _getters.first()) {
+              give(*g, std::move(item));
+              return true;
+            }
           }
           if (full()) {
             return false;
@@ -121,6 +127,9 @@ class basic_queue {
           return true;
         })) {
       throw queue_full("cogent::queue::put(): the queue is full");
+    }
+    if (o.error) {
+      std::rethrow_exception(o.error);  // the getter could not store our item: not added
     }
   }
   // put_nowait() is put() that never blocks: throws queue_full if full. Never switches.
@@ -191,13 +200,27 @@ class basic_queue {
     ++_unfinished;
     _getters.grant(g);
   }
-  // admit_putter() moves the longest-waiting putter's item into the slot a get freed.
-  void admit_putter() {
+  // offer is what a waiting putter's node carries: its item, and the
+  // exception that storing it raised in the getter that admitted it.
+  struct offer {
+    T* item;
+    std::exception_ptr error;
+  };
+  // admit_putter() moves the longest-waiting putter's item into the slot a
+  // get freed. If that throws (the item's move), the putter is still let go
+  // and its put() raises the exception (its item not added); the get that
+  // admitted it keeps its own item.
+  void admit_putter() noexcept {
     if (full()) {
       return;
     }
     if (handoff_list::node* p = _putters.first()) {
-      store(std::move(*static_cast<T*>(p->data)));
+      auto* o = static_cast<offer*>(p->data);
+      try {
+        store(std::move(*o->item));
+      } catch (...) {
+        o->error = std::current_exception();
+      }
       _putters.grant(*p);
     }
   }
@@ -248,8 +271,9 @@ class lifo_queue : public detail::basic_queue<T, detail::lifo_store<T>> {
 
 // priority_queue is gevent's PriorityQueue: get() returns the item that comes
 // first under Compare — the smallest for the default std::less, as in gevent
-// and heapq (the opposite of std::priority_queue). Equal items come out in no
-// particular order. Same interface as queue.
+// and heapq (the opposite of std::priority_queue). Equal items come out in
+// the order they were put. A put() whose item's move or comparison throws
+// adds nothing. Same interface as queue.
 //
 // Example:
 //   cogent::priority_queue<std::pair<int, std::string>> jobs;
@@ -257,13 +281,13 @@ class lifo_queue : public detail::basic_queue<T, detail::lifo_store<T>> {
 //   jobs.put({1, "first"});
 //   auto j = jobs.get();              // {1, "first"}
 template <class T, class Compare = std::less<T>>
-class priority_queue : public detail::basic_queue<T, detail::heap_store<T, Compare>> {
+class priority_queue : public detail::basic_queue<T, detail::ordered_store<T, Compare>> {
  public:
   // priority_queue() creates an empty queue holding at most `maxsize` items
   // (0: no limit), ordered by `comp`. Never switches.
   explicit priority_queue(std::size_t maxsize = 0, Compare comp = Compare())
-      : detail::basic_queue<T, detail::heap_store<T, Compare>>(
-            maxsize, detail::heap_store<T, Compare>{{}, std::move(comp)}) {}
+      : detail::basic_queue<T, detail::ordered_store<T, Compare>>(
+            maxsize, detail::ordered_store<T, Compare>{std::multiset<T, Compare>(std::move(comp))}) {}
 };
 
 // joinable_queue is gevent's JoinableQueue: a FIFO queue that counts

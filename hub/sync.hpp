@@ -214,10 +214,20 @@ class async_result {
   async_result& operator=(const async_result&) = delete;
 
   // set() stores the value, marks the result ready and wakes every waiter.
-  // Never switches. (async_result<void>::set() takes no argument.)
+  // If making the T from `value` throws, nothing changes (a value stored
+  // before stays). Never switches. (async_result<void>::set() takes no argument.)
   template <class U = T, class = std::enable_if_t<!std::is_void_v<U>>>
   void set(U&& value) {
-    _value.emplace(std::forward<U>(value));
+    T fresh(std::forward<U>(value));  // first: emplace() would destroy the old value before
+    if constexpr (std::is_move_assignable_v<T>) {
+      if (_value) {
+        *_value = std::move(fresh);
+      } else {
+        _value.emplace(std::move(fresh));
+      }
+    } else {
+      _value.emplace(std::move(fresh));
+    }
     _error = nullptr;
     mark_ready();
   }

@@ -3,6 +3,7 @@
 // the blocked-hub watchdog.
 #include "hub/core.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
@@ -165,6 +166,9 @@ hub::hub(const hub_config& cfg)
   detail::ref(main);
   _fiber.set_parent(fiber::adopt(main));
   if (cfg.max_blocking_time.count() > 0) {
+    // The fiber creating the hub runs on until it first blocks: the monitor
+    // must see it (it may hog the thread before the hub ever runs).
+    _running.store(detail::current_impl(), std::memory_order_release);
     _monitor = std::make_unique<monitor>(this, cfg.max_blocking_time);
   }
 }
@@ -359,7 +363,9 @@ int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)
     }
     throw_if_interrupted();
   }
-  if (r == wake_reason::timed_out && op.result == -ECANCELED) {
+  if (r == wake_reason::timed_out && (op.result == -ECANCELED || op.result == -EINTR)) {
+    // Our cancel ended it: -ECANCELED, or -EINTR for an op the kernel ran
+    // blocking on a worker thread (an AF_UNIX connect to a full backlog).
     return -ETIMEDOUT;
   }
   return op.result;
@@ -377,7 +383,11 @@ void hub::wait_idle() {
       std::erase(w, s);
     }
   } guard{this, self};
-  park(clock::time_point::max(), true);
+  // Woken by an interrupt withdrawn before we ran (timeout::cancel() from
+  // another fiber): still listed, nothing to raise — wait on.
+  while (park(clock::time_point::max(), true) == wake_reason::interrupted && !self->sched.pending &&
+         std::find(_idle_waiters.begin(), _idle_waiters.end(), self) != _idle_waiters.end()) {
+  }
   throw_if_interrupted();
 }
 
@@ -476,10 +486,17 @@ detail::timer_node* hub::first_timer() const noexcept {
 }
 
 void hub::expire_timers(clock::time_point now) {
-  for (detail::timer_node* t = first_timer(); t != nullptr && t->deadline <= now; t = first_timer()) {
+  detail::timer_node* t = first_timer();
+  if (t == nullptr || t->deadline > now) {
+    return;
+  }
+  // The callbacks run in the hub: to the monitor, the hub is the running fiber.
+  _running.store(_fiber.impl(), std::memory_order_release);
+  for (; t != nullptr && t->deadline <= now; t = first_timer()) {
     cancel_timer(*t);
     t->fire(t);
   }
+  _running.store(nullptr, std::memory_order_relaxed);
 }
 
 // ---- cross-thread posts -------------------------------------------------------
@@ -509,6 +526,7 @@ void hub::drain_posted() {
     batch.swap(_mailbox->posted);
     _mailbox->has_posted.store(false, std::memory_order_relaxed);
   }
+  _running.store(_fiber.impl(), std::memory_order_release);  // the callbacks run in the hub
   for (auto& fn : batch) {
     try {
       fn();
@@ -516,6 +534,7 @@ void hub::drain_posted() {
       report_hub_exception("a post() callback");
     }
   }
+  _running.store(nullptr, std::memory_order_relaxed);
 }
 
 // ---- the loop -----------------------------------------------------------------
@@ -578,6 +597,8 @@ bool hub::nothing_can_happen() const noexcept {
 }
 
 void hub::loop() {
+  // The fiber that first blocked (and so started us) is no longer running.
+  _running.store(nullptr, std::memory_order_relaxed);
   for (;;) {
     if (_mailbox->has_posted.load(std::memory_order_acquire)) {
       drain_posted();
@@ -613,7 +634,9 @@ void hub::loop() {
       }
       // main is not waiting on the hub (it is suspended in a manual switch):
       // there is nothing to wake; hand control back to it.
+      _running.store(main, std::memory_order_release);
       detail::resume(main);
+      _running.store(nullptr, std::memory_order_relaxed);
       continue;
     }
     detail::timer_node* first = first_timer();
@@ -633,7 +656,7 @@ void sleep(std::chrono::nanoseconds d) {
     hub::throw_if_interrupted();
     return;
   }
-  sleep_until(clock::now() + std::chrono::duration_cast<clock::duration>(d));
+  sleep_until(deadline_after(d));  // saturates: a duration too long to represent sleeps forever
 }
 
 void sleep_until(clock::time_point deadline) {

@@ -270,8 +270,10 @@ class hub {
 };
 
 // sleep() suspends the calling fiber for `d`; sleep(0) yields to every other
-// ready fiber (and lets the loop poll IO). Raises a pending kill or Timeout.
-// May switch.
+// ready fiber (and lets the loop poll IO). A `d` too long to represent as a
+// deadline (nanoseconds::max()) sleeps until killed — from main with nothing
+// else to happen, that is would_block_forever. Raises a pending kill or
+// Timeout. May switch.
 void sleep(std::chrono::nanoseconds d);
 // sleep_until() suspends the calling fiber until `deadline`. May switch.
 void sleep_until(clock::time_point deadline);

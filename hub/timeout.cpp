@@ -36,6 +36,9 @@ timeout::timeout(timeout_duration d) {
   if (!d) {
     return;
   }
+  if (deadline_after(d) == clock::time_point::max()) {
+    return;  // too long to represent: never fires (a timer at max() would hide would_block_forever)
+  }
   _hub = &hub::current();
   _fiber = detail::current_impl();
   _after = *d;

@@ -55,7 +55,8 @@ class timeout_error {
 };
 
 // timeout is a scope object: while it lives, blocking calls of the fiber that
-// created it raise timeout_error once `d` has passed. nullopt = never.
+// created it raise timeout_error once `d` has passed. nullopt = never, as is
+// a `d` too long to represent as a deadline (nanoseconds::max()).
 // Never switches. Must be destroyed on the fiber that created it.
 class timeout {
  public:

@@ -5,6 +5,7 @@
 #include <net/if.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 
@@ -71,9 +72,15 @@ address address::try_parse(std::string_view ip, int port) {
     if (*zone == '\0') {
       return address();
     }
-    char* end = nullptr;
-    unsigned long n = std::strtoul(zone, &end, 10);
-    if (end != nullptr && *end == '\0') {
+    // A number is digits only and fits in 32 bits (as glibc's
+    // inet6_scopeid_pton: no sign, no blanks, no wrap-around); anything else
+    // must name an interface.
+    bool digits = true;
+    std::uint64_t n = 0;
+    for (const char* c = zone; *c != '\0' && digits; ++c) {
+      digits = *c >= '0' && *c <= '9' && (n = n * 10 + static_cast<std::uint64_t>(*c - '0')) <= UINT32_MAX;
+    }
+    if (digits) {
       scope = static_cast<std::uint32_t>(n);
     } else {
       scope = if_nametoindex(zone);

@@ -128,7 +128,7 @@ bool no_wait(int fd, fd_entry& e, fd_kind k, bool rcv) noexcept {
 
 // finish_in() maps an await result of an input call to libc's return.
 ssize_t finish_in(int r) noexcept {
-  if (r == -ETIMEDOUT) {
+  if (r == deadline_expired) {
     return fail(-timed_out_errno);
   }
   return r < 0 ? fail(r) : r;
@@ -139,6 +139,45 @@ ssize_t finish_in(int r) noexcept {
 ssize_t input(call_ctx& c, int fd, fd_entry& e, fd_kind k, io_op& op) noexcept {
   clock::time_point dl = k == kind_socket ? deadline_ns(sock_timeout(fd, e, true)) : clock::time_point::max();
   return finish_in(await_op(c, op, dl));
+}
+
+// peek_all() is recv(MSG_PEEK|MSG_WAITALL): wait until n bytes can be
+// peeked (or the stream ends, fails, or SO_RCVTIMEO passes: then what is
+// there). io_uring cannot do it — it retries a short MSG_WAITALL receive
+// further into the buffer, and with MSG_PEEK that peeks the same bytes again.
+// While some but not all are there, nothing signals more: it looks again
+// every millisecond (and stops early if the peer has shut down its side).
+ssize_t peek_all(call_ctx& c, int fd, fd_entry& e, void* buf, std::size_t n, int flags) noexcept {
+  clock::time_point dl = deadline_ns(sock_timeout(fd, e, true));
+  for (;;) {
+    if (has_pending(c)) {
+      return fail(interrupted(c));
+    }
+    ssize_t r = real.recv(fd, buf, n, flags | MSG_DONTWAIT);
+    if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      return -1;
+    }
+    if (r == 0 || static_cast<std::size_t>(r) >= n) {
+      return r;
+    }
+    bool passed = clock::now() >= dl;
+    if (passed) {
+      return r > 0 ? r : fail(-timed_out_errno);
+    }
+    if (r < 0) {
+      int w = await_ready(c, fd, POLLIN, dl);
+      if (w < 0 && w != deadline_expired) {
+        return fail(w);
+      }
+    } else {
+      // The peer may have finished sending (then libc returns what is there).
+      pollfd p{fd, POLLRDHUP, 0};
+      if (real.poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+        return r;
+      }
+      c.h->park(std::min(dl, clock::now() + std::chrono::milliseconds(1)), true);
+    }
+  }
 }
 
 // ---- output ----------------------------------------------------------------------
@@ -163,7 +202,7 @@ bool out_blocked(call_ctx& c, int fd, fd_entry& e, clock::time_point& dl, bool& 
   if (done > 0) {
     *ret = static_cast<ssize_t>(done);  // libc returns the partial count after an interruption
   } else {
-    *ret = fail(w == -ETIMEDOUT ? -timed_out_errno : w);
+    *ret = fail(w == deadline_expired ? -timed_out_errno : w);
   }
   return true;
 }
@@ -638,7 +677,7 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   op.buf = const_cast<sockaddr*>(addr);
   op.len = len;
   int r = await_op(c, op, deadline_ns(sock_timeout(fd, *e, false)));
-  if (r == -ETIMEDOUT) {
+  if (r == deadline_expired) {
     // A blocking connect whose SO_SNDTIMEO expired: TCP goes on connecting in
     // the background (EINPROGRESS); AF_UNIX gave up waiting for room in the
     // listener's backlog (EAGAIN).
@@ -646,6 +685,24 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     socklen_t dlen = sizeof domain;
     bool unix_sock = real.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) == 0 && domain == AF_UNIX;
     return fail(unix_sock ? -EAGAIN : -EINPROGRESS);
+  }
+  if (r == -EALREADY) {
+    // A connect already in progress (started non-blocking): io_uring's
+    // connect never waits for it, a blocking connect(2) does — until the
+    // handshake ends (0 or its error) or SO_SNDTIMEO passes (EALREADY).
+    int w = await_ready(c, fd, POLLOUT, deadline_ns(sock_timeout(fd, *e, false)));
+    if (w == deadline_expired) {
+      return fail(-EALREADY);
+    }
+    if (w < 0) {
+      return fail(w);
+    }
+    int err = 0;
+    socklen_t elen = sizeof err;
+    if (real.getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0) {
+      return -1;
+    }
+    return err != 0 ? fail(-err) : 0;
   }
   return r < 0 ? fail(r) : 0;
 }
@@ -754,6 +811,9 @@ COGENT_HOOK ssize_t recv(int fd, void* buf, size_t n, int flags) {
   if ((flags & no_wait_flags) != 0 || n > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true) ||
       k != kind_socket) {
     return real.recv(fd, buf, n, flags);
+  }
+  if ((flags & (MSG_PEEK | MSG_WAITALL)) == (MSG_PEEK | MSG_WAITALL)) {
+    return peek_all(c, fd, *e, buf, n, flags);
   }
   io_op op;
   op.code = op_code::recv;
@@ -945,7 +1005,7 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
   }
   // probe() asks the kernel with a zero timeout on copies of the sets and
   // writes them back only when it reports something (or the wait is over).
-  fd_set in_rd, in_wr, in_ex;
+  fd_set in_rd{}, in_wr{}, in_ex{};  // zeroed: probe() copies all three
   if (rd != nullptr) {
     in_rd = *rd;
   }
@@ -972,8 +1032,23 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
     }
     return n;
   };
+  clock::time_point dl = clock::time_point::max();
+  if (tv != nullptr) {
+    dl = deadline_ts(timespec{tv->tv_sec, tv->tv_usec * 1000});
+  }
+  // Linux writes the time left back into *tv on every return.
+  auto time_left = [&] {
+    if (tv != nullptr) {
+      timespec left = remaining(dl);
+      tv->tv_sec = left.tv_sec;
+      tv->tv_usec = left.tv_nsec / 1000;
+    }
+  };
   int n = probe(false);
   if (n != 0) {
+    int saved = errno;
+    time_left();
+    errno = saved;
     return n;
   }
   // What select(2) reports from each poll bit (the kernel's POLLIN_SET,
@@ -1005,10 +1080,6 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
     short vis;
     count += events_for(fd, &vis) != 0 ? 1 : 0;
   }
-  clock::time_point dl = clock::time_point::max();
-  if (tv != nullptr) {
-    dl = deadline_ts(timespec{tv->tv_sec, tv->tv_usec * 1000});
-  }
   poll_scratch s(count);
   if (s.ok()) {
     std::size_t j = 0;
@@ -1025,12 +1096,7 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
   } else {
     n = -ENOMEM;
   }
-  // Linux writes the time left back into *tv.
-  if (tv != nullptr) {
-    timespec left = remaining(dl);
-    tv->tv_sec = left.tv_sec;
-    tv->tv_usec = left.tv_nsec / 1000;
-  }
+  time_left();
   return n < 0 ? fail(n) : n;
 }
 

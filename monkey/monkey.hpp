@@ -33,14 +33,22 @@
 //    impossible.
 //
 // What a cooperating call does: reads/recv/accept/connect become io_uring ops
-// the fiber parks on; writes/sends are tried at once with MSG_DONTWAIT and
+// the fiber parks on, handed to the kernel before the hook parks (so another
+// fiber's close()/dup2() of that fd number cannot redirect them, as it could
+// not a libc call already in progress); a connect on a socket whose
+// non-blocking connect is still in progress waits for it as connect(2) does
+// (0 or its error; EALREADY once SO_SNDTIMEO passes); recv with
+// MSG_PEEK|MSG_WAITALL looks again every millisecond while only part of the
+// data is there (io_uring would peek the same bytes twice); writes/sends are tried at once with MSG_DONTWAIT and
 // park on an io_uring POLLOUT only when the socket buffer is full (blocking
 // semantics kept: the whole buffer is written); poll/select first poll with
 // a zero timeout, then park on one io_uring poll op per fd; sleeps park on a
 // hub timer; getaddrinfo/gethostbyname run on cogent's thread pool. Results
 // and errno are libc's: SO_RCVTIMEO expiry -> EAGAIN, SO_SNDTIMEO on connect
 // -> EINPROGRESS (AF_UNIX: EAGAIN), refused connect -> ECONNREFUSED, F_GETFL
-// reports what the user set (the kernel fd keeps exactly the user's flags).
+// reports what the user set (the kernel fd keeps exactly the user's flags),
+// and a connection the kernel itself timed out (TCP_USER_TIMEOUT, SYN retries)
+// gives ETIMEDOUT as in libc.
 // Calls the kernel never blocks in go straight to libc: zero-length reads,
 // MSG_ERRQUEUE and MSG_OOB receives, sockets with a negative timeout.
 //

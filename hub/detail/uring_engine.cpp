@@ -166,6 +166,13 @@ class uring_engine final : public engine {
     }
   }
 
+  void flush() override {
+    drain_backlog();
+    if (io_uring_sq_ready(&_ring) > 0) {
+      (void)io_uring_submit(&_ring);
+    }
+  }
+
   void cancel(io_op& op) override {
     if (op.done) {
       return;

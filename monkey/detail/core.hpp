@@ -116,8 +116,16 @@ fd_entry* entry_for(int fd) noexcept;
 void reset_fd(int fd, fd_kind kind = kind_unknown, bool nonblock = false) noexcept;
 // copy_fd() makes `to` a dup of `from` (both marked shared).
 void copy_fd(int from, int to) noexcept;
-// timeval_ns() is a socket timeout in ns.
+// timeval_ns() is a socket timeout in ns; one too long for 64-bit ns is 0,
+// "none" (the kernel too takes it as waiting without limit).
 inline std::int64_t timeval_ns(const timeval& tv) noexcept {
+  constexpr std::int64_t max_sec = INT64_MAX / 1'000'000'000 - 1;
+  if (tv.tv_sec > max_sec) {
+    return 0;
+  }
+  if (tv.tv_sec < -max_sec) {
+    return -1;  // negative: expire at once, as the kernel does
+  }
   return static_cast<std::int64_t>(tv.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(tv.tv_usec) * 1000;
 }
 // kernel_sock_timeout() asks the kernel for fd's SO_RCVTIMEO (rcv) or
@@ -196,18 +204,23 @@ inline clock::time_point deadline_ns(std::int64_t ns) noexcept {
   if (ns < 0) {
     return clock::now();
   }
-  return clock::now() + std::chrono::nanoseconds(ns);
+  return cogent::deadline_after(std::chrono::nanoseconds(ns));  // saturates
 }
 
 // await_op() submits op and parks until it completes, `deadline` passes or an
 // interrupt arrives; in the last two cases the op is cancelled and its
 // completion reaped before returning (invariant 1). Returns the op's result
 // if it completed (even after a cancel: a result it produced is honoured),
-// else -ETIMEDOUT (deadline) or -EINTR (interrupt, left pending). Never throws.
+// else deadline_expired or -EINTR (interrupt, left pending). Never throws.
 int await_op(call_ctx& c, io_op& op, clock::time_point deadline) noexcept;
 
+// deadline_expired is what await_op()/await_ready() return when their
+// deadline passed: no errno (a kernel's own -ETIMEDOUT, a TCP connection
+// that timed out, must reach the caller as ETIMEDOUT, not as SO_*TIMEO).
+constexpr int deadline_expired = -(1 << 20);
+
 // await_ready() waits (io_uring poll op) until fd reports one of `events`,
-// `deadline` or an interrupt. Returns > 0 (revents), -ETIMEDOUT or -EINTR.
+// `deadline` or an interrupt. Returns > 0 (revents), deadline_expired or -EINTR.
 int await_ready(call_ctx& c, int fd, std::uint32_t events, clock::time_point deadline) noexcept;
 
 // await_poll() waits until one of fds[0..n) is ready (one io_uring poll op

@@ -86,6 +86,7 @@ struct tracked {
   explicit tracked(int x) : v(x) { ++alive; }
   explicit tracked(bad_source) : v(0) { throw std::runtime_error("tracked: construction throws"); }
   tracked(const tracked& o) : v(o.v) { ++alive; }
+  tracked& operator=(const tracked&) = default;
   ~tracked() { --alive; }
 };
 

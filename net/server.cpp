@@ -56,6 +56,9 @@ stream_server::stream_server(listener l, handler_type handler, server_options op
   if (!_handler) {
     throw std::invalid_argument("cogent::net: stream_server given an empty handler");
   }
+  if (_opts.idle_timeout == use_default) {
+    throw std::invalid_argument("cogent::net: stream_server idle_timeout cannot be use_default");
+  }
   if (_opts.max_accept_backoff <= std::chrono::milliseconds(0)) {
     // A zero cap would retry a failing accept (EMFILE) at once, forever.
     throw std::invalid_argument("cogent::net: stream_server max_accept_backoff must be positive (got " +

@@ -689,12 +689,18 @@ udp_socket udp_socket::bind(const address& at, bool reuse_address) {
 }
 
 void udp_socket::connect(const address& peer) {
+  if (peer.empty()) {
+    throw std::invalid_argument("cogent::net: udp_socket::connect to an empty address");
+  }
   if (::connect(fd_for("connect"), peer.sockaddr_ptr(), peer.sockaddr_len()) < 0) {
     throw_sys(errno, "connect " + peer.to_string());
   }
 }
 
 std::size_t udp_socket::send_to(const void* buf, std::size_t n, const address& to, timeout_duration t) {
+  if (to.empty()) {
+    throw std::invalid_argument("cogent::net: udp_socket::send_to an empty address");
+  }
   iovec iov{const_cast<void*>(buf), n};
   msghdr msg{};
   msg.msg_name = const_cast<sockaddr*>(to.sockaddr_ptr());

@@ -137,8 +137,12 @@ class basic_socket {
   explicit operator bool() const noexcept { return _fd >= 0; }
 
   // set_timeout() sets the default timeout of every later call that passes
-  // use_default (std::nullopt = none, the initial value). Never switches.
-  void set_timeout(timeout_duration t) noexcept { _timeout = t; }
+  // use_default (std::nullopt = none, the initial value). use_default itself
+  // is not a timeout: std::invalid_argument. Never switches.
+  void set_timeout(timeout_duration t) {
+    reject_use_default(t, "set_timeout");
+    _timeout = t;
+  }
   // timeout() is the default timeout.
   timeout_duration timeout() const noexcept { return _timeout; }
   // set_idle_timeout() bounds every single wait of every later call (each op
@@ -146,8 +150,11 @@ class basic_socket {
   // timeout, which bounds the whole call): a peer that sends or takes nothing
   // for that long makes the call raise std::system_error(ETIMEDOUT), while a
   // slow but steady one is never cut off. std::nullopt (the initial value) =
-  // no idle limit. Never switches.
-  void set_idle_timeout(timeout_duration t) noexcept { _idle = t; }
+  // no idle limit. use_default: std::invalid_argument. Never switches.
+  void set_idle_timeout(timeout_duration t) {
+    reject_use_default(t, "set_idle_timeout");
+    _idle = t;
+  }
   // idle_timeout() is the idle limit.
   timeout_duration idle_timeout() const noexcept { return _idle; }
 
@@ -183,6 +190,13 @@ class basic_socket {
   int pending_error() const;
 
  protected:
+  static void reject_use_default(timeout_duration t, const char* what) {
+    if (t == use_default) [[unlikely]] {
+      throw std::invalid_argument(std::string("cogent::net: ") + what +
+                                  "(use_default): use_default means \"the socket's default\" only "
+                                  "for a call; give a duration or std::nullopt");
+    }
+  }
   // fd_for() returns the fd or throws std::system_error(EBADF) naming `what`.
   int fd_for(const char* what) const {
     if (_fd < 0) [[unlikely]] {
@@ -354,12 +368,14 @@ class udp_socket : public basic_socket {
 
   // connect() sets the default destination and filters incoming datagrams to
   // that peer (connect(2) on a datagram socket does not block). Raises
-  // std::system_error. Never switches.
+  // std::invalid_argument for an empty address (as stream_socket::connect),
+  // std::system_error otherwise. Never switches.
   void connect(const address& peer);
 
   // send_to() sends one datagram to `to` (an io_uring sendmsg op) and returns
-  // the bytes sent. Raises std::system_error (EMSGSIZE, ECONNREFUSED from an
-  // earlier ICMP error, ETIMEDOUT, EBADF). May switch.
+  // the bytes sent. Raises std::invalid_argument for an empty `to`,
+  // std::system_error (EMSGSIZE, ECONNREFUSED from an earlier ICMP error,
+  // ETIMEDOUT, EBADF). May switch.
   std::size_t send_to(const void* buf, std::size_t n, const address& to, timeout_duration t = use_default);
   // receive_from() waits for one datagram, stores up to `n` bytes of it
   // (the rest of a longer datagram is dropped) and its sender, and returns the

@@ -2,7 +2,9 @@
 // and net/resolver: each case states the documented behaviour it checks. Both failed before the
 // fix that came with this file: a Unix connect to a full backlog that timed out raised EINTR (the
 // kernel ran it blocking on a worker, and the cancel interrupted it), and an IPv6 scope with a
-// sign, blanks or more than 32 bits was accepted (strtoul) where getaddrinfo rejects it.
+// sign, blanks or more than 32 bits was accepted (strtoul) where getaddrinfo rejects it. The third
+// failed before a later fix: use_default stored as a socket's default timeout (every later call
+// timed out at once), and an empty UDP peer gave EINVAL, not std::invalid_argument.
 #include "net/net.hpp"
 
 #include <netdb.h>
@@ -78,4 +80,22 @@ TEST_CASE("address: a negative, signed, blank-padded or >32-bit IPv6 scope is re
   // The forms libc accepts still parse.
   CHECK(address::parse("fe80::1%1", 80).to_string() == "[fe80::1%1]:80");
   CHECK(address::parse("[fe80::1%lo]:80").to_string() == "[fe80::1%1]:80");
+}
+
+// ---- misuse gets std::invalid_argument --------------------------------------------------------
+
+COGENT_TEST_CASE("review: use_default as a socket's default/idle timeout, an empty UDP peer are rejected",
+                 doctest::timeout(10)) {
+  auto a = cogent::net::udp_socket::bind(address::ipv4_loopback(0));
+  // use_default stored as the default made every later call time out at once.
+  CHECK_THROWS_AS(a.set_timeout(cogent::net::use_default), std::invalid_argument);
+  CHECK_THROWS_AS(a.set_idle_timeout(cogent::net::use_default), std::invalid_argument);
+  CHECK(a.timeout() == std::nullopt);
+  CHECK_THROWS_AS(a.connect(address()), std::invalid_argument);
+  CHECK_THROWS_AS(a.send_to("x", 1, address()), std::invalid_argument);
+  cogent::net::server_options opts;
+  opts.idle_timeout = cogent::net::use_default;
+  CHECK_THROWS_AS(cogent::net::stream_server(address::ipv4_loopback(0),
+                                             [](cogent::net::stream_socket&, const address&) {}, opts),
+                  std::invalid_argument);
 }

@@ -4,19 +4,40 @@
 // on this thread's hub (Seastar's SEASTAR_THREAD_TEST_CASE), under a
 // leak_check: at the end the hub must have no parked fibers, no live tasks, no
 // armed timers, no IO in flight, and no more live fiber stacks than at the
-// start. A leak fails the test.
+// start. A leak fails the test. cancel_when_expired() withdraws a Timeout
+// after it fired and before its fiber ran (the "withdrawn interrupt" race).
 #pragma once
 
 #include <doctest/doctest.h>
 
 #include <chrono>
 #include <string>
+#include <type_traits>
 
 #include "fiber/fiber.hpp"
 #include "hub/core.hpp"
 #include "hub/task.hpp"
+#include "hub/timeout.hpp"
 
 namespace cogent::test {
+
+// cancel_when_expired() yields until *to (set by the waiter) has fired, runs
+// `between` (e.g. a release that passes over the leaving waiter), then
+// cancels it: the waiter, woken but not yet run, finds nothing to raise and
+// must carry on as if nothing had happened. Call it from a fiber spawned after
+// the waiter so it runs first once the Timeout fires.
+template <class Between = void (*)()>
+void cancel_when_expired(cogent::timeout* const& to, Between between = nullptr) {
+  while (to == nullptr || !to->expired()) {
+    cogent::yield();
+  }
+  if constexpr (!std::is_pointer_v<Between>) {
+    between();
+  } else if (between != nullptr) {
+    between();
+  }
+  to->cancel();
+}
 
 // leak_check records the baseline at construction and checks it in verify().
 class leak_check {

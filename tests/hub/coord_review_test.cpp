@@ -149,15 +149,7 @@ COGENT_TEST_CASE("review: threadpool::pending() is 0 once run() has returned", d
 // was withdrawn after it woke its fiber but before that fiber ran, the waiter must carry on waiting
 // as if nothing had happened. Fiber `canceller` spins on yield() so it runs before the woken waiter.
 
-void cancel_when_expired(cogent::timeout* const& to, void (*between)(void*) = nullptr, void* arg = nullptr) {
-  while (to == nullptr || !to->expired()) {
-    cogent::yield();
-  }
-  if (between != nullptr) {
-    between(arg);  // e.g. a release that skips the (leaving) waiter
-  }
-  to->cancel();
-}
+using cogent::test::cancel_when_expired;
 
 COGENT_TEST_CASE("review: event::wait() without timeout returns false after a withdrawn Timeout",
                  doctest::timeout(10)) {
@@ -189,7 +181,7 @@ COGENT_TEST_CASE("review: semaphore waiter keeps waiting with a free unit after 
     return r;
   });
   auto c = cogent::spawn([&] {
-    cancel_when_expired(to, [](void* p) { static_cast<cogent::semaphore*>(p)->release(); }, &s);
+    cancel_when_expired(to, [&s] { s.release(); });
   });
   c.join();
   CHECK(w.get());  // a unit was released while w waited: w should have it
@@ -213,7 +205,7 @@ COGENT_TEST_CASE("review: queue getter keeps waiting with an item stored after a
     }
   });
   auto c = cogent::spawn([&] {
-    cancel_when_expired(to, [](void* p) { static_cast<cogent::queue<int>*>(p)->put(7); }, &q);
+    cancel_when_expired(to, [&q] { q.put(7); });
   });
   c.join();
   CHECK(w.get() == 7);

@@ -123,12 +123,8 @@ COGENT_TEST_CASE("review: a getter whose Timeout was withdrawn gets the oldest i
     return v;
   });
   auto c = cogent::spawn([&] {
-    while (to == nullptr || !to->expired()) {
-      cogent::yield();  // stay ahead of w in the ready queue: run after its Timeout fired, before it
-    }
-    q.put(1);  // w is leaving: stored
-    to->cancel();  // w is not leaving any more
-    q.put(2);
+    cogent::test::cancel_when_expired(to, [&q] { q.put(1); });  // w is leaving: 1 is stored
+    q.put(2);  // w is not leaving any more
   });
   c.join();
   int first = w.get();

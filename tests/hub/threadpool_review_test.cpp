@@ -85,12 +85,7 @@ COGENT_TEST_CASE("review: sleep(nanoseconds::max()) sleeps instead of returning 
 
 // ---- wait() after a withdrawn Timeout -------------------------------------------------------
 
-void cancel_when_expired(cogent::timeout* const& to) {
-  while (to == nullptr || !to->expired()) {
-    cogent::yield();
-  }
-  to->cancel();
-}
+using cogent::test::cancel_when_expired;
 
 // core.hpp wait_idle(): "parks the calling fiber until the hub has nothing left to do". Woken by a
 // Timeout that another fiber cancel()s before the waiter runs, wait_idle() finds nothing pending

@@ -5,18 +5,22 @@
 // after 2 s if the hub is stuck), woken_later() (a call ended by wake_later,
 // with the ticks it let run) and parks() (did a call park its fiber?). A call
 // that went straight to libc never switches, so each of these tells a
-// cooperative call from a blocking one.
+// cooperative call from a blocking one. Also call_result (a call's return
+// value and errno), here_result() and bounded() (a call cut by a Timeout).
 #pragma once
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <thread>
+#include <utility>
 
 #include "hub/core.hpp"
 #include "hub/task.hpp"
+#include "hub/timeout.hpp"
 
 namespace cogent::test {
 
@@ -144,6 +148,33 @@ inline int open_scratch_file() {
   fd = ::open(path, O_RDWR);
   ::unlink(path);
   return fd;
+}
+
+// call_result is a call's return value and, if it failed (< 0), its errno.
+using call_result = std::pair<long, int>;
+
+// here_result() runs a libc-style call here and returns its call_result.
+template <class F>
+call_result here_result(F f) {
+  errno = 0;
+  long r = static_cast<long>(f());
+  return {r, r < 0 ? errno : 0};
+}
+
+// bounded() runs a hooked call under a Timeout of `limit`: one that parks for
+// good comes back -1/EINTR after it (the Timeout is then raised at the
+// yield() and caught), so a test fails instead of hanging. {-2, 0} if the
+// Timeout was raised before the call returned anything.
+template <class F>
+call_result bounded(F call, std::chrono::milliseconds limit) {
+  call_result got{-2, 0};
+  try {
+    cogent::timeout guard(limit);
+    got = here_result(call);
+    cogent::yield();
+  } catch (const cogent::timeout_error&) {
+  }
+  return got;
 }
 
 }  // namespace cogent::test

@@ -42,27 +42,9 @@ using steady = std::chrono::steady_clock;
 
 namespace {
 
-using result = std::pair<long, int>;
-
-template <class F>
-result here_result(F f) {
-  errno = 0;
-  long r = static_cast<long>(f());
-  return {r, r < 0 ? errno : 0};
-}
-
-// bounded(): a hooked call that parks for good comes back -1/EINTR after `limit`.
-template <class F>
-result bounded(F call, std::chrono::milliseconds limit) {
-  result got{-2, 0};
-  try {
-    cogent::timeout guard(limit);
-    got = here_result(call);
-    cogent::yield();
-  } catch (const cogent::timeout_error&) {
-  }
-  return got;
-}
+using result = cogent::test::call_result;
+using cogent::test::bounded;
+using cogent::test::here_result;
 
 double since(steady::time_point t0) {
   return std::chrono::duration<double>(steady::now() - t0).count();

@@ -24,41 +24,21 @@
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
 #include "monkey/monkey.hpp"
+#include "tests/monkey/fibers.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
 
 namespace {
 
-template <class F>
-std::pair<long, int> here_result(F f) {
-  errno = 0;
-  long r = static_cast<long>(f());
-  return {r, r < 0 ? errno : 0};
-}
+using cogent::test::bounded;
+using cogent::test::here_result;
 
 template <class F>
 std::pair<long, int> libc_result(F f) {
   std::pair<long, int> out;
-  std::thread([&] {
-    errno = 0;
-    long r = static_cast<long>(f());
-    out = {r, r < 0 ? errno : 0};
-  }).join();
+  std::thread([&] { out = here_result(f); }).join();  // no hub there: exactly libc
   return out;
-}
-
-// bounded(): a hooked call that parks for good comes back -1/EINTR after `limit`.
-template <class F>
-std::pair<long, int> bounded(F call, std::chrono::milliseconds limit) {
-  std::pair<long, int> got{-2, 0};
-  try {
-    cogent::timeout guard(limit);
-    got = here_result(call);
-    cogent::yield();
-  } catch (const cogent::timeout_error&) {
-  }
-  return got;
 }
 
 int g_selfpipe_w = -1;

@@ -187,15 +187,40 @@ ssize_t peek_all(call_ctx& c, int fd, fd_entry& e, void* buf, std::size_t n, int
 // it is full. A blocking send writes everything, so partial progress loops.
 // Pipes and files: io_uring write ops (pipes loop on partial writes too).
 
-// out_blocked() waits for room after `done` bytes went out; returns 0 to
-// retry, or the final return value of the call in *ret.
-bool out_blocked(call_ctx& c, int fd, fd_entry& e, clock::time_point& dl, bool& dl_set, std::size_t done,
-                 ssize_t* ret) noexcept {
-  if (!dl_set) {
-    dl = deadline_ns(sock_timeout(fd, e, false));
-    dl_set = true;
+// out_wait is a blocking send's waiting state across rounds: its deadline
+// (SO_SNDTIMEO, resolved at the first wait), and what the last wait saw.
+struct out_wait {
+  clock::time_point dl{};
+  bool dl_set = false;
+  std::size_t last_done = static_cast<std::size_t>(-1);  // bytes out when it last waited
+  std::chrono::milliseconds pause{0};
+};
+
+// out_blocked() waits for room after `done` bytes went out; returns false to
+// retry, or true with the final return value of the call in *ret. A POLLOUT
+// that said "room" after which nothing at all went out (an unconnected
+// AF_UNIX datagram socket polls writable while its receiver's queue is
+// full) would spin: then it looks again after a pause instead (1 ms, doubling
+// up to 16 ms), to the deadline.
+bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t done, ssize_t* ret) noexcept {
+  if (!st.dl_set) {
+    st.dl = deadline_ns(sock_timeout(fd, e, false));
+    st.dl_set = true;
   }
-  int w = await_ready(c, fd, POLLOUT, dl);
+  int w;
+  if (st.last_done == done) {
+    st.pause = std::min(std::max(st.pause * 2, std::chrono::milliseconds(1)), std::chrono::milliseconds(16));
+    c.h->park(std::min(st.dl, clock::now() + st.pause), true);
+    if (has_pending(c)) {
+      w = interrupted(c);
+    } else {
+      w = clock::now() >= st.dl ? deadline_expired : 1;
+    }
+  } else {
+    st.pause = std::chrono::milliseconds(0);
+    w = await_ready(c, fd, POLLOUT, st.dl);
+  }
+  st.last_done = done;
   if (w >= 0) {
     return false;
   }
@@ -212,8 +237,7 @@ ssize_t sock_send(call_ctx& c, int fd, fd_entry& e, const void* buf, std::size_t
     return fail(interrupted(c));
   }
   std::size_t done = 0;
-  clock::time_point dl;
-  bool dl_set = false;
+  out_wait st;
   for (;;) {
     ssize_t r = real.send(fd, static_cast<const char*>(buf) + done, n - done, flags | MSG_DONTWAIT);
     if (r >= 0) {
@@ -225,7 +249,7 @@ ssize_t sock_send(call_ctx& c, int fd, fd_entry& e, const void* buf, std::size_t
       return done > 0 ? static_cast<ssize_t>(done) : -1;
     }
     ssize_t ret;
-    if (out_blocked(c, fd, e, dl, dl_set, done, &ret)) {
+    if (out_blocked(c, fd, e, st, done, &ret)) {
       return ret;
     }
   }
@@ -295,8 +319,7 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
   }
   std::size_t total = iov_total(msg->msg_iov, static_cast<int>(msg->msg_iovlen));
   std::size_t done = 0;
-  clock::time_point dl;
-  bool dl_set = false;
+  out_wait st;
   iov_copy rest;
   msghdr m = *msg;
   for (;;) {
@@ -325,7 +348,7 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
       return done > 0 ? static_cast<ssize_t>(done) : -1;
     }
     ssize_t ret;
-    if (out_blocked(c, fd, e, dl, dl_set, done, &ret)) {
+    if (out_blocked(c, fd, e, st, done, &ret)) {
       return ret;
     }
   }

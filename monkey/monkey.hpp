@@ -41,7 +41,9 @@
 // MSG_PEEK|MSG_WAITALL looks again every millisecond while only part of the
 // data is there (io_uring would peek the same bytes twice); writes/sends are tried at once with MSG_DONTWAIT and
 // park on an io_uring POLLOUT only when the socket buffer is full (blocking
-// semantics kept: the whole buffer is written); poll/select first poll with
+// semantics kept: the whole buffer is written; where POLLOUT says "room" but
+// the send still cannot go — an unconnected AF_UNIX datagram socket whose
+// receiver is full — it retries after pauses of 1 to 16 ms until SO_SNDTIMEO); poll/select first poll with
 // a zero timeout, then park on one io_uring poll op per fd; sleeps park on a
 // hub timer; getaddrinfo/gethostbyname run on cogent's thread pool. Results
 // and errno are libc's: SO_RCVTIMEO expiry -> EAGAIN, SO_SNDTIMEO on connect

@@ -7,7 +7,9 @@
 // recv/read/accept queued their op until the hub's next turn, so another fiber's dup2()/close()
 // of the number redirected or failed them; MSG_PEEK|MSG_WAITALL peeked the same bytes twice; a
 // huge SO_RCVTIMEO overflowed into "expire at once" (blocking the thread in libc); select() did
-// not write the time left when an fd was ready at once.
+// not write the time left when an fd was ready at once. The last case failed before a later fix:
+// a sendto() to a full AF_UNIX datagram receiver spun (POLLOUT ready, EAGAIN) and ignored
+// SO_SNDTIMEO.
 // Cases that passed when written and are kept because no other test covers them: MSG_WAITALL
 // with SO_RCVTIMEO (partial count), recvmsg's MSG_TRUNC in msg_flags, accept4's flags on the
 // accepted fd, poll(nfds 0)/select(no sets) as cooperative sleeps, negative poll fds,
@@ -523,4 +525,49 @@ COGENT_TEST_CASE("review2: select writes the time left into tv when an fd is rea
   CHECK(got == ref);
   ::close(p[0]);
   ::close(p[1]);
+}
+
+// An unconnected AF_UNIX datagram socket polls writable even while the receiver's queue is full:
+// a sendto() that gets EAGAIN must not spin between POLLOUT (ready at once) and EAGAIN, and must
+// honour SO_SNDTIMEO (libc: -1/EAGAIN once it passes).
+COGENT_TEST_CASE("review2: sendto a full AF_UNIX datagram receiver waits without spinning, SO_SNDTIMEO honoured",
+                 doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  char path[] = "/tmp/cogent_dgram_XXXXXX";
+  int tmp = ::mkstemp(path);
+  REQUIRE(tmp >= 0);
+  ::close(tmp);
+  ::unlink(path);
+  int rx = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un to{};
+  to.sun_family = AF_UNIX;
+  std::strncpy(to.sun_path, path, sizeof to.sun_path - 1);
+  REQUIRE(::bind(rx, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+  int tx = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  timeval tv{0, 200'000};
+  REQUIRE(::setsockopt(tx, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0);
+  char msg[64] = {};
+  // Fill the receiver's queue (max_dgram_qlen) without blocking.
+  int queued = 0;
+  while (::sendto(tx, msg, sizeof msg, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&to), sizeof to) > 0 &&
+         queued < 100000) {
+    ++queued;
+  }
+  REQUIRE(errno == EAGAIN);
+  timespec c0{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+  auto t0 = steady::now();
+  result got = bounded(
+      [&] { return ::sendto(tx, msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&to), sizeof to); }, 2000ms);
+  double wall = since(t0);
+  timespec c1{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+  double cpu = static_cast<double>(c1.tv_sec - c0.tv_sec) + static_cast<double>(c1.tv_nsec - c0.tv_nsec) / 1e9;
+  CHECK_MESSAGE((got == result{-1, EAGAIN}), "sendto: ", got.first, "/", got.second);
+  CHECK(wall >= 0.19);
+  CHECK(wall < 1.5);
+  CHECK_MESSAGE(cpu < wall / 2, "the wait spun: ", cpu, " s of CPU in ", wall, " s");
+  ::close(tx);
+  ::close(rx);
+  ::unlink(path);
 }

@@ -79,6 +79,7 @@ std::vector<task_base> group::tasks() const {
 }
 
 bool group::join(timeout_duration t, bool raise_error) {
+  hub::throw_if_interrupted();  // also when there is nothing to wait for
   clock::time_point deadline = deadline_after(t);
   while (!_members.empty()) {
     if (!_empty_waiters.wait(deadline) && !_members.empty()) {
@@ -128,6 +129,7 @@ void pool::wait_for_slot() {
 }
 
 bool pool::wait_available(timeout_duration t) {
+  hub::throw_if_interrupted();  // also when a slot is free
   clock::time_point deadline = deadline_after(t);
   while (full()) {
     if (!_slot_waiters.wait(deadline) && full()) {

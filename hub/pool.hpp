@@ -105,8 +105,9 @@ class group {
   // map() runs fn(item) for every item of `range` as members (a pool bounds
   // the concurrency) and returns the results in the order of `range`. If one
   // raises, the others still running are killed and the first error (in
-  // range order) is rethrown; if the caller is killed, so are they. Returns
-  // void for a void fn. May switch.
+  // range order) is rethrown, and items not started by then (a pool was full)
+  // never start; if the caller is killed, so are they. Returns void for a
+  // void fn. May switch.
   template <class Fn, class Range>
   auto map(Fn&& fn, const Range& range);
 
@@ -207,7 +208,7 @@ void group::run_all(Fn& fn, const Range& range, Collect&& collect) {
         for (const task_base& t : left) {
           while (!t.ready()) {
             try {
-              t.join();
+              t.join_unobserved();  // an error of its own after our kill is reported
             } catch (...) {
               // A second kill of the caller: keep waiting, fn must stay alive.
             }
@@ -217,8 +218,22 @@ void group::run_all(Fn& fn, const Range& range, Collect&& collect) {
       }
     }
   } guard{started};
+  // In a pool, spawn() waits for a slot: a member that fails meanwhile stops
+  // the spawning (the items after it never start). The link does not
+  // observe: an error that fails while nobody joins it is reported, as any.
+  bool failed = false;
   for (const auto& item : range) {
     started.push_back(spawn([&fn](const item_type& x) -> result_type { return fn(x); }, item));
+    started.back().link(
+        [&failed](const task_base& t) {
+          if (t.exception()) {
+            failed = true;
+          }
+        },
+        false);
+    if (failed) {
+      break;
+    }
   }
   collect(started);
   guard.armed = false;
@@ -404,7 +419,7 @@ class imap_unordered_stream {
     for (const task_base& t : left) {
       while (!t.ready()) {
         try {
-          t.join();
+          t.join_unobserved();
         } catch (...) {
           if (!interrupted) {
             interrupted = std::current_exception();

@@ -208,20 +208,26 @@ class basic_queue {
   };
   // admit_putter() moves the longest-waiting putter's item into the slot a
   // get freed. If that throws (the item's move), the putter is still let go
-  // and its put() raises the exception (its item not added); the get that
-  // admitted it keeps its own item.
+  // and its put() raises the exception (its item not added), the next putter
+  // is tried for the slot, and the get that admitted them keeps its own item.
   void admit_putter() noexcept {
-    if (full()) {
-      return;
-    }
-    if (handoff_list::node* p = _putters.first()) {
+    while (!full()) {
+      handoff_list::node* p = _putters.first();
+      if (p == nullptr) {
+        return;
+      }
       auto* o = static_cast<offer*>(p->data);
+      bool stored = false;
       try {
         store(std::move(*o->item));
+        stored = true;
       } catch (...) {
         o->error = std::current_exception();
       }
       _putters.grant(*p);
+      if (stored) {
+        return;
+      }
     }
   }
 

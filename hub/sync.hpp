@@ -219,13 +219,16 @@ class async_result {
   template <class U = T, class = std::enable_if_t<!std::is_void_v<U>>>
   void set(U&& value) {
     T fresh(std::forward<U>(value));  // first: emplace() would destroy the old value before
-    if constexpr (std::is_move_assignable_v<T>) {
+    if constexpr (!std::is_nothrow_move_constructible_v<T> && std::is_move_assignable_v<T>) {
+      // A move that may throw: assign, so a throw leaves a value (T's own guarantee).
       if (_value) {
         *_value = std::move(fresh);
       } else {
         _value.emplace(std::move(fresh));
       }
     } else {
+      // Replace (emplace destroys the old value first), never assign through
+      // it (a T holding references, std::tie's tuple).
       _value.emplace(std::move(fresh));
     }
     _error = nullptr;

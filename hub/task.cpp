@@ -371,6 +371,23 @@ void task_base::rethrow() const {
 // ---- collections ------------------------------------------------------------------
 
 std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t, bool raise_error) {
+  if (raise_error) {
+    // As gevent: the first task to fail, in the order they finish, ends the
+    // wait at once (iwait's links observe: rethrown here, not reported).
+    iwait it(tasks, t);
+    while (task_base g = it.next()) {
+      if (g.exception()) {
+        std::rethrow_exception(g.exception());
+      }
+    }
+    std::vector<task_base> done;
+    for (const task_base& g : tasks) {
+      if (g.ready()) {
+        done.push_back(g);
+      }
+    }
+    return done;
+  }
   clock::time_point deadline = deadline_after(t);
   // A task not done in time does not end the wait for the others: each is
   // joined with the time left (once it is up, the rest are only looked at),

@@ -215,6 +215,11 @@ class task_base {
   // Never throws the task's error. Joining the running task from itself throws
   // hub_error. May switch.
   bool join(timeout_duration t = std::nullopt) const;
+  // join_unobserved() is join() for a caller that will not look at the
+  // outcome (a wait after a kill, as kill(block) does): the task's error, if
+  // nothing else looks at it, is reported as unjoined when the last such
+  // joiner leaves. May switch.
+  bool join_unobserved(timeout_duration t = std::nullopt) const { return join_impl(t, false); }
 
   // kill() raises `e` (default fiber_exit) in the task at its blocking point.
   // A task not yet started never runs its function: its fiber starts only to
@@ -350,8 +355,9 @@ auto spawn_later(std::chrono::nanoseconds delay, Fn&& fn, Args&&... args) {
 
 // joinall() waits for every task (up to `t` overall) and returns those that
 // finished, in the given order (one not done in time does not hide those
-// after it). With raise_error, the first error found among them is rethrown.
-// May switch.
+// after it). With raise_error, the first task to fail (in the order they
+// finish) ends the wait at once and its error is rethrown (as gevent). May
+// switch.
 std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t = std::nullopt,
                                bool raise_error = false);
 inline std::vector<task_base> joinall(std::initializer_list<task_base> tasks,

@@ -141,44 +141,57 @@ ssize_t input(call_ctx& c, int fd, fd_entry& e, fd_kind k, io_op& op) noexcept {
   return finish_in(await_op(c, op, dl));
 }
 
-// peek_all() is recv(MSG_PEEK|MSG_WAITALL): wait until n bytes can be
-// peeked (or the stream ends, fails, or SO_RCVTIMEO passes: then what is
-// there). io_uring cannot do it — it retries a short MSG_WAITALL receive
-// further into the buffer, and with MSG_PEEK that peeks the same bytes again.
-// While some but not all are there, nothing signals more: it looks again
-// every millisecond (and stops early if the peer has shut down its side).
-ssize_t peek_all(call_ctx& c, int fd, fd_entry& e, void* buf, std::size_t n, int flags) noexcept {
+// peek_wait() is the wait of a receive with MSG_PEEK|MSG_WAITALL (recv,
+// recvfrom, recvmsg), which never goes to io_uring: it retries a short
+// MSG_WAITALL receive further into the buffer, and with MSG_PEEK that peeks
+// the same bytes again. probe(f) peeks into the caller's buffers (no address,
+// no ancillary data: SCM_RIGHTS fds would be installed on every peek) with
+// flags f. On a stream socket it waits until n bytes can be peeked, the peer
+// shuts down, or SO_RCVTIMEO passes — while some but not all are there
+// nothing signals more, so it looks again every millisecond; elsewhere (the
+// kernel ignores MSG_WAITALL for datagrams and seqpackets) until anything can
+// be peeked. Returns 0 when the caller's real call should now run (with
+// MSG_DONTWAIT), or a negative errno to fail with.
+template <class Probe>
+int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe probe) noexcept {
+  int type = 0;
+  socklen_t tlen = sizeof type;
+  bool stream = real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_STREAM;
+  if (!stream) {
+    flags &= ~MSG_WAITALL;
+  }
   clock::time_point dl = deadline_ns(sock_timeout(fd, e, true));
   for (;;) {
     if (has_pending(c)) {
-      return fail(interrupted(c));
+      return interrupted(c);
     }
-    ssize_t r = real.recv(fd, buf, n, flags | MSG_DONTWAIT);
+    ssize_t r = probe(flags | MSG_DONTWAIT);
     if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-      return -1;
+      return 0;  // the real call reports it
     }
-    if (r == 0 || static_cast<std::size_t>(r) >= n) {
-      return r;
+    if (r >= 0 && (!stream || r == 0 || static_cast<std::size_t>(r) >= n)) {
+      return 0;
     }
-    bool passed = clock::now() >= dl;
-    if (passed) {
-      return r > 0 ? r : fail(-timed_out_errno);
+    if (clock::now() >= dl) {
+      return r > 0 ? 0 : -timed_out_errno;
     }
     if (r < 0) {
       int w = await_ready(c, fd, POLLIN, dl);
       if (w < 0 && w != deadline_expired) {
-        return fail(w);
+        return w;
       }
     } else {
       // The peer may have finished sending (then libc returns what is there).
       pollfd p{fd, POLLRDHUP, 0};
       if (real.poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
-        return r;
+        return 0;
       }
       c.h->park(std::min(dl, clock::now() + std::chrono::milliseconds(1)), true);
     }
   }
 }
+
+constexpr int peek_all_flags = MSG_PEEK | MSG_WAITALL;
 
 // ---- output ----------------------------------------------------------------------
 //
@@ -835,8 +848,9 @@ COGENT_HOOK ssize_t recv(int fd, void* buf, size_t n, int flags) {
       k != kind_socket) {
     return real.recv(fd, buf, n, flags);
   }
-  if ((flags & (MSG_PEEK | MSG_WAITALL)) == (MSG_PEEK | MSG_WAITALL)) {
-    return peek_all(c, fd, *e, buf, n, flags);
+  if ((flags & peek_all_flags) == peek_all_flags) {
+    int w = peek_wait(c, fd, *e, n, flags, [&](int f) { return real.recv(fd, buf, n, f); });
+    return w < 0 ? fail(w) : real.recv(fd, buf, n, flags | MSG_DONTWAIT);
   }
   io_op op;
   op.code = op_code::recv;
@@ -854,6 +868,21 @@ COGENT_HOOK ssize_t recvmsg(int fd, msghdr* msg, int flags) {
   if ((flags & no_wait_flags) != 0 || msg == nullptr || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true) ||
       k != kind_socket) {
     ssize_t r = real.recvmsg(fd, msg, flags);
+    if (r >= 0) {
+      received_fds(msg);
+    }
+    return r;
+  }
+  if ((flags & peek_all_flags) == peek_all_flags && msg->msg_iovlen <= IOV_MAX) {
+    msghdr data{};  // the probe peeks bytes only
+    data.msg_iov = msg->msg_iov;
+    data.msg_iovlen = msg->msg_iovlen;
+    std::size_t n = iov_total(msg->msg_iov, static_cast<int>(msg->msg_iovlen));
+    int w = peek_wait(c, fd, *e, n, flags, [&](int f) { return real.recvmsg(fd, &data, f); });
+    if (w < 0) {
+      return fail(w);
+    }
+    ssize_t r = real.recvmsg(fd, msg, flags | MSG_DONTWAIT);
     if (r >= 0) {
       received_fds(msg);
     }
@@ -884,6 +913,10 @@ COGENT_HOOK ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* a
   if ((flags & no_wait_flags) != 0 || addrlen == nullptr || n > max_rw || !enter_fd(c, fd, e, k) ||
       no_wait(fd, *e, k, true) || k != kind_socket) {
     return real.recvfrom(fd, buf, n, flags, addr, addrlen);
+  }
+  if ((flags & peek_all_flags) == peek_all_flags) {
+    int w = peek_wait(c, fd, *e, n, flags, [&](int f) { return real.recv(fd, buf, n, f); });
+    return w < 0 ? fail(w) : real.recvfrom(fd, buf, n, flags | MSG_DONTWAIT, addr, addrlen);
   }
   iovec v{buf, n};
   msghdr m{};
@@ -1059,12 +1092,26 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
   if (tv != nullptr) {
     dl = deadline_ts(timespec{tv->tv_sec, tv->tv_usec * 1000});
   }
-  // Linux writes the time left back into *tv on every return.
+  // Linux writes the time left back into *tv on every return: what was asked
+  // minus what passed (not from dl, which saturates for a huge timeout).
+  const timeval asked = tv != nullptr ? *tv : timeval{};
+  const clock::time_point start = clock::now();
   auto time_left = [&] {
     if (tv != nullptr) {
-      timespec left = remaining(dl);
-      tv->tv_sec = left.tv_sec;
-      tv->tv_usec = left.tv_nsec / 1000;
+      auto passed = std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - start).count();
+      std::int64_t left_us = static_cast<std::int64_t>(asked.tv_usec) - passed;
+      std::int64_t sec = asked.tv_sec;
+      if (left_us < 0) {
+        std::int64_t borrow = (-left_us + 999'999) / 1'000'000;
+        sec -= borrow;
+        left_us += borrow * 1'000'000;
+      }
+      if (sec < 0) {
+        sec = 0;
+        left_us = 0;
+      }
+      tv->tv_sec = static_cast<time_t>(sec);
+      tv->tv_usec = static_cast<suseconds_t>(left_us);
     }
   };
   int n = probe(false);

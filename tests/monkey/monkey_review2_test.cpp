@@ -9,7 +9,9 @@
 // huge SO_RCVTIMEO overflowed into "expire at once" (blocking the thread in libc); select() did
 // not write the time left when an fd was ready at once. The last case failed before a later fix:
 // a sendto() to a full AF_UNIX datagram receiver spun (POLLOUT ready, EAGAIN) and ignored
-// SO_SNDTIMEO.
+// SO_SNDTIMEO. The review3 cases (a review of those fixes) failed before theirs: MSG_PEEK|MSG_WAITALL
+// on UDP/seqpacket waited forever, recvfrom/recvmsg with it still peeked twice, and select() wrote
+// back the saturated deadline for a huge timeout.
 // Cases that passed when written and are kept because no other test covers them: MSG_WAITALL
 // with SO_RCVTIMEO (partial count), recvmsg's MSG_TRUNC in msg_flags, accept4's flags on the
 // accepted fd, poll(nfds 0)/select(no sets) as cooperative sleeps, negative poll fds,
@@ -570,4 +572,82 @@ COGENT_TEST_CASE("review2: sendto a full AF_UNIX datagram receiver waits without
   ::close(tx);
   ::close(rx);
   ::unlink(path);
+}
+
+// recv(MSG_PEEK|MSG_WAITALL) on sockets where the kernel ignores MSG_WAITALL (UDP, seqpacket):
+// libc returns what one peek gets at once; the stream-only wait for n bytes never ended there.
+COGENT_TEST_CASE("review3: MSG_PEEK|MSG_WAITALL on UDP and seqpacket returns the datagram at once, as libc's",
+                 doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  int u = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a = loopback(0);
+  REQUIRE(::bind(u, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  socklen_t len = sizeof a;
+  ::getsockname(u, reinterpret_cast<sockaddr*>(&a), &len);
+  REQUIRE(::sendto(u, "hello", 5, 0, reinterpret_cast<sockaddr*>(&a), sizeof a) == 5);
+  char buf[64];
+  result got = bounded([&] { return ::recv(u, buf, sizeof buf, MSG_PEEK | MSG_WAITALL); }, 1000ms);
+  CHECK_MESSAGE((got == result{5, 0}), "udp: ", got.first, "/", got.second);
+  ::close(u);
+  int sp[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) == 0);
+  REQUIRE(::send(sp[1], "abc", 3, 0) == 3);
+  got = bounded([&] { return ::recv(sp[0], buf, sizeof buf, MSG_PEEK | MSG_WAITALL); }, 1000ms);
+  CHECK_MESSAGE((got == result{3, 0}), "seqpacket: ", got.first, "/", got.second);
+  ::close(sp[0]);
+  ::close(sp[1]);
+}
+
+// recvfrom/recvmsg with MSG_PEEK|MSG_WAITALL on a stream, the data coming in two parts: libc waits
+// and peeks "abcdef"; through io_uring the same bytes were peeked twice ("abcabc").
+COGENT_TEST_CASE("review3: recvfrom and recvmsg with MSG_PEEK|MSG_WAITALL peek the first n bytes once",
+                 doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  for (int which = 0; which < 2; ++which) {
+    int s[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s) == 0);
+    REQUIRE(::send(s[1], "abc", 3, 0) == 3);
+    auto w = cogent::spawn([&] {
+      cogent::sleep(20ms);
+      ::send(s[1], "def", 3, 0);
+    });
+    char b[7] = {};
+    sockaddr_un from{};
+    socklen_t fl = sizeof from;
+    result got = bounded(
+        [&]() -> long {
+          if (which == 0) {
+            return ::recvfrom(s[0], b, 6, MSG_PEEK | MSG_WAITALL, reinterpret_cast<sockaddr*>(&from), &fl);
+          }
+          iovec v{b, 6};
+          msghdr m{};
+          m.msg_iov = &v;
+          m.msg_iovlen = 1;
+          return ::recvmsg(s[0], &m, MSG_PEEK | MSG_WAITALL);
+        },
+        1500ms);
+    w.join();
+    CHECK_MESSAGE((got == result{6, 0}), (which == 0 ? "recvfrom: " : "recvmsg: "), got.first, "/", got.second);
+    CHECK(std::string(b) == "abcdef");
+    ::close(s[0]);
+    ::close(s[1]);
+  }
+}
+
+// select() with a timeout too long for a deadline (over a century) and an fd ready at once writes
+// back what was asked minus what passed, as Linux does — not the saturated deadline's ~9.2e9 s.
+COGENT_TEST_CASE("review3: select with a huge timeout writes back at most what it was given", doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  REQUIRE(::write(p[1], "x", 1) == 1);
+  fd_set rd;
+  FD_ZERO(&rd);
+  FD_SET(p[0], &rd);
+  timeval tv{4'000'000'000, 0};
+  REQUIRE(::select(p[0] + 1, &rd, nullptr, nullptr, &tv) == 1);
+  CHECK(tv.tv_sec <= 4'000'000'000);
+  CHECK(tv.tv_sec >= 3'999'999'990);
+  ::close(p[0]);
+  ::close(p[1]);
 }

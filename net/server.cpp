@@ -45,8 +45,24 @@ bool is_disconnect(std::exception_ptr e) {
 
 }  // namespace
 
+namespace {
+// checked() rejects bad options before anything is bound (a Unix socket's
+// file would otherwise be left behind by the throw).
+const server_options& checked(const server_options& opts) {
+  if (opts.idle_timeout == use_default) {
+    throw std::invalid_argument("cogent::net: stream_server idle_timeout cannot be use_default");
+  }
+  if (opts.max_accept_backoff <= std::chrono::milliseconds(0)) {
+    // A zero cap would retry a failing accept (EMFILE) at once, forever.
+    throw std::invalid_argument("cogent::net: stream_server max_accept_backoff must be positive (got " +
+                                std::to_string(opts.max_accept_backoff.count()) + " ms)");
+  }
+  return opts;
+}
+}  // namespace
+
 stream_server::stream_server(const net::address& at, handler_type handler, server_options opts)
-    : stream_server(listener::bind(at, opts.listen), std::move(handler), std::move(opts)) {}
+    : stream_server(listener::bind(at, checked(opts).listen), std::move(handler), std::move(opts)) {}
 
 stream_server::stream_server(listener l, handler_type handler, server_options opts)
     : _listener(std::move(l)), _handler(std::move(handler)), _opts(std::move(opts)) {
@@ -56,14 +72,7 @@ stream_server::stream_server(listener l, handler_type handler, server_options op
   if (!_handler) {
     throw std::invalid_argument("cogent::net: stream_server given an empty handler");
   }
-  if (_opts.idle_timeout == use_default) {
-    throw std::invalid_argument("cogent::net: stream_server idle_timeout cannot be use_default");
-  }
-  if (_opts.max_accept_backoff <= std::chrono::milliseconds(0)) {
-    // A zero cap would retry a failing accept (EMFILE) at once, forever.
-    throw std::invalid_argument("cogent::net: stream_server max_accept_backoff must be positive (got " +
-                                std::to_string(_opts.max_accept_backoff.count()) + " ms)");
-  }
+  checked(_opts);
   _address = _listener.local_address();
 }
 

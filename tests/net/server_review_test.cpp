@@ -466,3 +466,14 @@ COGENT_TEST_CASE("review: a max_accept_backoff that is not positive is rejected 
     }
   }
 }
+
+COGENT_TEST_CASE("review: a stream_server with bad options binds nothing (no Unix socket file left behind)",
+                 doctest::timeout(10)) {
+  std::string path = "/tmp/cogent_bad_opts_" + std::to_string(::getpid()) + ".sock";
+  ::unlink(path.c_str());
+  cogent::net::server_options opts;
+  opts.max_accept_backoff = 0ms;
+  CHECK_THROWS_AS(stream_server(address::unix_path(path), echo_handler, opts), std::invalid_argument);
+  CHECK_MESSAGE(::access(path.c_str(), F_OK) != 0, "the socket file was left at ", path);
+  ::unlink(path.c_str());
+}

@@ -150,6 +150,12 @@ void hub::configure(const hub_config& cfg) {
   if (t_hub != nullptr) {
     throw hub_error("cogent: hub::configure() called after this thread's hub was created");
   }
+  if (cfg.ready_batch == 0) {
+    throw hub_error("cogent: hub_config::ready_batch must be at least 1 (0 would never run a fiber)");
+  }
+  if (cfg.ring_entries == 0) {
+    throw hub_error("cogent: hub_config::ring_entries must be at least 1");
+  }
   t_config = cfg;
 }
 
@@ -494,7 +500,11 @@ void hub::expire_timers(clock::time_point now) {
   _running.store(_fiber.impl(), std::memory_order_release);
   for (; t != nullptr && t->deadline <= now; t = first_timer()) {
     cancel_timer(*t);
-    t->fire(t);
+    try {
+      t->fire(t);
+    } catch (...) {
+      report_hub_exception("a timer callback");  // as for post(): the hub goes on
+    }
   }
   _running.store(nullptr, std::memory_order_relaxed);
 }
@@ -630,6 +640,12 @@ void hub::loop() {
         interrupt(main, std::make_exception_ptr(would_block_forever(
                             "cogent: would block forever: the main fiber waits on something that nothing "
                             "can complete (no ready fibers, timers, IO or thread-pool work)")));
+        if (main->sched.state == st_parked) {
+          // Parked non-interruptibly (interrupt() only left the error
+          // pending): wake it anyway — park() returns `interrupted` and its
+          // caller finds would_block_forever pending — rather than spin here.
+          schedule(main, wake_reason::interrupted);
+        }
         continue;
       }
       // main is not waiting on the hub (it is suspended in a manual switch):

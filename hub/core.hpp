@@ -12,6 +12,9 @@
 // nearest timer deadline in one io_uring_enter, then wakes the fibers whose
 // operations or timers completed. The thread's main fiber is an ordinary fiber
 // to the hub: calling join() from main() runs the hub until main can go on.
+// When a thread ends, fibers still parked on its hub are not unwound (as
+// gevent leaves greenlets at exit): their stacks and what their frames own
+// stay allocated. Join or kill what you spawned before a thread returns.
 //
 // Example:
 //   auto g1 = cogent::spawn([] { cogent::sleep(10ms); return 1; });
@@ -75,14 +78,17 @@ class would_block_forever : public std::runtime_error {
 // hub_config configures a thread's hub; pass it to hub::configure() before
 // the thread's first blocking call.
 struct hub_config {
-  // ring_entries is the io_uring submission queue size (power of two).
+  // ring_entries is the io_uring submission queue size (rounded up to a power
+  // of two; more than the kernel allows is its maximum). At least 1:
+  // configure() raises hub_error otherwise.
   unsigned ring_entries = 4096;
   // ready_batch bounds how many ready fibers run before the ring is polled
   // again, so IO-ready fibers do not starve behind always-ready ones. Each
   // intermediate poll is an io_uring_enter: a batch smaller than the number of
   // busy connections splits one loop turn into several syscalls. (Single 4 s
   // echo runs at 1000 connections: 256 gave 157-166k round trips/s, 4096 gave
-  // 186-187k; the 5-repetition medians in BENCHMARKS.md are noisier.)
+  // 186-187k; the 5-repetition medians in BENCHMARKS.md are noisier.) At
+  // least 1: configure() raises hub_error otherwise.
   unsigned ready_batch = 4096;
   // max_blocking_time, when non-zero, starts a watchdog thread that reports on
   // stderr, by name, a fiber that ran that long without switching (gevent's
@@ -145,7 +151,8 @@ class hub {
   // passes (returns timed_out) or, if `interruptible`, an interrupt arrives
   // (returns interrupted; the exception stays pending — see
   // throw_if_interrupted()). Always switches. Throws hub_error if called from
-  // the hub itself.
+  // the hub itself. Main parked with nothing left that could wake it returns
+  // `interrupted` with would_block_forever pending, interruptible or not.
   detail::wake_reason park(clock::time_point deadline = clock::time_point::max(), bool interruptible = true);
 
   // wait_until() is park() that raises a pending interrupt (kill, Timeout)

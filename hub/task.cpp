@@ -188,14 +188,17 @@ void start_task(task_state* st, std::optional<std::chrono::nanoseconds> delay) {
   st->sched.state = 1;  // parked: schedule() may make it ready
   if (delay && *delay > std::chrono::nanoseconds::zero()) {
     // The start is the fiber's own park timer: a fiber that has not started
-    // cannot be parked on anything else.
+    // cannot be parked on anything else. A delay too long to represent
+    // (nanoseconds::max()) saturates: no timer, it never starts on its own.
     auto& timer = st->sched.park_timer;
     timer.owner = st;
-    timer.deadline = clock::now() + std::chrono::duration_cast<clock::duration>(*delay);
-    timer.fire = [](timer_node* n) {
-      hub::current().schedule(static_cast<fiber_impl::sched_slot::park_timer_node*>(n)->owner);
-    };
-    h.add_timer(timer);
+    timer.deadline = deadline_after(*delay);
+    if (timer.deadline != clock::time_point::max()) {
+      timer.fire = [](timer_node* n) {
+        hub::current().schedule(static_cast<fiber_impl::sched_slot::park_timer_node*>(n)->owner);
+      };
+      h.add_timer(timer);
+    }  // else it stays parked until a kill starts it
   } else {
     h.schedule(st);
   }
@@ -318,7 +321,9 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
     hub& h = hub::current();
     if (s.sched.park_timer.armed()) {
       h.cancel_timer(s.sched.park_timer);  // spawn_later's start: now
-      h.schedule(&s);
+    }
+    if (s.sched.state == 1) {
+      h.schedule(&s);  // spawn_later's (a start that would never come included): now
     }
     if (block && !h.in_hub()) {
       join_impl(t, false);

@@ -347,7 +347,8 @@ auto spawn(Fn&& fn, Args&&... args) {
   return spawn(spawn_options{}, std::forward<Fn>(fn), std::forward<Args>(args)...);
 }
 
-// spawn_later() is spawn() that starts the task after `delay`.
+// spawn_later() is spawn() that starts the task after `delay` (one too long
+// to represent, nanoseconds::max(), never comes: only a kill starts it).
 template <class Fn, class... Args>
 auto spawn_later(std::chrono::nanoseconds delay, Fn&& fn, Args&&... args) {
   return detail::make_task(spawn_options{}, delay, std::forward<Fn>(fn), std::forward<Args>(args)...);

@@ -94,6 +94,9 @@ void report_fd_event(int fd) noexcept {
 
 class uring_engine final : public engine {
  public:
+  // The kernel's largest SQ (IORING_MAX_ENTRIES); CLAMP brings more down to it.
+  static constexpr unsigned max_sq_entries = 32768;
+
   explicit uring_engine(unsigned entries) {
     if (entries == 0) {
       entries = 1;
@@ -107,7 +110,8 @@ class uring_engine final : public engine {
         // A CQ 4x the SQ makes overflow (and the kernel's overflow list) rare;
         // CLAMP turns "too many entries" into "the maximum" instead of EINVAL.
         params.flags = choice.flags | extra | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
-        params.cq_entries = entries * 4;
+        // (Clamped first: 4x a huge count would wrap and make the CQ smaller than the SQ.)
+        params.cq_entries = std::min(entries, max_sq_entries) * 4;
         err = io_uring_queue_init_params(entries, &_ring, &params);
         if (err == 0) {
           _features = params.features;

@@ -193,6 +193,9 @@ void group::run_all(Fn& fn, const Range& range, Collect&& collect) {
   using item_type = std::decay_t<decltype(*std::begin(range))>;
   using result_type = std::invoke_result_t<Fn&, const item_type&>;
   std::vector<task<result_type>> started;
+  // Set by the members' links; declared before the reaper, which waits for
+  // members (whose links may still run) before anything here goes.
+  bool failed = false;
   // If anything goes wrong here (an error, a kill of the caller), members we
   // started must not outlive this frame: they refer to fn.
   struct reaper {
@@ -219,11 +222,15 @@ void group::run_all(Fn& fn, const Range& range, Collect&& collect) {
     }
   } guard{started};
   // In a pool, spawn() waits for a slot: a member that fails meanwhile stops
-  // the spawning (the items after it never start). The link does not
-  // observe: an error that fails while nobody joins it is reported, as any.
-  bool failed = false;
+  // the spawning — the item whose spawn was waiting is killed before it
+  // starts (so it never runs) and the items after it are never spawned. The
+  // link does not observe: an error nobody joins is reported, as any.
   for (const auto& item : range) {
     started.push_back(spawn([&fn](const item_type& x) -> result_type { return fn(x); }, item));
+    if (failed) {
+      started.back().kill(nullptr, false);
+      break;
+    }
     started.back().link(
         [&failed](const task_base& t) {
           if (t.exception()) {
@@ -231,9 +238,6 @@ void group::run_all(Fn& fn, const Range& range, Collect&& collect) {
           }
         },
         false);
-    if (failed) {
-      break;
-    }
   }
   collect(started);
   guard.armed = false;

@@ -215,7 +215,9 @@ class async_result {
 
   // set() stores the value, marks the result ready and wakes every waiter.
   // If making the T from `value` throws, nothing changes (a value stored
-  // before stays). Never switches. (async_result<void>::set() takes no argument.)
+  // before stays; if T's move throws and T cannot be assigned, the result is
+  // not ready afterwards). Never switches. (async_result<void>::set() takes
+  // no argument.)
   template <class U = T, class = std::enable_if_t<!std::is_void_v<U>>>
   void set(U&& value) {
     T fresh(std::forward<U>(value));  // first: emplace() would destroy the old value before
@@ -228,8 +230,15 @@ class async_result {
       }
     } else {
       // Replace (emplace destroys the old value first), never assign through
-      // it (a T holding references, std::tie's tuple).
-      _value.emplace(std::move(fresh));
+      // it (a T holding references, std::tie's tuple). A move that throws
+      // here (T cannot be assigned) leaves no value: not ready any more.
+      try {
+        _value.emplace(std::move(fresh));
+      } catch (...) {
+        _value.reset();
+        _ready = false;
+        throw;
+      }
     }
     _error = nullptr;
     mark_ready();

@@ -2,6 +2,7 @@
 // unjoined-error report, joinall/killall/iwait/wait_any.
 #include "hub/task.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <mutex>
@@ -378,12 +379,48 @@ void task_base::rethrow() const {
 std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t, bool raise_error) {
   if (raise_error) {
     // As gevent: the first task to fail, in the order they finish, ends the
-    // wait at once (iwait's links observe: rethrown here, not reported).
-    iwait it(tasks, t);
-    while (task_base g = it.next()) {
-      if (g.exception()) {
-        std::rethrow_exception(g.exception());
+    // wait at once. iwait's links observe, so a task that fails while we wait
+    // is not reported then: on the way out, every such failure other than the
+    // one rethrown (all of them if we are interrupted) is reported here.
+    task_base self = current_task();
+    std::vector<bool> was_ready;
+    for (const task_base& g : tasks) {
+      if (self && g == self) {
+        throw hub_error("cogent: joinall() of a list that holds the calling task '" + self.name() + "'");
       }
+      was_ready.push_back(g.ready());
+    }
+    task_base failed;
+    auto report_unseen = [&] {
+      std::vector<task_base> reported;
+      for (std::size_t i = 0; i < tasks.size(); ++i) {
+        const task_base& g = tasks[i];
+        if (was_ready[i] || !g.ready() || !g.exception() || g == failed ||
+            std::find(reported.begin(), reported.end(), g) != reported.end()) {
+          continue;
+        }
+        reported.push_back(g);
+        try {
+          detail::report_unjoined(g, g.exception());
+        } catch (...) {
+        }
+      }
+    };
+    try {
+      iwait it(tasks, t);
+      while (task_base g = it.next()) {
+        if (g.exception()) {
+          failed = g;
+          break;
+        }
+      }
+    } catch (...) {
+      report_unseen();  // interrupted: we rethrow none of them
+      throw;
+    }
+    if (failed) {
+      report_unseen();
+      std::rethrow_exception(failed.exception());
     }
     std::vector<task_base> done;
     for (const task_base& g : tasks) {

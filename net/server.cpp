@@ -48,7 +48,10 @@ bool is_disconnect(std::exception_ptr e) {
 namespace {
 // checked() rejects bad options before anything is bound (a Unix socket's
 // file would otherwise be left behind by the throw).
-const server_options& checked(const server_options& opts) {
+const server_options& checked(const server_options& opts, const stream_server::handler_type& handler) {
+  if (!handler) {
+    throw std::invalid_argument("cogent::net: stream_server given an empty handler");
+  }
   if (opts.idle_timeout == use_default) {
     throw std::invalid_argument("cogent::net: stream_server idle_timeout cannot be use_default");
   }
@@ -61,18 +64,23 @@ const server_options& checked(const server_options& opts) {
 }
 }  // namespace
 
+// Not a delegating constructor: the order in which its arguments are made is
+// unspecified, so the handler and options could be moved from before the
+// checks read them. Members are initialized in declaration order: the
+// listener (checks, then bind) before the handler and options are moved in.
 stream_server::stream_server(const net::address& at, handler_type handler, server_options opts)
-    : stream_server(listener::bind(at, checked(opts).listen), std::move(handler), std::move(opts)) {}
+    : _listener(listener::bind(at, checked(opts, handler).listen)),
+      _handler(std::move(handler)),
+      _opts(std::move(opts)) {
+  _address = _listener.local_address();
+}
 
 stream_server::stream_server(listener l, handler_type handler, server_options opts)
     : _listener(std::move(l)), _handler(std::move(handler)), _opts(std::move(opts)) {
   if (!_listener.is_open()) {
     throw std::invalid_argument("cogent::net: stream_server given a closed listener");
   }
-  if (!_handler) {
-    throw std::invalid_argument("cogent::net: stream_server given an empty handler");
-  }
-  checked(_opts);
+  checked(_opts, _handler);
   _address = _listener.local_address();
 }
 

@@ -146,17 +146,21 @@ ssize_t input(call_ctx& c, int fd, fd_entry& e, fd_kind k, io_op& op) noexcept {
 // MSG_WAITALL receive further into the buffer, and with MSG_PEEK that peeks
 // the same bytes again. probe(f) peeks into the caller's buffers (no address,
 // no ancillary data: SCM_RIGHTS fds would be installed on every peek) with
-// flags f. On a stream socket it waits until n bytes can be peeked, the peer
-// shuts down, or SO_RCVTIMEO passes — while some but not all are there
-// nothing signals more, so it looks again every millisecond; elsewhere (the
-// kernel ignores MSG_WAITALL for datagrams and seqpackets) until anything can
-// be peeked. Returns 0 when the caller's real call should now run (with
-// MSG_DONTWAIT), or a negative errno to fail with.
+// flags f. On TCP it waits until n bytes can be peeked, the peer shuts down,
+// or SO_RCVTIMEO passes — while some but not all are there nothing signals
+// more, so it looks again every millisecond; elsewhere (Linux ignores
+// MSG_WAITALL with MSG_PEEK on AF_UNIX streams, and for datagrams and
+// seqpackets) until anything can be peeked. Returns 0 when the caller's real
+// call should now run (with MSG_DONTWAIT), or a negative errno to fail with
+// (the probe's own error: the kernel clears a socket error as it reports it).
 template <class Probe>
 int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe probe) noexcept {
   int type = 0;
+  int proto = 0;
   socklen_t tlen = sizeof type;
-  bool stream = real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_STREAM;
+  socklen_t plen = sizeof proto;
+  bool stream = real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_STREAM &&
+                real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) == 0 && proto == IPPROTO_TCP;
   if (!stream) {
     flags &= ~MSG_WAITALL;
   }
@@ -167,7 +171,7 @@ int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe 
     }
     ssize_t r = probe(flags | MSG_DONTWAIT);
     if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-      return 0;  // the real call reports it
+      return -errno;  // reported (and cleared) by the probe: the real call would not see it
     }
     if (r >= 0 && (!stream || r == 0 || static_cast<std::size_t>(r) >= n)) {
       return 0;
@@ -207,21 +211,28 @@ struct out_wait {
   bool dl_set = false;
   std::size_t last_done = static_cast<std::size_t>(-1);  // bytes out when it last waited
   std::chrono::milliseconds pause{0};
+  int dgram = -1;  // the socket is SOCK_DGRAM (1) or not (0); -1: not asked yet
 };
 
 // out_blocked() waits for room after `done` bytes went out; returns false to
 // retry, or true with the final return value of the call in *ret. A POLLOUT
-// that said "room" after which nothing at all went out (an unconnected
-// AF_UNIX datagram socket polls writable while its receiver's queue is
-// full) would spin: then it looks again after a pause instead (1 ms, doubling
-// up to 16 ms), to the deadline.
+// that said "room" after which nothing at all went out would spin on a
+// datagram socket (an unconnected AF_UNIX one polls writable while its
+// receiver's queue is full): there it looks again after a pause instead (1
+// ms, doubling up to 16 ms), to the deadline. Streams always wait on POLLOUT
+// (there a "room" that another writer took is followed by a real wait).
 bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t done, ssize_t* ret) noexcept {
   if (!st.dl_set) {
     st.dl = deadline_ns(sock_timeout(fd, e, false));
     st.dl_set = true;
   }
   int w;
-  if (st.last_done == done) {
+  if (st.last_done == done && st.dgram < 0) {
+    int type = 0;
+    socklen_t tlen = sizeof type;
+    st.dgram = real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_DGRAM ? 1 : 0;
+  }
+  if (st.last_done == done && st.dgram == 1) {
     st.pause = std::min(std::max(st.pause * 2, std::chrono::milliseconds(1)), std::chrono::milliseconds(16));
     c.h->park(std::min(st.dl, clock::now() + st.pause), true);
     if (has_pending(c)) {

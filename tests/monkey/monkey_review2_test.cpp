@@ -11,7 +11,8 @@
 // a sendto() to a full AF_UNIX datagram receiver spun (POLLOUT ready, EAGAIN) and ignored
 // SO_SNDTIMEO. The review3 cases (a review of those fixes) failed before theirs: MSG_PEEK|MSG_WAITALL
 // on UDP/seqpacket waited forever, recvfrom/recvmsg with it still peeked twice, and select() wrote
-// back the saturated deadline for a huge timeout.
+// back the saturated deadline for a huge timeout. review4 (a review of those) failed before its
+// fix: an AF_UNIX stream peek waited for the full length, and the probe swallowed a socket error.
 // Cases that passed when written and are kept because no other test covers them: MSG_WAITALL
 // with SO_RCVTIMEO (partial count), recvmsg's MSG_TRUNC in msg_flags, accept4's flags on the
 // accepted fd, poll(nfds 0)/select(no sets) as cooperative sleeps, negative poll fds,
@@ -598,21 +599,32 @@ COGENT_TEST_CASE("review3: MSG_PEEK|MSG_WAITALL on UDP and seqpacket returns the
   ::close(sp[1]);
 }
 
-// recvfrom/recvmsg with MSG_PEEK|MSG_WAITALL on a stream, the data coming in two parts: libc waits
-// and peeks "abcdef"; through io_uring the same bytes were peeked twice ("abcabc").
+// tcp_pair() connects a loopback TCP client (s[0]) to a server end (s[1]).
+void tcp_pair(int s[2]) {
+  int port = 0;
+  int l = listener(&port, 4);
+  s[0] = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(connect_to(s[0], port) == 0);
+  s[1] = ::accept(l, nullptr, nullptr);
+  REQUIRE(s[1] >= 0);
+  ::close(l);
+}
+
+// recvfrom/recvmsg with MSG_PEEK|MSG_WAITALL on TCP, the data coming in two parts: libc waits and
+// peeks "abcdef"; through io_uring the same bytes were peeked twice ("abcabc").
 COGENT_TEST_CASE("review3: recvfrom and recvmsg with MSG_PEEK|MSG_WAITALL peek the first n bytes once",
                  doctest::timeout(10)) {
   cogent::monkey::patch_all();
   for (int which = 0; which < 2; ++which) {
     int s[2];
-    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s) == 0);
+    tcp_pair(s);
     REQUIRE(::send(s[1], "abc", 3, 0) == 3);
     auto w = cogent::spawn([&] {
       cogent::sleep(20ms);
       ::send(s[1], "def", 3, 0);
     });
     char b[7] = {};
-    sockaddr_un from{};
+    sockaddr_in from{};
     socklen_t fl = sizeof from;
     result got = bounded(
         [&]() -> long {
@@ -650,4 +662,29 @@ COGENT_TEST_CASE("review3: select with a huge timeout writes back at most what i
   CHECK(tv.tv_sec >= 3'999'999'990);
   ::close(p[0]);
   ::close(p[1]);
+}
+
+// Two more libc behaviours of MSG_PEEK|MSG_WAITALL: on an AF_UNIX stream Linux does not wait for the
+// full length (3 of 10 bytes: 3 at once), and a socket error is reported by the receive that finds
+// it — the kernel clears it then (a reset TCP connection: ECONNRESET, not 0).
+COGENT_TEST_CASE("review4: MSG_PEEK|MSG_WAITALL on an AF_UNIX stream returns what is there; a reset gives ECONNRESET",
+                 doctest::timeout(10)) {
+  cogent::monkey::patch_all();
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s) == 0);
+  REQUIRE(::send(s[1], "abc", 3, 0) == 3);
+  char b[16];
+  result got = bounded([&] { return ::recv(s[0], b, 10, MSG_PEEK | MSG_WAITALL); }, 1000ms);
+  CHECK_MESSAGE((got == result{3, 0}), "AF_UNIX stream: ", got.first, "/", got.second);
+  ::close(s[0]);
+  ::close(s[1]);
+  int t[2];
+  tcp_pair(t);
+  linger lg{1, 0};
+  ::setsockopt(t[1], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  ::close(t[1]);  // RST
+  cogent::sleep(20ms);
+  got = bounded([&] { return ::recv(t[0], b, 10, MSG_PEEK | MSG_WAITALL); }, 1000ms);
+  CHECK_MESSAGE((got == result{-1, ECONNRESET}), "TCP reset: ", got.first, "/", got.second);
+  ::close(t[0]);
 }

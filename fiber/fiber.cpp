@@ -265,20 +265,31 @@ namespace {
 }
 
 void destroy(fiber_impl* f) noexcept {
-  if (t_previous == f) {
-    t_previous = nullptr;  // previous_impl() never dangles
-  }
-  fiber_impl* parent = f->parent;
-  stack s = f->stk;  // empty unless it never finished (a leaked unwind)
-  if (auto hook = fiber_free_hook.load(std::memory_order_relaxed); hook != nullptr) [[unlikely]] {
-    hook(f);
-  }
-  delete f;
-  if (s.bottom != nullptr) {
-    release_stack(s);
-  }
-  if (parent != nullptr) {
+  // A loop, not a recursion through unref(): a chain of dead fibers, each
+  // held only by its child's parent reference, goes in one frame however long.
+  for (;;) {
+    if (t_previous == f) {
+      t_previous = nullptr;  // previous_impl() never dangles
+    }
+    fiber_impl* parent = f->parent;
+    stack s = f->stk;  // empty unless it never finished (a leaked unwind)
+    if (auto hook = fiber_free_hook.load(std::memory_order_relaxed); hook != nullptr) [[unlikely]] {
+      hook(f);
+    }
+    delete f;
+    if (s.bottom != nullptr) {
+      release_stack(s);
+    }
+    if (parent == nullptr || --parent->refs != 0) {
+      return;
+    }
+    if (!parent->started || parent->dead || parent->is_main) {
+      f = parent;  // as unref() would: destroy it too
+      continue;
+    }
+    ++parent->refs;  // unref() drops it again and does the rest (a suspended parent is unwound)
     unref(parent);
+    return;
   }
 }
 
@@ -538,6 +549,9 @@ void fiber::set_parent(const fiber& p) {
   }
   if (self->is_main) {
     throw fiber_error("cogent: the main fiber cannot have a parent");
+  }
+  if (self->thread_tag != detail::this_thread_tag()) {
+    throw fiber_error("cogent: set_parent() of fiber '" + self->name() + "' from a thread that does not own it");
   }
   if (p._impl->thread_tag != self->thread_tag) {
     throw fiber_error("cogent: set_parent() of fiber '" + self->name() + "' to fiber '" + p._impl->name() +

@@ -179,7 +179,8 @@ class fiber {
   // parent() returns the parent (empty for the main fiber). Never switches.
   fiber parent() const;
   // set_parent() re-parents this fiber. Throws fiber_error if that would make
-  // a cycle, if p is empty, or if p belongs to another thread. Dropping the
+  // a cycle, if p is empty, if p belongs to another thread, or if the caller
+  // is not on this fiber's thread. Dropping the
   // old parent's reference may unwind it if it was the last (may switch).
   void set_parent(const fiber& p);
 
@@ -262,13 +263,20 @@ template <class T, class V>
       });
   std::any& got = detail::t_current->in_value;
   if constexpr (std::is_void_v<T>) {
-    got.reset();
+    if (got.has_value()) [[unlikely]] {
+      std::any dropped = std::move(got);  // out of the slot first: its destructor may switch
+      got.reset();
+    }
   } else if constexpr (std::is_same_v<std::decay_t<T>, std::any>) {
     return std::move(got);
   } else {
     auto* p = std::any_cast<std::decay_t<T>>(&got);
     if (p == nullptr) [[unlikely]] {
-      return any_value_cast<T>(std::move(got));  // throws fiber_error naming the types
+      // Rejected: the value leaves the slot now (dropped as the error
+      // unwinds), never to be destroyed later by whoever next writes it.
+      std::any rejected = std::move(got);
+      got.reset();
+      return any_value_cast<T>(std::move(rejected));  // throws fiber_error naming the types
     }
     T result(std::move(*p));
     if constexpr (!std::is_trivially_copyable_v<std::decay_t<T>>) {

@@ -19,7 +19,10 @@
 //    every switch away from the fiber (a read of the stack's bottom page: on a
 //    sleep-heavy load of 100k fibers that costs ~7%). Either way an overflow prints
 //    "cogent: stack overflow in fiber '<name>'" on stderr and aborts; it is
-//    never silent corruption.
+//    never silent corruption — for a frame larger than the guard page (a big
+//    local array) only if the code was built with -fstack-clash-protection,
+//    which makes it touch each page in turn: cogent is, and cogent_dep /
+//    cogent.pc pass the flag to code built against it.
 #pragma once
 // Everything declared in cogent headers is exported from the library (built with -fvisibility=hidden).
 #pragma GCC visibility push(default)

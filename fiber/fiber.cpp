@@ -461,6 +461,11 @@ void check_stack_size(std::size_t stack_size, const std::string& name) {
   current_impl();  // the thread's main fiber (and the overflow handler) exist before any other
 }
 
+void drop_value(std::any& slot) noexcept {
+  std::any dropped = std::move(slot);
+  slot.reset();
+}
+
 void throw_bad_value(const char* expected, const std::type_info& got) {
   throw_error(std::string("cogent: fiber '") + current_impl()->name() + "' received a value of type " +
               (got == typeid(void) ? "<none>" : got.name()) + " where " + expected + " was expected");

@@ -121,6 +121,11 @@ struct fiber_options {
 namespace detail {
 class fiber_impl;
 [[noreturn]] void throw_bad_value(const char* expected, const std::type_info& got);
+// drop_value() empties `slot` (a fiber's incoming value nobody takes): the
+// value leaves the slot before it is destroyed, since its destructor may
+// switch (the last handle to a suspended fiber) and another value be written
+// into the slot meanwhile. Out of line: the switch paths stay small.
+[[gnu::cold]] void drop_value(std::any& slot) noexcept;
 }  // namespace detail
 
 // fiber is a reference-counted handle to a fiber (copy = another reference).
@@ -264,8 +269,7 @@ template <class T, class V>
   std::any& got = detail::t_current->in_value;
   if constexpr (std::is_void_v<T>) {
     if (got.has_value()) [[unlikely]] {
-      std::any dropped = std::move(got);  // out of the slot first: its destructor may switch
-      got.reset();
+      detail::drop_value(got);
     }
   } else if constexpr (std::is_same_v<std::decay_t<T>, std::any>) {
     return std::move(got);

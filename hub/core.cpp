@@ -180,6 +180,7 @@ hub::hub(const hub_config& cfg)
 }
 
 hub::~hub() {
+  _tearing_down = true;
   _monitor.reset();
   // Late posts (a thread-pool job whose waiter's thread is ending) are
   // dropped from now on; the ones queued are never run.

@@ -221,6 +221,16 @@ class hub {
 
   // engine() is the IO backend (for the net layer).
   detail::engine& io() noexcept { return *_engine; }
+  // flush_io() hands queued io_uring submissions to the kernel now
+  // (engine::flush()), unless the hub is being destroyed. monkey/ calls it
+  // before a close()/dup2() changes what an fd number refers to, so an op
+  // queued on that number by another fiber works on the file it was meant
+  // for. Never switches.
+  void flush_io() noexcept {
+    if (!_tearing_down) {
+      _engine->flush();
+    }
+  }
   // in_hub() is true when called from the hub fiber itself.
   bool in_hub() const noexcept;
   // stats for tests and tools.
@@ -274,6 +284,7 @@ class hub {
   std::atomic<std::uint64_t> _switches{0};
   std::atomic<detail::fiber_impl*> _running{nullptr};
   std::atomic<bool> _inspecting{false};  // the monitor is reading *_running (see on_fiber_free)
+  bool _tearing_down = false;  // ~hub has begun: flush_io() does nothing
 };
 
 // sleep() suspends the calling fiber for `d`; sleep(0) yields to every other

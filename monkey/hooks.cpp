@@ -758,7 +758,20 @@ COGENT_HOOK int shutdown(int fd, int how) noexcept {
   return real.shutdown(fd, how);
 }
 
+// flush_before_renumber() hands this thread's queued io_uring ops to the
+// kernel before fd numbers change meaning (close, dup2, dup3): an op another
+// fiber queued on the number then works on the file it was queued for, as
+// the libc call it stands for would have.
+static void flush_before_renumber() noexcept {
+  if (g_patched.load(std::memory_order_relaxed)) {
+    if (cogent::hub* h = cogent::hub::current_if_exists()) {
+      h->flush_io();
+    }
+  }
+}
+
 COGENT_HOOK int close(int fd) {
+  flush_before_renumber();
   // Forget the fd first: once closed, its number may be reused at once by
   // another thread, whose creation hook then records the new file.
   reset_fd(fd);
@@ -1109,20 +1122,20 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
   const clock::time_point start = clock::now();
   auto time_left = [&] {
     if (tv != nullptr) {
-      auto passed = std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - start).count();
-      std::int64_t left_us = static_cast<std::int64_t>(asked.tv_usec) - passed;
-      std::int64_t sec = asked.tv_sec;
-      if (left_us < 0) {
-        std::int64_t borrow = (-left_us + 999'999) / 1'000'000;
-        sec -= borrow;
-        left_us += borrow * 1'000'000;
+      // In ns, as the kernel: any time passed shows (5 s asked, 3 us passed: 4.999997 s).
+      std::int64_t passed = std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
+      std::int64_t sec = static_cast<std::int64_t>(asked.tv_sec) - passed / 1'000'000'000;
+      std::int64_t nsec = static_cast<std::int64_t>(asked.tv_usec) * 1000 - passed % 1'000'000'000;
+      if (nsec < 0) {
+        --sec;
+        nsec += 1'000'000'000;
       }
       if (sec < 0) {
         sec = 0;
-        left_us = 0;
+        nsec = 0;
       }
       tv->tv_sec = static_cast<time_t>(sec);
-      tv->tv_usec = static_cast<suseconds_t>(left_us);
+      tv->tv_usec = static_cast<suseconds_t>(nsec / 1000);
     }
   };
   int n = probe(false);
@@ -1441,6 +1454,7 @@ COGENT_HOOK int dup(int fd) noexcept {
 }
 
 COGENT_HOOK int dup2(int from, int to) noexcept {
+  flush_before_renumber();
   int r = real.dup2(from, to);
   if (r >= 0 && from != to) {
     copy_fd(from, to);
@@ -1449,6 +1463,7 @@ COGENT_HOOK int dup2(int from, int to) noexcept {
 }
 
 COGENT_HOOK int dup3(int from, int to, int flags) noexcept {
+  flush_before_renumber();
   int r = real.dup3(from, to, flags);
   if (r >= 0) {
     copy_fd(from, to);

@@ -368,10 +368,10 @@ int await_op(call_ctx& c, io_op& op, clock::time_point deadline) noexcept {
   op.user = c.self;
   op.on_complete = wake_waiter;
   c.h->io().submit(op);
-  // Now, not at the hub's next turn: libc's call would have used the fd
-  // before returning, so a close()/dup2() of that number by the next fiber
-  // to run must not change which file (or which queued data) this op gets.
-  c.h->io().flush();
+  // The op reaches the kernel at the hub's next turn, after other ready
+  // fibers ran; one that close()s or dup2()s this fd number first flushes it
+  // in (the hooks call hub::flush_io()), so the op still gets the file libc's
+  // call would have used.
   cogent::detail::wake_reason r;
   do {
     r = c.h->park(deadline, true);
@@ -441,9 +441,6 @@ int await_poll(call_ctx& c, const pollfd* fds, nfds_t n, clock::time_point deadl
     op.user = c.self;
     op.on_complete = wake_waiter;
     c.h->io().submit(op);
-  }
-  if (live > 0) {
-    c.h->io().flush();  // as await_op(): the fds are resolved now
   }
   if (live == 0) {
     int r = park_until(c, deadline);

@@ -33,9 +33,9 @@
 //    impossible.
 //
 // What a cooperating call does: reads/recv/accept/connect become io_uring ops
-// the fiber parks on, handed to the kernel before the hook parks (so another
-// fiber's close()/dup2() of that fd number cannot redirect them, as it could
-// not a libc call already in progress); a connect on a socket whose
+// the fiber parks on (a close()/dup2()/dup3() by another fiber first hands
+// the queued ops to the kernel, so an op queued on that fd number still works
+// on the file it was queued for, as a libc call in progress would); a connect on a socket whose
 // non-blocking connect is still in progress waits for it as connect(2) does
 // (0 or its error; EALREADY once SO_SNDTIMEO passes); recv with
 // MSG_PEEK|MSG_WAITALL looks again every millisecond while only part of the

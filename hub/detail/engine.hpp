@@ -84,8 +84,8 @@ class engine {
   // flush() hands the queued submissions to the kernel now (one
   // io_uring_enter if any are queued; completions are reaped by the next
   // wait()/poll() as usual). The kernel resolves each op's fd as it takes the
-  // op: after flush() a close()/dup2() of that number by another fiber no
-  // longer changes which file the op works on (monkey's hooks rely on it).
+  // op: after flush() a close()/dup2() of that number no longer changes
+  // which file the op works on (monkey's close/dup2 hooks rely on it).
   virtual void flush() = 0;
 
   // cancel() asks the kernel to cancel a submitted op that has not completed.

@@ -462,8 +462,13 @@ void check_stack_size(std::size_t stack_size, const std::string& name) {
 }
 
 void drop_value(std::any& slot) noexcept {
-  std::any dropped = std::move(slot);
+  std::any dropped = take_value(slot);
+}
+
+std::any take_value(std::any& slot) noexcept {
+  std::any v = std::move(slot);
   slot.reset();
+  return v;
 }
 
 void throw_bad_value(const char* expected, const std::type_info& got) {

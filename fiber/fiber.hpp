@@ -126,6 +126,9 @@ class fiber_impl;
 // switch (the last handle to a suspended fiber) and another value be written
 // into the slot meanwhile. Out of line: the switch paths stay small.
 [[gnu::cold]] void drop_value(std::any& slot) noexcept;
+// take_value() moves the value out of `slot` and leaves it empty (cold: the
+// rejected-value path of switch_to<T>()).
+[[gnu::cold]] std::any take_value(std::any& slot) noexcept;
 }  // namespace detail
 
 // fiber is a reference-counted handle to a fiber (copy = another reference).
@@ -278,9 +281,7 @@ template <class T, class V>
     if (p == nullptr) [[unlikely]] {
       // Rejected: the value leaves the slot now (dropped as the error
       // unwinds), never to be destroyed later by whoever next writes it.
-      std::any rejected = std::move(got);
-      got.reset();
-      return any_value_cast<T>(std::move(rejected));  // throws fiber_error naming the types
+      return any_value_cast<T>(detail::take_value(got));  // throws fiber_error naming the types
     }
     T result(std::move(*p));
     if constexpr (!std::is_trivially_copyable_v<std::decay_t<T>>) {

@@ -273,7 +273,9 @@ auto group::map(Fn&& fn, const Range& range) {
 // that reaches it, after the feeder and the members still running are killed
 // (the stream then ends). Iteration (begin()/end(), an input range) calls
 // next(). Destroying the stream before the end kills the feeder and the
-// members still running and waits for them to finish. next() may switch and
+// members still running and waits for them to finish; an error the stream
+// never handed out (a member that failed before it was reached, or on its
+// own after that kill) is then reported as unjoined. next() may switch and
 // raises a pending kill or Timeout (the stream stays usable).
 //
 // Example:
@@ -321,6 +323,10 @@ class imap_unordered_stream {
         throw;
       }
       ++_taken;
+      if (i >= _handed.size()) {
+        _handed.resize(i + 1, false);
+      }
+      _handed[i] = true;  // its outcome goes to the caller now, value or error
       try {
         return t.get();
       } catch (...) {
@@ -431,12 +437,21 @@ class imap_unordered_stream {
         }
       }
     }
+    // Their links observe (next() rethrows): an error nobody was handed — a
+    // member that failed before the stream reached it, or that failed on its
+    // own after the kill — is reported here, once.
+    for (std::size_t i = 0; i < _st->members.size(); ++i) {
+      if (i >= _handed.size() || !_handed[i]) {
+        report_error(_st->members[i]);
+      }
+    }
     if (interrupted) {
       defer_interrupt(std::move(interrupted));
     }
   }
 
   std::shared_ptr<state> _st;
+  std::vector<bool> _handed;  // by member index: its outcome went to the caller
   std::size_t _taken = 0;
   std::size_t _retry = npos;  // an index taken from the queue whose result is still owed
   bool _feeder_done = false;

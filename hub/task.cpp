@@ -374,6 +374,15 @@ void task_base::rethrow() const {
   }
 }
 
+void report_error(const task_base& t) noexcept {
+  if (t && t.ready() && t.exception()) {
+    try {
+      detail::report_unjoined(t, t.exception());
+    } catch (...) {
+    }
+  }
+}
+
 // ---- collections ------------------------------------------------------------------
 
 std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t, bool raise_error) {

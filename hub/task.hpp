@@ -404,6 +404,13 @@ class iwait {
 // wait_any() returns the first of `tasks` to finish, or an empty handle after `t`. May switch.
 task_base wait_any(const std::vector<task_base>& tasks, timeout_duration t = std::nullopt);
 
+// report_error() hands t's error, if it has one, to the unjoined-error
+// handler (default: a line on stderr), as if nobody had joined it: for a
+// collection whose links observe its members' errors and that is left with
+// some it never handed to anyone (an imap_unordered stream dropped early).
+// Never switches.
+void report_error(const task_base& t) noexcept;
+
 // current_task() is the task running the calling fiber (empty in main or a plain fiber).
 task_base current_task();
 // live_tasks() lists this thread's tasks that have not finished (gevent's enumerate).

@@ -5,14 +5,18 @@
 // leak_check: at the end the hub must have no parked fibers, no live tasks, no
 // armed timers, no IO in flight, and no more live fiber stacks than at the
 // start. A leak fails the test. cancel_when_expired() withdraws a Timeout
-// after it fired and before its fiber ran (the "withdrawn interrupt" race).
+// after it fired and before its fiber ran (the "withdrawn interrupt" race);
+// error_reports collects unjoined-error reports; picky is an item whose move
+// throws on demand.
 #pragma once
 
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "fiber/fiber.hpp"
 #include "hub/core.hpp"
@@ -64,6 +68,36 @@ class leak_check {
  private:
   std::size_t _stacks;
   std::size_t _tasks;
+};
+
+// error_reports collects, while it lives, the text of each error given to
+// the unjoined-error handler (cogent::set_task_error_handler).
+struct error_reports {
+  std::vector<std::string> seen;
+  error_reports() {
+    cogent::set_task_error_handler([this](const cogent::task_base&, std::exception_ptr e) {
+      seen.push_back(cogent::describe_exception(e));
+    });
+  }
+  ~error_reports() { cogent::set_task_error_handler(nullptr); }
+  error_reports(const error_reports&) = delete;
+  error_reports& operator=(const error_reports&) = delete;
+};
+
+// picky is a queue item whose move constructor throws when its value is
+// picky::throw_on (a copy or move that fails half-way through a handoff).
+struct picky {
+  static inline int throw_on = -1;
+  int v;
+  explicit picky(int x) : v(x) {}
+  picky(const picky&) = default;
+  picky& operator=(const picky&) = default;
+  picky(picky&& o) : v(o.v) {
+    if (o.v == throw_on) {
+      throw std::runtime_error("picky: move throws");
+    }
+  }
+  picky& operator=(picky&& o) = default;
 };
 
 }  // namespace cogent::test

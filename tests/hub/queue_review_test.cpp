@@ -22,22 +22,9 @@
 
 namespace {
 
-using namespace std::chrono_literals;
+using cogent::test::picky;
 
-// picky is an item whose move constructor throws for one chosen value (a copy/move that throws).
-struct picky {
-  static inline int throw_on = -1;
-  int v;
-  explicit picky(int x) : v(x) {}
-  picky(const picky&) = default;
-  picky& operator=(const picky&) = default;
-  picky(picky&& o) : v(o.v) {
-    if (o.v == throw_on) {
-      throw std::runtime_error("picky: move throws");
-    }
-  }
-  picky& operator=(picky&& o) = default;
-};
+using namespace std::chrono_literals;
 
 // ---- 1. get() loses the item it removed when admitting a waiting putter's item throws ----------
 // queue.hpp: "Loses nothing ... a waiting putter's item straight into the freed slot". get() pops

@@ -20,21 +20,12 @@
 
 namespace {
 
+using reports = cogent::test::error_reports;
+
 using namespace std::chrono_literals;
 
 struct boom : std::runtime_error {
   using std::runtime_error::runtime_error;
-};
-
-// reports collects what the unjoined-error handler is given while it lives.
-struct reports {
-  std::vector<std::string> seen;
-  reports() {
-    cogent::set_task_error_handler([this](const cogent::task_base&, std::exception_ptr e) {
-      seen.push_back(cogent::describe_exception(e));
-    });
-  }
-  ~reports() { cogent::set_task_error_handler(nullptr); }
 };
 
 }  // namespace

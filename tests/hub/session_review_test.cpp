@@ -19,36 +19,13 @@
 
 namespace {
 
+using cogent::test::picky;
+using reports = cogent::test::error_reports;
+
 using namespace std::chrono_literals;
 
 struct custom_error : std::runtime_error {
   using std::runtime_error::runtime_error;
-};
-
-// picky is an item whose move constructor throws for one chosen value.
-struct picky {
-  static inline int throw_on = -1;
-  int v;
-  explicit picky(int x) : v(x) {}
-  picky(const picky&) = default;
-  picky& operator=(const picky&) = default;
-  picky(picky&& o) : v(o.v) {
-    if (o.v == throw_on) {
-      throw std::runtime_error("picky: move throws");
-    }
-  }
-  picky& operator=(picky&& o) = default;
-};
-
-// reports collects what the unjoined-error handler is given while it lives.
-struct reports {
-  std::vector<std::string> seen;
-  reports() {
-    cogent::set_task_error_handler([this](const cogent::task_base&, std::exception_ptr e) {
-      seen.push_back(cogent::describe_exception(e));
-    });
-  }
-  ~reports() { cogent::set_task_error_handler(nullptr); }
 };
 
 }  // namespace

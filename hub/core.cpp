@@ -458,6 +458,10 @@ void hub::heap_remove(std::size_t i) noexcept {
 }
 
 void hub::add_timer(detail::timer_node& t) {
+  if (t.armed()) [[unlikely]] {
+    // Linked twice, the run list or heap would be corrupted silently.
+    throw hub_error("cogent: add_timer() of a timer that is already armed (cancel_timer() it first)");
+  }
   t.seq = _timer_seq++;
   if (_run_tail == nullptr || !timer_less(&t, _run_tail)) {
     t.heap_index = detail::timer_node::in_run;

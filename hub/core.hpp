@@ -195,7 +195,8 @@ class hub {
   void yield_now();
 
   // add_timer()/cancel_timer() arm and disarm an intrusive timer; fire(node)
-  // runs in the hub when the deadline passes. Never switch.
+  // runs in the hub when the deadline passes. add_timer() of a timer already
+  // armed raises hub_error (cancel it first). Never switch.
   void add_timer(detail::timer_node& t);
   void cancel_timer(detail::timer_node& t) noexcept;
 

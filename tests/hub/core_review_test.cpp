@@ -236,3 +236,21 @@ COGENT_TEST_CASE("review ok: posts from each of several threads run in that thre
 }
 
 }  // namespace
+
+COGENT_TEST_CASE("review: add_timer() of a timer that is already armed is a hub_error, the timers stay whole",
+                 doctest::timeout(10)) {
+  cogent::hub& h = cogent::hub::current();
+  int fired = 0;
+  struct counting_timer : cogent::detail::timer_node {
+    int* count = nullptr;
+  };
+  counting_timer t;
+  t.count = &fired;
+  t.deadline = clock::now() + 5ms;
+  t.fire = [](cogent::detail::timer_node* n) { ++*static_cast<counting_timer*>(n)->count; };
+  h.add_timer(t);
+  CHECK_THROWS_AS(h.add_timer(t), cogent::hub_error);
+  cogent::sleep(20ms);
+  CHECK(fired == 1);
+  CHECK_FALSE(t.armed());
+}

@@ -155,12 +155,10 @@ ssize_t input(call_ctx& c, int fd, fd_entry& e, fd_kind k, io_op& op) noexcept {
 // (the probe's own error: the kernel clears a socket error as it reports it).
 template <class Probe>
 int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe probe) noexcept {
-  int type = 0;
   int proto = 0;
-  socklen_t tlen = sizeof type;
   socklen_t plen = sizeof proto;
-  bool stream = real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_STREAM &&
-                real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) == 0 && proto == IPPROTO_TCP;
+  // One question: IPPROTO_TCP is only ever a SOCK_STREAM socket.
+  bool stream = real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) == 0 && proto == IPPROTO_TCP;
   if (!stream) {
     flags &= ~MSG_WAITALL;
   }

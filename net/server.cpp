@@ -223,6 +223,11 @@ void stream_server::accept_loop() {
   bool logged_episode = false;
   clock::time_point last_log{};
   for (;;) {
+    if (_opts.workers != nullptr) {
+      // Full pool: accept nothing until a slot frees (as gevent does) — the
+      // clients wait in the kernel's backlog, not accepted and held here.
+      _opts.workers->wait_available();
+    }
     net::address peer;
     stream_socket client;
     try {

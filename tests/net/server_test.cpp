@@ -1,6 +1,7 @@
 // tests/net/server_test.cpp — cogent::net::stream_server against real clients.
 //
-// Covers: echo with many concurrent clients; a pool bounding concurrency;
+// Covers: echo with many concurrent clients; a pool bounding concurrency (and,
+// full, leaving new clients in the backlog);
 // serve_forever/stop from another fiber and from a handler; a handler that
 // stopped its own server and keeps running is waited for (or killed at
 // stop()'s deadline) before serve_forever returns or the server is destroyed;
@@ -158,6 +159,41 @@ COGENT_TEST_CASE("server: a pool bounds concurrent handlers", doctest::timeout(2
     CHECK(t.get() == "done");
   }
   CHECK(max_running == 2);
+  srv.stop(1s);
+}
+
+COGENT_TEST_CASE("server: a full pool stops accepting: waiting clients stay in the kernel's backlog",
+                 doctest::timeout(20)) {
+  // gevent's StreamServer stops accepting while its pool is full; accepting a
+  // client and then holding it, unserved, until a slot frees would keep the
+  // connection (and its descriptor) in limbo where the backlog does it for free.
+  cogent::pool workers(1);
+  cogent::event release;
+  cogent::net::server_options opts;
+  opts.workers = &workers;
+  stream_server srv(
+      address::ipv4_loopback(0),
+      [&](stream_socket& s, const address&) {
+        release.wait(5s);
+        s.write_all("done");
+      },
+      opts);
+  srv.start();
+  std::vector<cogent::task<std::string>> ts;
+  for (int i = 0; i < 3; ++i) {
+    ts.push_back(cogent::spawn([&] {
+      auto s = stream_socket::connect(srv.address(), 2s);
+      return s.read_until_eof(100, 5s);
+    }));
+  }
+  cogent::sleep(100ms);  // every client connected (the kernel completes the handshake for the backlog)
+  CHECK(srv.accepted_count() == 1);
+  CHECK(srv.client_count() == 1);
+  release.set();
+  for (auto& t : ts) {
+    CHECK(t.get() == "done");
+  }
+  CHECK(srv.accepted_count() == 3);
   srv.stop(1s);
 }
 

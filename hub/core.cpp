@@ -725,6 +725,14 @@ bool wait_list::wait(clock::time_point deadline) {
   }
 }
 
+void orphan_waiter(fiber_impl* f) noexcept {
+  if (t_hub == nullptr) {
+    return;  // (cannot be: a waiter parked on this thread's hub)
+  }
+  t_hub->interrupt(f, std::make_exception_ptr(hub_error(
+                          "cogent: a lock, event, queue, pool or group was destroyed while this fiber waited on it")));
+}
+
 bool wait_list::notify_one() noexcept {
   waiter* w = _links.front();
   if (w == nullptr) {

@@ -61,7 +61,8 @@ inline clock::time_point deadline_after(timeout_duration t) {
 }
 
 // hub_error is thrown for misuse of the hub: blocking inside the hub itself,
-// using a hub from a thread that does not own it.
+// using a hub from a thread that does not own it, waiting on a lock, event,
+// queue, pool or group that is destroyed meanwhile (the wait raises it).
 class hub_error : public std::logic_error {
  public:
   using std::logic_error::logic_error;
@@ -355,11 +356,33 @@ class fifo_links {
   std::size_t _size = 0;
 };
 
+// orphan_all() empties `links` (whose owner is being destroyed) and raises
+// hub_error in every fiber that was waiting on it. Never switches.
+void orphan_waiter(fiber_impl* f) noexcept;
+template <class Node>
+void orphan_all(fifo_links<Node>& links) noexcept {
+  while (Node* n = links.front()) {
+    links.unlink(*n);
+    orphan_waiter(n->f);
+  }
+}
+
 // wait_list is the building block of the coordination primitives: fibers park
 // on it until notified, a deadline, or an interrupt. Not thread-safe (one hub).
 class wait_list {
  public:
   enum class notice : std::uint8_t { none, one, all };
+  wait_list() = default;
+  wait_list(const wait_list&) = delete;
+  wait_list& operator=(const wait_list&) = delete;
+  // ~wait_list() with fibers still waiting (the object holding it destroyed
+  // under them) unlinks each and raises hub_error in it: its wait throws
+  // without touching the list again. Never switches.
+  ~wait_list() {
+    if (!_links.empty()) [[unlikely]] {
+      orphan_all(_links);
+    }
+  }
   struct waiter {
     fiber_impl* f = nullptr;
     waiter* prev = nullptr;

@@ -20,7 +20,9 @@ handoff_list::outcome handoff_list::wait(node& n, clock::time_point deadline) {
   if (n.granted) {
     return outcome::granted;  // a grant wins; a pending interrupt is raised at the next blocking call
   }
-  _links.unlink(n);
+  if (n.linked) {
+    _links.unlink(n);  // (not linked: the list was destroyed under us; hub_error is pending)
+  }
   hub::throw_if_interrupted();
   if (r == wake_reason::timed_out || deadline_passed(deadline)) {
     return outcome::timed_out;

@@ -24,6 +24,11 @@
 // is ever lost or counted twice. A waiter whose Timeout is withdrawn
 // (timeout::cancel() from another fiber) before it ran looks again: a unit
 // released meanwhile is not left free while it waits on.
+//
+// Lifetime: destroying one of them (or a queue, pool or group) while fibers
+// wait on it is a bug in the program; each of those waits raises
+// cogent::hub_error ("... destroyed while this fiber waited on it") rather
+// than touch freed memory.
 #pragma once
 #pragma GCC visibility push(default)
 
@@ -76,6 +81,13 @@ class handoff_list {
   handoff_list() = default;
   handoff_list(const handoff_list&) = delete;
   handoff_list& operator=(const handoff_list&) = delete;
+  // ~handoff_list() with fibers still waiting raises hub_error in each (see
+  // ~wait_list()). Never switches.
+  ~handoff_list() {
+    if (!_links.empty()) [[unlikely]] {
+      orphan_all(_links);
+    }
+  }
 
   // take() is the whole of every handoff call (lock, semaphore, queue and
   // channel put/get): it raises a pending interrupt first (nothing taken),

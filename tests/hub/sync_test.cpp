@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "hub/queue.hpp"
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
 #include "tests/support.hpp"
@@ -616,3 +617,43 @@ COGENT_TEST_CASE("a lock left locked by a fiber that ended is not owned by a new
 }
 
 }  // namespace
+
+// A primitive destroyed while fibers wait on it (a bug in the program) must not
+// leave them parked on freed memory: each wait raises hub_error instead.
+template <class Obj, class Wait>
+static void check_destroyed_under_waiter(Wait wait) {
+  auto obj = std::make_unique<Obj>();
+  std::string what;
+  auto t = cogent::spawn([&] {
+    try {
+      wait(*obj);
+    } catch (const cogent::hub_error& e) {
+      what = e.what();
+    }
+  });
+  cogent::sleep(1ms);  // the waiter is parked on *obj
+  obj.reset();
+  t.get();
+  CHECK(what.find("destroyed while this fiber waited on it") != std::string::npos);
+}
+
+COGENT_TEST_CASE("destroying an event, lock, semaphore, queue or pool with waiters raises hub_error in them",
+                 doctest::timeout(10)) {
+  check_destroyed_under_waiter<cogent::event>([](cogent::event& e) { e.wait(5s); });
+  struct held_lock {
+    cogent::mutex m;
+    held_lock() { m.acquire(); }
+  };
+  check_destroyed_under_waiter<held_lock>([](held_lock& l) { l.m.acquire(5s); });
+  struct empty_semaphore {
+    cogent::semaphore s{0};
+  };
+  check_destroyed_under_waiter<empty_semaphore>([](empty_semaphore& s) { s.s.acquire(5s); });
+  check_destroyed_under_waiter<cogent::queue<int>>([](cogent::queue<int>& q) { q.get(5s); });
+  struct full_queue {
+    cogent::queue<int> q{1};
+    full_queue() { q.put(1); }
+  };
+  check_destroyed_under_waiter<full_queue>([](full_queue& f) { f.q.put(2, 5s); });
+  check_destroyed_under_waiter<cogent::async_result<int>>([](cogent::async_result<int>& r) { r.get(5s); });
+}

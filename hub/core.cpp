@@ -275,9 +275,11 @@ void hub::interrupt(fiber_impl* f, std::exception_ptr e, const void* owner) noex
   if (!f->sched.pending || (owner == nullptr && f->sched.pending_owner != nullptr)) {
     f->sched.pending = std::move(e);
     f->sched.pending_owner = owner;
+    f->sched.pending_delivered = false;
   }
   if (f->sched.state == st_parked && f->sched.interruptible) {
     schedule(f, wake_reason::interrupted);
+    f->sched.pending_delivered = true;  // from here on only the fiber itself may withdraw it
   }
 }
 
@@ -345,12 +347,7 @@ int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)
     t_hub->schedule(static_cast<fiber_impl*>(o->user), wake_reason::woken);
   };
   _engine->submit(op);
-  wake_reason r;
-  do {
-    r = park_here(deadline, true);
-    // Woken by an interrupt withdrawn before we ran (timeout::cancel() from
-    // another fiber): nothing to raise, so the op goes on.
-  } while (!op.done && r == wake_reason::interrupted && !self->sched.pending);
+  wake_reason r = park_here(deadline, true);
   if (!op.done) {
     // Timed out or interrupted: cancel, and keep the fiber (and `op`, which
     // lives on its stack) parked until the op's own completion is reaped.
@@ -390,11 +387,7 @@ void hub::wait_idle() {
       std::erase(w, s);
     }
   } guard{this, self};
-  // Woken by an interrupt withdrawn before we ran (timeout::cancel() from
-  // another fiber): still listed, nothing to raise — wait on.
-  while (park(clock::time_point::max(), true) == wake_reason::interrupted && !self->sched.pending &&
-         std::find(_idle_waiters.begin(), _idle_waiters.end(), self) != _idle_waiters.end()) {
-  }
+  park(clock::time_point::max(), true);
   throw_if_interrupted();
 }
 
@@ -721,7 +714,7 @@ bool wait_list::wait(clock::time_point deadline) {
       }
       return false;
     }
-    // Woken by an interrupt withdrawn before we ran: still linked, wait on.
+    // Not for us (no notice, no interrupt, deadline ahead): wait on.
   }
 }
 

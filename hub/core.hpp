@@ -151,8 +151,9 @@ class hub {
   // park() suspends the calling fiber until schedule() wakes it, `deadline`
   // passes (returns timed_out) or, if `interruptible`, an interrupt arrives
   // (returns interrupted; the exception stays pending — see
-  // throw_if_interrupted()). Always switches. Throws hub_error if called from
-  // the hub itself. Main parked with nothing left that could wake it returns
+  // throw_if_interrupted(); one that woke the fiber is never withdrawn behind
+  // its back, see timeout::cancel()). Always switches. Throws hub_error if
+  // called from the hub itself. Main parked with nothing left that could wake it returns
   // `interrupted` with would_block_forever pending, interruptible or not.
   detail::wake_reason park(clock::time_point deadline = clock::time_point::max(), bool interruptible = true);
 
@@ -397,9 +398,7 @@ class wait_list {
   // waiter (a notify_all() reached everyone it was meant for). After a
   // notify_all() it returns without touching the list again, so the object
   // holding it may be destroyed right after notify_all() (an event set, then
-  // freed: its woken waiters return true). Woken by an interrupt that was
-  // withdrawn before it ran (timeout::cancel() from another fiber), it waits
-  // on. May switch.
+  // freed: its woken waiters return true). May switch.
   bool wait(clock::time_point deadline = clock::time_point::max());
 
   // notify_one() wakes the longest-waiting fiber; false if none. Never switches.

@@ -111,9 +111,8 @@ class basic_queue {
     handoff_list::node n;
     n.data = &o;  // granted: a getter moved the item into the freed slot (or failed to: o.error)
     if (!_putters.take(n, t, [&] {
-          // Straight to a getter only when nothing is stored: a getter still
-          // linked while items are stored was woken by a Timeout that was
-          // withdrawn, and takes the oldest item when it looks again.
+          // Straight to a getter only when nothing is stored (stored items
+          // go first, FIFO).
           if (empty()) {
             if (handoff_list::node* g = _getters.first()) {
               give(*g, std::move(item));

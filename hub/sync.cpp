@@ -8,26 +8,23 @@ namespace detail {
 
 // ---- handoff_list ---------------------------------------------------------------
 
-handoff_list::outcome handoff_list::wait(node& n, clock::time_point deadline) {
+bool handoff_list::wait(node& n, clock::time_point deadline) {
   if (deadline_passed(deadline)) {
-    return outcome::timed_out;
+    return false;
   }
   hub& h = hub::current();
   n.f = current_impl();
   n.granted = false;
   fifo_links<node>::scoped link(_links, n);
-  wake_reason r = h.park(deadline, true);
+  h.park(deadline, true);
   if (n.granted) {
-    return outcome::granted;  // a grant wins; a pending interrupt is raised at the next blocking call
+    return true;  // a grant wins; a pending interrupt is raised at the next blocking call
   }
   if (n.linked) {
     _links.unlink(n);  // (not linked: the list was destroyed under us; hub_error is pending)
   }
   hub::throw_if_interrupted();
-  if (r == wake_reason::timed_out || deadline_passed(deadline)) {
-    return outcome::timed_out;
-  }
-  return outcome::withdrawn;  // an interrupt withdrawn before we ran: take() looks again
+  return false;  // neither granted nor interrupted: the deadline passed
 }
 
 handoff_list::node* handoff_list::first() const noexcept {

@@ -21,9 +21,7 @@
 // the next waiter instead. If the grant reached a waiter before its kill could
 // act (both happened in the same hub turn), the grant is honoured: the call
 // succeeds and the kill is raised at the fiber's next blocking call. Nothing
-// is ever lost or counted twice. A waiter whose Timeout is withdrawn
-// (timeout::cancel() from another fiber) before it ran looks again: a unit
-// released meanwhile is not left free while it waits on.
+// is ever lost or counted twice.
 //
 // Lifetime: destroying one of them (or a queue, pool or group) while fibers
 // wait on it is a bug in the program; each of those waits raises
@@ -97,30 +95,14 @@ class handoff_list {
   // once `t` passes; `t` is resolved only when it first has to wait (a call
   // that takes at once reads no clock). A grant that arrived first wins: the
   // call succeeds and the interrupt stays pending for the next blocking call.
-  // Woken by an interrupt that was withdrawn before it ran (timeout::cancel()
-  // from another fiber) it looks again: while the interrupt was pending,
-  // first() passed it over, so what was released meanwhile was stored. May
-  // switch.
+  // May switch.
   template <class TryNow>
   bool take(node& n, timeout_duration t, TryNow&& try_now) {
     hub::throw_if_interrupted();
-    clock::time_point deadline = clock::time_point::min();
-    for (;;) {
-      if (try_now()) {
-        return true;
-      }
-      if (deadline == clock::time_point::min()) {
-        deadline = deadline_after(t);
-      }
-      switch (wait(n, deadline)) {
-        case outcome::granted:
-          return true;
-        case outcome::timed_out:
-          return false;
-        case outcome::withdrawn:
-          break;
-      }
+    if (try_now()) {
+      return true;
     }
+    return wait(n, deadline_after(t));
   }
 
   // first() returns the longest-waiting node whose fiber has no interrupt on
@@ -136,10 +118,9 @@ class handoff_list {
   std::size_t size() const noexcept { return _links.size(); }
 
  private:
-  enum class outcome : std::uint8_t { granted, timed_out, withdrawn };
-  // wait() links `n` at the tail and parks until grant(n), `deadline` or an
-  // interrupt (raised); `n` is unlinked when it returns or throws.
-  outcome wait(node& n, clock::time_point deadline);
+  // wait() links `n` at the tail and parks until grant(n) (true), `deadline`
+  // (false) or an interrupt (raised); `n` is unlinked when it returns or throws.
+  bool wait(node& n, clock::time_point deadline);
 
   fifo_links<node> _links;
 };

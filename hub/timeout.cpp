@@ -69,7 +69,12 @@ void timeout::cancel() noexcept {
     return;
   }
   _hub->cancel_timer(_node);
-  if (_fiber->sched.pending_owner == this) {
+  // Withdraw our error unless it already woke the fiber from a wait and
+  // someone else is cancelling: that fiber is on its way to raise it (as in
+  // gevent, where an expired Timeout is thrown into its greenlet at once), and
+  // pulling it back would leave the wait it was woken from half undone.
+  if (_fiber->sched.pending_owner == this &&
+      (!_fiber->sched.pending_delivered || _fiber == detail::current_impl())) {
     _fiber->sched.pending = nullptr;
     _fiber->sched.pending_owner = nullptr;
   }

@@ -67,7 +67,12 @@ class timeout {
 
   // expired() is true once the deadline passed and the error was raised (or is pending).
   bool expired() const noexcept { return _expired; }
-  // cancel() disarms it; a pending, not yet raised error is withdrawn.
+  // cancel() disarms it. An error that fired but has not reached the fiber
+  // yet is withdrawn. One that has already woken the fiber from a blocking
+  // call is still raised there when another fiber (or a hub callback) cancels
+  // — gevent throws an expired Timeout into its greenlet at once — and
+  // withdrawn when the fiber itself cancels (leaving the scope does) before
+  // its next blocking call, e.g. after a call that succeeded anyway.
   void cancel() noexcept;
   // owns() is true if `e` was raised by this scope: not an outer one, nor an
   // earlier scope that lived at the same address (another task's, on the same

@@ -375,10 +375,8 @@ int await_op(call_ctx& c, io_op& op, clock::time_point deadline) noexcept {
   cogent::detail::wake_reason r;
   do {
     r = c.h->park(deadline, true);
-    // Woken without the op: spuriously, or by an interrupt withdrawn before we
-    // ran (timeout::cancel() from another fiber): the op goes on.
-  } while (!op.done && (r == cogent::detail::wake_reason::woken ||
-                        (r == cogent::detail::wake_reason::interrupted && !has_pending(c))));
+    // Woken without the op and without an interrupt (not for us): the op goes on.
+  } while (!op.done && r == cogent::detail::wake_reason::woken);
   if (op.done) {
     return op.result;  // completed first: the real outcome, even if an interrupt is now pending
   }

@@ -4,8 +4,8 @@
 // on this thread's hub (Seastar's SEASTAR_THREAD_TEST_CASE), under a
 // leak_check: at the end the hub must have no parked fibers, no live tasks, no
 // armed timers, no IO in flight, and no more live fiber stacks than at the
-// start. A leak fails the test. cancel_when_expired() withdraws a Timeout
-// after it fired and before its fiber ran (the "withdrawn interrupt" race);
+// start. A leak fails the test. cancel_when_expired() cancels a Timeout
+// after it fired and before its fiber ran (too late: it is raised all the same);
 // error_reports collects unjoined-error reports; picky is an item whose move
 // throws on demand.
 #pragma once
@@ -27,9 +27,10 @@ namespace cogent::test {
 
 // cancel_when_expired() yields until *to (set by the waiter) has fired, runs
 // `between` (e.g. a release that passes over the leaving waiter), then
-// cancels it: the waiter, woken but not yet run, finds nothing to raise and
-// must carry on as if nothing had happened. Call it from a fiber spawned after
-// the waiter so it runs first once the Timeout fires.
+// cancels it: the waiter, woken but not yet run, must raise the Timeout all
+// the same (timeout::cancel(), as gevent) and lose nothing released
+// meanwhile. Call it from a fiber spawned after the waiter so it runs first
+// once the Timeout fires.
 template <class Between = void (*)()>
 void cancel_when_expired(cogent::timeout* const& to, Between between = nullptr) {
   while (to == nullptr || !to->expired()) {

@@ -92,32 +92,33 @@ COGENT_TEST_CASE("review: async_result set() that throws keeps the previous valu
   tracked::alive = 0;
 }
 
-// ---- 3. FIFO order broken by a getter whose Timeout was withdrawn --------------------------------
+// ---- 3. FIFO order around a getter its Timeout woke ------------------------------------------------
 // queue.hpp: FIFO; "get() removes and returns the next item". While getter w's Timeout is pending,
-// put(1) skips it (first() passes over leaving waiters) and stores 1. The Timeout is then withdrawn
-// (timeout::cancel() from another fiber, a path sync.hpp documents), so w is an ordinary waiter
-// again, still linked; put(2) hands 2 straight to w although 1 is stored ahead of it. w gets 2, a
-// later get() gets 1: the queue delivered out of order.
-COGENT_TEST_CASE("review: a getter whose Timeout was withdrawn gets the oldest item (FIFO)",
+// put(1) skips it (first() passes over leaving waiters) and stores 1. Another fiber then cancels the
+// Timeout — too late: w was woken by it and raises it (timeout.hpp) — and put(2) must queue 2 behind
+// 1, not hand it to w. (When such a cancel still withdrew the error, w stayed linked as an ordinary
+// waiter and got 2 while 1 was stored ahead of it.)
+COGENT_TEST_CASE("review: items put around a getter its Timeout woke stay in FIFO order",
                  doctest::timeout(10)) {
   cogent::queue<int> q;
   cogent::timeout* to = nullptr;
   auto w = cogent::spawn([&]() -> int {
     cogent::timeout t(5ms);
     to = &t;
-    int v = q.get(500ms);
-    to = nullptr;
-    return v;
+    struct reset {
+      cogent::timeout*& p;
+      ~reset() { p = nullptr; }
+    } r{to};
+    return q.get(500ms);
   });
   auto c = cogent::spawn([&] {
     cogent::test::cancel_when_expired(to, [&q] { q.put(1); });  // w is leaving: 1 is stored
-    q.put(2);  // w is not leaving any more
+    q.put(2);
   });
   c.join();
-  int first = w.get();
-  int second = q.get_nowait();
-  CHECK(first == 1);
-  CHECK(second == 2);
+  CHECK_THROWS_AS(w.get(), cogent::timeout_error);
+  CHECK(q.get_nowait() == 1);
+  CHECK(q.get_nowait() == 2);
 }
 
 // ---- 4. priority_queue put() whose item's move throws inside push_heap -----------------------------

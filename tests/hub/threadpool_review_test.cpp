@@ -83,14 +83,15 @@ COGENT_TEST_CASE("review: sleep(nanoseconds::max()) sleeps instead of returning 
   s.kill();
 }
 
-// ---- wait() after a withdrawn Timeout -------------------------------------------------------
+// ---- wait() woken by its Timeout, cancelled too late -----------------------------------------
 
 using cogent::test::cancel_when_expired;
 
 // core.hpp wait_idle(): "parks the calling fiber until the hub has nothing left to do". Woken by a
-// Timeout that another fiber cancel()s before the waiter runs, wait_idle() finds nothing pending
-// and returns at once, while other work (a sleeping task) is still going.
-COGENT_TEST_CASE("review: wait() keeps waiting for the hub to be idle after a withdrawn Timeout",
+// Timeout that another fiber cancel()s before the waiter runs, it must raise that Timeout (too late
+// to withdraw, timeout.hpp) — never return as if the hub were idle while a sleeping task is still
+// going (it did, when such a cancel still withdrew the error).
+COGENT_TEST_CASE("review: wait() woken by its Timeout raises it, never returns before the hub is idle",
                  doctest::timeout(10)) {
   bool sleeper_done = false;
   auto sleeper = cogent::spawn([&] {
@@ -98,20 +99,22 @@ COGENT_TEST_CASE("review: wait() keeps waiting for the hub to be idle after a wi
     sleeper_done = true;
   });
   cogent::timeout* to = nullptr;
-  bool sleeper_done_at_return = false;
+  bool returned_early = false;
   auto w = cogent::spawn([&] {
     cogent::timeout t(5ms);
     to = &t;
+    struct reset {
+      cogent::timeout*& p;
+      ~reset() { p = nullptr; }
+    } r{to};
     cogent::wait();
-    sleeper_done_at_return = sleeper_done;
-    to = nullptr;
+    returned_early = !sleeper_done;
   });
   auto c = cogent::spawn([&] { cancel_when_expired(to); });
   c.join();
-  w.join();
+  CHECK_THROWS_AS(w.get(), cogent::timeout_error);
   sleeper.join();
-  CHECK(w.successful());
-  CHECK(sleeper_done_at_return);
+  CHECK_FALSE(returned_early);
 }
 
 // ---- the watchdog -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 // pool's slot accounting.
 #include "hub/pool.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace cogent {
@@ -93,8 +94,13 @@ bool group::join(timeout_duration t, bool raise_error) {
 }
 
 void group::kill(std::exception_ptr e, bool block, timeout_duration t) {
-  killall(tasks(), e, false);
-  if (block) {
+  std::vector<task_base> members = tasks();
+  if (task_base self = current_task(); self && std::find(members.begin(), members.end(), self) != members.end()) {
+    killall(members, e, block, t);  // the others first (and waited for), then raises in the caller
+    return;
+  }
+  killall(members, e, false);
+  if (block && !hub::current().in_hub()) {
     join(t);
   }
 }

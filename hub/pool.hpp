@@ -95,8 +95,10 @@ class group {
   bool join(timeout_duration t = std::nullopt, bool raise_error = false);
 
   // kill() raises `e` (default fiber_exit) in every member (see task_base::kill);
-  // with block, waits up to `t` for the group to empty. Called by a member, it
-  // kills all the others, then raises `e` in the caller. May switch (block).
+  // with block, waits up to `t` for the group to empty (not in the hub: from
+  // a timer or post() callback it only sends the kills). Called by a member,
+  // it kills all the others and (block) waits for them, then raises `e` in
+  // the caller. May switch (block).
   void kill(std::exception_ptr e = nullptr, bool block = true, timeout_duration t = std::nullopt);
 
   // failures() lists the members that finished with an error (not a fiber_exit kill).

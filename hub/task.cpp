@@ -334,8 +334,9 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
   if (detail::current_impl() == &s) {
     std::rethrow_exception(e);
   }
-  hub::current().interrupt(&s, std::move(e));
-  if (block) {
+  hub& h = hub::current();
+  h.interrupt(&s, std::move(e));
+  if (block && !h.in_hub()) {
     join_impl(t, false);
   }
 }
@@ -466,7 +467,8 @@ std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_dura
 
 void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool block, timeout_duration t) {
   // Killing the calling task raises at once: it goes last, after the others
-  // (gevent's Group.kill from a member), and before any join of itself.
+  // have been killed and (with block) waited for — gevent's Group.kill from a
+  // member — so they never outlive the frame that raise unwinds.
   task_base self = current_task();
   bool includes_self = false;
   for (const task_base& g : tasks) {
@@ -476,19 +478,22 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool blo
     }
     g.kill(e, false);
   }
-  if (includes_self) {
-    self.kill(e, false);
-  }
-  if (block) {
+  if (block && !hub::current().in_hub()) {
     // As joinall(), but as a joiner that cannot look (see task_base::kill).
     clock::time_point deadline = deadline_after(t);
     for (const task_base& g : tasks) {
+      if (includes_self && g == self) {
+        continue;
+      }
       if (deadline == clock::time_point::max()) {
         g.join_impl(std::nullopt, false);
       } else if (clock::time_point now = clock::now(); now < deadline) {
         g.join_impl(timeout_duration(deadline - now), false);
       }
     }
+  }
+  if (includes_self) {
+    self.kill(e, false);
   }
 }
 

@@ -226,7 +226,8 @@ class task_base {
   // destroy the function and its arguments (their destructors may block) and
   // to finish (links run there); block waits for that, also when the task
   // was spawned with spawn_later (it starts at once). From a timer or post()
-  // callback (in the hub) that cannot wait it does not block. A task whose function has returned and
+  // callback (in the hub), which cannot wait, it never blocks (block is
+  // ignored there: the kill is sent and kill() returns). A task whose function has returned and
   // is being destroyed is past killing (the kill is moot). With block, waits up to `t` for it to
   // finish. Killing the calling task raises `e` at once. May switch (block).
   // A fiber holds one pending interrupt: a kill that arrives while an earlier
@@ -371,9 +372,11 @@ std::vector<task_base> joinall(const std::vector<task<T>>& tasks, timeout_durati
   return joinall(std::vector<task_base>(tasks.begin(), tasks.end()), t, raise_error);
 }
 
-// killall() kills every task (see task_base::kill). If the calling task is
-// among them it is killed last, after all the others (its kill raises at
-// once). May switch (block).
+// killall() kills every task (see task_base::kill) and, with block, waits up
+// to `t` for them to finish — not from a timer or post() callback (in the
+// hub), which cannot wait. If the calling task is among them it is killed
+// last, after all the others have been killed and waited for (its kill
+// raises at once). May switch (block).
 void killall(const std::vector<task_base>& tasks, std::exception_ptr e = nullptr, bool block = true,
              timeout_duration t = std::nullopt);
 

@@ -2,6 +2,7 @@
 // IO waits on the engine, cross-thread posts, the would-block-forever check and
 // the blocked-hub watchdog.
 #include "hub/core.hpp"
+#include "hub/threadpool.hpp"  // detail::async_signals_blocked
 
 #include <algorithm>
 #include <cerrno>
@@ -21,6 +22,16 @@ thread_local __attribute__((tls_model("initial-exec"))) hub* t_hub = nullptr;
 struct hub_owner {
   std::unique_ptr<hub> h;
   ~hub_owner() {
+    if (h != nullptr) {
+      // main's fiber_local values go while the hub still exists: a value's
+      // destructor may use it (spawn, post); after h.reset() that would build
+      // a new hub into this destroyed thread-local, never freed. (Values made
+      // by those destructors go in the next round; main_holder drops the rest.)
+      detail::fiber_impl* main = detail::thread_main_impl();
+      for (int round = 0; round < 4 && main->sched.locals.storage != nullptr; ++round) {
+        main->sched.locals.release();
+      }
+    }
     h.reset();
     t_hub = nullptr;
   }
@@ -47,9 +58,9 @@ void report_hub_exception(const char* where) noexcept {
 
 namespace {
 // on_fiber_free() is detail::fiber_free_hook while any monitor exists. The
-// monitor thread reads the name of the fiber in `_running`; a fiber that
-// finishes is freed inside the hub's resume(), before the hub clears
-// `_running`. A Dekker handshake (both sides seq_cst) keeps the read safe:
+// monitor thread reads the name of the fiber on the hub's thread (the one in
+// `_running`, or one it switched to by hand); a fiber that finishes is freed
+// inside the hub's resume(), before the hub clears `_running`. A Dekker handshake (both sides seq_cst) keeps the read safe:
 // the monitor raises `_inspecting` and then loads `_running`; we clear
 // `_running` and then wait for `_inspecting` to drop. Either the monitor sees
 // null, or we see it reading and wait. Costs nothing on a switch; once any
@@ -85,6 +96,9 @@ struct hub::monitor {
   monitor(hub* h, std::chrono::milliseconds limit) {
     // Stays set: harmless for hubs without a monitor (a fence per freed fiber).
     detail::fiber_free_hook.store(&on_fiber_free, std::memory_order_relaxed);
+    // A limit of years means "never" (and limit / 4 in nanoseconds must not overflow).
+    limit = std::min(limit, std::chrono::milliseconds(std::chrono::hours(24 * 365)));
+    detail::async_signals_blocked quiet;  // a library thread never takes asynchronous signals
     thread = std::thread([this, h, limit] {
       std::uint64_t last_switches = h->_switches.load();
       auto last_change = clock::now();
@@ -105,6 +119,10 @@ struct hub::monitor {
         h->_inspecting.store(true, std::memory_order_seq_cst);
         fiber_impl* running = h->_running.load(std::memory_order_seq_cst);
         if (running != nullptr) {
+          // _running is the fiber the hub resumed; the one on the thread now
+          // may be another it switched to by hand: name that one. (The hub
+          // thread writes its t_current plainly; an aligned pointer load.)
+          running = __atomic_load_n(h->_current_slot, __ATOMIC_SEQ_CST);
           running->write_name(name, sizeof name);  // safe: on_fiber_free() waits for us
         }
         h->_inspecting.store(false, std::memory_order_release);
@@ -175,6 +193,7 @@ hub::hub(const hub_config& cfg)
     // The fiber creating the hub runs on until it first blocks: the monitor
     // must see it (it may hog the thread before the hub ever runs).
     _running.store(detail::current_impl(), std::memory_order_release);
+    _current_slot = &detail::t_current;
     _monitor = std::make_unique<monitor>(this, cfg.max_blocking_time);
   }
 }
@@ -495,7 +514,7 @@ void hub::expire_timers(clock::time_point now) {
     return;
   }
   // The callbacks run in the hub: to the monitor, the hub is the running fiber.
-  _running.store(_fiber.impl(), std::memory_order_release);
+  running_callbacks();
   for (; t != nullptr && t->deadline <= now; t = first_timer()) {
     cancel_timer(*t);
     try {
@@ -527,6 +546,13 @@ void hub::post(std::function<void()> fn) {
   detail::post_to(*_mailbox, std::move(fn));
 }
 
+void hub::running_callbacks() noexcept {
+  // A switch, to the monitor: it times the callbacks from now, not from the
+  // last fiber switch (an idle spell before them is nobody's blocking).
+  _running.store(_fiber.impl(), std::memory_order_release);
+  _switches.store(_switches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
 void hub::drain_posted() {
   std::vector<std::function<void()>> batch;
   {
@@ -534,7 +560,7 @@ void hub::drain_posted() {
     batch.swap(_mailbox->posted);
     _mailbox->has_posted.store(false, std::memory_order_relaxed);
   }
-  _running.store(_fiber.impl(), std::memory_order_release);  // the callbacks run in the hub
+  running_callbacks();
   for (auto& fn : batch) {
     try {
       fn();
@@ -649,6 +675,7 @@ void hub::loop() {
       // main is not waiting on the hub (it is suspended in a manual switch):
       // there is nothing to wake; hand control back to it.
       _running.store(main, std::memory_order_release);
+      _switches.store(_switches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       detail::resume(main);
       _running.store(nullptr, std::memory_order_relaxed);
       continue;

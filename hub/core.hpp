@@ -93,7 +93,10 @@ struct hub_config {
   unsigned ready_batch = 4096;
   // max_blocking_time, when non-zero, starts a watchdog thread that reports on
   // stderr, by name, a fiber that ran that long without switching (gevent's
-  // max_blocking_time). Zero = off.
+  // max_blocking_time); timer and post() callbacks are reported as 'hub', a
+  // fiber reached by a manual switch (fiber::switch_to) by its own name. Zero
+  // = off; a limit over a year counts as a year. The watchdog thread takes no
+  // asynchronous signals.
   std::chrono::milliseconds max_blocking_time{0};
 };
 
@@ -253,6 +256,7 @@ class hub {
   void run_ready();
   void expire_timers(clock::time_point now);
   void drain_posted();
+  void running_callbacks() noexcept;  // tell the monitor the hub runs callbacks now
   bool nothing_can_happen() const noexcept;
   void heap_up(std::size_t i) noexcept;
   void heap_down(std::size_t i) noexcept;
@@ -287,6 +291,7 @@ class hub {
   std::atomic<std::uint64_t> _switches{0};
   std::atomic<detail::fiber_impl*> _running{nullptr};
   std::atomic<bool> _inspecting{false};  // the monitor is reading *_running (see on_fiber_free)
+  detail::fiber_impl* const* _current_slot = nullptr;  // the hub thread's t_current, for the monitor
   bool _tearing_down = false;  // ~hub has begun: flush_io() does nothing
 };
 

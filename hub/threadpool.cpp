@@ -2,6 +2,9 @@
 // finished jobs to the waiting fiber's hub through hub::post().
 #include "hub/threadpool.hpp"
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -15,6 +18,27 @@ namespace {
 thread_local bool t_in_worker = false;
 
 }  // namespace
+
+namespace detail {
+
+async_signals_blocked::async_signals_blocked() noexcept {
+  sigset_t all;
+  sigfillset(&all);
+  // Synchronous signals are the faulting thread's own: blocking them would
+  // turn a crash into a hang (or an immediate kill without a handler's report).
+  for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS}) {
+    sigdelset(&all, s);
+  }
+  _restore = ::pthread_sigmask(SIG_BLOCK, &all, &_old) == 0;
+}
+
+async_signals_blocked::~async_signals_blocked() {
+  if (_restore) {
+    (void)::pthread_sigmask(SIG_SETMASK, &_old, nullptr);
+  }
+}
+
+}  // namespace detail
 
 struct threadpool::impl {
   std::mutex mu;
@@ -74,6 +98,8 @@ threadpool::threadpool(std::size_t threads) : _impl(std::make_unique<impl>()) {
   threads = std::max<std::size_t>(threads, 1);
   _impl->workers.reserve(threads);
   try {
+    // Workers never take asynchronous signals: they inherit this mask.
+    detail::async_signals_blocked quiet;
     for (std::size_t i = 0; i < threads; ++i) {
       _impl->workers.emplace_back([p = _impl.get()] { p->worker_main(); });
     }

@@ -23,12 +23,22 @@
 // libc would. The monkey layer checks threadpool::in_worker() (or the absence
 // of a hub) to pass such calls straight through.
 //
+// Signals: workers never take asynchronous signals. They are created with
+// every signal blocked but the synchronous ones (SIGSEGV, SIGBUS, SIGFPE,
+// SIGILL, SIGTRAP, SIGSYS), whatever the creating thread's mask, so a
+// process-directed SIGTERM/SIGINT/... goes to the application's threads (to
+// net::wait_for_signal() or its handlers), never to a worker that would take
+// the default action (killing the process) while a fiber waits for it. Code
+// run on a worker that wants a signal must unblock it itself.
+//
 // Example:
 //   cogent::threadpool tp(4);
 //   int n = tp.run([] { return expensive_blocking_call(); });   // this fiber parks; others run
 //   auto ai = cogent::run_in_thread([&] { return ::getaddrinfo(host, port, &hints, &res); });
 #pragma once
 #pragma GCC visibility push(default)
+
+#include <signal.h>
 
 #include <atomic>
 #include <cstddef>
@@ -43,6 +53,28 @@
 namespace cogent {
 
 namespace detail {
+
+// async_signals_blocked blocks, for its lifetime, every asynchronous signal in
+// the calling thread (a full set minus SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+// SIGTRAP, SIGSYS) and restores the previous mask when destroyed. A thread
+// created meanwhile (std::thread inherits the mask) never takes a
+// process-directed signal. Used for the threadpool's workers and the hub's
+// monitor thread: library threads never take asynchronous signals. Never
+// switches; does not throw.
+//
+// Example:
+//   { cogent::detail::async_signals_blocked quiet; t = std::thread(work); }
+class async_signals_blocked {
+ public:
+  async_signals_blocked() noexcept;
+  ~async_signals_blocked();
+  async_signals_blocked(const async_signals_blocked&) = delete;
+  async_signals_blocked& operator=(const async_signals_blocked&) = delete;
+
+ private:
+  sigset_t _old;
+  bool _restore = false;
+};
 
 // thread_job is one unit of work handed to a worker. It lives in the waiting
 // fiber's frame; the worker touches it only until it posts the completion.
@@ -78,8 +110,9 @@ struct thread_job {
 //   std::string body = tp.run([&] { return read_whole_file_blocking(path); });
 class threadpool {
  public:
-  // threadpool() starts `threads` workers (at least 1). Throws std::system_error
-  // if a thread cannot be created. Never switches.
+  // threadpool() starts `threads` workers (at least 1), with asynchronous
+  // signals blocked (see "Signals" above). Throws std::system_error if a
+  // thread cannot be created. Never switches.
   explicit threadpool(std::size_t threads);
   // ~threadpool() lets queued jobs finish, then joins every worker. Must not be
   // destroyed while a fiber waits in run() (that fiber would wait forever). Blocks the thread.

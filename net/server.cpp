@@ -26,18 +26,27 @@ bool is_resource_error(int err) noexcept {
 }
 
 // is_disconnect() says whether an error just means "this client went away".
-bool is_disconnect(std::exception_ptr e) {
+// Only the idle limit's ETIMEDOUT counts (another ETIMEDOUT, e.g. the
+// handler's own upstream call timing out, is a real error), and EBADF only
+// once the server is stopping (before that it is a handler's bug: IO on a
+// socket it closed or moved from).
+bool is_disconnect(std::exception_ptr e, bool stopping) {
   try {
     std::rethrow_exception(e);
   } catch (const end_of_stream&) {
+    return true;
+  } catch (const idle_timeout_error&) {
     return true;
   } catch (const std::system_error& se) {
     if (se.code().category() != std::generic_category() && se.code().category() != std::system_category()) {
       return false;
     }
     int v = se.code().value();
-    return v == ECONNRESET || v == EPIPE || v == ETIMEDOUT || v == ECONNABORTED || v == EBADF ||
-           v == ENOTCONN || v == EHOSTUNREACH || v == ENETUNREACH;
+    if (v == EBADF) {
+      return stopping;
+    }
+    return v == ECONNRESET || v == EPIPE || v == ECONNABORTED || v == ENOTCONN || v == EHOSTUNREACH ||
+           v == ENETUNREACH;
   } catch (...) {
     return false;
   }
@@ -157,10 +166,50 @@ void stream_server::serve_forever() {
       }
     }
   } guard{*this};
-  while (!_stop_done) {
-    _stopped_waiters.wait(clock::time_point::max());
+  try {
+    while (!_stop_done) {
+      _stopped_waiters.wait(clock::time_point::max());
+    }
+    reap();
+  } catch (const hub_error&) {
+    throw;  // called inside the hub (a misuse): nothing was waited for
+  } catch (...) {
+    // A kill or Timeout (or a throw_in()) cut the wait short. As gevent's
+    // `finally: stop()`: the server stops first, then the interrupt is raised.
+    std::exception_ptr first = std::current_exception();
+    stop_interrupted();
+    std::rethrow_exception(first);
   }
-  reap();
+}
+
+void stream_server::stop_interrupted() noexcept {
+  if (_stopped) {
+    // Already stopping (another fiber's stop(), a handler's, or this one's
+    // earlier): its deadline stands; the destructor waits for the rest.
+    return;
+  }
+  // stop(0s): stop accepting, close the listener, kill the handlers and wait
+  // for them to unwind. The first interrupt is held by the caller (so these
+  // waits can run) and re-raised after. A further one arriving meanwhile
+  // kills what is left at once, the wait goes on, and it is made pending
+  // again (raised at the fiber's next blocking call).
+  std::exception_ptr again;
+  try {
+    stop(std::chrono::nanoseconds::zero());
+  } catch (...) {
+    again = std::current_exception();
+  }
+  while (again != nullptr) {
+    _deadline = clock::now();
+    try {
+      reap();
+      break;
+    } catch (...) {  // yet another interrupt: keep the one already caught
+    }
+  }
+  if (again) {
+    defer_interrupt(std::move(again));
+  }
 }
 
 void stream_server::stop(timeout_duration t) {
@@ -300,7 +349,7 @@ void stream_server::run_client(stream_socket& s, const net::address& peer) {
     // own scope, `throw 42`): that client's error, reported, never kept in a
     // failed task for the server's lifetime.
     std::exception_ptr e = std::current_exception();
-    if (!is_disconnect(e)) {
+    if (!is_disconnect(e, _stopped)) {
       report(peer, e);
     }
   }
@@ -340,10 +389,19 @@ std::size_t raise_fd_limit() noexcept {
 }
 
 int wait_for_signal(std::initializer_list<int> signals, timeout_duration t) {
+  if (signals.size() == 0) {
+    throw std::invalid_argument("cogent::net: wait_for_signal: empty signal set (it would wait forever)");
+  }
   sigset_t set;
   sigemptyset(&set);
   for (int s : signals) {
-    sigaddset(&set, s);
+    if (s == SIGKILL || s == SIGSTOP) {
+      throw std::invalid_argument("cogent::net: wait_for_signal: signal " + std::to_string(s) + " (" +
+                                  (s == SIGKILL ? "SIGKILL" : "SIGSTOP") + ") cannot be caught");
+    }
+    if (s <= 0 || s >= NSIG || sigaddset(&set, s) != 0) {
+      throw std::invalid_argument("cogent::net: wait_for_signal: invalid signal number " + std::to_string(s));
+    }
   }
   int rc = pthread_sigmask(SIG_BLOCK, &set, nullptr);
   if (rc != 0) {

@@ -14,12 +14,16 @@
 // task backs off (1 ms doubling up to max_accept_backoff) and keeps serving,
 // logging again when it recovers.
 //
-// Handler errors: disconnect-like errors (ECONNRESET, EPIPE, ETIMEDOUT from
-// the idle timeout, end_of_stream, EBADF after stop) end the client quietly;
-// any other exception (std::exception or not, a timeout_error of the
-// handler's own scope included; a kill excepted) goes to
-// server_options::on_error (default: one line on stderr). Either way only
-// that client is affected, and nothing of it is kept.
+// Handler errors: disconnect-like errors (ECONNRESET, EPIPE, ECONNABORTED,
+// ENOTCONN, EHOSTUNREACH, ENETUNREACH, end_of_stream, the idle limit's
+// idle_timeout_error, and EBADF once the server is stopping) end the client
+// quietly; any other exception goes to server_options::on_error (default: one
+// line on stderr) — std::exception or not, a timeout_error of the handler's
+// own scope, an ETIMEDOUT that is not the idle limit (the handler's own
+// upstream call timing out), and an EBADF while the server is still serving
+// (a handler's bug: IO on a socket it closed or moved from) included; a kill
+// excepted. Either way only that client is affected, and nothing of it is
+// kept.
 //
 // Shutdown and lifetime: stop() gives the handlers until its deadline, then
 // kills the rest. serve_forever() returns, and the destructor returns, only
@@ -27,7 +31,9 @@
 // stop() in progress, and not a handler — a handler that called stop() itself
 // (which cannot wait for itself) included. Such a handler is waited for until
 // that stop()'s deadline and killed after it. So the server may be destroyed
-// as soon as serve_forever() returns.
+// as soon as serve_forever() returns. A kill or Timeout that interrupts
+// serve_forever() stops the server (gevent's `finally: stop()`) before it is
+// raised: see serve_forever().
 //
 // Example:
 // clang-format off
@@ -74,8 +80,9 @@ struct server_options {
   cogent::pool* workers = nullptr;
   // idle_timeout becomes every client socket's idle limit
   // (basic_socket::set_idle_timeout): a client that sends (or, for a write,
-  // takes) nothing for that long makes the blocked call raise ETIMEDOUT, which
-  // ends the client quietly; a slow but steady one is never cut off.
+  // takes) nothing for that long makes the blocked call raise
+  // idle_timeout_error (ETIMEDOUT), which ends the client quietly; a slow but
+  // steady one is never cut off.
   // std::nullopt = no idle limit.
   timeout_duration idle_timeout;
   // nodelay sets TCP_NODELAY on each accepted TCP client.
@@ -135,7 +142,16 @@ class stream_server {
   // until stop() (called from another fiber or a handler) has finished and
   // every handler has ended: a handler that called stop() itself is waited
   // for until that stop()'s deadline, then killed. The server may be
-  // destroyed once it returns. Raises a pending kill/Timeout. May switch.
+  // destroyed once it returns. Several fibers may wait in it at once.
+  // A kill or Timeout that interrupts it (or is pending at entry) stops the
+  // server first, as gevent's `finally: stop()`: if no stop() has begun, it
+  // runs stop(0s) — accepting ends, the listener is closed, the running
+  // handlers are killed and waited for — with the interrupt held meanwhile
+  // (a second one kills what is left at once and is raised at the fiber's
+  // next blocking call), then raises the interrupt. If a stop() is already
+  // in progress (another fiber's, or a handler's) its deadline stands and
+  // the interrupt is raised at once; the destructor still waits for what is
+  // left. Raises hub_error inside the hub. May switch.
   void serve_forever();
   // stop() stops accepting and closes the listener, waits until `t` has
   // passed (std::nullopt: as long as they take) for the running handlers to
@@ -162,6 +178,10 @@ class stream_server {
   void accept_loop();
   void run_client(stream_socket& s, const net::address& peer);
   void report(const net::address& peer, std::exception_ptr e);
+  // stop_interrupted() is serve_forever()'s `finally: stop()` after a kill or
+  // Timeout: stop(0s) unless already stopping, with further interrupts
+  // deferred.
+  void stop_interrupted() noexcept;
   // reap() kills the accept task, waits until _deadline for every client task
   // but the calling one, then kills those left and waits for them to unwind.
   void reap();
@@ -187,7 +207,11 @@ class stream_server {
 // arrives (a signalfd read through the engine) or `t` passes. Returns the
 // signal number, or 0 on timeout. The signals stay blocked afterwards. Call it
 // before starting other threads (they inherit the mask), or block the signals
-// in them too. Raises std::system_error if signalfd fails. May switch.
+// in them too (the library's own threads, such as the default threadpool's
+// workers, block asynchronous signals already). Raises std::invalid_argument
+// for an empty set, an invalid signal number (<= 0, >= NSIG, or one reserved
+// by the C library) or SIGKILL/SIGSTOP (which cannot be caught), before
+// changing anything; std::system_error if signalfd fails. May switch.
 int wait_for_signal(std::initializer_list<int> signals, timeout_duration t = std::nullopt);
 
 // raise_fd_limit() raises this process's soft RLIMIT_NOFILE to its hard limit

@@ -55,6 +55,9 @@ end_of_stream::end_of_stream(std::size_t got, std::size_t wanted)
       _got(got),
       _wanted(wanted) {}
 
+idle_timeout_error::idle_timeout_error(const std::string& what)
+    : std::system_error(ETIMEDOUT, std::generic_category(), "cogent::net: " + what) {}
+
 // ---- basic_socket -------------------------------------------------------------
 
 basic_socket::basic_socket(basic_socket&& o) noexcept
@@ -305,8 +308,13 @@ void basic_socket::close() {
 
 int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(int)) {
   hub& h = hub::current();
+  bool idle_bound = false;  // the idle limit, not the call's deadline, bounds this wait
   if (_idle) [[unlikely]] {
-    deadline = std::min(deadline, deadline_after(_idle));  // this wait alone
+    clock::time_point idle = deadline_after(_idle);  // this wait alone
+    if (idle < deadline) {
+      deadline = idle;
+      idle_bound = true;
+    }
   }
   socket_waiter w;
   w.op = &op;
@@ -344,6 +352,12 @@ int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(i
     }
     return -closed_while_waiting;
   }
+  if (r == -ETIMEDOUT && idle_bound) [[unlikely]] {
+    // Our idle deadline expired (a kernel ETIMEDOUT before it stays plain).
+    if (clock::now() >= deadline) {
+      return -idle_timed_out;
+    }
+  }
   return r;
 }
 
@@ -354,6 +368,9 @@ void basic_socket::throw_closed(const char* what) {
 void basic_socket::throw_error(int err, const char* what) {
   if (err == closed_while_waiting) {
     throw_sys(EBADF, std::string(what) + ": socket closed while waiting");
+  }
+  if (err == idle_timed_out) {
+    throw idle_timeout_error(std::string(what) + ": idle timeout (the peer sent or took nothing)");
   }
   if (err == ETIMEDOUT) {
     throw_sys(ETIMEDOUT, std::string(what) + " timed out");

@@ -5,8 +5,9 @@
 // connected TCP or Unix-domain stream; aliases tcp_socket and unix_socket),
 // cogent::net::listener (a listening TCP or Unix socket; alias tcp_listener),
 // cogent::net::udp_socket, cogent::net::listen_options,
-// cogent::net::shutdown_how, cogent::net::end_of_stream and the per-call
-// timeout sentinel cogent::net::use_default.
+// cogent::net::shutdown_how, cogent::net::end_of_stream,
+// cogent::net::idle_timeout_error and the per-call timeout sentinel
+// cogent::net::use_default.
 //
 // How IO works: every call that may wait (accept, connect, recv, send, close,
 // shutdown) fills one io_op on the calling fiber's stack and hands it to
@@ -22,7 +23,8 @@
 //
 // Errors: IO errors are std::system_error carrying the errno (ECONNRESET,
 // EPIPE, ECONNREFUSED, ...). A per-call or per-socket timeout that expires
-// raises std::system_error(ETIMEDOUT); a cogent::timeout scope raises
+// raises std::system_error(ETIMEDOUT) (a socket's idle limit raises the
+// derived idle_timeout_error, also ETIMEDOUT); a cogent::timeout scope raises
 // cogent::timeout_error instead. IO on a closed (or moved-from) socket raises
 // std::system_error(EBADF). Peer EOF is not an error: read_some() returns 0;
 // read_exactly() raises end_of_stream. SIGPIPE never fires (MSG_NOSIGNAL).
@@ -69,6 +71,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 
 #include "hub/core.hpp"
 #include "net/address.hpp"
@@ -94,6 +97,18 @@ class end_of_stream : public std::runtime_error {
  private:
   std::size_t _got;
   std::size_t _wanted;
+};
+
+// idle_timeout_error is raised when a socket's idle limit
+// (basic_socket::set_idle_timeout) expires: one wait saw nothing for that
+// long. It is a std::system_error carrying ETIMEDOUT, so code catching
+// std::system_error and testing for ETIMEDOUT sees it as before; catch it by
+// type to tell an idle peer from any other timeout (a call's own timeout, or
+// the kernel's ETIMEDOUT, stay plain std::system_error). stream_server ends a
+// client quietly on it and on no other ETIMEDOUT.
+class idle_timeout_error : public std::system_error {
+ public:
+  explicit idle_timeout_error(const std::string& what);
 };
 
 // shutdown_how selects which direction shutdown() closes.
@@ -148,9 +163,12 @@ class basic_socket {
   // set_idle_timeout() bounds every single wait of every later call (each op
   // of a looping call such as read_exactly() or write_all(), unlike a call's
   // timeout, which bounds the whole call): a peer that sends or takes nothing
-  // for that long makes the call raise std::system_error(ETIMEDOUT), while a
-  // slow but steady one is never cut off. std::nullopt (the initial value) =
-  // no idle limit. use_default: std::invalid_argument. Never switches.
+  // for that long makes the call raise idle_timeout_error (a
+  // std::system_error with ETIMEDOUT), while a slow but steady one is never
+  // cut off. When the call's own deadline comes first (or at the same time)
+  // the call raises the plain std::system_error(ETIMEDOUT) of a call timeout
+  // instead. std::nullopt (the initial value) = no idle limit. use_default:
+  // std::invalid_argument. Never switches.
   void set_idle_timeout(timeout_duration t) {
     reject_use_default(t, "set_idle_timeout");
     _idle = t;
@@ -211,7 +229,8 @@ class basic_socket {
     }
     return t ? deadline_after(t) : clock::time_point::max();
   }
-  // await() runs `op` through hub::await_io() and returns its raw result, or
+  // await() runs `op` through hub::await_io() and returns its raw result,
+  // -idle_timed_out when the idle limit (not the call's deadline) expired, or
   // -closed_while_waiting when close() ran while it waited (whether the op was
   // cancelled or completed anyway; after which the socket object must not be
   // touched: it may be destroyed). Fibers blocked
@@ -224,7 +243,11 @@ class basic_socket {
   // closed_while_waiting (negated) is what await() returns when close() woke
   // it; throw_error() reports it as EBADF. Not an errno value.
   static constexpr int closed_while_waiting = 1 << 20;
-  // throw_error() raises std::system_error(err) naming the call.
+  // idle_timed_out (negated) is what await() returns when the idle limit
+  // expired; throw_error() reports it as idle_timeout_error. Not an errno value.
+  static constexpr int idle_timed_out = (1 << 20) + 1;
+  // throw_error() raises std::system_error(err) naming the call
+  // (idle_timeout_error for idle_timed_out).
   [[noreturn]] static void throw_error(int err, const char* what);
   [[noreturn]] static void throw_closed(const char* what);
   void get_option_raw(int level, int name, void* value, std::size_t len) const;

@@ -17,6 +17,7 @@
 #undef _FILE_OFFSET_BITS
 
 #include <fcntl.h>
+#include <linux/time_types.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -33,6 +34,7 @@
 #include <cstdarg>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <vector>
 
@@ -69,6 +71,17 @@ std::int64_t sock_timeout(int fd, fd_entry& e, bool rcv) noexcept {
 // MSG_DONTWAIT, the error queue (MSG_ERRQUEUE: EAGAIN when empty) and urgent
 // data (MSG_OOB: EAGAIN/EINVAL when none). Such calls go straight to libc.
 constexpr int no_wait_flags = MSG_DONTWAIT | MSG_ERRQUEUE | MSG_OOB;
+
+// kept_errno() returns r, putting the caller's errno (`saved`, read on entry)
+// back if r is a success: libc's call leaves errno alone then, but ours may
+// have tried without waiting first (MSG_DONTWAIT, RWF_NOWAIT: EAGAIN) and
+// parked, while other fibers on this thread set errno too.
+ssize_t kept_errno(ssize_t r, int saved) noexcept {
+  if (r >= 0) {
+    errno = saved;
+  }
+  return r;
+}
 
 // accepted() records a socket accept created. Its timeouts are the kernel's:
 // TCP copies the listener's SO_RCVTIMEO/SO_SNDTIMEO to it, AF_UNIX does not.
@@ -163,6 +176,7 @@ int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe 
     flags &= ~MSG_WAITALL;
   }
   clock::time_point dl = deadline_ns(sock_timeout(fd, e, true));
+  const int saved = errno;  // back before the real call: a probe's EAGAIN must not outlive its success
   for (;;) {
     if (has_pending(c)) {
       return interrupted(c);
@@ -172,10 +186,15 @@ int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe 
       return -errno;  // reported (and cleared) by the probe: the real call would not see it
     }
     if (r >= 0 && (!stream || r == 0 || static_cast<std::size_t>(r) >= n)) {
+      errno = saved;
       return 0;
     }
     if (clock::now() >= dl) {
-      return r > 0 ? 0 : -timed_out_errno;
+      if (r > 0) {
+        errno = saved;
+        return 0;
+      }
+      return -timed_out_errno;
     }
     if (r < 0) {
       int w = await_ready(c, fd, POLLIN, dl);
@@ -186,6 +205,7 @@ int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe 
       // The peer may have finished sending (then libc returns what is there).
       pollfd p{fd, POLLRDHUP, 0};
       if (real.poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+        errno = saved;
         return 0;
       }
       c.h->park(std::min(dl, clock::now() + std::chrono::milliseconds(1)), true);
@@ -254,25 +274,32 @@ bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t don
   return true;
 }
 
-ssize_t sock_send(call_ctx& c, int fd, fd_entry& e, const void* buf, std::size_t n, int flags) noexcept {
+// sock_send() sends through real.send, or real.sendto if addr is given:
+// sendmsg would drop a zero-length name and clamp one longer than
+// sockaddr_storage, where sendto(2) fails with EINVAL.
+ssize_t sock_send(call_ctx& c, int fd, fd_entry& e, const void* buf, std::size_t n, int flags,
+                  const sockaddr* addr = nullptr, socklen_t alen = 0) noexcept {
   if (has_pending(c)) {
     return fail(interrupted(c));
   }
+  const int saved = errno;
   std::size_t done = 0;
   out_wait st;
   for (;;) {
-    ssize_t r = real.send(fd, static_cast<const char*>(buf) + done, n - done, flags | MSG_DONTWAIT);
+    const char* p = static_cast<const char*>(buf) + done;
+    ssize_t r = addr == nullptr ? real.send(fd, p, n - done, flags | MSG_DONTWAIT)
+                                : real.sendto(fd, p, n - done, flags | MSG_DONTWAIT, addr, alen);
     if (r >= 0) {
       done += static_cast<std::size_t>(r);
       if (done >= n) {
-        return static_cast<ssize_t>(done);
+        return kept_errno(static_cast<ssize_t>(done), saved);
       }
     } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      return done > 0 ? static_cast<ssize_t>(done) : -1;
+      return done > 0 ? kept_errno(static_cast<ssize_t>(done), saved) : -1;
     }
     ssize_t ret;
     if (out_blocked(c, fd, e, st, done, &ret)) {
-      return ret;
+      return kept_errno(ret, saved);
     }
   }
 }
@@ -332,7 +359,7 @@ class iov_copy {
   iovec* _data = nullptr;
 };
 
-// sock_sendmsg() is sock_send() for a msghdr (writev, sendto, sendmsg). On a
+// sock_sendmsg() is sock_send() for a msghdr (writev, sendmsg). On a
 // partial send the rest goes out from a private copy of the iovecs, without
 // the ancillary data (the kernel sent that with the first bytes).
 ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int flags) noexcept {
@@ -340,6 +367,7 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
     return fail(interrupted(c));
   }
   std::size_t total = iov_total(msg->msg_iov, static_cast<int>(msg->msg_iovlen));
+  const int saved = errno;
   std::size_t done = 0;
   out_wait st;
   iov_copy rest;
@@ -349,13 +377,13 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
     if (r >= 0) {
       done += static_cast<std::size_t>(r);
       if (done >= total) {
-        return static_cast<ssize_t>(done);
+        return kept_errno(static_cast<ssize_t>(done), saved);
       }
       if (r > 0) {
         if (rest.data() == nullptr) {
           m.msg_iov = rest.assign(msg->msg_iov, msg->msg_iovlen);
           if (m.msg_iov == nullptr) {
-            return static_cast<ssize_t>(done);  // out of memory: the short count
+            return kept_errno(static_cast<ssize_t>(done), saved);  // out of memory: the short count
           }
           m.msg_control = nullptr;
           m.msg_controllen = 0;
@@ -367,11 +395,11 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
         m.msg_iovlen = static_cast<std::size_t>(cnt);
       }
     } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      return done > 0 ? static_cast<ssize_t>(done) : -1;
+      return done > 0 ? kept_errno(static_cast<ssize_t>(done), saved) : -1;
     }
     ssize_t ret;
     if (out_blocked(c, fd, e, st, done, &ret)) {
-      return ret;
+      return kept_errno(ret, saved);
     }
   }
 }
@@ -385,6 +413,7 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
 // parking a signal handler's self-pipe write. offset -1: the file position.
 ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt, std::int64_t offset) noexcept {
   std::size_t total = iov_total(iov, cnt);
+  const int saved = errno;
   std::size_t done = 0;
   iov_copy rest;
   const iovec* v = iov;
@@ -406,7 +435,7 @@ ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt, s
       op.offset = offset;
       int r = await_op(c, op, clock::time_point::max());
       if (r < 0) {
-        return done > 0 ? static_cast<ssize_t>(done) : fail(r);
+        return done > 0 ? kept_errno(static_cast<ssize_t>(done), saved) : fail(r);
       }
       got = r;
       if (r == 0 || k == kind_regular) {
@@ -421,14 +450,14 @@ ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt, s
     if (rest.data() == nullptr) {  // the caller's array is const: advance a copy
       v = rest.assign(iov, static_cast<std::size_t>(cnt));
       if (v == nullptr) {
-        return static_cast<ssize_t>(done);  // out of memory: the short count
+        return kept_errno(static_cast<ssize_t>(done), saved);  // out of memory: the short count
       }
     }
     iovec* mv = const_cast<iovec*>(v);
     advance(mv, left, static_cast<std::size_t>(got));
     v = mv;
   }
-  return static_cast<ssize_t>(done);
+  return kept_errno(static_cast<ssize_t>(done), saved);  // the RWF_NOWAIT try may have left EAGAIN
 }
 
 ssize_t file_write(call_ctx& c, int fd, fd_kind k, const void* buf, std::size_t n,
@@ -786,6 +815,7 @@ COGENT_HOOK ssize_t read(int fd, void* buf, size_t n) {
   if (n == 0 || n > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.read(fd, buf, n);
   }
+  const int saved = errno;  // a failed RWF_NOWAIT try must not leave EAGAIN (kept_errno)
   if (ssize_t r; k == kind_fifo && pipe_read_now(fd, buf, n, r)) {
     return r;
   }
@@ -799,7 +829,7 @@ COGENT_HOOK ssize_t read(int fd, void* buf, size_t n) {
     op.code = op_code::read;
     op.offset = -1;  // the file position, like read(2)
   }
-  return input(c, fd, *e, k, op);
+  return kept_errno(input(c, fd, *e, k, op), saved);
 }
 
 COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
@@ -812,6 +842,7 @@ COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
   if (total == 0 || total > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.readv(fd, iov, cnt);
   }
+  const int saved = errno;  // as read()
   if (ssize_t r; k == kind_fifo && pipe_read_now(fd, iov, cnt, r)) {
     return r;
   }
@@ -821,7 +852,7 @@ COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
   op.buf = const_cast<iovec*>(iov);
   op.len = static_cast<std::uint32_t>(cnt);
   op.offset = -1;
-  return input(c, fd, *e, k, op);
+  return kept_errno(input(c, fd, *e, k, op), saved);
 }
 
 namespace {
@@ -1021,13 +1052,9 @@ COGENT_HOOK ssize_t sendto(int fd, const void* buf, size_t n, int flags, const s
       k != kind_socket) {
     return real.sendto(fd, buf, n, flags, addr, len);
   }
-  iovec v{const_cast<void*>(buf), n};
-  msghdr m{};
-  m.msg_name = const_cast<sockaddr*>(addr);
-  m.msg_namelen = len;
-  m.msg_iov = &v;
-  m.msg_iovlen = 1;
-  return sock_sendmsg(c, fd, *e, &m, flags);
+  // Through real sendto, not sendmsg: a zero or oversized len is then
+  // libc's EINVAL (sendmsg drops or clamps the name and sends).
+  return sock_send(c, fd, *e, buf, n, flags, addr, len);
 }
 
 COGENT_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
@@ -1077,7 +1104,9 @@ COGENT_HOOK int ppoll(pollfd* fds, nfds_t n, const timespec* ts, const sigset_t*
 COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv) {
   call_ctx c;
   bool zero = tv != nullptr && tv->tv_sec == 0 && tv->tv_usec == 0;
-  bool bad_tv = tv != nullptr && (tv->tv_sec < 0 || tv->tv_usec < 0 || tv->tv_usec >= 1'000'000);
+  // Only a negative field is EINVAL: glibc normalizes tv_usec >= 1000000
+  // into seconds (as the legacy select syscall did), and so does `asked`.
+  bool bad_tv = tv != nullptr && (tv->tv_sec < 0 || tv->tv_usec < 0);
   if (zero || bad_tv || nfds < 0 || nfds > FD_SETSIZE || !enter(c)) {
     return real.select(nfds, rd, wr, ex, tv);
   }
@@ -1110,13 +1139,20 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
     }
     return n;
   };
+  // Linux writes the time left back into *tv on every return: what was asked
+  // (normalized, saturating as glibc's) minus what passed (not from dl,
+  // which saturates for a huge timeout).
+  timeval asked{};
   clock::time_point dl = clock::time_point::max();
   if (tv != nullptr) {
-    dl = deadline_ts(timespec{tv->tv_sec, tv->tv_usec * 1000});
+    time_t carry = static_cast<time_t>(tv->tv_usec / 1'000'000);
+    if (carry > std::numeric_limits<time_t>::max() - tv->tv_sec) {
+      asked = timeval{std::numeric_limits<time_t>::max(), 999'999};
+    } else {
+      asked = timeval{tv->tv_sec + carry, tv->tv_usec % 1'000'000};
+    }
+    dl = deadline_ts(timespec{asked.tv_sec, asked.tv_usec * 1000});
   }
-  // Linux writes the time left back into *tv on every return: what was asked
-  // minus what passed (not from dl, which saturates for a huge timeout).
-  const timeval asked = tv != nullptr ? *tv : timeval{};
   const clock::time_point start = clock::now();
   auto time_left = [&] {
     if (tv != nullptr) {
@@ -1296,12 +1332,17 @@ COGENT_HOOK int clock_nanosleep(clockid_t clk, int flags, const timespec* req, t
   if (flags & TIMER_ABSTIME) {
     timespec now{};
     clock_gettime(clk, &now);
-    std::int64_t left =
-        (static_cast<std::int64_t>(req->tv_sec) - now.tv_sec) * 1'000'000'000 + (req->tv_nsec - now.tv_nsec);
-    if (left <= 0) {
+    // Field by field, not in ns: (tv_sec - now) * 1e9 overflows for a time
+    // far ahead. Both are >= 0, so the difference cannot; deadline_ts()
+    // saturates a huge one.
+    rel = timespec{req->tv_sec - now.tv_sec, req->tv_nsec - now.tv_nsec};
+    if (rel.tv_nsec < 0) {
+      --rel.tv_sec;
+      rel.tv_nsec += 1'000'000'000;
+    }
+    if (rel.tv_sec < 0 || (rel.tv_sec == 0 && rel.tv_nsec == 0)) {
       return 0;
     }
-    rel = timespec{static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
     rem = nullptr;  // not written for absolute sleeps
   }
   int r = sleep_for(c, rel, rem);
@@ -1420,19 +1461,34 @@ COGENT_HOOK int ioctl(int fd, unsigned long request, ...) noexcept {
 
 COGENT_HOOK int setsockopt(int fd, int level, int name, const void* value, socklen_t len) noexcept {
   int r = real.setsockopt(fd, level, name, value, len);
+  if (r != 0 || level != SOL_SOCKET) {
+    return r;
+  }
   // The kernel keeps the timeouts too (for calls that go straight to libc);
   // we keep a copy so a cooperative call needs no getsockopt.
-  if (r == 0 && level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) &&
-      len >= sizeof(timeval)) {
-    if (fd_entry* e = entry_for(fd)) {
-      timeval tv{};
-      std::memcpy(&tv, value, sizeof tv);
-      // A negative tv_sec makes the kernel's timeout 0 jiffies: calls fail at
-      // once with EAGAIN. getsockopt() then reads back 0 ("none"), so only
-      // this copy knows (a dup or an fd set up behind the hooks does not).
-      std::int64_t ns = tv.tv_sec < 0 ? immediate_timeout : timeval_ns(tv);
-      (name == SO_RCVTIMEO ? e->rcv_timeout_ns : e->snd_timeout_ns).store(ns, std::memory_order_relaxed);
-    }
+  timeval tv{};
+  bool rcv;
+  // The y2038-safe SO_RCVTIMEO_NEW/SO_SNDTIMEO_NEW (two 64-bit fields) set
+  // the same kernel timeouts. Tested first: where time_t is 64-bit on a
+  // 32-bit ABI, SO_RCVTIMEO is SO_RCVTIMEO_NEW.
+  if ((name == SO_RCVTIMEO_NEW || name == SO_SNDTIMEO_NEW) && len >= sizeof(__kernel_sock_timeval)) {
+    __kernel_sock_timeval ktv{};
+    std::memcpy(&ktv, value, sizeof ktv);
+    tv.tv_sec = static_cast<time_t>(std::min<std::int64_t>(ktv.tv_sec, std::numeric_limits<time_t>::max()));
+    tv.tv_usec = static_cast<suseconds_t>(ktv.tv_usec);  // < 1000000: the kernel checked it
+    rcv = name == SO_RCVTIMEO_NEW;
+  } else if ((name == SO_RCVTIMEO || name == SO_SNDTIMEO) && len >= sizeof(timeval)) {
+    std::memcpy(&tv, value, sizeof tv);
+    rcv = name == SO_RCVTIMEO;
+  } else {
+    return r;
+  }
+  if (fd_entry* e = entry_for(fd)) {
+    // A negative tv_sec makes the kernel's timeout 0 jiffies: calls fail at
+    // once with EAGAIN. getsockopt() then reads back 0 ("none"), so only
+    // this copy knows (a dup or an fd set up behind the hooks does not).
+    std::int64_t ns = tv.tv_sec < 0 ? immediate_timeout : timeval_ns(tv);
+    (rcv ? e->rcv_timeout_ns : e->snd_timeout_ns).store(ns, std::memory_order_relaxed);
   }
   return r;
 }

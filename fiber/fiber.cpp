@@ -3,9 +3,13 @@
 // AddressSanitizer fiber annotations.
 #include "fiber/fiber.hpp"
 
+#include <cxxabi.h>
+
 #include <atomic>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -471,9 +475,19 @@ std::any take_value(std::any& slot) noexcept {
   return v;
 }
 
+namespace {
+// demangled() is a type's C++ name ("std::string", not "NSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE").
+std::string demangled(const char* mangled) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> p(abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);
+  return status == 0 && p != nullptr ? std::string(p.get()) : std::string(mangled);
+}
+}  // namespace
+
 void throw_bad_value(const char* expected, const std::type_info& got) {
   throw_error(std::string("cogent: fiber '") + current_impl()->name() + "' received a value of type " +
-              (got == typeid(void) ? "<none>" : got.name()) + " where " + expected + " was expected");
+              (got == typeid(void) ? std::string("<none>") : demangled(got.name())) + " where " +
+              demangled(expected) + " was expected");
 }
 
 }  // namespace detail

@@ -132,7 +132,9 @@ class fiber_impl;
 }  // namespace detail
 
 // fiber is a reference-counted handle to a fiber (copy = another reference).
-// An empty handle (default-constructed) refers to nothing.
+// An empty handle (default-constructed) refers to nothing: on it dead() and
+// started() are false and id() is 0; switching, throw_in(), parent(),
+// set_parent() and name() throw fiber_error.
 class fiber {
  public:
   fiber() noexcept = default;
@@ -181,6 +183,7 @@ class fiber {
   // throw_in() raises `e` in this fiber at its suspension point and switches to
   // it; returns like switch_to(). Into a fiber that never started, the fiber
   // dies without running and `e` goes to its parent. Default: fiber_exit.
+  // Throws fiber_error for a null `e` or an empty handle.
   std::any throw_in(std::exception_ptr e);
   std::any throw_in() { return throw_in(std::make_exception_ptr(fiber_exit{})); }
 

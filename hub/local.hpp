@@ -81,7 +81,9 @@ class fiber_local {
   T& operator*() { return get(); }
   T* operator->() { return &get(); }
 
-  // set() replaces the calling fiber's value with `v`. Never switches.
+  // set() replaces the calling fiber's value with `v` (assigned to the value
+  // get() makes first: T needs a default constructor or the factory). Never
+  // switches.
   void set(T v) { get() = std::move(v); }
   // has_value() is true if the calling fiber already has a value (does not make one). Never switches.
   bool has_value() const noexcept { return detail::find_local(_id) != nullptr; }

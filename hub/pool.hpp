@@ -9,6 +9,10 @@
 // lives at least as long as its membership. Destroying a group does not kill
 // its members; it only forgets them.
 //
+// Inside the hub (a timer or post() callback) a call that would have to wait
+// (join, spawn into a full pool, map) raises cogent::hub_error; kill() only
+// sends the kills there.
+//
 // Errors: the group's link on a member does not count as observing it (see
 // task.hpp), so a member's error that nobody joins or gets is still reported
 // once by the unjoined-error handler. The group also keeps the first one:
@@ -105,11 +109,12 @@ class group {
   const std::vector<task_base>& failures() const noexcept { return _failures; }
 
   // map() runs fn(item) for every item of `range` as members (a pool bounds
-  // the concurrency) and returns the results in the order of `range`. If one
-  // raises, the others still running are killed and the first error (in
-  // range order) is rethrown, and items not started by then (a pool was full)
-  // never start; if the caller is killed, so are they. Returns void for a
-  // void fn. May switch.
+  // the concurrency) and returns the results in the order of `range`. It
+  // collects them in range order: when it reaches an item that raised, the
+  // others still running are killed, that (first, in range order) error is
+  // rethrown, and items not started by then (a pool was full) never start —
+  // slower items before the failed one are waited for first. If the caller is
+  // killed, so are they. Returns void for a void fn. May switch.
   template <class Fn, class Range>
   auto map(Fn&& fn, const Range& range);
 

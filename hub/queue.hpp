@@ -9,7 +9,9 @@
 // blocks while the queue is empty, put() while a bounded queue is full; both
 // take an optional timeout (std::nullopt waits without limit; zero never
 // switches) and raise a pending kill or Timeout (timeout_error) on entry, also
-// when they would not block (nothing is then taken or added).
+// when they would not block (nothing is then taken or added). Inside the hub
+// (a timer or post() callback) one that would have to wait raises
+// cogent::hub_error; the nowait variants and zero timeouts work there.
 //
 // Loses nothing: waiting getters and putters are served first come, first
 // served, and an item is handed straight to a waiting getter (or a waiting

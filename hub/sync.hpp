@@ -12,7 +12,9 @@
 // std::nullopt waits without limit; zero never switches) and raises a pending
 // kill or Timeout (timeout_error) of the calling fiber — on entry, whether or
 // not it would block (then nothing is taken), so a killed fiber stops at its
-// next such call even when a lock is free or an event already set.
+// next such call even when a lock is free or an event already set. Inside
+// the hub (a timer or post() callback) a call that would have to wait raises
+// cogent::hub_error; with a zero timeout (or a lock that is free) it works there.
 //
 // Fairness and kills: waiters are served first come, first served. A release
 // hands the lock (or the semaphore unit) straight to the longest waiter, so a

@@ -296,7 +296,7 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
   if (s.st == detail::task_state::status::releasing) {
     // Its body has ended; its function and arguments are being destroyed: a
     // kill is moot (it would go off in a noexcept destructor). block waits.
-    if (block && detail::current_impl() != &s) {
+    if (block && detail::current_impl() != &s && !hub::current().in_hub()) {
       join_impl(t, false);
     }
     return;

@@ -16,7 +16,7 @@
 // Example:
 //   try {
 //     cogent::timeout t(100ms);
-//     auto line = sock.read_some(buf);   // raises timeout_error after 100 ms
+//     std::size_t n = sock.read_some(buf, sizeof buf);   // raises timeout_error after 100 ms
 //   } catch (const cogent::timeout_error& e) { ... }
 //
 //   auto r = cogent::try_with_timeout(1s, [&] { return q.get(); });  // std::nullopt on expiry

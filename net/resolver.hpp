@@ -7,8 +7,9 @@
 // cogent::net::create_connection() (resolve, then try each address in turn).
 //
 // A host that is already a numeric IP literal is parsed in place: no thread,
-// no switch. A resolution cannot be cancelled once a worker runs it; a kill
-// or Timeout raised meanwhile lands when it returns (see hub/threadpool.hpp).
+// no switch. A resolution cannot be cancelled once a worker runs it, but the
+// caller does not wait for it: a kill or Timeout is raised at once, and the
+// worker's result is dropped when it comes (threadpool::run_detachable).
 //
 // Example:
 //   auto addrs = cogent::net::resolve("localhost", 80);          // [127.0.0.1:80, [::1]:80]

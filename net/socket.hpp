@@ -386,7 +386,8 @@ class udp_socket : public basic_socket {
   // std::invalid_argument for another family, std::system_error otherwise.
   static udp_socket open(address_family family);
   // bind() creates a UDP socket bound to `at` (port 0 = a free port). Raises
-  // std::system_error (EADDRINUSE, ...). Never switches.
+  // std::system_error (EADDRINUSE, ...), std::invalid_argument for a Unix or
+  // empty address. Never switches.
   static udp_socket bind(const address& at, bool reuse_address = false);
 
   // connect() sets the default destination and filters incoming datagrams to

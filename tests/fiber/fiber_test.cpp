@@ -114,6 +114,12 @@ TEST_SUITE("fiber") {
       CHECK_THROWS_AS(f.switch_to(), fiber_error);
       CHECK(f.dead());
     }
+    SUBCASE("a value of the wrong type: the error names both types as C++ spells them") {
+      fiber f([] { return 7; });
+      std::string msg = message_of([&] { (void)f.switch_to<std::string>(); });
+      INFO(msg);
+      CHECK(msg.find("received a value of type int where std::__cxx11::basic_string<char") != std::string::npos);
+    }
   }
 
   TEST_CASE("later switches return the values passed (round trips)" * doctest::timeout(10)) {

@@ -716,32 +716,59 @@ void wait() {
 
 namespace detail {
 
-bool wait_list::wait(clock::time_point deadline) {
+namespace {
+constexpr const char* orphaned_message =
+    "cogent: a lock, event, queue, pool or group was destroyed while this fiber waited on it";
+}  // namespace
+
+bool wait_list::wait(clock::time_point deadline, bool outlives_owner) {
   hub& h = hub::current();
   waiter w;
   w.f = current_impl();
-  fifo_links<waiter>::scoped link(_links, w);
+  _links.push_back(w);
+  struct leave {
+    wait_list& l;
+    waiter& w;
+    ~leave() {
+      if (w.linked) {  // (not linked once orphaned: the list is gone)
+        (w.notified != notice::none ? l._woken : l._links).unlink(w);
+      }
+    }
+  } guard{*this, w};
   for (;;) {
     wake_reason r = h.park(deadline, true);
-    if (w.f->sched.pending) {
-      if (w.linked) {
-        _links.unlink(w);
+    if (w.orphaned) [[unlikely]] {
+      if (w.notified == notice::all && outlives_owner && !w.f->sched.pending) {
+        return true;
       }
+      hub::throw_if_interrupted();
+      throw hub_error(orphaned_message);
+    }
+    if (w.f->sched.pending) {
       if (w.notified == notice::one) {
         notify_one();  // we cannot use the wake-up: pass it on
       }
       hub::throw_if_interrupted();
     }
     if (w.notified != notice::none) {
-      return true;  // unlinked by the notifier: `this` is not touched again
+      return true;
     }
     if (r == wake_reason::timed_out || deadline <= clock::now()) {
-      if (w.linked) {
-        _links.unlink(w);
-      }
       return false;
     }
     // Not for us (no notice, no interrupt, deadline ahead): wait on.
+  }
+}
+
+void wait_list::orphan_waiters() noexcept {
+  while (waiter* w = _woken.front()) {
+    _woken.unlink(*w);
+    w->orphaned = true;  // already scheduled
+  }
+  while (waiter* w = _links.front()) {
+    _links.unlink(*w);
+    w->orphaned = true;
+    t_hub->schedule(w->f, wake_reason::woken);
   }
 }
 
@@ -749,8 +776,7 @@ void orphan_waiter(fiber_impl* f) noexcept {
   if (t_hub == nullptr) {
     return;  // (cannot be: a waiter parked on this thread's hub)
   }
-  t_hub->interrupt(f, std::make_exception_ptr(hub_error(
-                          "cogent: a lock, event, queue, pool or group was destroyed while this fiber waited on it")));
+  t_hub->interrupt(f, std::make_exception_ptr(hub_error(orphaned_message)));
 }
 
 bool wait_list::notify_one() noexcept {
@@ -760,6 +786,7 @@ bool wait_list::notify_one() noexcept {
   }
   _links.unlink(*w);
   w->notified = notice::one;
+  _woken.push_back(*w);  // until it is back in wait(), where it unlinks itself
   t_hub->schedule(w->f, wake_reason::woken);
   return true;
 }
@@ -768,6 +795,7 @@ void wait_list::notify_all() noexcept {
   while (waiter* w = _links.front()) {
     _links.unlink(*w);
     w->notified = notice::all;
+    _woken.push_back(*w);
     t_hub->schedule(w->f, wake_reason::woken);
   }
 }

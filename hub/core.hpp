@@ -381,12 +381,13 @@ class wait_list {
   wait_list() = default;
   wait_list(const wait_list&) = delete;
   wait_list& operator=(const wait_list&) = delete;
-  // ~wait_list() with fibers still waiting (the object holding it destroyed
-  // under them) unlinks each and raises hub_error in it: its wait throws
-  // without touching the list again. Never switches.
+  // ~wait_list() with fibers still inside wait() (the object holding it
+  // destroyed under them: waiting, or notified but not yet run) unlinks each
+  // and marks it orphaned: its wait then raises hub_error without touching
+  // the list again (see wait() for the one exception). Never switches.
   ~wait_list() {
-    if (!_links.empty()) [[unlikely]] {
-      orphan_all(_links);
+    if (!_links.empty() || !_woken.empty()) [[unlikely]] {
+      orphan_waiters();
     }
   }
   struct waiter {
@@ -394,17 +395,19 @@ class wait_list {
     waiter* prev = nullptr;
     waiter* next = nullptr;
     notice notified = notice::none;
-    bool linked = false;
+    bool linked = false;    // in _links (waiting) or, once notified, in _woken (not yet run)
+    bool orphaned = false;  // the list was destroyed while it was in it
   };
 
   // wait() parks the calling fiber until notify_one()/notify_all() picks it
   // (returns true) or `deadline` passes (false). Raises a pending interrupt;
   // a notify_one() it received but cannot use is passed on to the next
-  // waiter (a notify_all() reached everyone it was meant for). After a
-  // notify_all() it returns without touching the list again, so the object
-  // holding it may be destroyed right after notify_all() (an event set, then
-  // freed: its woken waiters return true). May switch.
-  bool wait(clock::time_point deadline = clock::time_point::max());
+  // waiter (a notify_all() reached everyone it was meant for). If the list is
+  // destroyed before the fiber is back, it raises hub_error — unless
+  // `outlives_owner` (the caller reads nothing of the object after it: an
+  // event set, then freed) and notify_all() had woken it: then it returns
+  // true. May switch.
+  bool wait(clock::time_point deadline = clock::time_point::max(), bool outlives_owner = false);
 
   // notify_one() wakes the longest-waiting fiber; false if none. Never switches.
   bool notify_one() noexcept;
@@ -414,7 +417,9 @@ class wait_list {
   std::size_t size() const noexcept { return _links.size(); }
 
  private:
-  fifo_links<waiter> _links;
+  void orphan_waiters() noexcept;
+  fifo_links<waiter> _links;  // waiting
+  fifo_links<waiter> _woken;  // notified, not yet back in wait()
 };
 
 }  // namespace detail

@@ -339,7 +339,7 @@ class joinable_queue : public queue<T> {
     }
     // Woken means the count reached 0 (task_done's notify_all, the only
     // notifier): not read again, so the queue may be destroyed right after.
-    return _joiners.wait(deadline);
+    return _joiners.wait(deadline, true);
   }
   // unfinished_tasks() is the number of items put and not yet task_done(). Never switches.
   std::size_t unfinished_tasks() const noexcept { return this->_unfinished; }

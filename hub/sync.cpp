@@ -63,7 +63,7 @@ bool event::wait(timeout_duration t) {
   // Woken, the wait means set() ran (it is the only notifier: notify_all),
   // even if clear() followed it; the event is not read again, so it may be
   // destroyed right after set().
-  return _waiters.wait(deadline);
+  return _waiters.wait(deadline, true);
 }
 
 // ---- mutex and rlock ----------------------------------------------------------------

@@ -26,9 +26,11 @@
 // is ever lost or counted twice.
 //
 // Lifetime: destroying one of them (or a queue, pool or group) while fibers
-// wait on it is a bug in the program; each of those waits raises
-// cogent::hub_error ("... destroyed while this fiber waited on it") rather
-// than touch freed memory.
+// wait on it — or were woken by it and have not run yet — is a bug in the
+// program; each of those waits raises cogent::hub_error ("... destroyed
+// while this fiber waited on it") rather than touch freed memory. One
+// pattern is allowed: an event (or async_result, or a joinable_queue's
+// join()) may be destroyed right after set(): its wait()s return true.
 #pragma once
 #pragma GCC visibility push(default)
 
@@ -263,26 +265,14 @@ class async_result {
   // wait() blocks until the result is ready (true) or `t` passes (false; no
   // exception). Never rethrows the stored exception. Raises a pending kill or
   // Timeout. May switch.
-  bool wait(timeout_duration t = std::nullopt) {
-    hub::throw_if_interrupted();
-    if (_ready) {
-      return true;
-    }
-    clock::time_point deadline = deadline_after(t);
-    if (detail::deadline_passed(deadline)) {
-      return false;
-    }
-    // Woken means set()/set_exception() ran (the only notifier, notify_all):
-    // not read again, so the object may be destroyed right after the set.
-    return _waiters.wait(deadline);
-  }
+  bool wait(timeout_duration t = std::nullopt) { return wait_for(t, true); }
 
   // get() waits for the result and returns a copy of the value (a move-only
   // value is moved out: take it once), or rethrows the stored exception.
   // Raises timeout_error(nullptr, t) if `t` passes first (as task::get does),
   // and a pending kill or Timeout. May switch.
   T get(timeout_duration t = std::nullopt) {
-    if (!wait(t)) {
+    if (!wait_for(t, false)) {  // (destroyed meanwhile: hub_error, the value is gone)
       throw timeout_error(nullptr, t.value_or(std::chrono::nanoseconds::zero()));
     }
     if (_error) {
@@ -301,6 +291,20 @@ class async_result {
   std::size_t waiters() const noexcept { return _waiters.size(); }
 
  private:
+  bool wait_for(timeout_duration t, bool outlives_owner) {
+    hub::throw_if_interrupted();
+    if (_ready) {
+      return true;
+    }
+    clock::time_point deadline = deadline_after(t);
+    if (detail::deadline_passed(deadline)) {
+      return false;
+    }
+    // Woken means set()/set_exception() ran (the only notifier, notify_all).
+    // wait() reads nothing after it, so the object may be destroyed right
+    // after the set; get() reads the value: it raises hub_error then.
+    return _waiters.wait(deadline, outlives_owner);
+  }
   void mark_ready() noexcept {
     _ready = true;
     _waiters.notify_all();

@@ -74,8 +74,9 @@ constexpr int no_wait_flags = MSG_DONTWAIT | MSG_ERRQUEUE | MSG_OOB;
 
 // kept_errno() returns r, putting the caller's errno (`saved`, read on entry)
 // back if r is a success: libc's call leaves errno alone then, but ours may
-// have tried without waiting first (MSG_DONTWAIT, RWF_NOWAIT: EAGAIN) and
-// parked, while other fibers on this thread set errno too.
+// have tried without waiting first (MSG_DONTWAIT, RWF_NOWAIT) and left EAGAIN.
+// What other fibers do to errno while a hook is parked is undone by the
+// waits themselves (errno_keeper, detail/core.hpp), for every hook.
 ssize_t kept_errno(ssize_t r, int saved) noexcept {
   if (r >= 0) {
     errno = saved;
@@ -208,7 +209,7 @@ int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe 
         errno = saved;
         return 0;
       }
-      c.h->park(std::min(dl, clock::now() + std::chrono::milliseconds(1)), true);
+      park(c, std::min(dl, clock::now() + std::chrono::milliseconds(1)), true);
     }
   }
 }
@@ -252,7 +253,7 @@ bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t don
   }
   if (st.last_done == done && st.dgram == 1) {
     st.pause = std::min(std::max(st.pause * 2, std::chrono::milliseconds(1)), std::chrono::milliseconds(16));
-    c.h->park(std::min(st.dl, clock::now() + st.pause), true);
+    park(c, std::min(st.dl, clock::now() + st.pause), true);
     if (has_pending(c)) {
       w = interrupted(c);
     } else {
@@ -274,6 +275,36 @@ bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t don
   return true;
 }
 
+// wait_connected() waits for the connect in progress on fd to end, as a
+// blocking connect(2) does: POLLOUT, then the outcome from SO_ERROR. 0
+// (connected), a negative errno (the connect's error, an interrupt) or
+// deadline_expired (SO_SNDTIMEO passed first).
+int wait_connected(call_ctx& c, int fd, fd_entry& e) noexcept {
+  int w = await_ready(c, fd, POLLOUT, deadline_ns(sock_timeout(fd, e, false)));
+  if (w < 0) {
+    return w;
+  }
+  int err = 0;
+  socklen_t elen = sizeof err;
+  if (real.getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0) {
+    return -errno;
+  }
+  return -err;
+}
+
+// fastopen_connect() is a blocking send's MSG_FASTOPEN that our MSG_DONTWAIT
+// made a non-blocking fast-open connect (-1/EINPROGRESS: no data rode on the
+// SYN). A blocking sendto/sendmsg waits for the handshake instead, as
+// connect(2) does (SO_SNDTIMEO: EINPROGRESS, as the kernel's), then sends
+// it all: 0 to go on sending (without MSG_FASTOPEN), or -1 with errno set.
+int fastopen_connect(call_ctx& c, int fd, fd_entry& e) noexcept {
+  int w = wait_connected(c, fd, e);
+  if (w < 0) {
+    return fail(w == deadline_expired ? -EINPROGRESS : w);
+  }
+  return 0;
+}
+
 // sock_send() sends through real.send, or real.sendto if addr is given:
 // sendmsg would drop a zero-length name and clamp one longer than
 // sockaddr_storage, where sendto(2) fails with EINVAL.
@@ -290,10 +321,17 @@ ssize_t sock_send(call_ctx& c, int fd, fd_entry& e, const void* buf, std::size_t
     ssize_t r = addr == nullptr ? real.send(fd, p, n - done, flags | MSG_DONTWAIT)
                                 : real.sendto(fd, p, n - done, flags | MSG_DONTWAIT, addr, alen);
     if (r >= 0) {
+      flags &= ~MSG_FASTOPEN;  // connected or connecting now: a second fast open would be EALREADY
       done += static_cast<std::size_t>(r);
       if (done >= n) {
         return kept_errno(static_cast<ssize_t>(done), saved);
       }
+    } else if (errno == EINPROGRESS && (flags & MSG_FASTOPEN) != 0 && done == 0) {
+      if (fastopen_connect(c, fd, e) < 0) {
+        return -1;
+      }
+      flags &= ~MSG_FASTOPEN;
+      continue;  // connected: now the data
     } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
       return done > 0 ? kept_errno(static_cast<ssize_t>(done), saved) : -1;
     }
@@ -374,7 +412,15 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
   msghdr m = *msg;
   for (;;) {
     ssize_t r = real.sendmsg(fd, &m, flags | MSG_DONTWAIT);
+    if (r < 0 && errno == EINPROGRESS && (flags & MSG_FASTOPEN) != 0 && done == 0) {
+      if (fastopen_connect(c, fd, e) < 0) {  // as sock_send()
+        return -1;
+      }
+      flags &= ~MSG_FASTOPEN;
+      continue;
+    }
     if (r >= 0) {
+      flags &= ~MSG_FASTOPEN;  // as sock_send()
       done += static_cast<std::size_t>(r);
       if (done >= total) {
         return kept_errno(static_cast<ssize_t>(done), saved);
@@ -617,7 +663,7 @@ int sleep_for(call_ctx& c, const timespec& req, timespec* rem) noexcept {
   if (req.tv_sec == 0 && req.tv_nsec == 0) {
     // A zero sleep yields (cogent's sleep(0)), but never fails.
     if (!has_pending(c)) {
-      c.h->yield_now();
+      yield(c);
     }
     return 0;
   }
@@ -764,19 +810,11 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     // A connect already in progress (started non-blocking): io_uring's
     // connect never waits for it, a blocking connect(2) does — until the
     // handshake ends (0 or its error) or SO_SNDTIMEO passes (EALREADY).
-    int w = await_ready(c, fd, POLLOUT, deadline_ns(sock_timeout(fd, *e, false)));
+    int w = wait_connected(c, fd, *e);
     if (w == deadline_expired) {
       return fail(-EALREADY);
     }
-    if (w < 0) {
-      return fail(w);
-    }
-    int err = 0;
-    socklen_t elen = sizeof err;
-    if (real.getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0) {
-      return -1;
-    }
-    return err != 0 ? fail(-err) : 0;
+    return w < 0 ? fail(w) : 0;
   }
   return r < 0 ? fail(r) : 0;
 }
@@ -815,9 +853,12 @@ COGENT_HOOK ssize_t read(int fd, void* buf, size_t n) {
   if (n == 0 || n > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.read(fd, buf, n);
   }
-  const int saved = errno;  // a failed RWF_NOWAIT try must not leave EAGAIN (kept_errno)
-  if (ssize_t r; k == kind_fifo && pipe_read_now(fd, buf, n, r)) {
-    return r;
+  if (k == kind_fifo) {
+    const int saved = errno;
+    if (ssize_t r; pipe_read_now(fd, buf, n, r)) {
+      return r;
+    }
+    errno = saved;  // the failed RWF_NOWAIT try's EAGAIN is not the caller's
   }
   io_op op;
   op.fd = fd;
@@ -829,7 +870,7 @@ COGENT_HOOK ssize_t read(int fd, void* buf, size_t n) {
     op.code = op_code::read;
     op.offset = -1;  // the file position, like read(2)
   }
-  return kept_errno(input(c, fd, *e, k, op), saved);
+  return input(c, fd, *e, k, op);
 }
 
 COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
@@ -842,9 +883,12 @@ COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
   if (total == 0 || total > max_rw || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true)) {
     return real.readv(fd, iov, cnt);
   }
-  const int saved = errno;  // as read()
-  if (ssize_t r; k == kind_fifo && pipe_read_now(fd, iov, cnt, r)) {
-    return r;
+  if (k == kind_fifo) {
+    const int saved = errno;  // as read()
+    if (ssize_t r; pipe_read_now(fd, iov, cnt, r)) {
+      return r;
+    }
+    errno = saved;
   }
   io_op op;
   op.code = op_code::readv;
@@ -852,7 +896,7 @@ COGENT_HOOK ssize_t readv(int fd, const iovec* iov, int cnt) {
   op.buf = const_cast<iovec*>(iov);
   op.len = static_cast<std::uint32_t>(cnt);
   op.offset = -1;
-  return kept_errno(input(c, fd, *e, k, op), saved);
+  return input(c, fd, *e, k, op);
 }
 
 namespace {
@@ -1103,10 +1147,14 @@ COGENT_HOOK int ppoll(pollfd* fds, nfds_t n, const timespec* ts, const sigset_t*
 
 COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv) {
   call_ctx c;
-  bool zero = tv != nullptr && tv->tv_sec == 0 && tv->tv_usec == 0;
+  // glibc (2.36, sysdeps/unix/sysv/linux/select.c) reads tv_usec as an
+  // int32_t before anything else: 2^31 is negative there (EINVAL), 2^32 +
+  // 50000 is 50 ms. So do we (the conversion wraps modulo 2^32).
+  const std::int32_t usec = tv != nullptr ? static_cast<std::int32_t>(tv->tv_usec) : 0;
+  bool zero = tv != nullptr && tv->tv_sec == 0 && usec == 0;
   // Only a negative field is EINVAL: glibc normalizes tv_usec >= 1000000
   // into seconds (as the legacy select syscall did), and so does `asked`.
-  bool bad_tv = tv != nullptr && (tv->tv_sec < 0 || tv->tv_usec < 0);
+  bool bad_tv = tv != nullptr && (tv->tv_sec < 0 || usec < 0);
   if (zero || bad_tv || nfds < 0 || nfds > FD_SETSIZE || !enter(c)) {
     return real.select(nfds, rd, wr, ex, tv);
   }
@@ -1145,11 +1193,11 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
   timeval asked{};
   clock::time_point dl = clock::time_point::max();
   if (tv != nullptr) {
-    time_t carry = static_cast<time_t>(tv->tv_usec / 1'000'000);
+    time_t carry = static_cast<time_t>(usec / 1'000'000);
     if (carry > std::numeric_limits<time_t>::max() - tv->tv_sec) {
       asked = timeval{std::numeric_limits<time_t>::max(), 999'999};
     } else {
-      asked = timeval{tv->tv_sec + carry, tv->tv_usec % 1'000'000};
+      asked = timeval{tv->tv_sec + carry, static_cast<suseconds_t>(usec % 1'000'000)};
     }
     dl = deadline_ts(timespec{asked.tv_sec, asked.tv_usec * 1000});
   }

@@ -361,7 +361,22 @@ int interrupted(call_ctx& c) noexcept {
   return -EINTR;
 }
 
+cogent::detail::wake_reason park(call_ctx& c, clock::time_point deadline, bool interruptible) noexcept {
+  errno_keeper keep;
+  return c.h->park(deadline, interruptible);
+}
+
+void yield(call_ctx& c) noexcept {
+  errno_keeper keep;
+  c.h->yield_now();
+}
+
+// The waits keep errno (errno_keeper) from entry to return, over their
+// parks and the ring's own calls: whatever another fiber (or io_uring_enter)
+// left in it is gone when the hook goes on.
+
 int await_op(call_ctx& c, io_op& op, clock::time_point deadline) noexcept {
+  errno_keeper keep;
   if (has_pending(c)) {
     return interrupted(c);
   }
@@ -407,6 +422,7 @@ int await_ready(call_ctx& c, int fd, std::uint32_t events, clock::time_point dea
 }
 
 int await_poll(call_ctx& c, const pollfd* fds, nfds_t n, clock::time_point deadline, int* results) noexcept {
+  errno_keeper keep;
   if (results != nullptr) {
     std::fill(results, results + n, 0);
   }
@@ -489,6 +505,7 @@ int await_poll(call_ctx& c, const pollfd* fds, nfds_t n, clock::time_point deadl
 }
 
 int park_until(call_ctx& c, clock::time_point deadline) noexcept {
+  errno_keeper keep;
   for (;;) {
     if (has_pending(c)) {
       return interrupted(c);
@@ -509,8 +526,11 @@ namespace {
 // run_blocking() runs fn() on cogent's thread pool. Returns true with fn's
 // effects done (an interrupt that arrived meanwhile is left pending), or
 // false if fn never ran (interrupt pending at entry, or the pool failed).
+// errno is the caller's again on return (the fiber parked meanwhile; fn runs
+// on another thread, with its own errno): the callers set it from fn's.
 template <class Fn>
 bool run_blocking(call_ctx& c, Fn&& fn) noexcept {
+  errno_keeper keep;
   if (has_pending(c)) {
     return false;
   }

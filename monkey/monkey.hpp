@@ -43,14 +43,19 @@
 // park on an io_uring POLLOUT only when the socket buffer is full (blocking
 // semantics kept: the whole buffer is written; where POLLOUT says "room" but
 // the send still cannot go — an unconnected AF_UNIX datagram socket whose
-// receiver is full — it retries after pauses of 1 to 16 ms until SO_SNDTIMEO); poll/select first poll with
+// receiver is full — it retries after pauses of 1 to 16 ms until SO_SNDTIMEO; a blocking
+// sendto/sendmsg with MSG_FASTOPEN on an unconnected TCP socket waits for the handshake as
+// connect(2) does, then sends); poll/select first poll with
 // a zero timeout, then park on one io_uring poll op per fd; sleeps park on a
 // hub timer; getaddrinfo/gethostbyname run on cogent's thread pool. Results
 // and errno are libc's: SO_RCVTIMEO expiry -> EAGAIN, SO_SNDTIMEO on connect
 // -> EINPROGRESS (AF_UNIX: EAGAIN), refused connect -> ECONNREFUSED, F_GETFL
 // reports what the user set (the kernel fd keeps exactly the user's flags),
 // and a connection the kernel itself timed out (TCP_USER_TIMEOUT, SYN retries)
-// gives ETIMEDOUT as in libc.
+// gives ETIMEDOUT as in libc. A call that parked and succeeded leaves errno
+// as the caller had it (the fibers that ran meanwhile share the thread's
+// errno: the waits put it back); select() reads tv_usec as a 32-bit int, as
+// glibc does (2^31: EINVAL).
 // Calls the kernel never blocks in go straight to libc: zero-length reads,
 // MSG_ERRQUEUE and MSG_OOB receives, sockets with a negative timeout.
 //

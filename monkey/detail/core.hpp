@@ -207,11 +207,33 @@ inline clock::time_point deadline_ns(std::int64_t ns) noexcept {
   return cogent::deadline_after(std::chrono::nanoseconds(ns));  // saturates
 }
 
+// errno_keeper saves errno when made and puts it back when destroyed. The
+// waits below hold one across their parks: a hooked call that parked and
+// then succeeded must leave errno as its caller had it (libc's call does),
+// although the other fibers that ran on this thread meanwhile set errno (one
+// thread-local errno for them all). A hook that fails sets its own errno
+// (fail()) after the wait returns.
+struct errno_keeper {
+  errno_keeper() noexcept = default;
+  errno_keeper(const errno_keeper&) = delete;
+  errno_keeper& operator=(const errno_keeper&) = delete;
+  ~errno_keeper() { errno = saved; }
+  int saved = errno;
+};
+
+// park() is c.h->park() keeping errno (errno_keeper): the hooks' own parks
+// outside the waits below (a poll loop's pause) go through it.
+cogent::detail::wake_reason park(call_ctx& c, clock::time_point deadline, bool interruptible) noexcept;
+
+// yield() is c.h->yield_now() keeping errno.
+void yield(call_ctx& c) noexcept;
+
 // await_op() submits op and parks until it completes, `deadline` passes or an
 // interrupt arrives; in the last two cases the op is cancelled and its
 // completion reaped before returning (invariant 1). Returns the op's result
 // if it completed (even after a cancel: a result it produced is honoured),
-// else deadline_expired or -EINTR (interrupt, left pending). Never throws.
+// else deadline_expired or -EINTR (interrupt, left pending). errno is left
+// as it was on entry (errno_keeper), as by every wait below. Never throws.
 int await_op(call_ctx& c, io_op& op, clock::time_point deadline) noexcept;
 
 // deadline_expired is what await_op()/await_ready() return when their

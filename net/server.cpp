@@ -153,6 +153,10 @@ void stream_server::start() {
 }
 
 void stream_server::serve_forever() {
+  if (hub::current().in_hub()) {
+    // Before start(): a server started here would be left running.
+    throw hub_error("cogent::net: stream_server::serve_forever() cannot wait inside the hub (a timer or post() callback)");
+  }
   if (!_started && !_stopped) {
     start();
   }
@@ -167,6 +171,7 @@ void stream_server::serve_forever() {
     }
   } guard{*this};
   try {
+    hub::throw_if_interrupted();  // a kill pending on entry stops the server too (and is raised)
     while (!_stop_done) {
       _stopped_waiters.wait(clock::time_point::max());
     }
@@ -281,6 +286,8 @@ void stream_server::accept_loop() {
     stream_socket client;
     try {
       client = _listener.accept(peer, std::nullopt);
+    } catch (const idle_timeout_error&) {
+      continue;  // a listener given with an idle limit: no client for that long is no error
     } catch (const std::system_error& e) {
       if (!_listener.is_open()) {
         return;

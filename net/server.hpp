@@ -211,7 +211,9 @@ class stream_server {
 // workers, block asynchronous signals already). Raises std::invalid_argument
 // for an empty set, an invalid signal number (<= 0, >= NSIG, or one reserved
 // by the C library) or SIGKILL/SIGSTOP (which cannot be caught), before
-// changing anything; std::system_error if signalfd fails. May switch.
+// changing anything; std::system_error if signalfd fails. A signal the
+// process ignores (SIG_IGN, as a shell may set SIGINT for a background job)
+// is discarded by the kernel and never arrives: set SIG_DFL first. May switch.
 int wait_for_signal(std::initializer_list<int> signals, timeout_duration t = std::nullopt);
 
 // raise_fd_limit() raises this process's soft RLIMIT_NOFILE to its hard limit

@@ -25,6 +25,7 @@ using cogent::net::idle_timeout_error;
 using cogent::net::stream_server;
 using cogent::net::stream_socket;
 using cogent::test::errno_of;
+using cogent::test::stderr_capture;
 
 namespace {
 
@@ -183,4 +184,61 @@ COGENT_TEST_CASE("fixes: a second kill during serve_forever()'s stop still waits
   CHECK(done_when_raised);
   srv.reset();
   CHECK(handler_done);
+}
+
+// serve_forever() inside the hub raises hub_error before starting anything (it used to start the
+// server first, which then ran on with nobody to stop it).
+COGENT_TEST_CASE("fixes: serve_forever() in a post() callback raises hub_error and leaves the server unstarted",
+                 doctest::timeout(10)) {
+  stream_server srv(address::ipv4_loopback(0), echo_handler);
+  bool raised = false;
+  cogent::event done;
+  cogent::hub::current().post([&] {
+    try {
+      srv.serve_forever();
+    } catch (const cogent::hub_error&) {
+      raised = true;
+    }
+    done.set();
+  });
+  REQUIRE(done.wait(1s));
+  CHECK(raised);
+  CHECK_FALSE(srv.serving());
+}
+
+// A kill pending when serve_forever() is entered on a server already stopped is raised (the header:
+// "Raises a pending kill/Timeout"); it returned normally, leaving the kill for a later call.
+COGENT_TEST_CASE("fixes: serve_forever() on a stopped server raises a kill pending on entry",
+                 doctest::timeout(10)) {
+  stream_server srv(address::ipv4_loopback(0), echo_handler);
+  srv.start();
+  srv.stop(0s);
+  bool returned = false;
+  auto t = cogent::spawn([&] {
+    cogent::hub::current().interrupt(cogent::detail::current_impl(),
+                                     std::make_exception_ptr(cogent::fiber_exit{}));  // pending, not raised
+    srv.serve_forever();
+    returned = true;
+  });
+  t.join(2s);
+  CHECK(t.killed());
+  CHECK_FALSE(returned);
+}
+
+// A listener handed to stream_server with an idle limit: a quiet spell with no client is not an
+// accept failure (it was logged as "accept failed: Connection timed out" and backed off).
+COGENT_TEST_CASE("fixes: a listener with an idle limit serves on quietly through idle spells",
+                 doctest::timeout(10)) {
+  auto l = cogent::net::listener::bind(address::ipv4_loopback(0));
+  l.set_idle_timeout(5ms);
+  stderr_capture err;
+  stream_server srv(std::move(l), echo_handler);
+  srv.start();
+  cogent::sleep(40ms);  // several idle limits pass
+  auto c = stream_socket::connect(srv.address(), 1s);
+  c.write_all("hi");
+  char b[2];
+  c.read_exactly(b, 2, 1s);
+  srv.stop(1s);
+  CHECK(err.text().find("accept failed") == std::string::npos);
 }

@@ -1,4 +1,5 @@
-// tests/net/net_support.hpp — small helpers shared by the net/ test suites.
+// tests/net/net_support.hpp — small helpers shared by the net/ test suites
+// (open_fds, fd_open, stderr_capture, ...).
 #pragma once
 
 #include <dirent.h>
@@ -19,6 +20,36 @@
 #include "tests/child.hpp"
 
 namespace cogent::test {
+
+// stderr_capture redirects fd 2 into a temp file for its lifetime; text() reads it.
+struct stderr_capture {
+  int saved = -1;
+  int fd = -1;
+  stderr_capture() {
+    std::fflush(stderr);
+    char tmpl[] = "/tmp/cogent-review-XXXXXX";
+    fd = ::mkstemp(tmpl);
+    ::unlink(tmpl);
+    saved = ::dup(2);
+    ::dup2(fd, 2);
+  }
+  std::string text() {
+    std::fflush(stderr);
+    std::string out;
+    char buf[4096];
+    ::lseek(fd, 0, SEEK_SET);
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) {
+      out.append(buf, static_cast<std::size_t>(n));
+    }
+    return out;
+  }
+  ~stderr_capture() {
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+    ::close(fd);
+  }
+};
 
 // open_fds() counts this process's open descriptors (-1 if /proc is unreadable).
 inline int open_fds() {

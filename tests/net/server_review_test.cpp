@@ -33,6 +33,8 @@ using cogent::net::stream_socket;
 using cogent::test::errno_of;
 using cogent::test::open_fds;
 
+using cogent::test::stderr_capture;
+
 namespace {
 
 void echo_handler(stream_socket& s, const address&) {
@@ -42,35 +44,6 @@ void echo_handler(stream_socket& s, const address&) {
   }
 }
 
-// stderr_capture redirects fd 2 into a temp file for its lifetime; text() reads it.
-struct stderr_capture {
-  int saved = -1;
-  int fd = -1;
-  stderr_capture() {
-    std::fflush(stderr);
-    char tmpl[] = "/tmp/cogent-review-XXXXXX";
-    fd = ::mkstemp(tmpl);
-    ::unlink(tmpl);
-    saved = ::dup(2);
-    ::dup2(fd, 2);
-  }
-  std::string text() {
-    std::fflush(stderr);
-    std::string out;
-    char buf[4096];
-    ::lseek(fd, 0, SEEK_SET);
-    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) {
-      out.append(buf, static_cast<std::size_t>(n));
-    }
-    return out;
-  }
-  ~stderr_capture() {
-    std::fflush(stderr);
-    ::dup2(saved, 2);
-    ::close(saved);
-    ::close(fd);
-  }
-};
 
 }  // namespace
 

@@ -7,7 +7,8 @@
 // start. A leak fails the test. cancel_when_expired() cancels a Timeout
 // after it fired and before its fiber ran (too late: it is raised all the same);
 // error_reports collects unjoined-error reports; picky is an item whose move
-// throws on demand.
+// throws on demand; busy_for() hogs the hub; in_hub() runs code in a post()
+// callback.
 #pragma once
 
 #include <doctest/doctest.h>
@@ -20,6 +21,7 @@
 
 #include "fiber/fiber.hpp"
 #include "hub/core.hpp"
+#include "hub/sync.hpp"
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
 
@@ -100,6 +102,27 @@ struct picky {
   }
   picky& operator=(picky&& o) = default;
 };
+
+// busy_for() runs the CPU for `d` without switching (a fiber hogging its hub).
+inline void busy_for(std::chrono::milliseconds d) {
+  auto until = cogent::clock::now() + d;
+  while (cogent::clock::now() < until) {
+    // never switches
+  }
+}
+
+// in_hub() runs fn inside the hub (a post() callback) and waits until it has
+// run — bounded: if fn escaped (the hub reports it and goes on), the check fails.
+template <class Fn>
+void in_hub(Fn fn) {
+  cogent::event done;
+  cogent::hub::current().post([&] {
+    fn();
+    done.set();
+  });
+  CHECK_MESSAGE(done.wait(std::chrono::seconds(1)),
+                "the post() callback did not complete (an exception escaped into the hub?)");
+}
 
 }  // namespace cogent::test
 

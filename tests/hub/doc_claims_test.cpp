@@ -21,19 +21,9 @@
 
 namespace {
 
-using namespace std::chrono_literals;
+using cogent::test::in_hub;
 
-// in_hub() runs fn inside the hub (a post() callback) and waits until it has run.
-template <class Fn>
-void in_hub(Fn fn) {
-  cogent::event done;
-  cogent::hub::current().post([&] {
-    fn();
-    done.set();
-  });
-  // Bounded: if fn escaped (the hub reports it and goes on), do not wait forever.
-  CHECK_MESSAGE(done.wait(1s), "the post() callback did not complete (an exception escaped into the hub?)");
-}
+using namespace std::chrono_literals;
 
 // hub/task.hpp, task_base::kill(): "From a timer or post() callback (in the hub) that cannot
 // wait it does not block."

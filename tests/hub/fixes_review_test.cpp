@@ -13,18 +13,9 @@
 
 namespace {
 
-using namespace std::chrono_literals;
+using cogent::test::in_hub;
 
-// in_hub() runs fn inside the hub (a post() callback) and waits until it has run.
-template <class Fn>
-void in_hub(Fn fn) {
-  cogent::event done;
-  cogent::hub::current().post([&] {
-    fn();
-    done.set();
-  });
-  CHECK_MESSAGE(done.wait(1s), "the post() callback did not complete (an exception escaped into the hub?)");
-}
+using namespace std::chrono_literals;
 
 // A capture whose last copy blocks in its destructor: the task's function is
 // destroyed after its body returned (status releasing), and that takes a while.

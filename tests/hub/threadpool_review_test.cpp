@@ -23,15 +23,10 @@
 
 namespace {
 
+using cogent::test::busy_for;
+
 using namespace std::chrono_literals;
 using cogent::clock;
-
-void busy_for(std::chrono::milliseconds d) {
-  auto until = clock::now() + d;
-  while (clock::now() < until) {
-    // never switches
-  }
-}
 
 // ---- timeout / sleep with "forever" durations ------------------------------------------------
 

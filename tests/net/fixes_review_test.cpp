@@ -20,6 +20,7 @@
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
+using cogent::test::echo_handler;
 using cogent::net::address;
 using cogent::net::idle_timeout_error;
 using cogent::net::stream_server;
@@ -28,13 +29,6 @@ using cogent::test::errno_of;
 using cogent::test::stderr_capture;
 
 namespace {
-
-void echo_handler(stream_socket& s, const address&) {
-  char buf[4096];
-  while (std::size_t n = s.read_some(buf, sizeof buf)) {
-    s.write_all(buf, n);
-  }
-}
 
 // kind_of() says what a call raised: "idle", "timeout" (a plain ETIMEDOUT system_error), "other", "none".
 template <class F>

@@ -1,5 +1,5 @@
 // tests/net/net_support.hpp — small helpers shared by the net/ test suites
-// (open_fds, fd_open, stderr_capture, ...).
+// (echo_handler, open_fds, fd_open, stderr_capture, ...).
 #pragma once
 
 #include <dirent.h>
@@ -50,6 +50,14 @@ struct stderr_capture {
     ::close(fd);
   }
 };
+
+// echo_handler() is a stream_server handler that echoes until EOF.
+inline void echo_handler(cogent::net::stream_socket& s, const cogent::net::address&) {
+  char buf[4096];
+  while (std::size_t n = s.read_some(buf, sizeof buf)) {
+    s.write_all(buf, n);
+  }
+}
 
 // open_fds() counts this process's open descriptors (-1 if /proc is unreadable).
 inline int open_fds() {

@@ -31,22 +31,12 @@
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
+using cogent::test::echo_handler;
 using cogent::net::address;
 using cogent::net::stream_server;
 using cogent::net::stream_socket;
 using cogent::test::errno_of;
 using cogent::test::open_fds;
-
-namespace {
-
-void echo_handler(stream_socket& s, const address&) {
-  char buf[4096];
-  while (std::size_t n = s.read_some(buf, sizeof buf)) {
-    s.write_all(buf, n);
-  }
-}
-
-}  // namespace
 
 // ---- wait_for_signal() ------------------------------------------------------------------
 

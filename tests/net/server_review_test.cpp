@@ -27,6 +27,7 @@
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
+using cogent::test::echo_handler;
 using cogent::net::address;
 using cogent::net::stream_server;
 using cogent::net::stream_socket;
@@ -34,18 +35,6 @@ using cogent::test::errno_of;
 using cogent::test::open_fds;
 
 using cogent::test::stderr_capture;
-
-namespace {
-
-void echo_handler(stream_socket& s, const address&) {
-  char buf[4096];
-  while (std::size_t n = s.read_some(buf, sizeof buf)) {
-    s.write_all(buf, n);
-  }
-}
-
-
-}  // namespace
 
 // ---- stop() from the hub (a post() callback) ------------------------------------------------
 

@@ -42,6 +42,7 @@
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
+using cogent::test::echo_handler;
 using cogent::net::address;
 using cogent::net::stream_server;
 using cogent::net::stream_socket;
@@ -50,13 +51,6 @@ namespace {
 
 using cogent::test::errno_of;
 using cogent::test::open_fds;
-
-void echo_handler(stream_socket& s, const address&) {
-  char buf[4096];
-  while (std::size_t n = s.read_some(buf, sizeof buf)) {
-    s.write_all(buf, n);
-  }
-}
 
 // A tiny framed protocol: 4-byte little-endian length (<= 1024) + payload;
 // the reply is the payload reversed. A bad length is a protocol error.

@@ -227,6 +227,18 @@ bool hub::in_hub() const noexcept {
 
 // ---- parking and waking ------------------------------------------------------
 
+namespace {
+// refuse_blocking() is the cold half of the "may this fiber block on this
+// hub?" check: not from the hub itself, not on another thread's hub (whose
+// timers and ready queue this thread must not touch).
+[[noreturn, gnu::cold, gnu::noinline]] void refuse_blocking(const hub* h, const char* inside_hub) {
+  if (h != t_hub) {
+    throw hub_error("cogent: a blocking call on another thread's hub (each thread has its own: hub::current())");
+  }
+  throw hub_error(inside_hub);
+}
+}  // namespace
+
 wake_reason hub::park(clock::time_point deadline, bool interruptible) {
   return park_here(deadline, interruptible);
 }
@@ -234,8 +246,8 @@ wake_reason hub::park(clock::time_point deadline, bool interruptible) {
 [[gnu::always_inline]] inline wake_reason hub::park_here(clock::time_point deadline, bool interruptible) {
   fiber_impl* self = detail::current_impl();
   fiber_impl* hub_fiber = _fiber.impl();
-  if (self == hub_fiber) [[unlikely]] {
-    throw hub_error("cogent: a blocking call was made inside the hub (timer or post() callback)");
+  if (self == hub_fiber || this != t_hub) [[unlikely]] {
+    refuse_blocking(this, "cogent: a blocking call was made inside the hub (timer or post() callback)");
   }
   if (interruptible && self->sched.pending) {
     return wake_reason::interrupted;
@@ -312,8 +324,8 @@ void hub::throw_if_interrupted() {
 
 void hub::yield_now() {
   fiber_impl* self = detail::current_impl();
-  if (self == _fiber.impl()) [[unlikely]] {
-    throw hub_error("cogent: sleep(0)/yield() called inside the hub");
+  if (self == _fiber.impl() || this != t_hub) [[unlikely]] {
+    refuse_blocking(this, "cogent: sleep(0)/yield() called inside the hub");
   }
   self->sched.state = st_parked;
   self->sched.interruptible = true;
@@ -356,10 +368,10 @@ int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)
     // once (a fast peer) would otherwise never see it.
     throw_if_interrupted();
   }
-  if (self == _fiber.impl()) [[unlikely]] {
+  if (self == _fiber.impl() || this != t_hub) [[unlikely]] {
     // Refused before the op is submitted (park_here() would refuse only after:
     // the op would stay in flight on the callback's unwound frame).
-    throw hub_error("cogent: a blocking call was made inside the hub (timer or post() callback)");
+    refuse_blocking(this, "cogent: a blocking call was made inside the hub (timer or post() callback)");
   }
   op.user = self;
   op.on_complete = [](detail::io_op* o) {

@@ -220,13 +220,20 @@ class uring_engine final : public engine {
       tsp = &ts;
     }
     drain_backlog();
-    if (!_backlog.empty()) {
+    if (!_wake_armed) [[unlikely]] {
+      arm_wake_reader();  // (it failed at the last reap: the kernel refused a submit)
+    }
+    if (!_backlog.empty() || !_wake_armed) {
       // The kernel refused submissions: hand it what the SQ holds, which
-      // frees room for the rest. If some are still left in user space, block
-      // at most 1 ms: nothing else would hand them over.
+      // frees room for the rest. If some are still left in user space (or
+      // the wake reader could not be armed, so a wake() would go unseen),
+      // block at most 1 ms: nothing else would hand them over.
       (void)io_uring_submit(&_ring);
       drain_backlog();
-      if (!_backlog.empty()) {
+      if (!_wake_armed) {
+        arm_wake_reader();
+      }
+      if (!_backlog.empty() || !_wake_armed) {
         constexpr long retry_ns = 1'000'000;
         if (tsp == nullptr || ts.tv_sec > 0 || ts.tv_nsec > retry_ns) {
           ts.tv_sec = 0;

@@ -24,7 +24,7 @@
 
 using namespace std::chrono_literals;
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   // The optional port (0 = let the kernel pick a free one).
   int port = port_arg(argc, argv);
   if (port < 0) {
@@ -84,4 +84,8 @@ int main(int argc, char** argv) {
   reporter.kill();
   on_signal.join();
   return 0;
+} catch (const std::exception& e) {
+  // E.g. the port is taken: std::system_error(EADDRINUSE) from the bind.
+  std::fprintf(stderr, "05_echo_server: %s\n", e.what());
+  return 1;
 }

@@ -15,21 +15,24 @@
 
 #include "hub/core.hpp"
 #include "hub/task.hpp"
+#include "examples/port_arg.hpp"
 #include "net/net.hpp"
 
 int main(int argc, char** argv) {
   // Arguments: port, then optional connection count and duration.
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s <port> [conns=100] [seconds=5]\n", argv[0]);
+  int port = argc > 1 ? parse_port(argv[1]) : -1;
+  char* end = nullptr;
+  long n = argc > 2 ? std::strtol(argv[2], &end, 10) : 100;
+  bool conns_ok = argc <= 2 || (*end == '\0' && n > 0 && n <= 1'000'000);
+  int conns = static_cast<int>(n);
+  double seconds = argc > 3 ? std::strtod(argv[3], &end) : 5.0;
+  bool seconds_ok = argc <= 3 || (*end == '\0' && seconds > 0);
+  if (port <= 0 || !conns_ok || !seconds_ok || argc > 4) {
+    std::fprintf(stderr, "usage: %s <port 1-65535> [conns=100, 1..1000000] [seconds=5, > 0]\n", argv[0]);
     return 2;
   }
-  int port = std::atoi(argv[1]);
-  int conns = argc > 2 ? std::atoi(argv[2]) : 100;
-  double seconds = argc > 3 ? std::atof(argv[3]) : 5.0;
-  if (port <= 0 || port > 65535 || conns <= 0 || seconds <= 0) {
-    std::fprintf(stderr, "%s: bad arguments\n", argv[0]);
-    return 2;
-  }
+  // Many connections need many descriptors: raise the soft limit to the hard one.
+  cogent::net::raise_fd_limit();
   auto target = cogent::net::address::ipv4_loopback(port);
   auto deadline = cogent::clock::now() +
                   std::chrono::duration_cast<cogent::clock::duration>(std::chrono::duration<double>(seconds));

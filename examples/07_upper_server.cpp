@@ -33,6 +33,7 @@
 
 #include "hub/core.hpp"
 #include "hub/task.hpp"
+#include "examples/port_arg.hpp"
 #include "net/net.hpp"
 
 namespace {
@@ -180,7 +181,10 @@ bool selftest() {
 int main(int argc, char** argv) {
   // Pick the mode and the port.
   std::string mode = argc > 1 ? argv[1] : "";
-  int port = argc > 2 ? std::atoi(argv[2]) : 7007;
+  int port = argc > 2 ? parse_port(argv[2]) : 7007;
+  if (port < 0 || argc > 3) {
+    mode.clear();  // the usage line below
+  }
   if (mode == "--selftest") {
     return selftest() ? 0 : 1;
   }
@@ -204,8 +208,15 @@ int main(int argc, char** argv) {
     run_threads(lfd);
     return 0;
   }
-  if (mode == "--fibers") {
+  if (mode == "--fibers") try {
     // Fibers: the blocking version's code shape, concurrent on one thread.
+    // SIGINT/SIGTERM are blocked from here, so one that arrives before the
+    // stopper fiber waits for it is queued for it, not fatal.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
     cogent::net::stream_server srv(cogent::net::address::ipv4_loopback(port), serve_client_fiber);
     std::printf(
         "--fibers: a cogent task per client; port %u. Sequential code, concurrent clients, one thread; "
@@ -220,6 +231,9 @@ int main(int argc, char** argv) {
     srv.serve_forever();
     stopper.join();
     return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "07_upper_server: %s\n", e.what());  // e.g. the port is taken
+    return 1;
   }
   std::fprintf(stderr, "usage: %s --blocking|--threads|--fibers [port=7007]  |  %s --selftest\n", argv[0],
                argv[0]);

@@ -95,13 +95,15 @@ int main(int argc, char** argv) {
   }
   socklen_t len = sizeof addr;
   getsockname(g_listener, reinterpret_cast<sockaddr*>(&addr), &len);
-  std::printf("port %u\n", static_cast<unsigned>(ntohs(addr.sin_port)));
-  std::fflush(stdout);
-
+  // The stop handler goes in before the port is printed: a script that
+  // signals as soon as it reads the port must find it there.
   struct sigaction sa {};
   sa.sa_handler = on_stop;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+
+  std::printf("port %u\n", static_cast<unsigned>(ntohs(addr.sin_port)));
+  std::fflush(stdout);
 
   // Step 3: accept forever, one task per client. accept() parks main (a
   // fiber to the hub) while the client tasks run.

@@ -240,15 +240,15 @@ namespace {
 }  // namespace
 
 wake_reason hub::park(clock::time_point deadline, bool interruptible) {
+  if (detail::current_impl() == _fiber.impl() || this != t_hub) [[unlikely]] {
+    refuse_blocking(this, "cogent: a blocking call was made inside the hub (timer or post() callback)");
+  }
   return park_here(deadline, interruptible);
 }
 
+// park_here() is park() for callers that made park()'s checks themselves (await_io).
 [[gnu::always_inline]] inline wake_reason hub::park_here(clock::time_point deadline, bool interruptible) {
   fiber_impl* self = detail::current_impl();
-  fiber_impl* hub_fiber = _fiber.impl();
-  if (self == hub_fiber || this != t_hub) [[unlikely]] {
-    refuse_blocking(this, "cogent: a blocking call was made inside the hub (timer or post() callback)");
-  }
   if (interruptible && self->sched.pending) {
     return wake_reason::interrupted;
   }

@@ -251,7 +251,7 @@ class hub {
   // The switch paths are inlined into their callers (always_inline): a
   // return executed right after a fiber switch is mispredicted, so each
   // frame between a blocking call and the jump costs ~5 ns per switch.
-  detail::wake_reason park_here(clock::time_point deadline, bool interruptible);  // park(), inline
+  detail::wake_reason park_here(clock::time_point deadline, bool interruptible);  // park() unchecked, inline
   void suspend(detail::fiber_impl* self);  // switch to the hub until it resumes `self`
   void run_ready();
   void expire_timers(clock::time_point now);

@@ -743,7 +743,11 @@ bool wait_list::wait(clock::time_point deadline, bool outlives_owner) {
     waiter& w;
     ~leave() {
       if (w.linked) {  // (not linked once orphaned: the list is gone)
-        (w.notified != notice::none ? l._woken : l._links).unlink(w);
+        if (w.notified != notice::none) {
+          l._woken.unlink(w);
+        } else {
+          l._links.unlink(w);
+        }
       }
     }
   } guard{*this, w};
@@ -798,7 +802,7 @@ bool wait_list::notify_one() noexcept {
   }
   _links.unlink(*w);
   w->notified = notice::one;
-  _woken.push_back(*w);  // until it is back in wait(), where it unlinks itself
+  _woken.push_front(*w);  // until it is back in wait(), where it unlinks itself
   t_hub->schedule(w->f, wake_reason::woken);
   return true;
 }
@@ -807,7 +811,7 @@ void wait_list::notify_all() noexcept {
   while (waiter* w = _links.front()) {
     _links.unlink(*w);
     w->notified = notice::all;
-    _woken.push_back(*w);
+    _woken.push_front(*w);
     t_hub->schedule(w->f, wake_reason::woken);
   }
 }

@@ -32,6 +32,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "fiber/fiber.hpp"
@@ -315,7 +316,11 @@ namespace detail {
 
 // fifo_links is the intrusive FIFO of waiters under both wait_list and
 // sync.hpp's handoff_list. Node needs `Node* prev, *next; bool linked`.
-template <class Node>
+//
+// Counted = false drops the size counter (size() then walks the list): a
+// wait_list lives in every task's control block, where 8 bytes decide
+// whether the block fits its 64-byte size class.
+template <class Node, bool Counted = true>
 class fifo_links {
  public:
   void push_back(Node& n) noexcept {
@@ -324,7 +329,9 @@ class fifo_links {
     (_tail != nullptr ? _tail->next : _head) = &n;
     _tail = &n;
     n.linked = true;
-    ++_size;
+    if constexpr (Counted) {
+      ++_count.n;
+    }
   }
   // unlink() removes a linked node.
   void unlink(Node& n) noexcept {
@@ -332,11 +339,23 @@ class fifo_links {
     (n.next != nullptr ? n.next->prev : _tail) = n.prev;
     n.prev = n.next = nullptr;
     n.linked = false;
-    --_size;
+    if constexpr (Counted) {
+      --_count.n;
+    }
   }
   Node* front() const noexcept { return _head; }
   bool empty() const noexcept { return _head == nullptr; }
-  std::size_t size() const noexcept { return _size; }
+  std::size_t size() const noexcept {
+    if constexpr (Counted) {
+      return _count.n;
+    } else {
+      std::size_t n = 0;
+      for (const Node* p = _head; p != nullptr; p = p->next) {
+        ++n;
+      }
+      return n;
+    }
+  }
 
   // scoped links a node for the length of a wait and unlinks it however the
   // wait ends (return, timeout, or an interrupt unwinding the fiber).
@@ -357,9 +376,42 @@ class fifo_links {
   };
 
  private:
+  struct counter {
+    std::size_t n = 0;
+  };
+  struct no_counter {};
   Node* _head = nullptr;
   Node* _tail = nullptr;
-  std::size_t _size = 0;
+  [[no_unique_address]] std::conditional_t<Counted, counter, no_counter> _count;
+};
+
+// lifo_links is a doubly linked list with only a head (8 bytes): push_front,
+// unlink, front. For sets whose order does not matter.
+template <class Node>
+class lifo_links {
+ public:
+  void push_front(Node& n) noexcept {
+    n.prev = nullptr;
+    n.next = _head;
+    if (_head != nullptr) {
+      _head->prev = &n;
+    }
+    _head = &n;
+    n.linked = true;
+  }
+  void unlink(Node& n) noexcept {
+    (n.prev != nullptr ? n.prev->next : _head) = n.next;
+    if (n.next != nullptr) {
+      n.next->prev = n.prev;
+    }
+    n.prev = n.next = nullptr;
+    n.linked = false;
+  }
+  Node* front() const noexcept { return _head; }
+  bool empty() const noexcept { return _head == nullptr; }
+
+ private:
+  Node* _head = nullptr;
 };
 
 // orphan_all() empties `links` (whose owner is being destroyed) and raises
@@ -418,8 +470,8 @@ class wait_list {
 
  private:
   void orphan_waiters() noexcept;
-  fifo_links<waiter> _links;  // waiting
-  fifo_links<waiter> _woken;  // notified, not yet back in wait()
+  fifo_links<waiter, false> _links;  // waiting (uncounted: see fifo_links)
+  lifo_links<waiter> _woken;         // notified, not yet back in wait()
 };
 
 }  // namespace detail

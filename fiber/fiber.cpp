@@ -73,9 +73,7 @@ struct main_holder {
       // fiber_local gets main's; values made that way go in the next round).
       // Not left to ~fiber_impl: a live child of main (one kept in a
       // fiber_local, say) holds a reference on it, so it may never be freed.
-      for (int round = 0; round < 4 && main->sched.locals.storage != nullptr; ++round) {
-        main->sched.locals.release();
-      }
+      main->sched.locals.release_at_exit();
       t_current = nullptr;
       unref(main);
     }

@@ -27,10 +27,7 @@ struct hub_owner {
       // destructor may use it (spawn, post); after h.reset() that would build
       // a new hub into this destroyed thread-local, never freed. (Values made
       // by those destructors go in the next round; main_holder drops the rest.)
-      detail::fiber_impl* main = detail::thread_main_impl();
-      for (int round = 0; round < 4 && main->sched.locals.storage != nullptr; ++round) {
-        main->sched.locals.release();
-      }
+      detail::thread_main_impl()->sched.locals.release_at_exit();
     }
     h.reset();
     t_hub = nullptr;
@@ -561,8 +558,7 @@ void hub::post(std::function<void()> fn) {
 void hub::running_callbacks() noexcept {
   // A switch, to the monitor: it times the callbacks from now, not from the
   // last fiber switch (an idle spell before them is nobody's blocking).
-  _running.store(_fiber.impl(), std::memory_order_release);
-  _switches.store(_switches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  mark_running(_fiber.impl());
 }
 
 void hub::drain_posted() {
@@ -622,9 +618,7 @@ bool hub::nothing_can_happen() const noexcept {
       }
     }
     f->sched.state = st_running;
-    _running.store(f, std::memory_order_release);  // the monitor reads f's name after loading it
-    // Only this thread writes it: a plain increment, no locked RMW per switch.
-    _switches.store(_switches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    mark_running(f);
     try {
       detail::resume(f);
     } catch (fiber_exit&) {
@@ -686,8 +680,7 @@ void hub::loop() {
       }
       // main is not waiting on the hub (it is suspended in a manual switch):
       // there is nothing to wake; hand control back to it.
-      _running.store(main, std::memory_order_release);
-      _switches.store(_switches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      mark_running(main);
       detail::resume(main);
       _running.store(nullptr, std::memory_order_relaxed);
       continue;
@@ -728,11 +721,6 @@ void wait() {
 
 namespace detail {
 
-namespace {
-constexpr const char* orphaned_message =
-    "cogent: a lock, event, queue, pool or group was destroyed while this fiber waited on it";
-}  // namespace
-
 bool wait_list::wait(clock::time_point deadline, bool outlives_owner) {
   hub& h = hub::current();
   waiter w;
@@ -758,7 +746,7 @@ bool wait_list::wait(clock::time_point deadline, bool outlives_owner) {
         return true;
       }
       hub::throw_if_interrupted();
-      throw hub_error(orphaned_message);
+      throw_orphaned();
     }
     if (w.f->sched.pending) {
       if (w.notified == notice::one) {
@@ -784,15 +772,18 @@ void wait_list::orphan_waiters() noexcept {
   while (waiter* w = _links.front()) {
     _links.unlink(*w);
     w->orphaned = true;
-    t_hub->schedule(w->f, wake_reason::woken);
+    orphan_waiter(w->f);
   }
 }
 
 void orphan_waiter(fiber_impl* f) noexcept {
-  if (t_hub == nullptr) {
-    return;  // (cannot be: a waiter parked on this thread's hub)
+  if (t_hub != nullptr) {  // (always: a waiter parked on this thread's hub)
+    t_hub->schedule(f, wake_reason::woken);
   }
-  t_hub->interrupt(f, std::make_exception_ptr(hub_error(orphaned_message)));
+}
+
+void throw_orphaned() {
+  throw hub_error("cogent: a lock, event, queue, pool or group was destroyed while this fiber waited on it");
 }
 
 bool wait_list::notify_one() noexcept {

@@ -258,6 +258,13 @@ class hub {
   void expire_timers(clock::time_point now);
   void drain_posted();
   void running_callbacks() noexcept;  // tell the monitor the hub runs callbacks now
+  // mark_running() tells the monitor `f` runs from now (a switch): the monitor
+  // reads f's name after loading it; only this thread writes _switches, so a
+  // plain increment, no locked RMW per switch.
+  void mark_running(detail::fiber_impl* f) noexcept {
+    _running.store(f, std::memory_order_release);
+    _switches.store(_switches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
   bool nothing_can_happen() const noexcept;
   void heap_up(std::size_t i) noexcept;
   void heap_down(std::size_t i) noexcept;
@@ -414,9 +421,13 @@ class lifo_links {
   Node* _head = nullptr;
 };
 
-// orphan_all() empties `links` (whose owner is being destroyed) and raises
-// hub_error in every fiber that was waiting on it. Never switches.
+// Orphaning, for wait_list and handoff_list destroyed with fibers in them:
+// the destructor unlinks each waiter and wakes it (orphan_waiter()); the
+// waiter, back in its wait, finds itself dropped without a notice or grant
+// and calls throw_orphaned() (a pending kill or Timeout goes first) without
+// touching the list again. Never switch.
 void orphan_waiter(fiber_impl* f) noexcept;
+[[noreturn]] void throw_orphaned();
 template <class Node>
 void orphan_all(fifo_links<Node>& links) noexcept {
   while (Node* n = links.front()) {

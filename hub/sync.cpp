@@ -20,10 +20,10 @@ bool handoff_list::wait(node& n, clock::time_point deadline) {
   if (n.granted) {
     return true;  // a grant wins; a pending interrupt is raised at the next blocking call
   }
-  if (n.linked) {
-    _links.unlink(n);  // (not linked: the list was destroyed under us; hub_error is pending)
+  hub::throw_if_interrupted();  // (`link` unlinks n as it unwinds)
+  if (!n.linked) [[unlikely]] {
+    throw_orphaned();  // unlinked without a grant: the list was destroyed under us
   }
-  hub::throw_if_interrupted();
   return false;  // neither granted nor interrupted: the deadline passed
 }
 

@@ -84,7 +84,7 @@ class handoff_list {
   handoff_list(const handoff_list&) = delete;
   handoff_list& operator=(const handoff_list&) = delete;
   // ~handoff_list() with fibers still waiting raises hub_error in each (see
-  // ~wait_list()). Never switches.
+  // orphan_all()). Never switches.
   ~handoff_list() {
     if (!_links.empty()) [[unlikely]] {
       orphan_all(_links);

@@ -176,8 +176,6 @@ void stream_server::serve_forever() {
       _stopped_waiters.wait(clock::time_point::max());
     }
     reap();
-  } catch (const hub_error&) {
-    throw;  // called inside the hub (a misuse): nothing was waited for
   } catch (...) {
     // A kill or Timeout (or a throw_in()) cut the wait short. As gevent's
     // `finally: stop()`: the server stops first, then the interrupt is raised.

@@ -7,11 +7,13 @@
 // start. A leak fails the test. cancel_when_expired() cancels a Timeout
 // after it fired and before its fiber ran (too late: it is raised all the same);
 // error_reports collects unjoined-error reports; picky is an item whose move
-// throws on demand; busy_for() hogs the hub; in_hub() runs code in a post()
+// throws on demand; pipe_fds closes a pipe; busy_for() hogs the hub; in_hub() runs code in a post()
 // callback.
 #pragma once
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <stdexcept>
@@ -101,6 +103,28 @@ struct picky {
     }
   }
   picky& operator=(picky&& o) = default;
+};
+
+// pipe_fds is a pipe (O_CLOEXEC) closed at scope exit.
+struct pipe_fds {
+  int r = -1;
+  int w = -1;
+  pipe_fds() {
+    int p[2];
+    REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+    r = p[0];
+    w = p[1];
+  }
+  ~pipe_fds() {
+    if (r >= 0) {
+      ::close(r);
+    }
+    if (w >= 0) {
+      ::close(w);
+    }
+  }
+  pipe_fds(const pipe_fds&) = delete;
+  pipe_fds& operator=(const pipe_fds&) = delete;
 };
 
 // busy_for() runs the CPU for `d` without switching (a fiber hogging its hub).

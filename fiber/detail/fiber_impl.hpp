@@ -108,6 +108,14 @@ class fiber_impl {
           fiber_locals_hook(std::exchange(storage, nullptr));
         }
       }
+      // release_at_exit() is release() for a thread's main fiber at thread
+      // exit: values made by the destructors of earlier ones go too, in up
+      // to four rounds.
+      void release_at_exit() noexcept {
+        for (int round = 0; round < 4 && storage != nullptr; ++round) {
+          release();
+        }
+      }
     } locals;
   } sched;
 

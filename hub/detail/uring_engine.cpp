@@ -221,7 +221,7 @@ class uring_engine final : public engine {
     }
     drain_backlog();
     if (!_wake_armed) [[unlikely]] {
-      arm_wake_reader();  // (it failed at the last reap: the kernel refused a submit)
+      arm_wake_reader();  // (failed at the last reap: the kernel refused a submit; it submits to make room)
     }
     if (!_backlog.empty() || !_wake_armed) {
       // The kernel refused submissions: hand it what the SQ holds, which
@@ -230,9 +230,6 @@ class uring_engine final : public engine {
       // block at most 1 ms: nothing else would hand them over.
       (void)io_uring_submit(&_ring);
       drain_backlog();
-      if (!_wake_armed) {
-        arm_wake_reader();
-      }
       if (!_backlog.empty() || !_wake_armed) {
         constexpr long retry_ns = 1'000'000;
         if (tsp == nullptr || ts.tv_sec > 0 || ts.tv_nsec > retry_ns) {

@@ -26,24 +26,12 @@
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
+using cogent::test::pipe_fds;
 using clk = cogent::clock;
 using cogent::detail::io_op;
 using cogent::detail::op_code;
 
 namespace {
-struct pipe_fds {
-  int r = -1, w = -1;
-  pipe_fds() {
-    int p[2];
-    REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
-    r = p[0];
-    w = p[1];
-  }
-  ~pipe_fds() {
-    if (r >= 0) ::close(r);
-    if (w >= 0) ::close(w);
-  }
-};
 
 struct node : cogent::detail::timer_node {
   int id = 0;

@@ -25,27 +25,13 @@
 namespace {
 
 using namespace std::chrono_literals;
+using cogent::test::pipe_fds;
 using cogent::clock;
 
 struct custom_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// pipe_fds closes a pipe at scope exit.
-struct pipe_fds {
-  int r = -1;
-  int w = -1;
-  pipe_fds() {
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
-    r = fds[0];
-    w = fds[1];
-  }
-  ~pipe_fds() {
-    ::close(r);
-    ::close(w);
-  }
-};
 
 // read_one() reads one byte through hub::await_io (parks on IO).
 int read_one(int fd, char* buf, cogent::clock::time_point deadline = cogent::clock::time_point::max()) {

@@ -2,7 +2,7 @@
 //
 // A single-threaded liburing TCP echo server with no cogent code in it. Usage:
 //
-//     raw_uring_echo <port> [--multishot-recv]    # port 0 picks a free port
+//     raw_uring_echo <port> [--multishot-recv] [--fixed-files]    # port 0 picks a free port
 //
 // Prints `port <N>` as the first stdout line (flushed), then serves until SIGINT/SIGTERM
 // and exits 0. Driven by bench/echo_load, orchestrated by bench/echo_bench.sh.
@@ -21,6 +21,11 @@
 // once. The recv is re-armed when the kernel ends it (no IORING_CQE_F_MORE, or -ENOBUFS). Made for
 // the ping-pong load only: a connection that fails while its send is in flight (the armed recv and the
 // send both complete with errors) is not handled.
+//
+// --fixed-files is another reference: a sparse registered file table (slot = fd number, 16384
+// slots, so it needs RLIMIT_NOFILE >= 16384), each accepted socket registered with one
+// io_uring_register call and its recv/send using IOSQE_FIXED_FILE, which skips the per-op
+// fget/fput of the socket's file (≈ 2.8 % of this server's CPU in perf at 1000 connections).
 
 #include <arpa/inet.h>
 #include <liburing.h>
@@ -52,6 +57,7 @@ constexpr std::size_t k_buf_size = 4096;
 constexpr unsigned k_sq_entries = 4096;
 constexpr unsigned k_cq_entries = 32768;
 constexpr unsigned k_ring_bufs = 4096;  // --multishot-recv: provided buffers (a power of two)
+constexpr unsigned k_fixed_slots = 16384;  // --fixed-files: registered file table (within RLIMIT_NOFILE)
 
 enum op_kind : uint64_t { op_accept = 1, op_recv = 2, op_send = 3 };
 
@@ -79,7 +85,8 @@ struct conn_state {
 
 class echo_server {
  public:
-  echo_server(int listen_fd, bool multishot_recv) : listen_fd_(listen_fd), multishot_recv_(multishot_recv) {
+  echo_server(int listen_fd, bool multishot_recv, bool fixed_files)
+      : listen_fd_(listen_fd), multishot_recv_(multishot_recv), fixed_files_(fixed_files) {
     const unsigned flag_sets[] = {
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
         IORING_SETUP_COOP_TASKRUN,
@@ -100,6 +107,12 @@ class echo_server {
     }
     if (multishot_recv_) {
       setup_buffer_ring();
+    }
+    if (fixed_files_) {
+      // Slot = fd number; the table is as large as the fd limit allows.
+      if (int r = io_uring_register_files_sparse(&ring_, k_fixed_slots); r < 0) {
+        die("io_uring_register_files_sparse", -r);
+      }
     }
     arm_accept();
   }
@@ -192,15 +205,28 @@ class echo_server {
       io_uring_prep_recv(sqe, fd, c.buf.get(), k_buf_size, 0);
     }
     io_uring_sqe_set_data64(sqe, make_tag(fd, op_recv));
+    use_fixed(sqe);
   }
 
   void arm_send(int fd, conn_state& c) {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_send(sqe, fd, c.buf.get() + c.sent, c.len - c.sent, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, make_tag(fd, op_send));
+    use_fixed(sqe);
+  }
+
+  // --fixed-files: the op names the fd's slot in the registered table.
+  void use_fixed(io_uring_sqe* sqe) {
+    if (fixed_files_) {
+      sqe->flags |= IOSQE_FIXED_FILE;
+    }
   }
 
   void close_conn(int fd, conn_state& c) {
+    if (fixed_files_) {
+      int none = -1;
+      io_uring_register_files_update(&ring_, static_cast<unsigned>(fd), &none, 1);
+    }
     c.buf.reset();
     c.len = 0;
     c.sent = 0;
@@ -257,6 +283,9 @@ class echo_server {
       int fd = res;
       int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      if (fixed_files_ && io_uring_register_files_update(&ring_, static_cast<unsigned>(fd), &fd, 1) != 1) {
+        die("io_uring_register_files_update", EINVAL);
+      }
       conn_state& c = state(fd);
       c.buf.reset(new char[k_buf_size]);
       c.len = 0;
@@ -278,6 +307,7 @@ class echo_server {
   int listen_fd_;
   bool multishot_accept_ = true;
   bool multishot_recv_;
+  bool fixed_files_;
   std::vector<conn_state> conns_;
   io_uring_buf_ring* buf_ring_ = nullptr;  // --multishot-recv
   std::unique_ptr<char[]> ring_mem_;
@@ -288,8 +318,13 @@ class echo_server {
 int main(int argc, char** argv) {
   int listen_fd = raw::start_server("raw_uring_echo", argc, argv, on_signal, 0).fd;
 
-  bool multishot_recv = argc > 2 && std::strcmp(argv[2], "--multishot-recv") == 0;
-  echo_server server(listen_fd, multishot_recv);
+  bool multishot_recv = false;
+  bool fixed_files = false;
+  for (int i = 2; i < argc; ++i) {
+    multishot_recv |= std::strcmp(argv[i], "--multishot-recv") == 0;
+    fixed_files |= std::strcmp(argv[i], "--fixed-files") == 0;
+  }
+  echo_server server(listen_fd, multishot_recv, fixed_files);
   server.run();
   return 0;
 }

@@ -615,6 +615,7 @@ bool hub::nothing_can_happen() const noexcept {
       }
       if (auto* after = next->sched.next_ready; after != nullptr) {
         __builtin_prefetch(after, 1);
+        __builtin_prefetch(&after->ctx, 0);  // another line: read at the next turn, as `next`'s is now
       }
     }
     f->sched.state = st_running;

@@ -121,7 +121,7 @@ struct waiter_table {
   socket_waiter** slots = nullptr;
   std::size_t size = 0;
 };
-thread_local constinit waiter_table t_waiters;
+thread_local constinit waiter_table t_waiters __attribute__((tls_model("initial-exec")));  // read on every socket wait
 
 void free_waiters(void* slots) noexcept {
   std::free(slots);

@@ -308,6 +308,15 @@ void hub::interrupt(fiber_impl* f, std::exception_ptr e, const void* owner) noex
   if (f->sched.state == st_parked && f->sched.interruptible) {
     schedule(f, wake_reason::interrupted);
     f->sched.pending_delivered = true;  // from here on only the fiber itself may withdraw it
+    if (void* io = f->sched.awaiting_io) {
+      // Cancel its op now, in this turn (see await_io). If that cannot be
+      // queued (no memory), await_io does it when the fiber runs.
+      try {
+        _engine->cancel(*static_cast<detail::io_op*>(io));
+        f->sched.awaiting_io = nullptr;
+      } catch (...) {
+      }
+    }
   }
 }
 
@@ -375,11 +384,20 @@ int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)
     t_hub->schedule(static_cast<fiber_impl*>(o->user), wake_reason::woken);
   };
   _engine->submit(op);
+  // An interrupt (kill, Timeout) cancels the op where it finds it, in the
+  // turn it happens: an op still in the submission queue then never runs
+  // (cancelled here, once this fiber runs again, the hub would already have
+  // handed it to the kernel — an accept would take a waiting client).
+  self->sched.awaiting_io = &op;
   wake_reason r = park_here(deadline, true);
+  bool cancelled = self->sched.awaiting_io == nullptr;
+  self->sched.awaiting_io = nullptr;
   if (!op.done) {
     // Timed out or interrupted: cancel, and keep the fiber (and `op`, which
     // lives on its stack) parked until the op's own completion is reaped.
-    _engine->cancel(op);
+    if (!cancelled) {
+      _engine->cancel(op);
+    }
     while (!op.done) {
       park(clock::time_point::max(), false);
     }

@@ -185,7 +185,8 @@ class hub {
 
   // await_io() submits `op`, parks until it completes, and returns its result
   // (>= 0 or -errno). If `deadline` passes first the op is cancelled and
-  // -ETIMEDOUT returned. On an interrupt the op is cancelled, its completion
+  // -ETIMEDOUT returned. On an interrupt the op is cancelled (by interrupt()
+  // itself, so an op the kernel has not taken yet never runs), its completion
   // reaped (invariant 1), `release(result)` is called if it had succeeded
   // anyway (e.g. close an accepted fd), and the interrupt is raised. An op
   // that produced data or wrote bytes before the cancel took effect returns

@@ -160,10 +160,10 @@ void task_state::finish() noexcept {
 // get a stack at its first switch, so the task fails with that error (its
 // body never ran), exactly as if it had raised it.
 void fail_unstarted(fiber_impl* f, std::exception_ptr error) noexcept {
-  auto* s = static_cast<task_state*>(f->sched.task);
-  if (s == nullptr) {
+  if (!f->is_task) {
     return;
   }
+  auto* s = static_cast<task_state*>(f);
   ref(s);
   task_base keep = task_base::adopt(s);
   if (s->st == task_state::status::releasing) {
@@ -185,7 +185,6 @@ void start_task(task_state* st, std::optional<std::chrono::nanoseconds> delay) {
     ref(hub_fiber);
     unref(std::exchange(st->parent, hub_fiber));  // a task returns to the hub when it finishes
   }
-  st->sched.task = st;
   st->sched.state = 1;  // parked: schedule() may make it ready
   if (delay && *delay > std::chrono::nanoseconds::zero()) {
     // The start is the fiber's own park timer: a fiber that has not started
@@ -533,10 +532,11 @@ task_base wait_any(const std::vector<task_base>& tasks, timeout_duration t) {
 }
 
 task_base current_task() {
-  auto* s = static_cast<detail::task_state*>(detail::current_impl()->sched.task);
-  if (s == nullptr) {
+  detail::fiber_impl* f = detail::current_impl();
+  if (!f->is_task) {
     return {};
   }
+  auto* s = static_cast<detail::task_state*>(f);
   detail::ref(s);
   return task_base::adopt(s);
 }

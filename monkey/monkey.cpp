@@ -388,16 +388,23 @@ int await_op(call_ctx& c, io_op& op, clock::time_point deadline) noexcept {
   // in (the hooks call hub::flush_io()), so the op still gets the file libc's
   // call would have used.
   cogent::detail::wake_reason r;
+  // An interrupt cancels the op at once, so one the kernel has not taken yet
+  // never runs (hub::await_io does the same).
+  c.self->sched.awaiting_io = &op;
   do {
     r = c.h->park(deadline, true);
     // Woken without the op and without an interrupt (not for us): the op goes on.
-  } while (!op.done && r == cogent::detail::wake_reason::woken);
-  if (op.done) {
+  } while (!op.done && r == cogent::detail::wake_reason::woken && c.self->sched.awaiting_io != nullptr);
+  bool cancelled = c.self->sched.awaiting_io == nullptr;
+  c.self->sched.awaiting_io = nullptr;
+  if (op.done && !(cancelled && op.result == -ECANCELED)) {
     return op.result;  // completed first: the real outcome, even if an interrupt is now pending
   }
-  // Timed out or interrupted: cancel, and keep this frame (which owns `op`)
+  // Timed out or interrupted (the interrupt may have cancelled it already): cancel, and keep this frame (which owns `op`)
   // parked until the op's own completion is reaped (invariant 1).
-  c.h->io().cancel(op);
+  if (!cancelled) {
+    c.h->io().cancel(op);
+  }
   while (!op.done) {
     c.h->park(clock::time_point::max(), false);
   }

@@ -92,7 +92,7 @@ class fiber_impl {
     } park_timer;
     std::exception_ptr pending;           // interrupt (kill, Timeout) to raise at the next park
     const void* pending_owner = nullptr;  // who raised `pending` (a Timeout scope), or null
-    void* task = nullptr;                 // the task this fiber runs, if any
+    void* awaiting_io = nullptr;          // the IO op an interrupt must cancel (hub: await_io), or null
     // locals is this fiber's fiber_local storage (hub/local.hpp), freed as
     // soon as the fiber has finished and switched away for the last time (or,
     // if it never finishes, with the control block). The one sched field the

@@ -90,7 +90,10 @@ class engine {
 
   // cancel() asks the kernel to cancel a submitted op that has not completed.
   // The op still completes through on_complete (result -ECANCELED, or its own
-  // result if it won the race). No-op if the op is already done.
+  // result if it won the race). No-op if the op is already done. An op the
+  // kernel has not taken yet (still queued by submit()) never runs: it
+  // completes with -ECANCELED without reaching the kernel — except a close,
+  // which always runs.
   virtual void cancel(io_op& op) = 0;
 
   // wait() flushes queued submissions and blocks until at least one

@@ -7,6 +7,7 @@
 // Shape of the engine:
 //  - submit()/cancel() only fill SQEs; the kernel sees them at the next
 //    wait()/poll() (one io_uring_enter per loop turn) or when the SQ is full.
+//    cancel() of an op the kernel has not taken yet turns its SQE into a nop.
 //  - wait() is a single io_uring_submit_and_wait_timeout: flush + block until
 //    a CQE, a wake() or the deadline.
 //  - wake() writes an eventfd on which a read is kept armed with a sentinel
@@ -193,6 +194,23 @@ class uring_engine final : public engine {
         op.result = -ECANCELED;
         _local_done.push_back(&op);
         return;
+      }
+    }
+    if (op.code != op_code::close) {
+      // Still in the submission queue, not yet taken by the kernel: make it
+      // a nop the reaper ignores, so it never runs (a cancel queued behind
+      // it would come too late: an accept would take a waiting client, a
+      // send would send). Not a close: the caller's fd must still go.
+      const unsigned mask = _ring.sq.ring_mask;
+      for (unsigned pos = IO_URING_READ_ONCE(*_ring.sq.khead); pos != _ring.sq.sqe_tail; ++pos) {
+        io_uring_sqe* queued = &_ring.sq.sqes[pos & mask];
+        if (queued->user_data == reinterpret_cast<std::uintptr_t>(&op)) {
+          _local_done.push_back(&op);  // first: if it throws, nothing has changed
+          io_uring_prep_nop(queued);
+          io_uring_sqe_set_data64(queued, cancel_tag);
+          op.result = -ECANCELED;
+          return;
+        }
       }
     }
     io_uring_sqe* sqe = get_sqe();

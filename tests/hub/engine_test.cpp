@@ -361,10 +361,25 @@ TEST_SUITE("engine") {
       counted_op rv;
       rv.recv(sp.b, buf, sizeof buf);
       e->submit(rv);
-      e->cancel(rv);  // same batch: the recv runs first, finds data, completes
+      e->flush();     // the kernel takes the recv: it finds the data and completes
+      e->cancel(rv);  // too late: the real result stands
       REQUIRE(drive(*e, [&] { return rv.done; }));
       CHECK(rv.result == 4);
       CHECK(rv.deliveries == 1);
+    }
+
+    SUBCASE("op still queued when the cancel comes: it never runs") {
+      REQUIRE(::send(sp.a, "data", 4, MSG_NOSIGNAL) == 4);
+      char buf[8];
+      counted_op rv;
+      rv.recv(sp.b, buf, sizeof buf);
+      e->submit(rv);
+      e->cancel(rv);  // same batch: the recv is still in the submission queue
+      REQUIRE(drive(*e, [&] { return rv.done; }));
+      CHECK(rv.result == -ECANCELED);
+      CHECK(rv.deliveries == 1);
+      CHECK(e->in_flight() == 0);
+      CHECK(::recv(sp.b, buf, sizeof buf, MSG_DONTWAIT) == 4);  // the data is still there
     }
 
     SUBCASE("cancel issued from another op's callback in the same reap batch") {

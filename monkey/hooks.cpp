@@ -22,6 +22,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -1274,6 +1275,60 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
   }
   time_left();
   return n < 0 ? fail(n) : n;
+}
+
+// ---- epoll_wait ------------------------------------------------------------------
+
+namespace {
+
+// epoll_wait_for() waits for the epoll instance `epfd` to have events: an
+// epoll fd is readable while its ready list is not empty, so the fiber parks
+// on one io_uring poll of it, then takes the events with a zero-timeout
+// epoll_wait (whose answer, and errno, are the kernel's).
+int epoll_wait_for(call_ctx& c, int epfd, epoll_event* events, int maxevents, clock::time_point dl) noexcept {
+  // Fast path: events already there, or an error (EBADF, EINVAL, EFAULT).
+  int r = real.epoll_wait(epfd, events, maxevents, 0);
+  if (r != 0) {
+    return r;
+  }
+  poll_scratch s(1);
+  s.watch[0] = pollfd{epfd, POLLIN, 0};
+  s.visible[0] = POLLIN | POLLERR | POLLHUP | POLLNVAL;
+  r = wait_ready(c, s, dl, [&](bool) { return real.epoll_wait(epfd, events, maxevents, 0); });
+  return r < 0 ? fail(r) : r;
+}
+
+clock::time_point deadline_ms(int timeout) noexcept {
+  return timeout < 0 ? clock::time_point::max() : clock::now() + std::chrono::milliseconds(timeout);
+}
+
+}  // namespace
+
+COGENT_HOOK int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout) {
+  call_ctx c;
+  if (timeout == 0 || !enter(c)) {
+    return real.epoll_wait(epfd, events, maxevents, timeout);
+  }
+  return epoll_wait_for(c, epfd, events, maxevents, deadline_ms(timeout));
+}
+
+COGENT_HOOK int epoll_pwait(int epfd, epoll_event* events, int maxevents, int timeout, const sigset_t* mask) {
+  call_ctx c;
+  // A signal mask cannot be applied to one fiber: exactly libc (blocks the thread), as ppoll.
+  if (mask != nullptr || timeout == 0 || !enter(c)) {
+    return real.epoll_pwait(epfd, events, maxevents, timeout, mask);
+  }
+  return epoll_wait_for(c, epfd, events, maxevents, deadline_ms(timeout));
+}
+
+COGENT_HOOK int epoll_pwait2(int epfd, epoll_event* events, int maxevents, const timespec* ts,
+                             const sigset_t* mask) {
+  call_ctx c;
+  if (mask != nullptr || (ts != nullptr && (!valid_timespec(ts) || (ts->tv_sec == 0 && ts->tv_nsec == 0))) ||
+      !enter(c)) {
+    return real.epoll_pwait2(epfd, events, maxevents, ts, mask);
+  }
+  return epoll_wait_for(c, epfd, events, maxevents, ts == nullptr ? clock::time_point::max() : deadline_ts(*ts));
 }
 
 // ---- _FORTIFY_SOURCE entry points ----------------------------------------------------

@@ -170,6 +170,15 @@ real_fns real = {
     [](int* p, int f) { return static_cast<int>(syscall(SYS_pipe2, p, f)); },
     raw_open,
     raw_openat,
+    [](int fd, epoll_event* ev, int n, int ms) {
+      return static_cast<int>(syscall(SYS_epoll_pwait, fd, ev, n, ms, nullptr, _NSIG / 8));
+    },
+    [](int fd, epoll_event* ev, int n, int ms, const sigset_t* m) {
+      return static_cast<int>(syscall(SYS_epoll_pwait, fd, ev, n, ms, m, _NSIG / 8));
+    },
+    [](int fd, epoll_event* ev, int n, const timespec* t, const sigset_t* m) {
+      return static_cast<int>(syscall(SYS_epoll_pwait2, fd, ev, n, t, m, _NSIG / 8));
+    },
 };
 
 void resolve_real() noexcept {
@@ -220,6 +229,9 @@ void resolve_real() noexcept {
   set(real.pipe2, "pipe2");
   set(real.open, "open64");
   set(real.openat, "openat64");
+  set(real.epoll_wait, "epoll_wait");
+  set(real.epoll_pwait, "epoll_pwait");
+  set(real.epoll_pwait2, "epoll_pwait2");
 }
 
 namespace {
@@ -397,7 +409,7 @@ int await_op(call_ctx& c, io_op& op, clock::time_point deadline) noexcept {
   } while (!op.done && r == cogent::detail::wake_reason::woken && c.self->sched.awaiting_io != nullptr);
   bool cancelled = c.self->sched.awaiting_io == nullptr;
   c.self->sched.awaiting_io = nullptr;
-  if (op.done && !(cancelled && op.result == -ECANCELED)) {
+  if (op.done && !(cancelled && op.result < 0)) {
     return op.result;  // completed first: the real outcome, even if an interrupt is now pending
   }
   // Timed out or interrupted (the interrupt may have cancelled it already): cancel, and keep this frame (which owns `op`)

@@ -9,7 +9,8 @@
 //
 // Interposed: socket socketpair accept accept4 connect read readv write writev
 // pread pwrite (and *64) recv recvfrom recvmsg send sendto sendmsg close
-// shutdown poll ppoll select sleep usleep nanosleep clock_nanosleep
+// shutdown poll ppoll select epoll_wait epoll_pwait epoll_pwait2 sleep usleep
+// nanosleep clock_nanosleep
 // getaddrinfo gethostbyname gethostbyname_r fcntl (fcntl64) ioctl(FIONBIO)
 // setsockopt getsockopt dup dup2 dup3 pipe pipe2 open openat (and *64), and
 // the _FORTIFY_SOURCE entry points __read_chk __pread_chk __pread64_chk
@@ -46,7 +47,9 @@
 // receiver is full — it retries after pauses of 1 to 16 ms until SO_SNDTIMEO; a blocking
 // sendto/sendmsg with MSG_FASTOPEN on an unconnected TCP socket waits for the handshake as
 // connect(2) does, then sends); poll/select first poll with
-// a zero timeout, then park on one io_uring poll op per fd; sleeps park on a
+// a zero timeout, then park on one io_uring poll op per fd (epoll_wait: one
+// on the epoll fd, then a zero-timeout epoll_wait takes the events, so
+// edge-triggered and one-shot registrations behave as in libc); sleeps park on a
 // hub timer; getaddrinfo/gethostbyname run on cogent's thread pool. Results
 // and errno are libc's: SO_RCVTIMEO expiry -> EAGAIN, SO_SNDTIMEO on connect
 // -> EINPROGRESS (AF_UNIX: EAGAIN), refused connect -> ECONNREFUSED, F_GETFL
@@ -99,8 +102,8 @@
 // an fclose of an fdopen'd socket) or created by calls we do not hook
 // (eventfd, memfd_create, ...) can leave a stale table entry until the number
 // is reused through a hooked call or an io_uring accept/close (cogent::net's
-// ops: the engine reports those to the table); ppoll with a
-// signal mask, F_SETLKW, pselect, reads/writes over 2 GiB in one call, and
+// ops: the engine reports those to the table); ppoll, epoll_pwait and
+// epoll_pwait2 with a signal mask, F_SETLKW, pselect, reads/writes over 2 GiB in one call, and
 // fds at or above the hard RLIMIT_NOFILE at patch_all() go straight to
 // libc (blocking the thread); clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME)
 // does not follow clock jumps during the sleep; closing an fd another fiber

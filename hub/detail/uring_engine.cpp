@@ -189,6 +189,9 @@ class uring_engine final : public engine {
     }
     for (auto it = _backlog.begin(); it != _backlog.end(); ++it) {
       if (it->op == &op && !it->is_cancel) {
+        if (op.code == op_code::close) {
+          return;  // a close always runs (below too): it stays queued
+        }
         // The kernel never saw it: finish it here, without a round trip.
         _backlog.erase(it);
         op.result = -ECANCELED;

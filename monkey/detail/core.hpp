@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <netdb.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -79,6 +80,9 @@ struct real_fns {
   int (*pipe2)(int*, int);
   int (*open)(const char*, int, ...);
   int (*openat)(int, const char*, int, ...);
+  int (*epoll_wait)(int, epoll_event*, int, int);
+  int (*epoll_pwait)(int, epoll_event*, int, int, const sigset_t*);
+  int (*epoll_pwait2)(int, epoll_event*, int, const timespec*, const sigset_t*);
 };
 extern real_fns real;
 

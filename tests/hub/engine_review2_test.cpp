@@ -46,25 +46,13 @@ TEST_SUITE("engine review 2") {
 
 }  // TEST_SUITE
 
-// ---- fault injection: io_uring_submit() refused (-EBUSY, as io_uring_enter reports under CQ-overflow or
-// memory pressure). libcogent.so calls liburing's io_uring_submit through the PLT; this definition,
-// referenced by libcogent.so, is exported from the executable and interposes it.
+// ---- fault injection: io_uring_submit() refused (tests/hub/refused_submit.hpp).
 #include <dlfcn.h>
 #include <liburing.h>
-namespace {
-std::atomic<int> g_refuse_submit{0};
-std::atomic<int> g_refused{0};
-}  // namespace
-extern "C" __attribute__((visibility("default"))) int io_uring_submit(struct io_uring* ring) {
-  using fn_t = int (*)(struct io_uring*);
-  static fn_t real = reinterpret_cast<fn_t>(::dlsym(RTLD_NEXT, "io_uring_submit"));
-  if (g_refuse_submit.load() > 0) {
-    g_refuse_submit.fetch_sub(1);
-    g_refused.fetch_add(1);
-    return -EBUSY;
-  }
-  return real(ring);
-}
+
+#include "tests/hub/refused_submit.hpp"
+using cogent::test::g_refuse_submit;
+using cogent::test::g_refused;
 
 // Ring setup refused for chosen flags (a kernel too old for them answers EINVAL), to drive the fallbacks.
 namespace {

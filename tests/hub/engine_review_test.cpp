@@ -260,24 +260,11 @@ COGENT_TEST_CASE("review: no would_block_forever while a held cross-thread post 
 
 }  // TEST_SUITE
 
-// ---- fault injection: io_uring_submit() refused (-EBUSY/-EAGAIN are documented io_uring_enter results
-// under CQ-overflow flush failure / memory pressure). libcogent.so calls liburing's io_uring_submit through
-// the PLT, so a definition here interposes it; submit_and_wait & co are untouched.
-#include <dlfcn.h>
+// ---- fault injection: io_uring_submit() refused (tests/hub/refused_submit.hpp).
 #include <cstdio>
-struct io_uring;
-namespace {
-std::atomic<int> g_refuse_submit{0};
-}
-extern "C" __attribute__((visibility("default"))) int io_uring_submit(struct io_uring* ring) {
-  using fn_t = int (*)(struct io_uring*);
-  static fn_t real = reinterpret_cast<fn_t>(::dlsym(RTLD_NEXT, "io_uring_submit"));
-  if (g_refuse_submit.load() > 0) {
-    g_refuse_submit.fetch_sub(1);
-    return -EBUSY;
-  }
-  return real(ring);
-}
+
+#include "tests/hub/refused_submit.hpp"
+using cogent::test::g_refuse_submit;
 
 TEST_SUITE("engine review") {
 // Two transient refusals: B (a write that A, a read, waits for) lands in the backlog. wait() tries the

@@ -85,7 +85,10 @@ class engine {
   // io_uring_enter if any are queued; completions are reaped by the next
   // wait()/poll() as usual). The kernel resolves each op's fd as it takes the
   // op: after flush() a close()/dup2() of that number no longer changes
-  // which file the op works on (monkey's close/dup2 hooks rely on it).
+  // which file the op works on (monkey's close/dup2 hooks rely on it). If the
+  // kernel refuses (-EBUSY: no room for completions), the completions already
+  // there are set aside for the next wait()/poll() and it asks again, up to 8
+  // times; a kernel that refuses all of them leaves the rest queued.
   virtual void flush() = 0;
 
   // cancel() asks the kernel to cancel a submitted op that has not completed.

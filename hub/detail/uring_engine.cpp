@@ -172,9 +172,21 @@ class uring_engine final : public engine {
   }
 
   void flush() override {
-    drain_backlog();
-    if (io_uring_sq_ready(&_ring) > 0) {
-      (void)io_uring_submit(&_ring);
+    // The kernel refuses submissions (-EBUSY) while it cannot post more
+    // completions: then the CQ's completions move to _local_done (delivered
+    // by the next reap, as usual) to make room, and it is asked again — a few
+    // times, as close()/dup2() need every op taken (engine.hpp).
+    constexpr int max_attempts = 8;
+    for (int attempt = 0;; ++attempt) {
+      drain_backlog();
+      if (io_uring_sq_ready(&_ring) > 0) {
+        (void)io_uring_submit(&_ring);
+        drain_backlog();
+      }
+      if ((io_uring_sq_ready(&_ring) == 0 && _backlog.empty()) || attempt == max_attempts) {
+        return;
+      }
+      stash_completions();
     }
   }
 
@@ -445,6 +457,58 @@ class uring_engine final : public engine {
     _wake_armed = true;
   }
 
+  // take_result() reads one CQE: the op it completes (its result stored, fd
+  // events reported), or null for the engine's own sentinels (wake_fired set
+  // for the wake reader's).
+  io_op* take_result(const io_uring_cqe* cqe, bool& wake_fired) noexcept {
+    std::uint64_t ud = cqe->user_data;
+    if (ud == wake_tag) {
+      wake_fired = true;
+      return nullptr;
+    }
+    if (ud == cancel_tag || ud == LIBURING_UDATA_TIMEOUT) {
+      return nullptr;
+    }
+    auto* op = reinterpret_cast<io_op*>(static_cast<std::uintptr_t>(ud));
+    op->result = cqe->res;
+    if ((op->code == op_code::accept && cqe->res >= 0) || op->code == op_code::close) [[unlikely]] {
+      report_fd_event(op->code == op_code::accept ? cqe->res : op->fd);
+    }
+    return op;
+  }
+
+  // stash_completions() empties the CQ (and the kernel's overflow list) into
+  // _local_done without running any callback: flush() makes room this way.
+  void stash_completions() noexcept {
+    (void)io_uring_get_events(&_ring);  // overflowed completions into the CQ first
+    unsigned ready = io_uring_cq_ready(&_ring);
+    if (ready == 0) {
+      return;
+    }
+    try {
+      _local_done.reserve(_local_done.size() + ready);
+    } catch (...) {
+      return;  // no room to keep them: they stay in the CQ
+    }
+    bool wake_fired = false;
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&_ring, head, cqe) {
+      if (seen == ready) {
+        break;
+      }
+      ++seen;
+      if (io_op* op = take_result(cqe, wake_fired)) {
+        _local_done.push_back(op);  // reserved: cannot throw
+      }
+    }
+    io_uring_cq_advance(&_ring, seen);
+    if (wake_fired) {
+      _wake_armed = false;  // its read is done: the next reap or wait() clears the flag and re-arms
+    }
+  }
+
   // reap() delivers every available completion. Each batch is copied out and
   // the CQ advanced before any callback runs, so callbacks may submit(),
   // cancel() or even poll() re-entrantly.
@@ -488,21 +552,12 @@ class uring_engine final : public engine {
           break;
         }
         ++seen;
-        std::uint64_t ud = cqe->user_data;
-        if (ud == wake_tag) {
-          wake_fired = true;
+        io_op* op = take_result(cqe, wake_fired);
+        if (op == nullptr) {
           continue;
         }
-        if (ud == cancel_tag || ud == LIBURING_UDATA_TIMEOUT) {
-          continue;
-        }
-        auto* op = reinterpret_cast<io_op*>(static_cast<std::uintptr_t>(ud));
         // done is set for the whole batch before callbacks run, so a callback
         // cancelling a later op of the same batch is a no-op, as it should be.
-        op->result = cqe->res;
-        if ((op->code == op_code::accept && cqe->res >= 0) || op->code == op_code::close) [[unlikely]] {
-          report_fd_event(op->code == op_code::accept ? cqe->res : op->fd);
-        }
         op->done = true;
         --_in_flight;
         batch[n++] = op;

@@ -302,4 +302,46 @@ TEST_CASE("review: an op left in the backlog is not handed to the kernel by the 
   CHECK(a.deliveries == 1);
   CHECK(a.result == 1);
 }
+// flush() promises that every queued op has been taken by the kernel (monkey's close/dup2 hooks rely on
+// it). With the submit refused (twice), it used to return with the op still queued: a dup2() onto its fd
+// number right after then made it read another file.
+TEST_CASE("flush() under refused submits still hands every queued op to the kernel" * doctest::timeout(10)) {
+  auto e = cogent::detail::make_uring_engine(8);
+  pipe_fds a, b;
+  char in = 0;
+  counted_op rd;
+  rd.code = op_code::read;
+  rd.fd = a.r;
+  rd.buf = &in;
+  rd.len = 1;
+  e->wait(clk::now());  // settle the wake reader
+  counted_op nop;       // completed and left in the CQ: flush() moves it aside to make room
+  nop.code = op_code::nop;
+  e->submit(nop);
+  e->flush();
+  e->submit(rd);
+  g_refuse_submit = 2;  // transient: refused twice, then fine
+  e->flush();
+  int refusals_left = g_refuse_submit.exchange(0);
+  CHECK(refusals_left == 0);
+  // The number now names pipe b's read end; the op was queued for pipe a's, and the kernel has it.
+  int saved = ::dup(a.r);
+  REQUIRE(::dup2(b.r, a.r) == a.r);
+  REQUIRE(::write(b.w, "B", 1) == 1);
+  REQUIRE(::write(a.w, "A", 1) == 1);
+  auto end = clk::now() + 2s;
+  while (!rd.done && clk::now() < end) {
+    e->wait(clk::now() + 20ms);
+  }
+  REQUIRE(rd.done);
+  CHECK(rd.result == 1);
+  CHECK(in == 'A');
+  CHECK(rd.deliveries == 1);
+  CHECK(nop.deliveries == 1);  // moved aside, then delivered once, with its result
+  CHECK(nop.result == 0);
+  CHECK(e->in_flight() == 0);
+  ::dup2(saved, a.r);  // give pipe a its number back (pipe_fds closes it)
+  ::close(saved);
+}
+
 }  // TEST_SUITE

@@ -17,6 +17,7 @@
 #undef _FILE_OFFSET_BITS
 
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <linux/time_types.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -25,6 +26,7 @@
 #include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -639,6 +641,21 @@ int poll_wait(call_ctx& c, pollfd* fds, nfds_t n, clock::time_point dl) noexcept
 
 bool valid_timespec(const timespec* ts) noexcept {
   return ts->tv_sec >= 0 && ts->tv_nsec >= 0 && ts->tv_nsec < 1'000'000'000;
+}
+
+// readable() is true if the 16 bytes at p (a timespec the caller passed) can
+// be read: where glibc hands the pointer straight to the kernel (nanosleep,
+// clock_nanosleep, epoll_pwait2), an unreadable one gets EFAULT, so those
+// hooks check before reading and leave such a call to libc. (glibc's ppoll
+// and select read the timeout themselves: a bad one crashes there, and here.) The check is
+// a FUTEX_WAIT that cannot sleep (the futex word never holds the expected
+// value): the kernel copies its timeout in first — EFAULT if unreadable,
+// EINVAL if not a valid timespec (still readable) — and then returns EAGAIN.
+bool readable(const void* p) noexcept {
+  errno_keeper keep;
+  std::uint32_t word = 0;
+  long r = ::syscall(SYS_futex, &word, FUTEX_WAIT_PRIVATE, 1U, p, nullptr, 0);
+  return r == 0 || errno != EFAULT;
 }
 
 clock::time_point deadline_ts(const timespec& ts) noexcept {
@@ -1291,10 +1308,19 @@ int epoll_wait_for(call_ctx& c, int epfd, epoll_event* events, int maxevents, cl
   if (r != 0) {
     return r;
   }
+  // Wait on the instance the call was made on, as libc's wait does (it holds
+  // the file): through a dup, so the number closed or reused meanwhile never
+  // makes the wait take another instance's events.
+  int held = real.fcntl(epfd, F_DUPFD_CLOEXEC, 0);
+  int ep = held >= 0 ? held : epfd;  // (no fd left for the dup: the number itself)
   poll_scratch s(1);
-  s.watch[0] = pollfd{epfd, POLLIN, 0};
+  s.watch[0] = pollfd{ep, POLLIN, 0};
   s.visible[0] = POLLIN | POLLERR | POLLHUP | POLLNVAL;
-  r = wait_ready(c, s, dl, [&](bool) { return real.epoll_wait(epfd, events, maxevents, 0); });
+  r = wait_ready(c, s, dl, [&](bool) { return real.epoll_wait(ep, events, maxevents, 0); });
+  if (held >= 0) {
+    errno_keeper keep;
+    real.close(held);
+  }
   return r < 0 ? fail(r) : r;
 }
 
@@ -1324,8 +1350,8 @@ COGENT_HOOK int epoll_pwait(int epfd, epoll_event* events, int maxevents, int ti
 COGENT_HOOK int epoll_pwait2(int epfd, epoll_event* events, int maxevents, const timespec* ts,
                              const sigset_t* mask) {
   call_ctx c;
-  if (mask != nullptr || (ts != nullptr && (!valid_timespec(ts) || (ts->tv_sec == 0 && ts->tv_nsec == 0))) ||
-      !enter(c)) {
+  if (mask != nullptr || !enter(c) ||
+      (ts != nullptr && (!readable(ts) || !valid_timespec(ts) || (ts->tv_sec == 0 && ts->tv_nsec == 0)))) {
     return real.epoll_pwait2(epfd, events, maxevents, ts, mask);
   }
   return epoll_wait_for(c, epfd, events, maxevents, ts == nullptr ? clock::time_point::max() : deadline_ts(*ts));
@@ -1418,7 +1444,7 @@ COGENT_HOOK int usleep(useconds_t us) {
 
 COGENT_HOOK int nanosleep(const timespec* req, timespec* rem) {
   call_ctx c;
-  if (req == nullptr || !valid_timespec(req) || !enter(c)) {
+  if (req == nullptr || !enter(c) || !readable(req) || !valid_timespec(req)) {
     return real.nanosleep(req, rem);
   }
   int r = sleep_for(c, *req, rem);
@@ -1428,7 +1454,8 @@ COGENT_HOOK int nanosleep(const timespec* req, timespec* rem) {
 COGENT_HOOK int clock_nanosleep(clockid_t clk, int flags, const timespec* req, timespec* rem) {
   call_ctx c;
   bool known_clock = clk == CLOCK_REALTIME || clk == CLOCK_MONOTONIC || clk == CLOCK_BOOTTIME;
-  if (!known_clock || (flags & ~TIMER_ABSTIME) != 0 || req == nullptr || !valid_timespec(req) || !enter(c)) {
+  if (!known_clock || (flags & ~TIMER_ABSTIME) != 0 || req == nullptr || !enter(c) || !readable(req) ||
+      !valid_timespec(req)) {
     return real.clock_nanosleep(clk, flags, req, rem);
   }
   timespec rel = *req;

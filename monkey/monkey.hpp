@@ -102,8 +102,10 @@
 // an fclose of an fdopen'd socket) or created by calls we do not hook
 // (eventfd, memfd_create, ...) can leave a stale table entry until the number
 // is reused through a hooked call or an io_uring accept/close (cogent::net's
-// ops: the engine reports those to the table); ppoll, epoll_pwait and
-// epoll_pwait2 with a signal mask, F_SETLKW, pselect, reads/writes over 2 GiB in one call, and
+// ops: the engine reports those to the table); an EPOLLEXCLUSIVE wake-up
+// reaches every fiber waiting in epoll_wait on instances sharing that fd
+// (libc: one thread; the man page allows "one or more"); ppoll, epoll_pwait
+// and epoll_pwait2 with a signal mask, F_SETLKW, pselect, reads/writes over 2 GiB in one call, and
 // fds at or above the hard RLIMIT_NOFILE at patch_all() go straight to
 // libc (blocking the thread); clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME)
 // does not follow clock jumps during the sleep; closing an fd another fiber

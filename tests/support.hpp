@@ -12,7 +12,11 @@
 #pragma once
 
 #include <doctest/doctest.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -103,6 +107,45 @@ struct picky {
     }
   }
   picky& operator=(picky&& o) = default;
+};
+
+// waiting_client is a loopback listener `l` with one client `c` whose handshake is done: the
+// connection waits in the backlog until accepted. Plain syscalls (under monkey, hooked ones).
+struct waiting_client {
+  int l = -1;
+  int c = -1;
+  waiting_client() {
+    l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(l, 8) == 0);
+    socklen_t alen = sizeof a;
+    REQUIRE(::getsockname(l, reinterpret_cast<sockaddr*>(&a), &alen) == 0);
+    c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  }
+  // still_waiting() is true if the client is still in the backlog, unharmed.
+  bool still_waiting() {
+    pollfd p{l, POLLIN, 0};
+    if (::poll(&p, 1, 200) != 1) {
+      return false;
+    }
+    int s = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+    if (s < 0) {
+      return false;
+    }
+    bool ok = ::send(s, "hi", 2, MSG_NOSIGNAL) == 2;
+    char buf[2];
+    ok = ok && ::recv(c, buf, 2, MSG_WAITALL) == 2;
+    ::close(s);
+    return ok;
+  }
+  ~waiting_client() {
+    ::close(c);
+    ::close(l);
+  }
 };
 
 // pipe_fds is a pipe (O_CLOEXEC) closed at scope exit.

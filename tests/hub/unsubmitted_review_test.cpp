@@ -29,6 +29,7 @@
 
 using namespace std::chrono_literals;
 using cogent::test::pipe_fds;
+using cogent::test::waiting_client;
 using clk = cogent::clock;
 using cogent::detail::io_op;
 using cogent::detail::op_code;
@@ -56,44 +57,6 @@ bool drive(cogent::detail::engine& e, Pred done) {
   return done();
 }
 
-
-// A loopback listener with one client whose handshake is done: it waits in the backlog.
-struct waiting_client {
-  int l = -1;
-  int c = -1;
-  waiting_client() {
-    l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    REQUIRE(::listen(l, 8) == 0);
-    socklen_t alen = sizeof a;
-    REQUIRE(::getsockname(l, reinterpret_cast<sockaddr*>(&a), &alen) == 0);
-    c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  }
-  // still_waiting() is true if the client is still in the backlog, unharmed.
-  bool still_waiting() {
-    pollfd p{l, POLLIN, 0};
-    if (::poll(&p, 1, 200) != 1) {
-      return false;
-    }
-    int s = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
-    if (s < 0) {
-      return false;
-    }
-    bool ok = ::send(s, "hi", 2, MSG_NOSIGNAL) == 2;
-    char buf[2];
-    ok = ok && ::recv(c, buf, 2, MSG_WAITALL) == 2;
-    ::close(s);
-    return ok;
-  }
-  ~waiting_client() {
-    ::close(c);
-    ::close(l);
-  }
-};
 
 // accept_op() is an accept on l through hub::await_io, the accepted fd closed by release.
 int accept_op(int l) {

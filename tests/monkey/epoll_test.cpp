@@ -13,38 +13,16 @@
 #include "hub/task.hpp"
 #include "monkey/monkey.hpp"
 #include "tests/monkey/fibers.hpp"
+#include "tests/monkey/watched_pipe.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
 using cogent::test::call_result;
 using cogent::test::here_result;
 using cogent::test::ticker;
+using cogent::test::watched_pipe;
 using cogent::test::woken_later;
 using steady = std::chrono::steady_clock;
-
-namespace {
-
-// An epoll instance watching a pipe's read end (data.u64 = 42), with `flags` (EPOLLET, ...).
-struct watched_pipe {
-  int p[2] = {-1, -1};
-  int ep = -1;
-  explicit watched_pipe(std::uint32_t flags = 0) {
-    REQUIRE(::pipe(p) == 0);
-    ep = ::epoll_create1(EPOLL_CLOEXEC);
-    REQUIRE(ep >= 0);
-    epoll_event ev{};
-    ev.events = EPOLLIN | flags;
-    ev.data.u64 = 42;
-    REQUIRE(::epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev) == 0);
-  }
-  ~watched_pipe() {
-    ::close(ep);
-    ::close(p[0]);
-    ::close(p[1]);
-  }
-};
-
-}  // namespace
 
 COGENT_TEST_CASE("monkey epoll: epoll_wait parks the fiber until an event and returns it",
                  doctest::timeout(10)) {

@@ -3,7 +3,10 @@
 #include "hub/pool.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
+#include <string>
+#include <unordered_set>
 
 namespace cogent {
 
@@ -100,14 +103,54 @@ void group::kill(std::exception_ptr e, bool block, timeout_duration t) {
     return;
   }
   killall(members, e, false);
-  if (block && !hub::current().in_hub()) {
-    join(t);
+  if (!block || hub::current().in_hub()) {
+    return;
+  }
+  // As gevent's Group.kill: until the group is empty, kill whoever joined
+  // meanwhile (a spawner that got a slot a killed member freed, a member
+  // spawned by a dying one) and wait for them.
+  clock::time_point deadline = deadline_after(t);
+  std::unordered_set<std::uint64_t> killed;
+  for (const task_base& m : members) {
+    killed.insert(m.id());
+  }
+  for (;;) {
+    std::vector<task_base> fresh;
+    for (const auto& [id, m] : _members) {
+      if (killed.insert(id).second) {
+        fresh.push_back(m.handle);
+      }
+    }
+    if (!fresh.empty()) {
+      killall(fresh, e, false);
+    }
+    std::vector<task_base> left = tasks();
+    if (left.empty() && joining() == 0) {
+      return;
+    }
+    timeout_duration remaining = std::nullopt;
+    if (deadline != clock::time_point::max()) {
+      auto now = clock::now();
+      if (now >= deadline) {
+        return;
+      }
+      remaining = deadline - now;
+    }
+    if (left.empty()) {
+      hub::current().yield_now();  // let the spawners handed a slot add their members
+    } else {
+      (void)joinall(left, remaining);  // then look again: the deadline is checked above
+    }
   }
 }
 
-pool::pool(std::size_t size) : _capacity(size) {
+pool::pool(std::size_t size) : _capacity(size), _slots(size) {
   if (size == 0) {
     throw std::invalid_argument("cogent: pool size must be at least 1");
+  }
+  if (size > static_cast<std::size_t>(PTRDIFF_MAX)) {
+    throw std::invalid_argument("cogent: pool size " + std::to_string(size) +
+                                " is too large (a negative size converted to size_t?)");
   }
 }
 
@@ -119,39 +162,35 @@ void pool::add(const task_base& t) {
     return;
   }
   wait_for_slot();
-  // t may have finished, or another waiter added it, while we waited: then
-  // the slot is still free and goes to the next waiter.
+  // t may have finished, or another fiber added it, while we waited: then
+  // no member holds the slot and slot_settled() gives it back.
   struct settle {
     pool& p;
-    ~settle() { p.pass_on_wake(); }
+    ~settle() { p.slot_settled(); }
   } guard{*this};
   group::add(t);
 }
 
 void pool::wait_for_slot() {
-  while (full()) {
-    _slot_waiters.wait();
+  _slots.acquire();
+  // Nothing switches between here and slot_settled(): the size changes only
+  // by the member this caller adds.
+  _size_at_slot = size();
+}
+
+void pool::slot_settled() noexcept {
+  if (size() == _size_at_slot) {
+    _slots.release();  // no member was added (finished meanwhile, a member already, spawn threw)
   }
 }
 
 bool pool::wait_available(timeout_duration t) {
   hub::throw_if_interrupted();  // also when a slot is free
-  clock::time_point deadline = deadline_after(t);
-  while (full()) {
-    if (!_slot_waiters.wait(deadline) && full()) {
-      return false;
-    }
+  if (!_slots.acquire(t)) {
+    return false;
   }
-  // Wake-ups are not consumed by a caller that does not take the slot: pass
-  // it on so another waiter can look too.
-  pass_on_wake();
+  _slots.release();  // not kept: to the next waiter, if any, or free again
   return true;
-}
-
-void pool::pass_on_wake() noexcept {
-  if (!_slot_waiters.empty() && !full()) {
-    _slot_waiters.notify_one();
-  }
 }
 
 }  // namespace cogent

@@ -198,7 +198,14 @@ void resumed_slow(fiber_impl* from, const void* from_sp) noexcept {
       --from->refs;
     }
     if (from->refs == 0) {
-      destroy(from);
+      // Its destruction runs user code (the values it still holds) that may
+      // switch: keep what was delivered to us, as release_locals() does.
+      fiber_impl* self = t_current;
+      std::any value = std::move(self->in_value);
+      std::exception_ptr exc = std::move(self->in_exc);
+      destroy(from);  // clears t_previous (it named `from`)
+      self->in_value = std::move(value);
+      self->in_exc = std::move(exc);
     } else if (from->is_task) {
       release_parent(from);
     }
@@ -231,7 +238,14 @@ namespace {
     if (self->in_exc) {
       std::rethrow_exception(std::exchange(self->in_exc, nullptr));  // thrown in before start: never runs
     }
-    result = self->run(std::move(self->in_value));
+    // The first switch's value leaves the slot now (the next switch in
+    // writes it): run() hands it to the callable and drops what it does not
+    // take. A reference parameter binds to `arg`, which lives until the
+    // callable returns; this scope ends before the last jump (this frame is
+    // never unwound).
+    std::any arg = std::move(self->in_value);
+    self->in_value.reset();
+    result = self->run(std::move(arg));
   } catch (fiber_exit& e) {
     result = std::move(e.value());
   } catch (...) {
@@ -381,6 +395,9 @@ fiber_impl::fiber_impl(std::nullptr_t) : started(true), is_main(true), thread_ta
 fiber_impl::~fiber_impl() = default;
 
 std::string fiber_impl::name() const {
+  if (user_name != nullptr) {
+    return *user_name;  // whole (write_name() cuts it to its buffer)
+  }
   char buf[128];
   write_name(buf, sizeof buf);
   return buf;
@@ -499,13 +516,16 @@ fiber::fiber(const fiber& o) noexcept : _impl(o._impl) {
 }
 
 fiber& fiber::operator=(const fiber& o) noexcept {
-  if (o._impl != nullptr) {
-    detail::ref(o._impl);
+  // Read o once: unref() of the old fiber may unwind it, running code that
+  // changes o.
+  detail::fiber_impl* next = o._impl;
+  if (next != nullptr) {
+    detail::ref(next);
   }
-  if (_impl != nullptr) {
-    detail::unref(_impl);
+  detail::fiber_impl* old = std::exchange(_impl, next);
+  if (old != nullptr) {
+    detail::unref(old);
   }
-  _impl = o._impl;
   return *this;
 }
 

@@ -177,6 +177,8 @@ class fiber {
 
   // switch_to<T>(value) is switch_to() with the result any_cast to T
   // (T = void discards it). Throws fiber_error naming the types on a mismatch.
+  // T is a value type: the value received lives in the caller's slot only
+  // until the next switch in, so a reference to it would dangle.
   template <class T, class V = std::any>
   T switch_to(V&& value = {});
 
@@ -251,6 +253,7 @@ namespace cogent {
 // received one in place: no intermediate std::any on either side.
 template <class T, class V>
 [[gnu::always_inline]] inline T fiber::switch_to(V&& value) {
+  static_assert(!std::is_reference_v<T>, "cogent::fiber::switch_to<T>: T must be a value type, not a reference");
   using D = std::decay_t<V>;
   if (_impl == nullptr) [[unlikely]] {
     throw_empty();

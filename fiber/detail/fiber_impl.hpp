@@ -69,6 +69,12 @@ class fiber_impl {
   // the deleting destructor passes the dynamic type's size.
   static void* operator new(std::size_t bytes) { return cached_alloc(bytes); }
   static void operator delete(void* p, std::size_t bytes) noexcept { cached_free(p, bytes); }
+  // An over-aligned callable (an alignas(64) capture) makes an over-aligned
+  // block: the aligned global allocation, not the cache.
+  static void* operator new(std::size_t bytes, std::align_val_t al) { return ::operator new(bytes, al); }
+  static void operator delete(void* p, std::size_t bytes, std::align_val_t al) noexcept {
+    ::operator delete(p, bytes, al);
+  }
 
   // run() invokes the callable with the first switch's value; called once, on
   // the fiber's own stack. release_body() destroys the callable (also on that stack).
@@ -318,15 +324,25 @@ class fiber_body final : public fiber_impl {
     }
   }
 
+  // run() calls the callable with the first switch's value `arg` (the
+  // caller's local: a reference parameter binds to it), dropping whatever
+  // the callable does not keep before it runs.
   std::any run(std::any&& arg) override {
     Fn& fn = *_fn;
     if constexpr (std::is_invocable_v<Fn&>) {
+      arg.reset();
       return call([&] { return fn(); });
     } else if constexpr (std::is_invocable_v<Fn&, std::any&&>) {
       return call([&] { return fn(std::move(arg)); });
     } else {
       using A = typename single_arg_of<Fn>::type;
-      return call([&] { return fn(::cogent::any_value_cast<A>(std::move(arg))); });
+      if constexpr (std::is_reference_v<A>) {
+        return call([&] { return fn(::cogent::any_value_cast<A>(std::move(arg))); });
+      } else {
+        A a = ::cogent::any_value_cast<A>(std::move(arg));  // a rejected value drops with arg
+        arg.reset();  // (a copy-only type was copied out)
+        return call([&] { return fn(std::move(a)); });
+      }
     }
   }
   void release_body() noexcept override { _fn.reset(); }

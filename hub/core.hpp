@@ -479,6 +479,9 @@ class wait_list {
   void notify_all() noexcept;
   bool empty() const noexcept { return _links.empty(); }
   std::size_t size() const noexcept { return _links.size(); }
+  // woken_count() is 1 if a notified waiter has not run yet, else 0 (the
+  // notified set is not counted). Never switches.
+  std::size_t woken_count() const noexcept { return _woken.empty() ? 0 : 1; }
 
  private:
   void orphan_waiters() noexcept;

@@ -144,7 +144,7 @@ void group::kill(std::exception_ptr e, bool block, timeout_duration t) {
   }
 }
 
-pool::pool(std::size_t size) : _capacity(size), _slots(size) {
+pool::pool(std::size_t size) : _capacity(size) {
   if (size == 0) {
     throw std::invalid_argument("cogent: pool size must be at least 1");
   }
@@ -162,35 +162,39 @@ void pool::add(const task_base& t) {
     return;
   }
   wait_for_slot();
-  // t may have finished, or another fiber added it, while we waited: then
-  // no member holds the slot and slot_settled() gives it back.
+  // t may have finished, or another waiter added it, while we waited: then
+  // the slot is still free and goes to the next waiter.
   struct settle {
     pool& p;
-    ~settle() { p.slot_settled(); }
+    ~settle() { p.pass_on_wake(); }
   } guard{*this};
   group::add(t);
 }
 
 void pool::wait_for_slot() {
-  _slots.acquire();
-  // Nothing switches between here and slot_settled(): the size changes only
-  // by the member this caller adds.
-  _size_at_slot = size();
-}
-
-void pool::slot_settled() noexcept {
-  if (size() == _size_at_slot) {
-    _slots.release();  // no member was added (finished meanwhile, a member already, spawn threw)
+  while (full()) {
+    _slot_waiters.wait();
   }
 }
 
 bool pool::wait_available(timeout_duration t) {
   hub::throw_if_interrupted();  // also when a slot is free
-  if (!_slots.acquire(t)) {
-    return false;
+  clock::time_point deadline = deadline_after(t);
+  while (full()) {
+    if (!_slot_waiters.wait(deadline) && full()) {
+      return false;
+    }
   }
-  _slots.release();  // not kept: to the next waiter, if any, or free again
+  // Wake-ups are not consumed by a caller that does not take the slot: pass
+  // it on so another waiter can look too.
+  pass_on_wake();
   return true;
+}
+
+void pool::pass_on_wake() noexcept {
+  if (!_slot_waiters.empty() && !full()) {
+    _slot_waiters.notify_one();
+  }
 }
 
 }  // namespace cogent

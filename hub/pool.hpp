@@ -42,7 +42,6 @@
 
 #include "hub/core.hpp"
 #include "hub/queue.hpp"
-#include "hub/sync.hpp"
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
 
@@ -138,8 +137,8 @@ class group {
   virtual void slot_settled() noexcept {}
   // member_left() runs when a member finishes or is discarded. Never switches.
   virtual void member_left() noexcept {}
-  // joining() counts the fibers on their way to adding a member (a pool's
-  // spawners handed a slot that have not run yet). Never switches.
+  // joining() is nonzero while fibers may be on their way to adding a member
+  // (a pool's spawner woken for a freed slot that has not run yet). Never switches.
   virtual std::size_t joining() const noexcept { return 0; }
 
  private:
@@ -172,38 +171,35 @@ class pool : public group {
   // pool() makes a pool of `size` slots. Throws std::invalid_argument if size
   // is 0 or above PTRDIFF_MAX (a negative count converted to size_t).
   explicit pool(std::size_t size);
-  // add() waits for a free slot, then makes t a member. May switch.
+  // add() waits for a free slot, then makes t a member. May switch. Waiting
+  // spawners are woken in the order they came, but a freed slot is not kept
+  // for the one woken: a fiber that runs before it in the same turn may take it.
   void add(const task_base& t) override;
   // capacity() is the number of slots. Never switches.
   std::size_t capacity() const noexcept { return _capacity; }
-  // free_count() is the number of slots a newcomer could take now (a slot a
-  // member left is handed to the longest waiter, so it is not free). Never switches.
-  std::size_t free_count() const noexcept { return _slots.counter(); }
+  // free_count() is the number of free slots. Never switches.
+  std::size_t free_count() const noexcept { return size() >= _capacity ? 0 : _capacity - size(); }
   // full() is true when no slot is free. Never switches.
   bool full() const noexcept { return free_count() == 0; }
   // wait_available() waits until a slot is free or `t` passed; returns true if
-  // one was. Waiters are served first come, first served, spawners and
-  // wait_available() callers alike: a true result does not keep the slot, and
-  // an earlier waiter may have it by the time the caller spawns. Raises a
-  // pending kill/Timeout. May switch.
+  // one is free. Raises a pending kill/Timeout. May switch.
   bool wait_available(timeout_duration t = std::nullopt);
 
  protected:
   void wait_for_slot() override;
-  void slot_settled() noexcept override;
-  void member_left() noexcept override { _slots.release(); }
-  std::size_t joining() const noexcept override {
-    std::size_t taken = _capacity - _slots.counter();  // by members and by spawners handed a slot
-    return taken > size() ? taken - size() : 0;
-  }
+  void slot_settled() noexcept override { pass_on_wake(); }
+  void member_left() noexcept override { _slot_waiters.notify_one(); }
+  std::size_t joining() const noexcept override { return _slot_waiters.woken_count(); }
 
  private:
+  // pass_on_wake() wakes the next slot waiter if a slot is still free: a
+  // wake-up the woken fiber did not use for a member must not be lost.
+  void pass_on_wake() noexcept;
+
   std::size_t _capacity;
-  // One unit per free slot: a member holds one until it leaves; release()
-  // hands a freed one straight to the longest waiter (FIFO, as every wait in
-  // sync.hpp), so a fiber arriving meanwhile cannot take it first.
-  semaphore _slots;
-  std::size_t _size_at_slot = 0;  // size() when wait_for_slot() returned (see slot_settled)
+  // Slot waiters are woken in order, not handed the slot: a fiber that runs
+  // first in the same turn may take it.
+  detail::wait_list _slot_waiters;
 };
 
 // ---- templates ------------------------------------------------------------------

@@ -44,7 +44,10 @@
 // caught meanwhile; std::uncaught_exceptions() counts only the calling
 // fiber's unwinding (a destructor that blocks while a killed fiber unwinds
 // does not make scope guards in other fibers think they are unwinding).
-// A new fiber starts outside any handler.
+// A new fiber starts outside any handler. One C++ limit stays: a fiber
+// suspended inside a destructor run by unwinding must not be killed or
+// thrown into there (fiber_exit would leave a destructor during unwinding:
+// std::terminate); let such a destructor finish its wait first.
 //
 // Threads: a fiber belongs to the thread that created it. Switching to it, or
 // copying/destroying handles to it, from another thread is misuse

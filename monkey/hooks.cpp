@@ -639,6 +639,11 @@ int poll_wait(call_ctx& c, pollfd* fds, nfds_t n, clock::time_point dl) noexcept
   return r < 0 ? fail(r) : r;
 }
 
+// deadline_ms() is the deadline of a poll(2)-style timeout in ms (< 0: none).
+clock::time_point deadline_ms(int timeout) noexcept {
+  return timeout < 0 ? clock::time_point::max() : clock::now() + std::chrono::milliseconds(timeout);
+}
+
 bool valid_timespec(const timespec* ts) noexcept {
   return ts->tv_sec >= 0 && ts->tv_nsec >= 0 && ts->tv_nsec < 1'000'000'000;
 }
@@ -647,10 +652,11 @@ bool valid_timespec(const timespec* ts) noexcept {
 // be read: where glibc hands the pointer straight to the kernel (nanosleep,
 // clock_nanosleep, epoll_pwait2), an unreadable one gets EFAULT, so those
 // hooks check before reading and leave such a call to libc. (glibc's ppoll
-// and select read the timeout themselves: a bad one crashes there, and here.) The check is
-// a FUTEX_WAIT that cannot sleep (the futex word never holds the expected
-// value): the kernel copies its timeout in first — EFAULT if unreadable,
-// EINVAL if not a valid timespec (still readable) — and then returns EAGAIN.
+// and select read the timeout themselves: a bad one crashes there, and
+// here.) The check is a FUTEX_WAIT that cannot sleep (the futex word never
+// holds the expected value): the kernel copies its timeout in first — EFAULT
+// if unreadable, EINVAL if not a valid timespec (still readable) — and then
+// returns EAGAIN.
 bool readable(const void* p) noexcept {
   errno_keeper keep;
   std::uint32_t word = 0;
@@ -1144,9 +1150,7 @@ COGENT_HOOK int poll(pollfd* fds, nfds_t n, int timeout) {
   if (r != 0) {
     return r;
   }
-  clock::time_point dl =
-      timeout < 0 ? clock::time_point::max() : clock::now() + std::chrono::milliseconds(timeout);
-  return poll_wait(c, fds, n, dl);
+  return poll_wait(c, fds, n, deadline_ms(timeout));
 }
 
 COGENT_HOOK int ppoll(pollfd* fds, nfds_t n, const timespec* ts, const sigset_t* mask) {
@@ -1322,10 +1326,6 @@ int epoll_wait_for(call_ctx& c, int epfd, epoll_event* events, int maxevents, cl
     real.close(held);
   }
   return r < 0 ? fail(r) : r;
-}
-
-clock::time_point deadline_ms(int timeout) noexcept {
-  return timeout < 0 ? clock::time_point::max() : clock::now() + std::chrono::milliseconds(timeout);
 }
 
 }  // namespace

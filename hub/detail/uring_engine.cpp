@@ -191,7 +191,9 @@ class uring_engine final : public engine {
   }
 
   void cancel(io_op& op) override {
-    if (op.done) {
+    // A close is never cancelled: the caller's fd must go (and the kernel runs
+    // it as it takes it, so a cancel would find nothing).
+    if (op.done || op.code == op_code::close) {
       return;
     }
     for (io_op* local : _local_done) {
@@ -201,31 +203,26 @@ class uring_engine final : public engine {
     }
     for (auto it = _backlog.begin(); it != _backlog.end(); ++it) {
       if (it->op == &op && !it->is_cancel) {
-        if (op.code == op_code::close) {
-          return;  // a close always runs (below too): it stays queued
-        }
         // The kernel never saw it: finish it here, without a round trip.
+        _local_done.push_back(&op);  // first: if it throws, nothing has changed
         _backlog.erase(it);
         op.result = -ECANCELED;
-        _local_done.push_back(&op);
         return;
       }
     }
-    if (op.code != op_code::close) {
-      // Still in the submission queue, not yet taken by the kernel: make it
-      // a nop the reaper ignores, so it never runs (a cancel queued behind
-      // it would come too late: an accept would take a waiting client, a
-      // send would send). Not a close: the caller's fd must still go.
-      const unsigned mask = _ring.sq.ring_mask;
-      for (unsigned pos = IO_URING_READ_ONCE(*_ring.sq.khead); pos != _ring.sq.sqe_tail; ++pos) {
-        io_uring_sqe* queued = &_ring.sq.sqes[pos & mask];
-        if (queued->user_data == reinterpret_cast<std::uintptr_t>(&op)) {
-          _local_done.push_back(&op);  // first: if it throws, nothing has changed
-          io_uring_prep_nop(queued);
-          io_uring_sqe_set_data64(queued, cancel_tag);
-          op.result = -ECANCELED;
-          return;
-        }
+    // Still in the submission queue, not yet taken by the kernel: make it a
+    // nop the reaper ignores, so it never runs (a cancel queued behind it
+    // would come too late: an accept would take a waiting client, a send
+    // would send).
+    const unsigned mask = _ring.sq.ring_mask;
+    for (unsigned pos = IO_URING_READ_ONCE(*_ring.sq.khead); pos != _ring.sq.sqe_tail; ++pos) {
+      io_uring_sqe* queued = &_ring.sq.sqes[pos & mask];
+      if (queued->user_data == reinterpret_cast<std::uintptr_t>(&op)) {
+        _local_done.push_back(&op);  // first: if it throws, nothing has changed
+        io_uring_prep_nop(queued);
+        io_uring_sqe_set_data64(queued, cancel_tag);
+        op.result = -ECANCELED;
+        return;
       }
     }
     io_uring_sqe* sqe = get_sqe();

@@ -19,22 +19,17 @@
 #include "hub/detail/engine.hpp"
 #include "hub/task.hpp"
 #include "tests/child.hpp"
+#include "tests/hub/engine_support.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
+using cogent::test::counted_op;
 using cogent::test::pipe_fds;
 using clk = cogent::clock;
 using cogent::detail::io_op;
 using cogent::detail::op_code;
 
 namespace {
-
-struct counted_op : io_op {
-  int deliveries = 0;
-  counted_op() {
-    on_complete = [](io_op* op) { ++static_cast<counted_op*>(op)->deliveries; };
-  }
-};
 
 double ms_since(clk::time_point t0) {
   return std::chrono::duration<double, std::milli>(clk::now() - t0).count();

@@ -23,9 +23,12 @@
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
 #include "hub/sync.hpp"
+#include "tests/hub/engine_support.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
+using cogent::test::counted_op;
+using cogent::test::drive;
 using cogent::test::pipe_fds;
 using clk = cogent::clock;
 using cogent::detail::io_op;
@@ -40,12 +43,6 @@ struct node : cogent::detail::timer_node {
 };
 std::vector<std::pair<clk::time_point, int>> fire_log;
 
-struct counted_op : io_op {
-  int deliveries = 0;
-  counted_op() {
-    on_complete = [](io_op* op) { ++static_cast<counted_op*>(op)->deliveries; };
-  }
-};
 }  // namespace
 
 TEST_SUITE("engine review") {
@@ -329,11 +326,7 @@ TEST_CASE("flush() under refused submits still hands every queued op to the kern
   REQUIRE(::dup2(b.r, a.r) == a.r);
   REQUIRE(::write(b.w, "B", 1) == 1);
   REQUIRE(::write(a.w, "A", 1) == 1);
-  auto end = clk::now() + 2s;
-  while (!rd.done && clk::now() < end) {
-    e->wait(clk::now() + 20ms);
-  }
-  REQUIRE(rd.done);
+  REQUIRE(drive(*e, [&] { return rd.done; }));
   CHECK(rd.result == 1);
   CHECK(in == 'A');
   CHECK(rd.deliveries == 1);

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "tests/child.hpp"
+#include "tests/hub/engine_support.hpp"
 
 namespace {
 
@@ -40,34 +41,8 @@ using cogent::detail::make_uring_engine;
 using cogent::detail::op_code;
 using namespace std::chrono_literals;
 
-// counted_op counts its deliveries so tests can prove "exactly once".
-struct counted_op : io_op {
-  int deliveries = 0;
-  counted_op() {
-    on_complete = [](io_op* op) { ++static_cast<counted_op*>(op)->deliveries; };
-  }
-  // recv() makes this a recv of up to `len` bytes from `fd` into `into`.
-  counted_op& recv(int from_fd, char* into, std::size_t n) {
-    code = op_code::recv;
-    fd = from_fd;
-    buf = into;
-    len = static_cast<std::uint32_t>(n);
-    return *this;
-  }
-};
-
-// drive() runs the engine until `pred` holds or the budget runs out.
-template <class Pred>
-bool drive(engine& e, Pred pred, std::chrono::milliseconds budget = 3000ms) {
-  auto end = clock::now() + budget;
-  while (!pred()) {
-    if (clock::now() >= end) {
-      return false;
-    }
-    e.wait(clock::now() + 100ms);
-  }
-  return true;
-}
+using cogent::test::counted_op;
+using cogent::test::drive;
 
 struct fd_pair {
   int a = -1;

@@ -24,10 +24,13 @@
 #include "hub/detail/engine.hpp"
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
+#include "tests/hub/engine_support.hpp"
 #include "tests/hub/refused_submit.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
+using cogent::test::counted_op;
+using cogent::test::drive;
 using cogent::test::pipe_fds;
 using cogent::test::waiting_client;
 using clk = cogent::clock;
@@ -39,23 +42,9 @@ using cogent::test::g_refuse_submit;
 
 namespace {
 
-struct counted_op : io_op {
-  int deliveries = 0;
-  counted_op() {
-    on_complete = [](io_op* op) { ++static_cast<counted_op*>(op)->deliveries; };
-  }
-};
 
 bool fd_open(int fd) { return ::fcntl(fd, F_GETFD) >= 0; }
 
-template <class Pred>
-bool drive(cogent::detail::engine& e, Pred done) {
-  auto end = clk::now() + 2s;
-  while (!done() && clk::now() < end) {
-    e.wait(clk::now() + 20ms);
-  }
-  return done();
-}
 
 
 // accept_op() is an accept on l through hub::await_io, the accepted fd closed by release.

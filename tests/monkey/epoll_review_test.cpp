@@ -27,16 +27,10 @@ using namespace std::chrono_literals;
 using cogent::test::bounded;
 using cogent::test::call_result;
 using cogent::test::here_result;
+using cogent::test::libc_result;
 using steady = std::chrono::steady_clock;
 
 namespace {
-
-template <class F>
-call_result libc_result(F f) {
-  call_result out;
-  std::thread([&] { out = here_result(f); }).join();  // no hub there: exactly libc
-  return out;
-}
 
 using cogent::test::watched_pipe;
 

@@ -161,6 +161,15 @@ call_result here_result(F f) {
   return {r, r < 0 ? errno : 0};
 }
 
+// libc_result() runs the same call on a plain std::thread, which has no hub: exactly libc's
+// call_result, to compare a hooked call against.
+template <class F>
+call_result libc_result(F f) {
+  call_result out;
+  std::thread([&] { out = here_result(f); }).join();
+  return out;
+}
+
 // bounded() runs a hooked call under a Timeout of `limit`: one that parks for
 // good comes back -1/EINTR after it (the Timeout is then raised at the
 // yield() and caught), so a test fails instead of hanging. {-2, 0} if the

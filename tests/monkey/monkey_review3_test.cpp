@@ -41,17 +41,11 @@ namespace {
 using result = cogent::test::call_result;
 using cogent::test::bounded;
 using cogent::test::here_result;
+using cogent::test::libc_result;
 using cogent::test::ticker;
 
 double since(steady::time_point t0) {
   return std::chrono::duration<double>(steady::now() - t0).count();
-}
-
-template <class F>
-result libc_result(F f) {
-  result out;
-  std::thread([&] { out = here_result(f); }).join();  // no hub there: exactly libc
-  return out;
 }
 
 }  // namespace

@@ -37,13 +37,7 @@ namespace {
 using result = cogent::test::call_result;
 using cogent::test::bounded;
 using cogent::test::here_result;
-
-template <class F>
-result libc_result(F f) {
-  result out;
-  std::thread([&] { out = here_result(f); }).join();  // no hub there: exactly libc
-  return out;
-}
+using cogent::test::libc_result;
 
 // errno_across() runs call() (a hooked call that parks) with errno set to 4242 on entry, while
 // another fiber on this thread fails a libc call (errno EBADF) and then makes call() ready with

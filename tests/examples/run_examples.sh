@@ -32,10 +32,15 @@ check 04_producer_consumer 'consumers ate 10 dishes in all; unfinished: 0'
 [ "$(grep -c 'ok: 3 concurrent clients answered in capitals' "$out")" -eq 3 ] || { cat "$out" >&2; fail "07: not all three modes passed"; }
 echo "ok: 07_upper_server --selftest"
 
-# 05 and 08 are servers: start each, drive it with 06 (50 client fibers, 1 s), stop it with SIGINT.
-for server in 05_echo_server 08_monkey_patch; do
-  [ -x "$ex/$server" ] || continue
-  "$ex/$server" 0 >"$out" 2>/dev/null &
+# 05, 08 and 09 are servers: start each, drive it with 06 (50 client fibers, 1 s), stop it with SIGINT.
+# 09 runs twice (two worker threads, then two worker processes sharing the port): each worker must have
+# served some of the 50 clients (SO_REUSEPORT spreads them; all 50 on one worker: 2^-49) and said so.
+for server in 05_echo_server 08_monkey_patch "09_many_cores --threads" "09_many_cores --processes"; do
+  [ -x "$ex/${server%% *}" ] || continue
+  args=0
+  case $server in 09_*) args="--workers 2 0" ;; esac
+  # shellcheck disable=SC2086  # the mode flag and the arguments are words
+  "$ex/"$server $args >"$out" 2>/dev/null &
   srv=$!
   port=
   for _ in $(seq 100); do
@@ -44,12 +49,19 @@ for server in 05_echo_server 08_monkey_patch; do
     sleep 0.05
   done
   [ -n "$port" ] || fail "$server did not print its port"
-  "$ex/06_echo_client" "$port" 50 1 >"$out" 2>&1 || { cat "$out" >&2; fail "06 against $server exited non-zero"; }
-  check "06_echo_client -> $server" '^50 connections, [1-9][0-9]* round trips'
+  runs=$(mktemp)
+  "$ex/06_echo_client" "$port" 50 1 >"$runs" 2>&1 || { cat "$runs" >&2; rm -f "$runs"; fail "06 against $server exited non-zero"; }
+  grep -qE '^50 connections, [1-9][0-9]* round trips' "$runs" || { cat "$runs" >&2; rm -f "$runs"; fail "06 against $server: no round trips"; }
+  rm -f "$runs"
   kill -INT "$srv"
   wait "$srv"
   rc=$?
   srv=
   [ "$rc" -eq 0 ] || fail "$server exited $rc after SIGINT"
+  case $server in
+    09_*) check "06_echo_client -> $server" '^worker 0 \((thread|process) [0-9]+\): [1-9][0-9]* clients' \
+                '^worker 1 \((thread|process) [0-9]+\): [1-9][0-9]* clients' ;;
+    *) echo "ok: 06_echo_client -> $server" ;;
+  esac
 done
 echo "all examples ok"

@@ -4,6 +4,8 @@
 #include "hub/core.hpp"
 #include "hub/threadpool.hpp"  // detail::async_signals_blocked
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <condition_variable>
@@ -35,6 +37,14 @@ struct hub_owner {
 };
 thread_local hub_owner t_hub_owner;
 thread_local hub_config t_config;
+// t_inherited is, in a fork() child, the hub the forking thread had: its
+// io_uring instance and its fibers are the parent's, so it is never used (every
+// call naming it raises forked_away) nor destroyed (its fibers' stacks are
+// copies of the parent's; unwinding them would run the parent's cleanup twice).
+thread_local hub* t_inherited = nullptr;
+constexpr const char* forked_away =
+    "cogent: a fork() child cannot use the hub its parent's thread had (the io_uring instance and the "
+    "fibers on it are the parent's): fork before the thread first uses cogent, or exec";
 
 using detail::fiber_impl;
 using detail::wake_reason;
@@ -144,8 +154,23 @@ struct hub::monitor {
 
 // ---- creation --------------------------------------------------------------
 
+void hub::forget_in_child() noexcept {
+  if (t_hub != nullptr) {
+    t_hub->_engine->abandon();  // before anything could submit into the parent's rings
+    t_inherited = t_hub_owner.h.release();
+    t_hub = nullptr;
+  }
+}
+
 hub& hub::current() {
   if (t_hub == nullptr) [[unlikely]] {
+    if (t_inherited != nullptr) {
+      throw hub_error(forked_away);
+    }
+    // Once per process, before the first hub: a fork() child must let go of
+    // the rings it shares with its parent before it runs anything.
+    static const bool at_fork = (::pthread_atfork(nullptr, nullptr, &hub::forget_in_child), true);
+    (void)at_fork;
     // The thread's main fiber (and its thread-exit holder) exist first:
     // thread-locals are destroyed in reverse order of construction, and
     // ~hub unwinds the hub fiber from the main fiber, so that must go last.
@@ -230,6 +255,9 @@ namespace {
 // timers and ready queue this thread must not touch).
 [[noreturn, gnu::cold, gnu::noinline]] void refuse_blocking(const hub* h, const char* inside_hub) {
   if (h != t_hub) {
+    if (h == t_inherited) {
+      throw hub_error(forked_away);
+    }
     throw hub_error("cogent: a blocking call on another thread's hub (each thread has its own: hub::current())");
   }
   throw hub_error(inside_hub);

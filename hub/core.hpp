@@ -16,6 +16,16 @@
 // gevent leaves greenlets at exit): their stacks and what their frames own
 // stay allocated. Join or kill what you spawned before a thread returns.
 //
+// fork(): a hub belongs to one process. A child forked from a thread that had
+// a hub lets go of it at once (its copy of the io_uring rings is shared
+// memory with the parent's instance: using it would corrupt the parent): in
+// the child every call that needs that hub (hub::current(), spawn, sleep,
+// join, socket IO, ...) raises hub_error saying so, and the parent's fibers
+// never run there. Fork before the thread first uses cogent (the child makes
+// its own hub, see examples/09_many_cores.cpp) or exec; a fork from inside a
+// task should be followed by exec or _exit in the child. Monkey-patched calls
+// in such a child are plain libc.
+//
 // Example:
 //   auto g1 = cogent::spawn([] { cogent::sleep(10ms); return 1; });
 //   auto g2 = cogent::spawn([] { cogent::sleep(10ms); return 2; });
@@ -248,6 +258,9 @@ class hub {
 
  private:
   friend detail::fiber_impl* detail::hub_fiber_impl(hub& h) noexcept;
+  // forget_in_child() is the fork() child handler: this thread's hub (if any)
+  // lets go of its io_uring instance and is never used or destroyed again.
+  static void forget_in_child() noexcept;
   explicit hub(const hub_config& cfg);
   void loop();
   // The switch paths are inlined into their callers (always_inline): a

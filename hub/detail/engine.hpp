@@ -117,6 +117,13 @@ class engine {
   // and async-signal-safe; callable from any thread.
   virtual void wake() noexcept = 0;
 
+  // abandon() lets go of the kernel instance without using it (unmaps this
+  // process's view of the rings, closes its fds). For a fork() child, whose
+  // rings are shared memory with the parent's instance: the child must never
+  // submit or reap there. Afterwards only the destructor (then a no-op) may
+  // be called. Never switches.
+  virtual void abandon() noexcept = 0;
+
   // name() describes the backend and the setup flags that took ("io_uring (SINGLE_ISSUER|DEFER_TASKRUN)").
   virtual const char* name() const noexcept = 0;
 };

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 namespace cogent::detail {
@@ -149,8 +150,19 @@ class uring_engine final : public engine {
   }
 
   ~uring_engine() override {
-    io_uring_queue_exit(&_ring);
-    ::close(_wake_fd);
+    if (!_abandoned) {
+      io_uring_queue_exit(&_ring);
+      ::close(_wake_fd);
+    }
+  }
+
+  void abandon() noexcept override {
+    if (!std::exchange(_abandoned, true)) {
+      // The child's mappings and fd only: the instance lives on in the parent.
+      io_uring_queue_exit(&_ring);
+      ::close(_wake_fd);
+      _wake_pending.store(true, std::memory_order_relaxed);  // a late wake() writes nothing
+    }
   }
 
   uring_engine(const uring_engine&) = delete;
@@ -610,6 +622,7 @@ class uring_engine final : public engine {
   std::vector<io_op*> _local_done;
 
   int _wake_fd = -1;
+  bool _abandoned = false;  // abandon(): the rings are unmapped
   std::uint64_t _wake_buf = 0;
   bool _wake_armed = false;
   std::atomic<bool> _wake_pending{false};

@@ -156,9 +156,12 @@ struct hub::monitor {
 
 void hub::forget_in_child() noexcept {
   if (t_hub != nullptr) {
-    t_hub->_engine->abandon();  // before anything could submit into the parent's rings
+    // Forgotten first: abandon() closes fds, and monkey's close() hook would
+    // flush the hub it found into the parent's rings.
+    hub* h = t_hub;
     t_inherited = t_hub_owner.h.release();
     t_hub = nullptr;
+    h->_engine->abandon();
   }
 }
 

@@ -41,6 +41,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <ratio>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -52,9 +53,51 @@ namespace cogent {
 
 using clock = std::chrono::steady_clock;
 
+namespace detail {
+// saturate_ns() converts any std::chrono duration to nanoseconds, clamping
+// what nanoseconds cannot hold (seconds::max(), hours::max(): "forever") to
+// nanoseconds::max()/min() instead of wrapping. NaN counts as max().
+template <class Rep, class Period>
+constexpr std::chrono::nanoseconds saturate_ns(std::chrono::duration<Rep, Period> d) noexcept {
+  using ns = std::chrono::nanoseconds;
+  using from = std::chrono::duration<Rep, Period>;
+  if constexpr (std::ratio_less_equal_v<Period, std::nano> && std::is_integral_v<Rep> &&
+                sizeof(Rep) <= sizeof(ns::rep)) {
+    return std::chrono::duration_cast<ns>(d);  // a finer or equal unit: fits
+  } else {
+    if (!(d < std::chrono::duration_cast<from>(ns::max()))) {
+      return ns::max();
+    }
+    if constexpr (std::is_signed_v<Rep> || std::is_floating_point_v<Rep>) {
+      if (d <= std::chrono::duration_cast<from>(ns::min())) {
+        return ns::min();
+      }
+    }
+    return std::chrono::duration_cast<ns>(d);
+  }
+}
+}  // namespace detail
+
 // timeout_duration is how long a blocking call may wait; std::nullopt (the
-// default everywhere) waits without limit. Any std::chrono duration converts.
-using timeout_duration = std::optional<std::chrono::nanoseconds>;
+// default everywhere) waits without limit. Any std::chrono duration converts
+// (integral or floating, a std::optional of one too), saturating: a duration
+// beyond what nanoseconds hold (seconds::max()) is nanoseconds::max(), which
+// every wait treats as "without limit".
+class timeout_duration : public std::optional<std::chrono::nanoseconds> {
+  using base = std::optional<std::chrono::nanoseconds>;
+
+ public:
+  constexpr timeout_duration() noexcept = default;
+  constexpr timeout_duration(std::nullopt_t) noexcept {}
+  template <class Rep, class Period>
+  constexpr timeout_duration(std::chrono::duration<Rep, Period> d) noexcept : base(detail::saturate_ns(d)) {}
+  template <class Rep, class Period>
+  constexpr timeout_duration(const std::optional<std::chrono::duration<Rep, Period>>& d) noexcept
+      : base(d ? base(detail::saturate_ns(*d)) : base()) {}
+  friend constexpr bool operator==(const timeout_duration& a, const timeout_duration& b) noexcept {
+    return static_cast<const base&>(a) == static_cast<const base&>(b);
+  }
+};
 
 // deadline_after() turns a timeout into an absolute deadline (max() for none
 // or one too far away to represent; negative timeouts count as zero).
@@ -323,6 +366,11 @@ class hub {
 // else to happen, that is would_block_forever. Raises a pending kill or
 // Timeout. May switch.
 void sleep(std::chrono::nanoseconds d);
+// (Any other duration saturates into nanoseconds first: sleep(hours::max()) sleeps forever.)
+template <class Rep, class Period>
+void sleep(std::chrono::duration<Rep, Period> d) {
+  sleep(detail::saturate_ns(d));
+}
 // sleep_until() suspends the calling fiber until `deadline`. May switch.
 void sleep_until(clock::time_point deadline);
 // yield() is sleep(0).

@@ -75,10 +75,12 @@ std::any task_state::run(std::any&&) {
       killed = true;
     } catch (...) {
       error = std::current_exception();
-      if (kill_requested && !kill_custom && sched.pending == nullptr) {
-        // A fiber_exit kill was raised in the body (nothing is left pending),
-        // caught, and the task failed otherwise: not the outcome its killer
-        // expects — report it if nobody joins.
+      if (kill_requested && (!kill_custom || sched.pending != nullptr)) {
+        // Not the outcome the killer expects, so reported if nobody joins:
+        // a fiber_exit kill was raised in the body, caught, and the task
+        // failed otherwise; or the kill never landed (still pending: an op
+        // completed anyway and the task failed on its own before blocking
+        // again). Only a custom kill exception that was raised is its outcome.
         kill_requested = false;
       }
     }
@@ -342,6 +344,7 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
 
 std::size_t task_base::link(std::function<void(const task_base&)> fn, bool observes) const {
   detail::task_state& s = state();
+  check_same_thread(s, "link");
   if (s.st == detail::task_state::status::done) {
     if (observes) {
       s.report_left_to_joiners = false;
@@ -355,6 +358,7 @@ std::size_t task_base::link(std::function<void(const task_base&)> fn, bool obser
 }
 
 void task_base::unlink(std::size_t id) const {
+  check_same_thread(state(), "unlink");
   auto& ls = state().links;
   for (auto it = ls.begin(); it != ls.end(); ++it) {
     if (it->id == id) {
@@ -388,34 +392,16 @@ void report_error(const task_base& t) noexcept {
 std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t, bool raise_error) {
   if (raise_error) {
     // As gevent: the first task to fail, in the order they finish, ends the
-    // wait at once. iwait's links observe, so a task that fails while we wait
-    // is not reported then: on the way out, every such failure other than the
-    // one rethrown (all of them if we are interrupted) is reported here.
+    // wait at once. iwait's links observe; every failure it did not hand out
+    // (all of them if we are interrupted) it reports as it goes.
     task_base self = current_task();
-    std::vector<bool> was_ready;
     for (const task_base& g : tasks) {
       if (self && g == self) {
         throw hub_error("cogent: joinall() of a list that holds the calling task '" + self.name() + "'");
       }
-      was_ready.push_back(g.ready());
     }
     task_base failed;
-    auto report_unseen = [&] {
-      std::vector<task_base> reported;
-      for (std::size_t i = 0; i < tasks.size(); ++i) {
-        const task_base& g = tasks[i];
-        if (was_ready[i] || !g.ready() || !g.exception() || g == failed ||
-            std::find(reported.begin(), reported.end(), g) != reported.end()) {
-          continue;
-        }
-        reported.push_back(g);
-        try {
-          detail::report_unjoined(g, g.exception());
-        } catch (...) {
-        }
-      }
-    };
-    try {
+    {
       iwait it(tasks, t);
       while (task_base g = it.next()) {
         if (g.exception()) {
@@ -423,12 +409,8 @@ std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_dura
           break;
         }
       }
-    } catch (...) {
-      report_unseen();  // interrupted: we rethrow none of them
-      throw;
     }
     if (failed) {
-      report_unseen();
       std::rethrow_exception(failed.exception());
     }
     std::vector<task_base> done;
@@ -498,16 +480,41 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool blo
 
 iwait::iwait(std::vector<task_base> tasks, timeout_duration t)
     : _tasks(std::move(tasks)), _deadline(deadline_after(t)) {
-  for (const task_base& g : _tasks) {
-    _link_ids.push_back(g.link([this](const task_base& done) {
-      _done.push_back(done);
-      _wake.notify_one();
-    }));
+  _link_ids.reserve(_tasks.size());
+  _was_ready.reserve(_tasks.size());
+  try {
+    for (const task_base& g : _tasks) {
+      _was_ready.push_back(g.ready());  // (an empty handle throws here, before any link)
+      _link_ids.push_back(g.link([this](const task_base& done) {
+        _done.push_back(done);
+        _wake.notify_one();
+      }));
+    }
+  } catch (...) {
+    unlink_all();  // no destructor runs: no link may outlive this
+    throw;
   }
 }
 
 iwait::~iwait() {
-  for (std::size_t i = 0; i < _tasks.size(); ++i) {
+  unlink_all();
+  // Our links observe (a task that fails while we wait is not reported when
+  // it finishes): an error we never handed out is reported now, once. One
+  // that had failed before we looked was reported then, if nobody saw it.
+  std::vector<task_base> reported;
+  for (std::size_t i = _returned; i < _done.size(); ++i) {
+    const task_base& g = _done[i];
+    std::size_t at = static_cast<std::size_t>(std::find(_tasks.begin(), _tasks.end(), g) - _tasks.begin());
+    if (!g.exception() || _was_ready[at] || std::find(reported.begin(), reported.end(), g) != reported.end()) {
+      continue;
+    }
+    reported.push_back(g);
+    report_error(g);
+  }
+}
+
+void iwait::unlink_all() noexcept {
+  for (std::size_t i = 0; i < _link_ids.size(); ++i) {
     if (_link_ids[i] != 0) {
       _tasks[i].unlink(_link_ids[i]);
     }

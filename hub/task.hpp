@@ -253,17 +253,18 @@ class task_base {
   // an error (a fiber_exit kill counts as success). killed(): killed by
   // fiber_exit. started(): its function began running (stays false for a task
   // killed before it started, or that failed to get a stack). exception():
-  // the error.
-  bool ready() const noexcept { return state().st == detail::task_state::status::done; }
-  bool successful() const noexcept { return ready() && !state().error; }
-  bool killed() const noexcept { return state().killed; }
-  bool started() const noexcept { return state().body_started; }
-  std::exception_ptr exception() const noexcept { return state().error; }
+  // the error. Like every operation but copy, move, swap, == and bool, they
+  // throw std::logic_error on an empty handle.
+  bool ready() const { return state().st == detail::task_state::status::done; }
+  bool successful() const { return ready() && !state().error; }
+  bool killed() const { return state().killed; }
+  bool started() const { return state().body_started; }
+  std::exception_ptr exception() const { return state().error; }
   // rethrow() raises the task's error if it has one (task_killed if killed).
   void rethrow() const;
   // name() is the name given in spawn_options, or "task-<id>".
   std::string name() const { return state().display_name(); }
-  std::uint64_t id() const noexcept { return state().id; }
+  std::uint64_t id() const { return state().id; }
   explicit operator bool() const noexcept { return _s != nullptr; }
   friend bool operator==(const task_base& a, const task_base& b) noexcept { return a._s == b._s; }
 
@@ -348,11 +349,13 @@ auto spawn(Fn&& fn, Args&&... args) {
   return spawn(spawn_options{}, std::forward<Fn>(fn), std::forward<Args>(args)...);
 }
 
-// spawn_later() is spawn() that starts the task after `delay` (one too long
-// to represent, nanoseconds::max(), never comes: only a kill starts it).
-template <class Fn, class... Args>
-auto spawn_later(std::chrono::nanoseconds delay, Fn&& fn, Args&&... args) {
-  return detail::make_task(spawn_options{}, delay, std::forward<Fn>(fn), std::forward<Args>(args)...);
+// spawn_later() is spawn() that starts the task after `delay` (any duration,
+// saturating; one too long to represent, nanoseconds::max() or more, never
+// comes: only a kill starts it).
+template <class Rep, class Period, class Fn, class... Args>
+auto spawn_later(std::chrono::duration<Rep, Period> delay, Fn&& fn, Args&&... args) {
+  return detail::make_task(spawn_options{}, detail::saturate_ns(delay), std::forward<Fn>(fn),
+                           std::forward<Args>(args)...);
 }
 
 // joinall() waits for every task (up to `t` overall) and returns those that
@@ -382,6 +385,11 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e = nullptr
 
 // iwait yields tasks as they finish (gevent.iwait).
 //   for (cogent::iwait it(tasks); auto t = it.next();) { ... }
+// A task next() hands out is the caller's to look at; the error of one that
+// failed while the iwait existed but was never handed out (the iwait went
+// first: a wait_any() that returned another, a loop left early) is reported
+// by the unjoined-error handler when the iwait is destroyed, once. The
+// constructor throws std::logic_error for an empty handle, leaving no link.
 class iwait {
  public:
   explicit iwait(std::vector<task_base> tasks, timeout_duration t = std::nullopt);
@@ -396,8 +404,10 @@ class iwait {
   task_base next();
 
  private:
+  void unlink_all() noexcept;
   std::vector<task_base> _tasks;
   std::vector<std::size_t> _link_ids;
+  std::vector<bool> _was_ready;  // finished before we looked (its error was reported then, if unseen)
   std::vector<task_base> _done;
   std::size_t _returned = 0;
   detail::wait_list _wake;

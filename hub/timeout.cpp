@@ -41,12 +41,16 @@ timeout::timeout(timeout_duration d) {
   }
   _hub = &hub::current();
   _fiber = detail::current_impl();
+  detail::ref(_fiber);  // a scope kept past its fiber's end must not read a freed fiber
   _after = *d;
   _serial = g_timeout_serial.fetch_add(1, std::memory_order_relaxed) + 1;
   _node.self = this;
   _node.deadline = deadline_after(d);
   _node.fire = [](detail::timer_node* n) {
     timeout* t = static_cast<node*>(n)->self;
+    if (t->_fiber->dead) {
+      return;  // the scope outlived its fiber: nobody left to interrupt
+    }
     if (t->_fiber->sched.pending && t->_fiber->sched.pending_owner != t) {
       // Another interrupt (an inner timeout, a kill) is pending and not yet
       // raised: try again shortly rather than be lost behind it.
@@ -62,6 +66,9 @@ timeout::timeout(timeout_duration d) {
 
 timeout::~timeout() {
   cancel();
+  if (_fiber != nullptr) {
+    detail::unref(_fiber);
+  }
 }
 
 void timeout::cancel() noexcept {

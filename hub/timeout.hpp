@@ -57,7 +57,9 @@ class timeout_error {
 // timeout is a scope object: while it lives, blocking calls of the fiber that
 // created it raise timeout_error once `d` has passed. nullopt = never, as is
 // a `d` too long to represent as a deadline (nanoseconds::max()).
-// Never switches. Must be destroyed on the fiber that created it.
+// Never switches. Must be destroyed on the fiber that created it (or, kept
+// past that fiber's end, on its thread: it never fires once the fiber has
+// finished).
 class timeout {
  public:
   explicit timeout(timeout_duration d);

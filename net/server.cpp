@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -90,6 +91,15 @@ stream_server::stream_server(listener l, handler_type handler, server_options op
     throw std::invalid_argument("cogent::net: stream_server given a closed listener");
   }
   checked(_opts, _handler);
+  // A socket bound but not listening would fail every accept (EINVAL): listen
+  // now, as the address constructor does; one that cannot (UDP) is refused.
+  int listening = 0;
+  socklen_t len = sizeof listening;
+  if (::getsockopt(_listener.fd(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 ||
+      (listening == 0 && ::listen(_listener.fd(), _opts.listen.backlog) != 0)) {
+    throw std::system_error(errno, std::generic_category(),
+                            "cogent::net: stream_server given a socket that cannot listen");
+  }
   _address = _listener.local_address();
 }
 

@@ -115,7 +115,10 @@ class stream_server {
   // Raises std::system_error (EADDRINUSE, ...) or std::invalid_argument.
   // Never switches.
   stream_server(const address& at, handler_type handler, server_options opts = {});
-  // stream_server() serves an already bound listener.
+  // stream_server() serves an already bound listener. One bound but not yet
+  // listening is put in the listening state (opts.listen.backlog); a socket
+  // that cannot listen (UDP, not a socket) raises std::system_error (EOPNOTSUPP,
+  // ENOTSOCK); a closed one std::invalid_argument. Never switches.
   stream_server(listener l, handler_type handler, server_options opts = {});
   // ~stream_server() stops the server if still running (stop with a zero
   // timeout: running handlers are killed), waits for a stop() in progress in

@@ -16,15 +16,17 @@
 // On LP64 off_t is 64-bit either way.
 #undef _FILE_OFFSET_BITS
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <linux/time_types.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sys/ioctl.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/select.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -34,6 +36,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <csignal>
 #include <cstdarg>
 #include <cstdint>
 #include <cstring>
@@ -46,6 +49,7 @@
 using namespace cogent::monkey::detail;
 
 #define COGENT_HOOK extern "C" __attribute__((visibility("default")))
+
 
 namespace {
 
@@ -470,7 +474,7 @@ ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt, s
   for (bool first = true;; first = false) {
     ssize_t got = -1;
     if (first && k == kind_fifo) {
-      got = ::pwritev2(fd, v, left, -1, RWF_NOWAIT);
+      got = real.pwritev2(fd, v, left, -1, RWF_NOWAIT);
       if (got < 0 && errno != EAGAIN && errno != EOPNOTSUPP) {
         return -1;  // what writev(2) reports (EPIPE, EBADF, ...)
       }
@@ -520,7 +524,7 @@ ssize_t file_write(call_ctx& c, int fd, fd_kind k, const void* buf, std::size_t 
 // file_writev()): true with the call's result in `ret` (an error included);
 // false if it is empty and the caller must wait.
 bool pipe_read_now(int fd, const iovec* iov, int cnt, ssize_t& ret) noexcept {
-  ret = ::preadv2(fd, iov, cnt, -1, RWF_NOWAIT);
+  ret = real.preadv2(fd, iov, cnt, -1, RWF_NOWAIT);
   return ret >= 0 || (errno != EAGAIN && errno != EOPNOTSUPP);
 }
 bool pipe_read_now(int fd, void* buf, std::size_t n, ssize_t& ret) noexcept {
@@ -1137,6 +1141,316 @@ COGENT_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
   return sock_sendmsg(c, fd, *e, msg, flags);
 }
 
+// ---- vectored positional IO: preadv, pwritev, preadv2, pwritev2 -----------------------
+
+namespace {
+
+// vec_total() is the byte count of iov[0..cnt), or SIZE_MAX where the call
+// is not for the ring: a bad count or array (the kernel's EINVAL/EFAULT) or
+// more than max_rw (the kernel's clamping). Sums without wrapping.
+std::size_t vec_total(const iovec* iov, int cnt) noexcept {
+  if (cnt <= 0 || cnt > IOV_MAX || iov == nullptr) {
+    return SIZE_MAX;
+  }
+  std::size_t t = 0;
+  for (int i = 0; i < cnt; ++i) {
+    if (iov[i].iov_len > max_rw - t) {
+      return SIZE_MAX;
+    }
+    t += iov[i].iov_len;
+  }
+  return t;
+}
+
+// preadv_impl()/pwritev_impl() are pread_impl()/pwrite_impl() for iovecs:
+// regular files only, a readv/writev op at the offset; `libc` is the real
+// call for everything else (a zero total never waits either).
+template <class Libc>
+ssize_t preadv_impl(int fd, const iovec* iov, int cnt, off_t offset, Libc libc) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  std::size_t total = offset < 0 ? SIZE_MAX : vec_total(iov, cnt);
+  if (total == 0 || total == SIZE_MAX || !enter_fd(c, fd, e, k) || k != kind_regular) {
+    return libc();
+  }
+  io_op op;
+  op.code = op_code::readv;
+  op.fd = fd;
+  op.buf = const_cast<iovec*>(iov);
+  op.len = static_cast<std::uint32_t>(cnt);
+  op.offset = offset;
+  return input(c, fd, *e, k, op);
+}
+
+template <class Libc>
+ssize_t pwritev_impl(int fd, const iovec* iov, int cnt, off_t offset, Libc libc) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  std::size_t total = offset < 0 ? SIZE_MAX : vec_total(iov, cnt);
+  if (total == 0 || total == SIZE_MAX || !enter_fd(c, fd, e, k) || k != kind_regular) {
+    return libc();
+  }
+  return file_writev(c, fd, k, iov, cnt, offset);
+}
+
+}  // namespace
+
+COGENT_HOOK ssize_t preadv(int fd, const iovec* iov, int cnt, off_t offset) {
+  return preadv_impl(fd, iov, cnt, offset, [&] { return real.preadv(fd, iov, cnt, offset); });
+}
+COGENT_HOOK ssize_t preadv64(int fd, const iovec* iov, int cnt, off_t offset) {
+  return preadv_impl(fd, iov, cnt, offset, [&] { return real.preadv(fd, iov, cnt, offset); });
+}
+COGENT_HOOK ssize_t pwritev(int fd, const iovec* iov, int cnt, off_t offset) {
+  return pwritev_impl(fd, iov, cnt, offset, [&] { return real.pwritev(fd, iov, cnt, offset); });
+}
+COGENT_HOOK ssize_t pwritev64(int fd, const iovec* iov, int cnt, off_t offset) {
+  return pwritev_impl(fd, iov, cnt, offset, [&] { return real.pwritev(fd, iov, cnt, offset); });
+}
+
+// With flags (RWF_NOWAIT, RWF_HIPRI, RWF_APPEND, ...), which the ring op does
+// not carry, or offset -1 (the file position: readv/writev semantics), libc.
+namespace {
+ssize_t preadv2_impl(int fd, const iovec* iov, int cnt, off_t offset, int flags) {
+  auto libc = [&] { return real.preadv2(fd, iov, cnt, offset, flags); };
+  return flags != 0 ? libc() : preadv_impl(fd, iov, cnt, offset, libc);
+}
+ssize_t pwritev2_impl(int fd, const iovec* iov, int cnt, off_t offset, int flags) {
+  auto libc = [&] { return real.pwritev2(fd, iov, cnt, offset, flags); };
+  return flags != 0 ? libc() : pwritev_impl(fd, iov, cnt, offset, libc);
+}
+}  // namespace
+
+COGENT_HOOK ssize_t preadv2(int fd, const iovec* iov, int cnt, off_t offset, int flags) {
+  return preadv2_impl(fd, iov, cnt, offset, flags);
+}
+COGENT_HOOK ssize_t preadv64v2(int fd, const iovec* iov, int cnt, off_t offset, int flags) {
+  return preadv2_impl(fd, iov, cnt, offset, flags);
+}
+COGENT_HOOK ssize_t pwritev2(int fd, const iovec* iov, int cnt, off_t offset, int flags) {
+  return pwritev2_impl(fd, iov, cnt, offset, flags);
+}
+COGENT_HOOK ssize_t pwritev64v2(int fd, const iovec* iov, int cnt, off_t offset, int flags) {
+  return pwritev2_impl(fd, iov, cnt, offset, flags);
+}
+
+// ---- sendfile ------------------------------------------------------------------------
+//
+// Only the wait for room in out_fd (a socket or a pipe) cooperates; reading
+// in_fd is the kernel's, as in libc (a regular file: the page cache).
+
+namespace {
+
+// sock_sendfile_now() is sendfile(2) to a socket that sends what fits and
+// never waits for room. sendfile has no MSG_DONTWAIT and the description's
+// O_NONBLOCK is the user's, so for this one call the socket's SO_SNDTIMEO is
+// made "expire at once" (negative: the kernel's 0, EAGAIN or the short count
+// as with MSG_DONTWAIT) and put back right after, before any other fiber of
+// this thread runs. If the timeout cannot be read or set, the plain call.
+ssize_t sock_sendfile_now(int out, int in, off_t* off, std::size_t n) noexcept {
+  timeval old{};
+  socklen_t len = sizeof old;
+  const timeval at_once{-1, 0};
+  if (real.getsockopt(out, SOL_SOCKET, SO_SNDTIMEO, &old, &len) != 0 ||
+      real.setsockopt(out, SOL_SOCKET, SO_SNDTIMEO, &at_once, sizeof at_once) != 0) {
+    return real.sendfile(out, in, off, n);
+  }
+  ssize_t r = real.sendfile(out, in, off, n);
+  errno_keeper keep;
+  real.setsockopt(out, SOL_SOCKET, SO_SNDTIMEO, &old, sizeof old);
+  return r;
+}
+
+ssize_t sendfile_impl(int out, int in, off_t* off, size_t n) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if (n == 0 || n > max_rw || !enter_fd(c, out, e, k) || no_wait(out, *e, k, false) || k == kind_regular) {
+    return real.sendfile(out, in, off, n);
+  }
+  if (has_pending(c)) {
+    return fail(interrupted(c));
+  }
+  const int saved = errno;
+  if (k == kind_fifo) {
+    // A blocking sendfile to a pipe waits for room once, then moves what
+    // fits: the real call, once a zero-timeout poll says there is room (or
+    // an error it reports itself). Nothing runs between the two.
+    for (;;) {
+      pollfd p{out, POLLOUT, 0};
+      if (real.poll(&p, 1, 0) != 0) {
+        errno = saved;
+        return real.sendfile(out, in, off, n);
+      }
+      int w = await_ready(c, out, POLLOUT, clock::time_point::max());
+      if (w < 0) {
+        return fail(w);
+      }
+    }
+  }
+  // A blocking sendfile to a socket sends all n bytes (or to the end of
+  // in_fd), waiting for room as often as needed: sock_send()'s loop. The
+  // offset (*off or in_fd's position) moves with each part, as in one call.
+  std::size_t done = 0;
+  out_wait st;
+  for (;;) {
+    ssize_t r = sock_sendfile_now(out, in, off, n - done);
+    if (r > 0) {
+      done += static_cast<std::size_t>(r);
+      if (done >= n) {
+        return kept_errno(static_cast<ssize_t>(done), saved);
+      }
+      continue;  // a short count: the end of in_fd (0 next) or no more room (EAGAIN next)
+    }
+    if (r == 0) {
+      return kept_errno(static_cast<ssize_t>(done), saved);
+    }
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      return done > 0 ? kept_errno(static_cast<ssize_t>(done), saved) : -1;
+    }
+    ssize_t ret;
+    if (out_blocked(c, out, *e, st, done, &ret)) {
+      return kept_errno(ret, saved);
+    }
+  }
+}
+
+}  // namespace
+
+COGENT_HOOK ssize_t sendfile(int out, int in, off_t* off, size_t n) noexcept {
+  return sendfile_impl(out, in, off, n);
+}
+COGENT_HOOK ssize_t sendfile64(int out, int in, off_t* off, size_t n) noexcept {
+  return sendfile_impl(out, in, off, n);
+}
+
+// ---- recvmmsg / sendmmsg -----------------------------------------------------------
+
+namespace {
+// The kernel's cap on vlen (UIO_MAXIOV): it handles at most this many per call.
+constexpr unsigned max_mmsg = 1024;
+}  // namespace
+
+// recvmmsg() blocks, as the kernel's, until the first message, then (without
+// MSG_WAITFORONE) for each further one until vlen: batches taken with
+// MSG_DONTWAIT, a POLLIN wait between them, SO_RCVTIMEO per message as the
+// kernel's. A timeout, MSG_WAITALL or a flag that never waits: libc.
+COGENT_HOOK int recvmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags, timespec* timeout) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if (timeout != nullptr || (flags & (no_wait_flags | MSG_WAITALL)) != 0 || vec == nullptr || vlen == 0 ||
+      !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, true) || k != kind_socket) {
+    int r = real.recvmmsg(fd, vec, vlen, flags, timeout);
+    for (int i = 0; i < r; ++i) {
+      received_fds(&vec[i].msg_hdr);
+    }
+    return r;
+  }
+  if (has_pending(c)) {
+    return fail(interrupted(c));
+  }
+  vlen = std::min(vlen, max_mmsg);
+  const int saved = errno;
+  unsigned got = 0;
+  unsigned dl_got = UINT_MAX;  // got when dl was set: SO_RCVTIMEO restarts with each message
+  clock::time_point dl{};
+  for (;;) {
+    int r = real.recvmmsg(fd, vec + got, vlen - got, flags | MSG_DONTWAIT, nullptr);
+    if (r > 0) {
+      for (int i = 0; i < r; ++i) {
+        received_fds(&vec[got + static_cast<unsigned>(i)].msg_hdr);
+      }
+      got += static_cast<unsigned>(r);
+      // Done; or the first was all MSG_WAITFORONE waits for; or out-of-band
+      // data, after which the kernel returns at once.
+      if (got >= vlen || (flags & MSG_WAITFORONE) != 0 || (vec[got - 1].msg_hdr.msg_flags & MSG_OOB) != 0) {
+        return static_cast<int>(kept_errno(got, saved));
+      }
+    } else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+      return got > 0 ? static_cast<int>(kept_errno(got, saved)) : r;
+    }
+    if (dl_got != got) {
+      dl = deadline_ns(sock_timeout(fd, *e, true));
+      dl_got = got;
+    }
+    int w = await_ready(c, fd, POLLIN, dl);
+    if (w < 0) {
+      return got > 0 ? static_cast<int>(kept_errno(got, saved)) : static_cast<int>(finish_in(w));
+    }
+    if (got > 0 && (w & POLLIN) == 0) {
+      // Only an error or a hang-up: the messages so far now; the error
+      // stays on the socket for the next call (the kernel keeps it too).
+      return static_cast<int>(kept_errno(got, saved));
+    }
+  }
+}
+
+// sendmmsg() sends each message as a blocking sendmsg() does (all of it,
+// waiting for room): batches with MSG_DONTWAIT, a POLLOUT wait between them
+// (out_blocked), and a message a stream took only in part (the kernel counts
+// it) finished by sock_sendmsg(). MSG_FASTOPEN or MSG_DONTWAIT: libc.
+COGENT_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags) {
+  call_ctx c;
+  fd_entry* e;
+  fd_kind k;
+  if ((flags & (MSG_DONTWAIT | MSG_FASTOPEN)) != 0 || vec == nullptr || vlen == 0 || !enter_fd(c, fd, e, k) ||
+      no_wait(fd, *e, k, false) || k != kind_socket) {
+    return real.sendmmsg(fd, vec, vlen, flags);
+  }
+  if (has_pending(c)) {
+    return fail(interrupted(c));
+  }
+  vlen = std::min(vlen, max_mmsg);
+  const int saved = errno;
+  unsigned got = 0;
+  out_wait st;
+  for (;;) {
+    int r = real.sendmmsg(fd, vec + got, vlen - got, flags | MSG_DONTWAIT);
+    if (r > 0) {
+      got += static_cast<unsigned>(r);
+      mmsghdr& last = vec[got - 1];
+      std::size_t total = iov_total(last.msg_hdr.msg_iov, static_cast<int>(last.msg_hdr.msg_iovlen));
+      if (last.msg_len < total) {
+        // The rest of it from a copy of its iovecs, without the ancillary
+        // data (sent with the first bytes), as sock_sendmsg() goes on.
+        iov_copy rest;
+        iovec* v = rest.assign(last.msg_hdr.msg_iov, last.msg_hdr.msg_iovlen);
+        if (v == nullptr) {
+          return static_cast<int>(kept_errno(got, saved));
+        }
+        int cnt = static_cast<int>(last.msg_hdr.msg_iovlen);
+        advance(v, cnt, last.msg_len);
+        msghdr m{};
+        m.msg_name = last.msg_hdr.msg_name;
+        m.msg_namelen = last.msg_hdr.msg_namelen;
+        m.msg_iov = v;
+        m.msg_iovlen = static_cast<std::size_t>(cnt);
+        ssize_t more = sock_sendmsg(c, fd, *e, &m, flags);
+        if (more > 0) {
+          last.msg_len += static_cast<unsigned>(more);
+        }
+        if (last.msg_len < total) {
+          return static_cast<int>(kept_errno(got, saved));  // interrupted or failed midway: the count so far
+        }
+      }
+      if (got >= vlen) {
+        return static_cast<int>(kept_errno(got, saved));
+      }
+      continue;
+    }
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      return got > 0 ? static_cast<int>(kept_errno(got, saved)) : -1;
+    }
+    ssize_t ret;
+    if (out_blocked(c, fd, *e, st, got, &ret)) {
+      return static_cast<int>(kept_errno(ret, saved));
+    }
+  }
+}
+
 // ---- poll / select ------------------------------------------------------------------
 
 COGENT_HOOK int poll(pollfd* fds, nfds_t n, int timeout) {
@@ -1167,19 +1481,14 @@ COGENT_HOOK int ppoll(pollfd* fds, nfds_t n, const timespec* ts, const sigset_t*
   return poll_wait(c, fds, n, ts == nullptr ? clock::time_point::max() : deadline_ts(*ts));
 }
 
-COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv) {
-  call_ctx c;
-  // glibc (2.36, sysdeps/unix/sysv/linux/select.c) reads tv_usec as an
-  // int32_t before anything else: 2^31 is negative there (EINVAL), 2^32 +
-  // 50000 is 50 ms. So do we (the conversion wraps modulo 2^32).
-  const std::int32_t usec = tv != nullptr ? static_cast<std::int32_t>(tv->tv_usec) : 0;
-  bool zero = tv != nullptr && tv->tv_sec == 0 && usec == 0;
-  // Only a negative field is EINVAL: glibc normalizes tv_usec >= 1000000
-  // into seconds (as the legacy select syscall did), and so does `asked`.
-  bool bad_tv = tv != nullptr && (tv->tv_sec < 0 || usec < 0);
-  if (zero || bad_tv || nfds < 0 || nfds > FD_SETSIZE || !enter(c)) {
-    return real.select(nfds, rd, wr, ex, tv);
-  }
+namespace {
+
+// select_wait() is the cooperative wait of select() and pselect() until one
+// of the caller's fds is ready or `dl` passes. done() runs just before it
+// returns (select() writes the time left back there).
+template <class Done>
+int select_wait(call_ctx& c, int nfds, fd_set* rd, fd_set* wr, fd_set* ex, clock::time_point dl,
+                Done done) noexcept {
   // probe() asks the kernel with a zero timeout on copies of the sets and
   // writes them back only when it reports something (or the wait is over).
   fd_set in_rd{}, in_wr{}, in_ex{};  // zeroed: probe() copies all three
@@ -1209,43 +1518,10 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
     }
     return n;
   };
-  // Linux writes the time left back into *tv on every return: what was asked
-  // (normalized, saturating as glibc's) minus what passed (not from dl,
-  // which saturates for a huge timeout).
-  timeval asked{};
-  clock::time_point dl = clock::time_point::max();
-  if (tv != nullptr) {
-    time_t carry = static_cast<time_t>(usec / 1'000'000);
-    if (carry > std::numeric_limits<time_t>::max() - tv->tv_sec) {
-      asked = timeval{std::numeric_limits<time_t>::max(), 999'999};
-    } else {
-      asked = timeval{tv->tv_sec + carry, static_cast<suseconds_t>(usec % 1'000'000)};
-    }
-    dl = deadline_ts(timespec{asked.tv_sec, asked.tv_usec * 1000});
-  }
-  const clock::time_point start = clock::now();
-  auto time_left = [&] {
-    if (tv != nullptr) {
-      // In ns, as the kernel: any time passed shows (5 s asked, 3 us passed: 4.999997 s).
-      std::int64_t passed = std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
-      std::int64_t sec = static_cast<std::int64_t>(asked.tv_sec) - passed / 1'000'000'000;
-      std::int64_t nsec = static_cast<std::int64_t>(asked.tv_usec) * 1000 - passed % 1'000'000'000;
-      if (nsec < 0) {
-        --sec;
-        nsec += 1'000'000'000;
-      }
-      if (sec < 0) {
-        sec = 0;
-        nsec = 0;
-      }
-      tv->tv_sec = static_cast<time_t>(sec);
-      tv->tv_usec = static_cast<suseconds_t>(nsec / 1000);
-    }
-  };
   int n = probe(false);
   if (n != 0) {
     int saved = errno;
-    time_left();
+    done();
     errno = saved;
     return n;
   }
@@ -1294,8 +1570,72 @@ COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv
   } else {
     n = -ENOMEM;
   }
-  time_left();
+  done();
   return n < 0 ? fail(n) : n;
+}
+
+}  // namespace
+
+COGENT_HOOK int select(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, timeval* tv) {
+  call_ctx c;
+  // glibc (2.36, sysdeps/unix/sysv/linux/select.c) reads tv_usec as an
+  // int32_t before anything else: 2^31 is negative there (EINVAL), 2^32 +
+  // 50000 is 50 ms. So do we (the conversion wraps modulo 2^32).
+  const std::int32_t usec = tv != nullptr ? static_cast<std::int32_t>(tv->tv_usec) : 0;
+  bool zero = tv != nullptr && tv->tv_sec == 0 && usec == 0;
+  // Only a negative field is EINVAL: glibc normalizes tv_usec >= 1000000
+  // into seconds (as the legacy select syscall did), and so does `asked`.
+  bool bad_tv = tv != nullptr && (tv->tv_sec < 0 || usec < 0);
+  if (zero || bad_tv || nfds < 0 || nfds > FD_SETSIZE || !enter(c)) {
+    return real.select(nfds, rd, wr, ex, tv);
+  }
+  // Linux writes the time left back into *tv on every return: what was asked
+  // (normalized, saturating as glibc's) minus what passed (not from dl,
+  // which saturates for a huge timeout).
+  timeval asked{};
+  clock::time_point dl = clock::time_point::max();
+  if (tv != nullptr) {
+    time_t carry = static_cast<time_t>(usec / 1'000'000);
+    if (carry > std::numeric_limits<time_t>::max() - tv->tv_sec) {
+      asked = timeval{std::numeric_limits<time_t>::max(), 999'999};
+    } else {
+      asked = timeval{tv->tv_sec + carry, static_cast<suseconds_t>(usec % 1'000'000)};
+    }
+    dl = deadline_ts(timespec{asked.tv_sec, asked.tv_usec * 1000});
+  }
+  const clock::time_point start = clock::now();
+  auto time_left = [&] {
+    if (tv != nullptr) {
+      // In ns, as the kernel: any time passed shows (5 s asked, 3 us passed: 4.999997 s).
+      std::int64_t passed =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
+      std::int64_t sec = static_cast<std::int64_t>(asked.tv_sec) - passed / 1'000'000'000;
+      std::int64_t nsec = static_cast<std::int64_t>(asked.tv_usec) * 1000 - passed % 1'000'000'000;
+      if (nsec < 0) {
+        --sec;
+        nsec += 1'000'000'000;
+      }
+      if (sec < 0) {
+        sec = 0;
+        nsec = 0;
+      }
+      tv->tv_sec = static_cast<time_t>(sec);
+      tv->tv_usec = static_cast<suseconds_t>(nsec / 1000);
+    }
+  };
+  return select_wait(c, nfds, rd, wr, ex, dl, time_left);
+}
+
+COGENT_HOOK int pselect(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, const timespec* ts,
+                        const sigset_t* mask) {
+  call_ctx c;
+  // A signal mask cannot be applied to one fiber: exactly libc (blocks the
+  // thread), as ppoll. The timeout is const: no time left is written back.
+  if (mask != nullptr || (ts != nullptr && (!valid_timespec(ts) || (ts->tv_sec == 0 && ts->tv_nsec == 0))) ||
+      nfds < 0 || nfds > FD_SETSIZE || !enter(c)) {
+    return real.pselect(nfds, rd, wr, ex, ts, mask);
+  }
+  return select_wait(c, nfds, rd, wr, ex, ts == nullptr ? clock::time_point::max() : deadline_ts(*ts), [] {});
 }
 
 // ---- epoll_wait ------------------------------------------------------------------

@@ -179,6 +179,38 @@ real_fns real = {
     [](int fd, epoll_event* ev, int n, const timespec* t, const sigset_t* m) {
       return static_cast<int>(syscall(SYS_epoll_pwait2, fd, ev, n, t, m, _NSIG / 8));
     },
+    [](int fd, const iovec* v, int n, off_t o) {
+      return static_cast<ssize_t>(syscall(SYS_preadv, fd, v, n, o, 0));
+    },
+    [](int fd, const iovec* v, int n, off_t o) {
+      return static_cast<ssize_t>(syscall(SYS_pwritev, fd, v, n, o, 0));
+    },
+    [](int fd, const iovec* v, int n, off_t o, int f) {
+      return static_cast<ssize_t>(syscall(SYS_preadv2, fd, v, n, o, 0, f));
+    },
+    [](int fd, const iovec* v, int n, off_t o, int f) {
+      return static_cast<ssize_t>(syscall(SYS_pwritev2, fd, v, n, o, 0, f));
+    },
+    [](int out, int in, off_t* o, size_t n) {
+      return static_cast<ssize_t>(syscall(SYS_sendfile, out, in, o, n));
+    },
+    [](int fd, mmsghdr* v, unsigned n, int f, timespec* t) {
+      return static_cast<int>(syscall(SYS_recvmmsg, fd, v, n, f, t));
+    },
+    [](int fd, mmsghdr* v, unsigned n, int f) {
+      return static_cast<int>(syscall(SYS_sendmmsg, fd, v, n, f));
+    },
+    [](int n, fd_set* r, fd_set* w, fd_set* e, const timespec* t, const sigset_t* m) {
+      timespec copy{};  // the syscall writes the time left back; pselect(3)'s timeout is const
+      struct {
+        const sigset_t* set;
+        size_t len;
+      } sig{m, _NSIG / 8};
+      if (t != nullptr) {
+        copy = *t;
+      }
+      return static_cast<int>(syscall(SYS_pselect6, n, r, w, e, t != nullptr ? &copy : nullptr, &sig));
+    },
 };
 
 void resolve_real() noexcept {
@@ -232,6 +264,15 @@ void resolve_real() noexcept {
   set(real.epoll_wait, "epoll_wait");
   set(real.epoll_pwait, "epoll_pwait");
   set(real.epoll_pwait2, "epoll_pwait2");
+  // The *64 names: with _FILE_OFFSET_BITS=64 they are what C code calls (the same code on LP64).
+  set(real.preadv, "preadv64");
+  set(real.pwritev, "pwritev64");
+  set(real.preadv2, "preadv64v2");
+  set(real.pwritev2, "pwritev64v2");
+  set(real.sendfile, "sendfile64");
+  set(real.recvmmsg, "recvmmsg");
+  set(real.sendmmsg, "sendmmsg");
+  set(real.pselect, "pselect");
 }
 
 namespace {

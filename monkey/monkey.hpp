@@ -8,9 +8,10 @@
 // (dlsym(RTLD_NEXT)) unless it can cooperate.
 //
 // Interposed: socket socketpair accept accept4 connect read readv write writev
-// pread pwrite (and *64) recv recvfrom recvmsg send sendto sendmsg close
-// shutdown poll ppoll select epoll_wait epoll_pwait epoll_pwait2 sleep usleep
-// nanosleep clock_nanosleep
+// pread pwrite preadv pwritev preadv2 pwritev2 (and *64, *64v2) sendfile
+// (sendfile64) recv recvfrom recvmsg recvmmsg send sendto sendmsg sendmmsg
+// close shutdown poll ppoll select pselect epoll_wait epoll_pwait epoll_pwait2
+// sleep usleep nanosleep clock_nanosleep
 // getaddrinfo gethostbyname gethostbyname_r fcntl (fcntl64) ioctl(FIONBIO)
 // setsockopt getsockopt dup dup2 dup3 pipe pipe2 open openat (and *64), and
 // the _FORTIFY_SOURCE entry points __read_chk __pread_chk __pread64_chk
@@ -46,7 +47,17 @@
 // the send still cannot go — an unconnected AF_UNIX datagram socket whose
 // receiver is full — it retries after pauses of 1 to 16 ms until SO_SNDTIMEO; a blocking
 // sendto/sendmsg with MSG_FASTOPEN on an unconnected TCP socket waits for the handshake as
-// connect(2) does, then sends); poll/select first poll with
+// connect(2) does, then sends); preadv/pwritev (and preadv2/pwritev2 with
+// flags 0) on a regular file are io_uring readv/writev ops at the offset;
+// sendfile waits for room in out_fd: a pipe, once (then one real call moves
+// what fits, as sendfile(2) does), a socket, as often as needed until all is
+// sent (each try sends what fits: sendfile has no MSG_DONTWAIT, so the
+// socket's SO_SNDTIMEO is "expire at once" for the length of that one call,
+// then put back; the kernel logs the first
+// ten such negative timeouts per boot); recvmmsg/sendmmsg take batches with MSG_DONTWAIT and wait
+// on POLLIN/POLLOUT between them (recvmmsg until the first message with
+// MSG_WAITFORONE, else until vlen, SO_RCVTIMEO per message; sendmmsg finishes
+// a message a stream took in part, as a blocking sendmsg does); poll/select/pselect first poll with
 // a zero timeout, then park on one io_uring poll op per fd (epoll_wait: one
 // on the epoll fd, then a zero-timeout epoll_wait takes the events, so
 // edge-triggered and one-shot registrations behave as in libc); sleeps park on a
@@ -105,7 +116,9 @@
 // ops: the engine reports those to the table); an EPOLLEXCLUSIVE wake-up
 // reaches every fiber waiting in epoll_wait on instances sharing that fd
 // (libc: one thread; the man page allows "one or more"); ppoll, epoll_pwait
-// and epoll_pwait2 with a signal mask, F_SETLKW, pselect, reads/writes over 2 GiB in one call, and
+// and epoll_pwait2 with a signal mask, pselect with a signal mask, F_SETLKW,
+// recvmmsg with a timeout argument or MSG_WAITALL, sendmmsg with
+// MSG_FASTOPEN, preadv2/pwritev2 with flags or offset -1, reads/writes over 2 GiB in one call, and
 // fds at or above the hard RLIMIT_NOFILE at patch_all() go straight to
 // libc (blocking the thread); clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME)
 // does not follow clock jumps during the sleep; closing an fd another fiber
@@ -114,7 +127,16 @@
 // EAGAIN) is known only when set through the hooked setsockopt() on that
 // very fd: getsockopt() reads it back as "none", so a dup, an fd received
 // through SCM_RIGHTS or a socket set up before patch_all() waits without
-// limit instead.
+// limit instead; sendfile reads in_fd as libc does (only the wait for room
+// in out_fd cooperates: an in_fd pipe or socket with nothing to read blocks
+// the thread), and while one of its tries runs, another thread starting a
+// blocking send on that same socket sees no SO_SNDTIMEO wait (EAGAIN), a
+// getsockopt(SO_SNDTIMEO) there reads 0, a setsockopt(SO_SNDTIMEO) there is
+// undone, and a negative SO_SNDTIMEO the table does not know (see above)
+// becomes "none"; a recvmmsg that already has messages and then meets a
+// socket error returns the messages and leaves the error for the next call
+// when poll shows it, but drops one a later batch itself reports (the
+// kernel would keep it for the next call).
 //
 // Example:
 //   int main() {

@@ -83,6 +83,14 @@ struct real_fns {
   int (*epoll_wait)(int, epoll_event*, int, int);
   int (*epoll_pwait)(int, epoll_event*, int, int, const sigset_t*);
   int (*epoll_pwait2)(int, epoll_event*, int, const timespec*, const sigset_t*);
+  ssize_t (*preadv)(int, const iovec*, int, off_t);
+  ssize_t (*pwritev)(int, const iovec*, int, off_t);
+  ssize_t (*preadv2)(int, const iovec*, int, off_t, int);
+  ssize_t (*pwritev2)(int, const iovec*, int, off_t, int);
+  ssize_t (*sendfile)(int, int, off_t*, size_t);
+  int (*recvmmsg)(int, mmsghdr*, unsigned, int, timespec*);
+  int (*sendmmsg)(int, mmsghdr*, unsigned, int);
+  int (*pselect)(int, fd_set*, fd_set*, fd_set*, const timespec*, const sigset_t*);
 };
 extern real_fns real;
 

@@ -1165,13 +1165,19 @@ std::size_t vec_total(const iovec* iov, int cnt) noexcept {
 // preadv_impl()/pwritev_impl() are pread_impl()/pwrite_impl() for iovecs:
 // regular files only, a readv/writev op at the offset; `libc` is the real
 // call for everything else (a zero total never waits either).
+// to_ring() is their shared test: a valid, non-empty array at an offset >= 0
+// on a regular file, from a fiber.
+bool to_ring(call_ctx& c, int fd, const iovec* iov, int cnt, off_t offset, fd_entry*& e, fd_kind& k) noexcept {
+  std::size_t total = offset < 0 ? SIZE_MAX : vec_total(iov, cnt);
+  return total != 0 && total != SIZE_MAX && enter_fd(c, fd, e, k) && k == kind_regular;
+}
+
 template <class Libc>
 ssize_t preadv_impl(int fd, const iovec* iov, int cnt, off_t offset, Libc libc) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  std::size_t total = offset < 0 ? SIZE_MAX : vec_total(iov, cnt);
-  if (total == 0 || total == SIZE_MAX || !enter_fd(c, fd, e, k) || k != kind_regular) {
+  if (!to_ring(c, fd, iov, cnt, offset, e, k)) {
     return libc();
   }
   io_op op;
@@ -1188,8 +1194,7 @@ ssize_t pwritev_impl(int fd, const iovec* iov, int cnt, off_t offset, Libc libc)
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  std::size_t total = offset < 0 ? SIZE_MAX : vec_total(iov, cnt);
-  if (total == 0 || total == SIZE_MAX || !enter_fd(c, fd, e, k) || k != kind_regular) {
+  if (!to_ring(c, fd, iov, cnt, offset, e, k)) {
     return libc();
   }
   return file_writev(c, fd, k, iov, cnt, offset);

@@ -99,17 +99,22 @@ int run_threads(int workers, int port) {
       w.tid = static_cast<long>(gettid());
       std::unique_ptr<net::stream_server> srv;
       try {
+        w.hub = &cogent::hub::current();  // (io_uring setup may fail: EMFILE, ENOMEM)
         srv = echo_server(port);
-        w.hub = &cogent::hub::current();
         w.server = srv.get();
       } catch (...) {
         w.error = std::current_exception();
       }
       bound.count_down();
-      if (srv) {
-        srv->serve_forever();
-        w.clients = srv->accepted_count();
+      if (!srv) {
+        return;
       }
+      try {
+        srv->serve_forever();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "09_many_cores: worker %d: %s\n", i, e.what());
+      }
+      w.clients = srv->accepted_count();
     });
   }
   bound.wait();  // a moment at start-up, before any fiber runs: blocking is fine here

@@ -822,12 +822,15 @@ void wait_list::orphan_waiters() noexcept {
   while (waiter* w = _links.front()) {
     _links.unlink(*w);
     w->orphaned = true;
-    orphan_waiter(w->f);
+    wake_waiter(w->f);
   }
 }
 
-void orphan_waiter(fiber_impl* f) noexcept {
-  if (t_hub != nullptr) {  // (always: a waiter parked on this thread's hub)
+void wake_waiter(fiber_impl* f) noexcept {
+  // A waiter is parked on this thread's hub, so there is one — but in a
+  // fork() child, where the waiter is a copy of a parent's fiber that never
+  // runs (the hub was forgotten: see hub::forget_in_child()).
+  if (t_hub != nullptr) [[likely]] {
     t_hub->schedule(f, wake_reason::woken);
   }
 }
@@ -844,7 +847,7 @@ bool wait_list::notify_one() noexcept {
   _links.unlink(*w);
   w->notified = notice::one;
   _woken.push_front(*w);  // until it is back in wait(), where it unlinks itself
-  t_hub->schedule(w->f, wake_reason::woken);
+  wake_waiter(w->f);
   return true;
 }
 
@@ -853,7 +856,7 @@ void wait_list::notify_all() noexcept {
     _links.unlink(*w);
     w->notified = notice::all;
     _woken.push_front(*w);
-    t_hub->schedule(w->f, wake_reason::woken);
+    wake_waiter(w->f);
   }
 }
 

@@ -56,24 +56,30 @@ using clock = std::chrono::steady_clock;
 namespace detail {
 // saturate_ns() converts any std::chrono duration to nanoseconds, clamping
 // what nanoseconds cannot hold (seconds::max(), hours::max(): "forever") to
-// nanoseconds::max()/min() instead of wrapping. NaN counts as max().
+// nanoseconds::max(), and below to nanoseconds::min() + 1 ns (min() itself is
+// left for sentinels: net::use_default). NaN counts as max(). The range test
+// is done in long double (a 64-bit mantissa holds nanoseconds::max()), so no
+// unit or representation wraps.
 template <class Rep, class Period>
 constexpr std::chrono::nanoseconds saturate_ns(std::chrono::duration<Rep, Period> d) noexcept {
   using ns = std::chrono::nanoseconds;
-  using from = std::chrono::duration<Rep, Period>;
-  if constexpr (std::ratio_less_equal_v<Period, std::nano> && std::is_integral_v<Rep> &&
+  constexpr ns lowest = ns::min() + ns(1);
+  if constexpr (std::is_same_v<Period, std::nano> && std::is_integral_v<Rep> && std::is_signed_v<Rep> &&
                 sizeof(Rep) <= sizeof(ns::rep)) {
-    return std::chrono::duration_cast<ns>(d);  // a finer or equal unit: fits
+    return d.count() < lowest.count() ? lowest : ns(d.count());
   } else {
-    if (!(d < std::chrono::duration_cast<from>(ns::max()))) {
+    const long double v = static_cast<long double>(d.count()) * Period::num * 1e9L / Period::den;
+    if (!(v < static_cast<long double>(ns::max().count()))) {
       return ns::max();
     }
-    if constexpr (std::is_signed_v<Rep> || std::is_floating_point_v<Rep>) {
-      if (d <= std::chrono::duration_cast<from>(ns::min())) {
-        return ns::min();
-      }
+    if (!(v > static_cast<long double>(lowest.count()))) {
+      return lowest;
     }
-    return std::chrono::duration_cast<ns>(d);
+    if constexpr (std::is_floating_point_v<Rep>) {
+      return ns(static_cast<ns::rep>(v));
+    } else {
+      return std::chrono::duration_cast<ns>(d);  // in range: computed in intmax_t, no wrap
+    }
   }
 }
 }  // namespace detail
@@ -82,7 +88,7 @@ constexpr std::chrono::nanoseconds saturate_ns(std::chrono::duration<Rep, Period
 // default everywhere) waits without limit. Any std::chrono duration converts
 // (integral or floating, a std::optional of one too), saturating: a duration
 // beyond what nanoseconds hold (seconds::max()) is nanoseconds::max(), which
-// every wait treats as "without limit".
+// every wait treats as "without limit"; a negative one counts as zero.
 class timeout_duration : public std::optional<std::chrono::nanoseconds> {
   using base = std::optional<std::chrono::nanoseconds>;
 
@@ -94,9 +100,18 @@ class timeout_duration : public std::optional<std::chrono::nanoseconds> {
   template <class Rep, class Period>
   constexpr timeout_duration(const std::optional<std::chrono::duration<Rep, Period>>& d) noexcept
       : base(d ? base(detail::saturate_ns(*d)) : base()) {}
+  // exactly() holds `d` as given, unsaturated: for sentinels no conversion
+  // can produce (net::use_default is exactly(nanoseconds::min())).
+  static constexpr timeout_duration exactly(std::chrono::nanoseconds d) noexcept {
+    return timeout_duration(exact_tag{}, d);
+  }
   friend constexpr bool operator==(const timeout_duration& a, const timeout_duration& b) noexcept {
     return static_cast<const base&>(a) == static_cast<const base&>(b);
   }
+
+ private:
+  struct exact_tag {};
+  constexpr timeout_duration(exact_tag, std::chrono::nanoseconds d) noexcept : base(d) {}
 };
 
 // deadline_after() turns a timeout into an absolute deadline (max() for none
@@ -484,17 +499,20 @@ class lifo_links {
 };
 
 // Orphaning, for wait_list and handoff_list destroyed with fibers in them:
-// the destructor unlinks each waiter and wakes it (orphan_waiter()); the
+// the destructor unlinks each waiter and wakes it (wake_waiter()); the
 // waiter, back in its wait, finds itself dropped without a notice or grant
 // and calls throw_orphaned() (a pending kill or Timeout goes first) without
 // touching the list again. Never switch.
-void orphan_waiter(fiber_impl* f) noexcept;
+// wake_waiter() schedules a waiter on this thread's hub (notify, grant,
+// orphaning all wake through it); in a fork() child, whose waiters are copies
+// of the parent's fibers and never run, it does nothing.
+void wake_waiter(fiber_impl* f) noexcept;
 [[noreturn]] void throw_orphaned();
 template <class Node>
 void orphan_all(fifo_links<Node>& links) noexcept {
   while (Node* n = links.front()) {
     links.unlink(*n);
-    orphan_waiter(n->f);
+    wake_waiter(n->f);
   }
 }
 

@@ -39,7 +39,7 @@ handoff_list::node* handoff_list::first() const noexcept {
 void handoff_list::grant(node& n) noexcept {
   _links.unlink(n);
   n.granted = true;
-  hub::current().schedule(n.f, wake_reason::woken);
+  wake_waiter(n.f);
 }
 
 }  // namespace detail

@@ -117,14 +117,16 @@ void task_state::finish() noexcept {
   // cancelled (by kill()).
   st = status::done;
   unregister_task(this);
-  bool observed = kill_requested;
+  unsigned observing_links = 0;
   for (const auto& l : links) {
-    observed = observed || l.observes;
+    observing_links += l.observes ? 1 : 0;
   }
+  bool observed = kill_requested || observing_links > 0;
   // Fibers in join() count as observers only once one of them returns (see
   // task_base::join()): one interrupted meanwhile unwinds without looking.
   report_left_to_joiners = error && !observed && waiting > 0;
   observed = observed || waiting > 0;
+  shared_observers = (kill_requested ? 1U : 0U) + observing_links + (waiting > 0 ? 1U : 0U) > 1;
   joiners.notify_all();
   if (!links.empty() || (error && !observed)) {
     ref(this);
@@ -487,6 +489,7 @@ iwait::iwait(std::vector<task_base> tasks, timeout_duration t)
       _was_ready.push_back(g.ready());  // (an empty handle throws here, before any link)
       _link_ids.push_back(g.link([this](const task_base& done) {
         _done.push_back(done);
+        _done_shared.push_back(done.state().shared_observers);
         _wake.notify_one();
       }));
     }
@@ -499,13 +502,20 @@ iwait::iwait(std::vector<task_base> tasks, timeout_duration t)
 iwait::~iwait() {
   unlink_all();
   // Our links observe (a task that fails while we wait is not reported when
-  // it finishes): an error we never handed out is reported now, once. One
-  // that had failed before we looked was reported then, if nobody saw it.
+  // it finishes): an error we never handed out is reported now, once — not
+  // one handed out under another entry (a task listed twice), nor one that
+  // had failed before we looked (reported then if nobody saw it), nor one
+  // someone else was also looking at when it finished (theirs).
+  auto handed_out = [this](const task_base& g) {
+    return std::find(_done.begin(), _done.begin() + static_cast<std::ptrdiff_t>(_returned), g) !=
+           _done.begin() + static_cast<std::ptrdiff_t>(_returned);
+  };
   std::vector<task_base> reported;
   for (std::size_t i = _returned; i < _done.size(); ++i) {
     const task_base& g = _done[i];
     std::size_t at = static_cast<std::size_t>(std::find(_tasks.begin(), _tasks.end(), g) - _tasks.begin());
-    if (!g.exception() || _was_ready[at] || std::find(reported.begin(), reported.end(), g) != reported.end()) {
+    if (!g.exception() || _was_ready[at] || _done_shared[i] || handed_out(g) ||
+        std::find(reported.begin(), reported.end(), g) != reported.end()) {
       continue;
     }
     reported.push_back(g);

@@ -96,6 +96,7 @@ struct task_state : fiber_impl {
   // that returns true, an observing link()).
   bool report_left_to_joiners = false;
   bool self_ref = false;      // holds the reference that keeps an unfinished task alive
+  bool shared_observers = false;  // at the finish, more than one observer (see iwait: its links observe)
   std::uint32_t waiting = 0;  // fibers currently in join()
   std::exception_ptr error;
   wait_list joiners;
@@ -279,6 +280,7 @@ class task_base {
   bool join_impl(timeout_duration t, bool looks) const;
   friend void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool block,
                       timeout_duration t);
+  friend class iwait;
 };
 
 // task<T> is a task whose function returns T.
@@ -388,8 +390,10 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e = nullptr
 // A task next() hands out is the caller's to look at; the error of one that
 // failed while the iwait existed but was never handed out (the iwait went
 // first: a wait_any() that returned another, a loop left early) is reported
-// by the unjoined-error handler when the iwait is destroyed, once. The
-// constructor throws std::logic_error for an empty handle, leaving no link.
+// by the unjoined-error handler when the iwait is destroyed, once — unless
+// someone else was looking too when it finished (a join(), another iwait,
+// an observing link, a kill): then it is theirs. The constructor throws
+// std::logic_error for an empty handle, leaving no link.
 class iwait {
  public:
   explicit iwait(std::vector<task_base> tasks, timeout_duration t = std::nullopt);
@@ -409,6 +413,7 @@ class iwait {
   std::vector<std::size_t> _link_ids;
   std::vector<bool> _was_ready;  // finished before we looked (its error was reported then, if unseen)
   std::vector<task_base> _done;
+  std::vector<bool> _done_shared;  // _done[i] had other observers when it finished (they own its error)
   std::size_t _returned = 0;
   detail::wait_list _wake;
   clock::time_point _deadline;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -185,10 +186,32 @@ void threadpool::submit_and_wait(detail::thread_job& j, bool detachable) {
   }
 }
 
+namespace {
+// The default pool, made on first use and leaked on purpose (see the header):
+// never joined at exit. A fork() child has none of its worker threads, so it
+// forgets the parent's (kept reachable in g_forked_pool) and makes its own.
+std::atomic<threadpool*> g_default_pool{nullptr};
+threadpool* g_forked_pool = nullptr;
+
+void forget_default_pool_in_child() noexcept {
+  if (threadpool* p = g_default_pool.exchange(nullptr, std::memory_order_relaxed); p != nullptr) {
+    g_forked_pool = p;
+  }
+}
+}  // namespace
+
 threadpool& default_threadpool() {
-  // Leaked on purpose (see the header): never joined at exit.
-  static threadpool* pool = new threadpool(std::max<std::size_t>(4, std::thread::hardware_concurrency()));
-  return *pool;
+  if (threadpool* p = g_default_pool.load(std::memory_order_acquire); p != nullptr) [[likely]] {
+    return *p;
+  }
+  static const bool at_fork = (::pthread_atfork(nullptr, nullptr, &forget_default_pool_in_child), true);
+  (void)at_fork;
+  auto fresh = std::make_unique<threadpool>(std::max<std::size_t>(4, std::thread::hardware_concurrency()));
+  threadpool* expected = nullptr;
+  if (!g_default_pool.compare_exchange_strong(expected, fresh.get(), std::memory_order_acq_rel)) {
+    return *expected;  // another thread made it first (ours is joined and freed)
+  }
+  return *fresh.release();
 }
 
 }  // namespace cogent

@@ -157,7 +157,8 @@ class threadpool {
 // default_threadpool() returns the process-wide pool, created on first use
 // with max(4, hardware_concurrency) workers. It is never destroyed: at exit
 // its workers are left to the process's end, so a lookup that hangs cannot
-// hold up exit. Never switches.
+// hold up exit. A fork() child gets a pool of its own (the parent's workers
+// do not exist there). Thread-safe. Never switches.
 threadpool& default_threadpool();
 
 // run_in_thread() is default_threadpool().run(fn). May switch.

@@ -1416,6 +1416,7 @@ COGENT_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags) {
     int r = real.sendmmsg(fd, vec + got, vlen - got, flags | MSG_DONTWAIT);
     if (r > 0) {
       got += static_cast<unsigned>(r);
+      st.dl_set = false;  // SO_SNDTIMEO bounds each message's wait (the kernel: one sendmsg each)
       mmsghdr& last = vec[got - 1];
       std::size_t total = iov_total(last.msg_hdr.msg_iov, static_cast<int>(last.msg_hdr.msg_iovlen));
       if (last.msg_len < total) {

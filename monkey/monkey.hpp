@@ -136,7 +136,10 @@
 // becomes "none"; a recvmmsg that already has messages and then meets a
 // socket error returns the messages and leaves the error for the next call
 // when poll shows it, but drops one a later batch itself reports (the
-// kernel would keep it for the next call).
+// kernel would keep it for the next call); on a stream socket with
+// SO_RCVLOWAT above 1, a cooperating read/recv/recvmsg/recvmmsg returns the
+// bytes already there (io_uring, like a non-blocking call, takes what is
+// queued) where libc would wait for the low-water mark.
 //
 // Example:
 //   int main() {

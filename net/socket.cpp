@@ -245,7 +245,14 @@ void basic_socket::close() {
     return;
   }
   int fd = std::exchange(_fd, -1);
-  hub& h = hub::current();
+  hub* hp = hub::current_if_exists();
+  if (hp == nullptr) {
+    // No hub, so no fiber can be blocked on it: close(2) (a thread that never
+    // used one, or a fork() child, which cannot).
+    close_fd(fd);
+    return;
+  }
+  hub& h = *hp;
   if (socket_waiter* first = waiters_of(fd); first != nullptr) [[unlikely]] {
     // Wake every fiber blocked on this socket (they raise EBADF) and wait
     // until they have let go of it: only then is the fd ours to close, and

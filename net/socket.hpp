@@ -80,7 +80,7 @@ namespace cogent::net {
 
 // use_default is the per-call timeout meaning "the socket's default timeout"
 // (see basic_socket::set_timeout). It is the default argument of every call.
-inline constexpr timeout_duration use_default{std::chrono::nanoseconds::min()};
+inline constexpr timeout_duration use_default = timeout_duration::exactly(std::chrono::nanoseconds::min());
 
 // end_of_stream is raised by read_exactly() when the peer closes its side
 // before the requested byte count arrived. bytes_read() says how many did
@@ -141,7 +141,8 @@ class basic_socket {
   // socket (DESIGN.md invariant 1). The same holds if close() is killed
   // while waiting. The fd is closed in every case (when the thread ends at
   // the latest) and the socket object may be destroyed as soon as close()
-  // returns. Idempotent. May switch (never inside the hub).
+  // returns. On a thread without a hub (none made yet, or a fork() child)
+  // it is close(2). Idempotent. May switch (never inside the hub).
   void close();
   // release() gives up ownership and returns the fd (-1 if closed).
   int release() noexcept;

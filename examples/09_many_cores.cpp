@@ -24,6 +24,8 @@
 // hub of its own: a hub, like its io_uring ring, belongs to one process), then
 // passes SIGINT/SIGTERM on to them and reaps them.
 
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -170,11 +172,22 @@ int run_threads(int workers, int port) {
 // One process per worker; the parent supervises.
 int run_processes(int workers, int port) {
   // Reserve the port (port 0: let the kernel pick one) so every worker binds
-  // the same one. A plain bound listener: no hub in the parent before fork().
-  net::listen_options reuse;
-  reuse.reuse_port = true;
-  std::optional<net::listener> reservation = net::listener::bind(net::address::ipv4_any(port), reuse);
-  port = reservation->local_address().port();
+  // the same one: a socket bound with SO_REUSEPORT and never listening holds
+  // it without taking a share of the connections (only listening sockets get
+  // them), so it can stay open until the end — closing a member of the
+  // listening group while clients arrive could refuse one. Plain syscalls:
+  // no hub in the parent before fork().
+  const int reservation = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  net::address at = net::address::ipv4_any(port);
+  if (reservation < 0 || ::setsockopt(reservation, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+      ::bind(reservation, at.sockaddr_ptr(), at.sockaddr_len()) != 0) {
+    throw std::system_error(errno, std::generic_category(), "reserve port " + std::to_string(port));
+  }
+  sockaddr_in bound{};
+  socklen_t bound_len = sizeof bound;
+  ::getsockname(reservation, reinterpret_cast<sockaddr*>(&bound), &bound_len);
+  port = ntohs(bound.sin_port);
 
   int ready[2];
   if (pipe(ready) != 0) {
@@ -190,7 +203,7 @@ int run_processes(int workers, int port) {
       // The worker: a whole single-thread cogent server, as 05_echo_server.
       int code = 0;
       try {
-        reservation.reset();  // close(2) our copy: it must not take a share of the connections
+        close(reservation);  // the parent's
         close(ready[0]);
         auto srv = echo_server(port);
         char c = 1;
@@ -220,7 +233,6 @@ int run_processes(int workers, int port) {
     ++up;
   }
   close(ready[0]);
-  reservation.reset();  // every worker has bound the port: release ours before clients come
   if (up == workers) {
     std::printf("port %d\n", port);
     for (int i = 0; i < workers; ++i) {
@@ -237,6 +249,7 @@ int run_processes(int workers, int port) {
     kill(pid, SIGTERM);
   }
   int failed = up == workers ? 0 : 1;
+  close(reservation);
   for (pid_t pid : children) {
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {

@@ -170,6 +170,11 @@ hub& hub::current() {
     if (t_inherited != nullptr) {
       throw hub_error(forked_away);
     }
+    if (threadpool::in_worker()) {
+      throw hub_error(
+          "cogent: a thread-pool job used the hub (spawn, sleep, join, a socket...): workers have none; "
+          "do that in the fiber that called run(), once the job returns");
+    }
     // Once per process, before the first hub: a fork() child must let go of
     // the rings it shares with its parent before it runs anything.
     static const bool at_fork = (::pthread_atfork(nullptr, nullptr, &hub::forget_in_child), true);
@@ -836,7 +841,8 @@ void wake_waiter(fiber_impl* f) noexcept {
 }
 
 void throw_orphaned() {
-  throw hub_error("cogent: a lock, event, queue, pool or group was destroyed while this fiber waited on it");
+  throw hub_error("cogent: a lock, event, queue, pool or group was destroyed while '" + current_impl()->name() +
+                  "' waited on it");
 }
 
 bool wait_list::notify_one() noexcept {

@@ -208,7 +208,9 @@ bool post_to(mailbox& box, std::function<void()> fn);
 class hub {
  public:
   // current() returns this thread's hub, creating it on first use. Throws
-  // std::system_error (with errno and likely cause) if io_uring is unavailable.
+  // std::system_error (with errno and likely cause) if io_uring is unavailable,
+  // and hub_error on a thread-pool worker (a job must not use the hub) or in
+  // a fork() child whose thread had one (see above).
   static hub& current();
   // current_if_exists() returns this thread's hub or null. Never creates one.
   static hub* current_if_exists() noexcept;

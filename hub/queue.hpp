@@ -355,7 +355,8 @@ class joinable_queue : public queue<T> {
 // Example:
 //   cogent::channel<int> ch;
 //   auto t = cogent::spawn([&] { ch.put(7); std::puts("taken"); });
-//   int v = ch.get();                 // 7; then t prints "taken"
+//   int v = ch.get();                 // 7 — t printed "taken" first: a put to a waiting
+//                                     // getter hands the item over without switching
 //   t.join();
 template <class T>
 class channel {

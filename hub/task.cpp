@@ -391,53 +391,32 @@ void report_error(const task_base& t) noexcept {
 
 // ---- collections ------------------------------------------------------------------
 
-std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t, bool raise_error) {
-  if (raise_error) {
-    // As gevent: the first task to fail, in the order they finish, ends the
-    // wait at once. iwait's links observe; every failure it did not hand out
-    // (all of them if we are interrupted) it reports as it goes.
-    task_base self = current_task();
-    for (const task_base& g : tasks) {
-      if (self && g == self) {
-        throw hub_error("cogent: joinall() of a list that holds the calling task '" + self.name() + "'");
-      }
-    }
-    task_base failed;
-    {
-      iwait it(tasks, t);
-      while (task_base g = it.next()) {
-        if (g.exception()) {
-          failed = g;
-          break;
-        }
-      }
-    }
-    if (failed) {
-      std::rethrow_exception(failed.exception());
-    }
-    std::vector<task_base> done;
-    for (const task_base& g : tasks) {
-      if (g.ready()) {
-        done.push_back(g);
-      }
-    }
-    return done;
-  }
-  clock::time_point deadline = deadline_after(t);
-  // A task not done in time does not end the wait for the others: each is
-  // joined with the time left (once it is up, the rest are only looked at),
-  // and every one that finished is returned, in the given order.
+std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t, bool raise_error,
+                               std::size_t count) {
+  // As gevent: the tasks in the order they finish, until `count` have (or
+  // `t` passed); with raise_error the first to fail ends the wait at once.
+  // iwait's links observe every task for the whole call (joining them one
+  // by one would leave a later one that fails meanwhile unwatched: reported
+  // as unjoined, then returned); every failure it did not hand out (all of
+  // them if we are interrupted) it reports as it goes.
+  task_base self = current_task();
   for (const task_base& g : tasks) {
-    if (!g.ready()) {
-      if (deadline == clock::time_point::max()) {
-        g.join();
-      } else if (clock::time_point now = clock::now(); now < deadline) {
-        g.join(timeout_duration(deadline - now));
+    if (self && g == self) {
+      throw hub_error("cogent: joinall() of a list that holds the calling task '" + self.name() + "'");
+    }
+  }
+  task_base failed;
+  {
+    iwait it(tasks, t, count);
+    while (task_base g = it.next()) {
+      if (raise_error && g.exception()) {
+        failed = g;
+        break;
       }
     }
-    if (raise_error && g.ready() && g.exception()) {
-      std::rethrow_exception(g.exception());
-    }
+  }
+  if (failed) {
+    std::rethrow_exception(failed.exception());
   }
   std::vector<task_base> done;
   for (const task_base& g : tasks) {
@@ -480,8 +459,8 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool blo
   }
 }
 
-iwait::iwait(std::vector<task_base> tasks, timeout_duration t)
-    : _tasks(std::move(tasks)), _deadline(deadline_after(t)) {
+iwait::iwait(std::vector<task_base> tasks, timeout_duration t, std::size_t count)
+    : _tasks(std::move(tasks)), _count(count), _deadline(deadline_after(t)) {
   _link_ids.reserve(_tasks.size());
   _was_ready.reserve(_tasks.size());
   try {
@@ -532,6 +511,9 @@ void iwait::unlink_all() noexcept {
 }
 
 task_base iwait::next() {
+  if (_returned >= _count) {
+    return {};
+  }
   while (_returned == _done.size()) {
     if (_returned == _tasks.size()) {
       return {};

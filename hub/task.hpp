@@ -360,21 +360,26 @@ auto spawn_later(std::chrono::duration<Rep, Period> delay, Fn&& fn, Args&&... ar
                            std::forward<Args>(args)...);
 }
 
+// all_tasks is the `count` of joinall()/iwait that waits for every task.
+inline constexpr std::size_t all_tasks = static_cast<std::size_t>(-1);
+
 // joinall() waits for every task (up to `t` overall) and returns those that
 // finished, in the given order (one not done in time does not hide those
 // after it). With raise_error, the first task to fail (in the order they
-// finish) ends the wait at once and its error is rethrown (as gevent). May
-// switch.
+// finish) ends the wait at once and its error is rethrown (as gevent). With
+// a `count` (gevent's), it returns once that many have finished (every one
+// finished by then is returned). May switch.
 std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t = std::nullopt,
-                               bool raise_error = false);
+                               bool raise_error = false, std::size_t count = all_tasks);
 inline std::vector<task_base> joinall(std::initializer_list<task_base> tasks,
-                                      timeout_duration t = std::nullopt, bool raise_error = false) {
-  return joinall(std::vector<task_base>(tasks), t, raise_error);
+                                      timeout_duration t = std::nullopt, bool raise_error = false,
+                                      std::size_t count = all_tasks) {
+  return joinall(std::vector<task_base>(tasks), t, raise_error, count);
 }
 template <class T>
 std::vector<task_base> joinall(const std::vector<task<T>>& tasks, timeout_duration t = std::nullopt,
-                               bool raise_error = false) {
-  return joinall(std::vector<task_base>(tasks.begin(), tasks.end()), t, raise_error);
+                               bool raise_error = false, std::size_t count = all_tasks) {
+  return joinall(std::vector<task_base>(tasks.begin(), tasks.end()), t, raise_error, count);
 }
 
 // killall() kills every task (see task_base::kill) and, with block, waits up
@@ -396,15 +401,17 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e = nullptr
 // std::logic_error for an empty handle, leaving no link.
 class iwait {
  public:
-  explicit iwait(std::vector<task_base> tasks, timeout_duration t = std::nullopt);
+  // count (gevent's): at most that many tasks are handed out.
+  explicit iwait(std::vector<task_base> tasks, timeout_duration t = std::nullopt, std::size_t count = all_tasks);
   template <class T>
-  explicit iwait(const std::vector<task<T>>& tasks, timeout_duration t = std::nullopt)
-      : iwait(std::vector<task_base>(tasks.begin(), tasks.end()), t) {}
+  explicit iwait(const std::vector<task<T>>& tasks, timeout_duration t = std::nullopt,
+                 std::size_t count = all_tasks)
+      : iwait(std::vector<task_base>(tasks.begin(), tasks.end()), t, count) {}
   ~iwait();
   iwait(const iwait&) = delete;
   iwait& operator=(const iwait&) = delete;
-  // next() returns the next finished task, or an empty handle once all were
-  // returned or the timeout passed. May switch.
+  // next() returns the next finished task, or an empty handle once all (or
+  // `count`) were returned or the timeout passed. May switch.
   task_base next();
 
  private:
@@ -415,6 +422,7 @@ class iwait {
   std::vector<task_base> _done;
   std::vector<bool> _done_shared;  // _done[i] had other observers when it finished (they own its error)
   std::size_t _returned = 0;
+  std::size_t _count;
   detail::wait_list _wake;
   clock::time_point _deadline;
 };

@@ -17,6 +17,15 @@ namespace cogent {
 namespace {
 
 thread_local bool t_in_worker = false;
+// The mask of the thread that created this worker's pool: what a process the
+// worker forks gets back (restore_mask_in_child()).
+thread_local sigset_t t_origin_mask;
+
+void restore_mask_in_child() noexcept {
+  if (t_in_worker) {
+    (void)::pthread_sigmask(SIG_SETMASK, &t_origin_mask, nullptr);
+  }
+}
 
 }  // namespace
 
@@ -50,8 +59,9 @@ struct threadpool::impl {
   std::atomic<std::size_t> outstanding{0};
   std::vector<std::thread> workers;
 
-  void worker_main() {
+  void worker_main(const sigset_t& origin) {
     t_in_worker = true;
+    t_origin_mask = origin;
     for (;;) {
       detail::thread_job* j = nullptr;
       {
@@ -99,10 +109,12 @@ threadpool::threadpool(std::size_t threads) : _impl(std::make_unique<impl>()) {
   threads = std::max<std::size_t>(threads, 1);
   _impl->workers.reserve(threads);
   try {
+    static const bool at_fork = (::pthread_atfork(nullptr, nullptr, &restore_mask_in_child), true);
+    (void)at_fork;
     // Workers never take asynchronous signals: they inherit this mask.
     detail::async_signals_blocked quiet;
     for (std::size_t i = 0; i < threads; ++i) {
-      _impl->workers.emplace_back([p = _impl.get()] { p->worker_main(); });
+      _impl->workers.emplace_back([p = _impl.get(), origin = quiet.before()] { p->worker_main(origin); });
     }
   } catch (...) {
     {

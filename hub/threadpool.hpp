@@ -29,7 +29,15 @@
 // process-directed SIGTERM/SIGINT/... goes to the application's threads (to
 // net::wait_for_signal() or its handlers), never to a worker that would take
 // the default action (killing the process) while a fiber waits for it. Code
-// run on a worker that wants a signal must unblock it itself.
+// run on a worker that wants a signal must unblock it itself. A process a job
+// fork()s gets the mask of the thread that created the pool back (a fork
+// handler restores it: an exec'd program must not start with SIGTERM
+// blocked); posix_spawn() runs no fork handlers, so a job that spawns passes
+// posix_spawnattr_setsigmask() (and POSIX_SPAWN_SETSIGMASK) itself.
+//
+// A job must not use cogent's hub (spawn, sleep, join, sockets...): a worker
+// has none and makes none, hub::current() raises hub_error there. The fiber
+// that called run() is the place for that, once the job is done.
 //
 // Example:
 //   cogent::threadpool tp(4);
@@ -70,6 +78,8 @@ class async_signals_blocked {
   ~async_signals_blocked();
   async_signals_blocked(const async_signals_blocked&) = delete;
   async_signals_blocked& operator=(const async_signals_blocked&) = delete;
+  // before() is the mask the thread had (what a worker's fork() child gets back).
+  const sigset_t& before() const noexcept { return _old; }
 
  private:
   sigset_t _old;

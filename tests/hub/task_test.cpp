@@ -292,6 +292,31 @@ COGENT_TEST_CASE("joinall with raise_error rethrows the first error", doctest::t
   CHECK(cogent::joinall({ok, bad}).size() == 2);  // without raise_error: no throw
 }
 
+COGENT_TEST_CASE("joinall and iwait with a count return once that many finished (gevent's count)",
+                 doctest::timeout(10)) {
+  auto fast = cogent::spawn([] { cogent::sleep(1ms); return 1; });
+  auto mid = cogent::spawn([] { cogent::sleep(5ms); return 2; });
+  auto slow = cogent::spawn([] { cogent::sleep(2s); return 3; });
+  auto t0 = clock::now();
+  auto done = cogent::joinall({slow, mid, fast}, std::nullopt, false, 2);
+  CHECK(clock::now() - t0 < 1s);  // did not wait for slow
+  REQUIRE(done.size() == 2);
+  CHECK(done[0] == mid);  // in the given order
+  CHECK(done[1] == fast);
+  cogent::iwait it(std::vector<cogent::task_base>{slow, mid, fast}, std::nullopt, 1);
+  CHECK(it.next() == mid);  // (both already finished: in the order their links ran)
+  CHECK_FALSE(it.next());   // count reached: no waiting for slow
+  CHECK(clock::now() - t0 < 1s);
+  // With raise_error, a failure among the first `count` is rethrown; count 0 returns at once.
+  auto bad = cogent::spawn([]() -> int {
+    cogent::sleep(1ms);
+    throw custom_error("bad");
+  });
+  CHECK_THROWS_WITH_AS(cogent::joinall({slow, bad}, std::nullopt, true, 1), "bad", custom_error);
+  CHECK(cogent::joinall({slow}, std::nullopt, false, 0).empty());
+  slow.kill();
+}
+
 COGENT_TEST_CASE("current_task inside tasks", doctest::timeout(10)) {
   cogent::task_base seen;
   auto t = cogent::spawn([&] { seen = cogent::current_task(); });

@@ -65,8 +65,11 @@ class queue_error : public std::logic_error {
 namespace detail {
 
 // fifo_store, lifo_store and ordered_store are the orderings basic_queue uses.
+// `reorders` says an item put later may come out first; then before(a, b)
+// says `a` comes out before `b` (a put later than b).
 template <class T>
 struct fifo_store {
+  static constexpr bool reorders = false;
   std::deque<T> items;
   void push(T&& v) { items.push_back(std::move(v)); }
   T& top() { return items.front(); }
@@ -74,10 +77,12 @@ struct fifo_store {
 };
 template <class T>
 struct lifo_store {
+  static constexpr bool reorders = true;
   std::vector<T> items;
   void push(T&& v) { items.push_back(std::move(v)); }
   T& top() { return items.back(); }
   void pop() { items.pop_back(); }
+  bool before(const T&, const T&) const noexcept { return true; }  // the later one
 };
 // ordered_store keeps items sorted under Compare in a node-based multiset:
 // an insert either adds the item where it belongs or, if a move or the
@@ -85,7 +90,9 @@ struct lifo_store {
 // half-sifted item); equal items come out in the order they were put.
 template <class T, class Compare>
 struct ordered_store {
+  static constexpr bool reorders = true;
   std::multiset<T, Compare> items;
+  bool before(const T& a, const T& b) const { return items.key_comp()(a, b); }  // equal: put order
   void push(T&& v) { items.insert(std::move(v)); }
   // The first item, to be moved from and then popped: nothing compares it in
   // between (erase() of begin() compares nothing), so the set's order is
@@ -105,7 +112,11 @@ class basic_queue {
   basic_queue& operator=(const basic_queue&) = delete;
 
   // put() adds `item`: hands it to the longest-waiting getter if there is
-  // one, else stores it, blocking while the queue is full up to `t`. Throws
+  // one (in a lifo_queue or priority_queue, the getters already handed items
+  // that have not run yet keep the queue's order among them: the earliest
+  // gets the item that comes first, as in gevent; for an item type whose swap
+  // may throw, in the order put), else stores it, blocking while the queue is
+  // full up to `t`. Throws
   // queue_full if `t` passes first (the item is not added). Raises a pending
   // kill or Timeout (the item is not added). May switch (only when full).
   void put(T item, timeout_duration t = std::nullopt) {
@@ -197,6 +208,22 @@ class basic_queue {
     _peekers.notify_all();
   }
   void give(handoff_list::node& g, T&& item) {
+    if constexpr (Store::reorders && std::is_nothrow_swappable_v<T>) {
+      // Getters granted earlier in this turn have not run yet. As in gevent
+      // (each getter takes the first item when it runs), the earliest of them
+      // gets the item that comes first: their items stay in queue order, and
+      // `item` goes in where it belongs, the others moving one getter down.
+      // Compared first, then swapped (which cannot throw): a comparator that
+      // throws leaves every getter's item as it was.
+      handoff_list::node* at = _getters.granted_front();
+      while (at != nullptr && !_store.before(item, **static_cast<std::optional<T>*>(at->data))) {
+        at = at->next;
+      }
+      for (; at != nullptr; at = at->next) {
+        using std::swap;
+        swap(item, **static_cast<std::optional<T>*>(at->data));
+      }
+    }
     static_cast<std::optional<T>*>(g.data)->emplace(std::move(item));
     ++_unfinished;
     _getters.grant(g);

@@ -18,6 +18,11 @@ bool handoff_list::wait(node& n, clock::time_point deadline) {
   fifo_links<node>::scoped link(_links, n);
   h.park(deadline, true);
   if (n.granted) {
+    if (n.orphaned) [[unlikely]] {
+      hub::throw_if_interrupted();
+      throw_orphaned();  // granted by a list destroyed before we ran: what it gave is gone
+    }
+    _granted.unlink(n);
     return true;  // a grant wins; a pending interrupt is raised at the next blocking call
   }
   hub::throw_if_interrupted();  // (`link` unlinks n as it unwinds)
@@ -39,6 +44,7 @@ handoff_list::node* handoff_list::first() const noexcept {
 void handoff_list::grant(node& n) noexcept {
   _links.unlink(n);
   n.granted = true;
+  _granted.push_back(n);
   wake_waiter(n.f);
 }
 

@@ -78,14 +78,21 @@ class handoff_list {
     void* data = nullptr;  // what the waiter offers (a putter's item) or receives into (a getter's slot)
     bool granted = false;
     bool linked = false;
+    bool orphaned = false;  // granted, then the list was destroyed before the fiber ran
   };
 
   handoff_list() = default;
   handoff_list(const handoff_list&) = delete;
   handoff_list& operator=(const handoff_list&) = delete;
-  // ~handoff_list() with fibers still waiting raises hub_error in each (see
-  // orphan_all()). Never switches.
+  // ~handoff_list() with fibers still waiting, or granted and not yet run,
+  // raises hub_error in each (see orphan_all()): what was handed to a granted
+  // one (a lock, a unit, an item) belonged to the object being destroyed.
+  // Never switches.
   ~handoff_list() {
+    while (node* n = _granted.front()) [[unlikely]] {
+      _granted.unlink(*n);
+      n->orphaned = true;  // already scheduled
+    }
     if (!_links.empty()) [[unlikely]] {
       orphan_all(_links);
     }
@@ -117,6 +124,10 @@ class handoff_list {
   // completes the transfer (ownership, n.data) before calling it. Never switches.
   void grant(node& n) noexcept;
 
+  // granted_front() is the earliest granted node whose fiber has not run yet
+  // (then ->next, in grant order), or null. Never switches.
+  node* granted_front() const noexcept { return _granted.front(); }
+
   // empty()/size() count every linked node, leaving ones included.
   bool empty() const noexcept { return _links.empty(); }
   std::size_t size() const noexcept { return _links.size(); }
@@ -127,6 +138,7 @@ class handoff_list {
   bool wait(node& n, clock::time_point deadline);
 
   fifo_links<node> _links;
+  fifo_links<node, false> _granted;  // granted, their fibers not yet back in wait()
 };
 
 // owner_lock is what mutex and rlock share: an owning fiber and a FIFO of

@@ -462,13 +462,13 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool blo
 iwait::iwait(std::vector<task_base> tasks, timeout_duration t, std::size_t count)
     : _tasks(std::move(tasks)), _count(count), _deadline(deadline_after(t)) {
   _link_ids.reserve(_tasks.size());
-  _was_ready.reserve(_tasks.size());
   try {
     for (const task_base& g : _tasks) {
-      _was_ready.push_back(g.ready());  // (an empty handle throws here, before any link)
+      // A task already finished runs the link at once, here: its error was
+      // reported then if nobody saw it, so it is not ours to report.
       _link_ids.push_back(g.link([this](const task_base& done) {
         _done.push_back(done);
-        _done_shared.push_back(done.state().shared_observers);
+        _done_not_ours.push_back(_linking || done.state().shared_observers);
         _wake.notify_one();
       }));
     }
@@ -476,29 +476,23 @@ iwait::iwait(std::vector<task_base> tasks, timeout_duration t, std::size_t count
     unlink_all();  // no destructor runs: no link may outlive this
     throw;
   }
+  _linking = false;
 }
 
 iwait::~iwait() {
   unlink_all();
   // Our links observe (a task that fails while we wait is not reported when
   // it finishes): an error we never handed out is reported now, once — not
-  // one handed out under another entry (a task listed twice), nor one that
-  // had failed before we looked (reported then if nobody saw it), nor one
-  // someone else was also looking at when it finished (theirs).
-  auto handed_out = [this](const task_base& g) {
-    return std::find(_done.begin(), _done.begin() + static_cast<std::ptrdiff_t>(_returned), g) !=
-           _done.begin() + static_cast<std::ptrdiff_t>(_returned);
+  // one not ours (see _done_not_ours), nor one handed out (or reported)
+  // under an earlier entry (a task listed twice).
+  auto earlier = [this](std::size_t i) {
+    auto end = _done.begin() + static_cast<std::ptrdiff_t>(i);
+    return std::find(_done.begin(), end, _done[i]) != end;
   };
-  std::vector<task_base> reported;
   for (std::size_t i = _returned; i < _done.size(); ++i) {
-    const task_base& g = _done[i];
-    std::size_t at = static_cast<std::size_t>(std::find(_tasks.begin(), _tasks.end(), g) - _tasks.begin());
-    if (!g.exception() || _was_ready[at] || _done_shared[i] || handed_out(g) ||
-        std::find(reported.begin(), reported.end(), g) != reported.end()) {
-      continue;
+    if (_done[i].exception() && !_done_not_ours[i] && !earlier(i)) {
+      report_error(_done[i]);
     }
-    reported.push_back(g);
-    report_error(g);
   }
 }
 

@@ -418,11 +418,13 @@ class iwait {
   void unlink_all() noexcept;
   std::vector<task_base> _tasks;
   std::vector<std::size_t> _link_ids;
-  std::vector<bool> _was_ready;  // finished before we looked (its error was reported then, if unseen)
   std::vector<task_base> _done;
-  std::vector<bool> _done_shared;  // _done[i] had other observers when it finished (they own its error)
+  // _done_not_ours[i]: _done[i]'s error is someone else's to see — it had
+  // finished before we linked, or had other observers when it finished.
+  std::vector<bool> _done_not_ours;
   std::size_t _returned = 0;
   std::size_t _count;
+  bool _linking = true;  // in the constructor: a link that runs now is of a task already finished
   detail::wait_list _wake;
   clock::time_point _deadline;
 };

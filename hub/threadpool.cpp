@@ -21,10 +21,28 @@ thread_local bool t_in_worker = false;
 // worker forks gets back (restore_mask_in_child()).
 thread_local sigset_t t_origin_mask;
 
-void restore_mask_in_child() noexcept {
+// The default pool, made on first use and leaked on purpose (see the header):
+// never joined at exit. A fork() child has none of its worker threads, so it
+// forgets the parent's (kept reachable in g_forked_pool) and makes its own.
+std::atomic<threadpool*> g_default_pool{nullptr};
+threadpool* g_forked_pool = nullptr;
+
+// in_child() is the pools' fork() child handler: a worker that forked gets its
+// pool creator's mask back (an exec'd program must not start with SIGTERM
+// blocked), and the default pool is forgotten.
+void in_child() noexcept {
   if (t_in_worker) {
     (void)::pthread_sigmask(SIG_SETMASK, &t_origin_mask, nullptr);
   }
+  if (threadpool* p = g_default_pool.exchange(nullptr, std::memory_order_relaxed); p != nullptr) {
+    g_forked_pool = p;
+  }
+}
+
+// watch_forks() registers in_child(), once per process, before any pool exists.
+void watch_forks() noexcept {
+  static const bool registered = (::pthread_atfork(nullptr, nullptr, &in_child), true);
+  (void)registered;
 }
 
 }  // namespace
@@ -109,8 +127,7 @@ threadpool::threadpool(std::size_t threads) : _impl(std::make_unique<impl>()) {
   threads = std::max<std::size_t>(threads, 1);
   _impl->workers.reserve(threads);
   try {
-    static const bool at_fork = (::pthread_atfork(nullptr, nullptr, &restore_mask_in_child), true);
-    (void)at_fork;
+    watch_forks();
     // Workers never take asynchronous signals: they inherit this mask.
     detail::async_signals_blocked quiet;
     for (std::size_t i = 0; i < threads; ++i) {
@@ -198,26 +215,10 @@ void threadpool::submit_and_wait(detail::thread_job& j, bool detachable) {
   }
 }
 
-namespace {
-// The default pool, made on first use and leaked on purpose (see the header):
-// never joined at exit. A fork() child has none of its worker threads, so it
-// forgets the parent's (kept reachable in g_forked_pool) and makes its own.
-std::atomic<threadpool*> g_default_pool{nullptr};
-threadpool* g_forked_pool = nullptr;
-
-void forget_default_pool_in_child() noexcept {
-  if (threadpool* p = g_default_pool.exchange(nullptr, std::memory_order_relaxed); p != nullptr) {
-    g_forked_pool = p;
-  }
-}
-}  // namespace
-
 threadpool& default_threadpool() {
   if (threadpool* p = g_default_pool.load(std::memory_order_acquire); p != nullptr) [[likely]] {
     return *p;
   }
-  static const bool at_fork = (::pthread_atfork(nullptr, nullptr, &forget_default_pool_in_child), true);
-  (void)at_fork;
   auto fresh = std::make_unique<threadpool>(std::max<std::size_t>(4, std::thread::hardware_concurrency()));
   threadpool* expected = nullptr;
   if (!g_default_pool.compare_exchange_strong(expected, fresh.get(), std::memory_order_acq_rel)) {

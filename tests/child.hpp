@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <string>
@@ -77,6 +78,34 @@ child_result run_in_child(Body&& body) {
   ::close(fds[0]);
   REQUIRE(::waitpid(pid, &r.status, 0) == pid);
   return r;
+}
+
+// exit_code_in_child() forks; the child (crash handlers reset, bounded by alarm(seconds)) runs
+// fn() and _exit()s with the int it returns (98 if it threw). The parent waits with a plain
+// waitpid (not through the hub) and returns the exit code, or -signal if the child was killed
+// by one (SIGALRM: it hung).
+template <class Fn>
+int exit_code_in_child(Fn fn, unsigned seconds = 2) {
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    for (int s : {SIGSEGV, SIGABRT, SIGBUS, SIGALRM}) {
+      std::signal(s, SIG_DFL);
+    }
+    ::alarm(seconds);
+    int code = 99;
+    try {
+      code = fn();
+    } catch (...) {
+      code = 98;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
 }
 
 }  // namespace cogent::test

@@ -15,31 +15,13 @@
 #include "hub/core.hpp"
 #include "hub/detail/engine.hpp"
 #include "hub/task.hpp"
+#include "tests/child.hpp"
 
 using namespace std::chrono_literals;
 
 namespace {
 
-// child_status() forks; the child runs fn() and _exit()s with its result; the parent
-// waits (plain waitpid: not through the hub) and returns the exit code (-1: killed by a signal).
-template <class Fn>
-int child_status(Fn fn) {
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    int code = 99;
-    try {
-      code = fn();
-    } catch (...) {
-      code = 98;
-    }
-    ::_exit(code);
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+using cogent::test::exit_code_in_child;
 
 // uses_hub_error() is 0 if calling fn() in the child raises hub_error naming fork(), else 1..3.
 template <class Fn>
@@ -60,10 +42,10 @@ TEST_CASE("fork: the child of a thread with a hub gets hub_error from sleep, spa
   cogent::sleep(1ms);  // this thread's hub exists
   auto parent_task = cogent::spawn([] { cogent::sleep(50ms); return 7; });
   cogent::sleep(0s);
-  CHECK(child_status([] { return uses_hub_error([] { cogent::sleep(5ms); }); }) == 0);
-  CHECK(child_status([] { return uses_hub_error([] { cogent::spawn([] {}).join(); }); }) == 0);
-  CHECK(child_status([&] { return uses_hub_error([&] { parent_task.join(); }); }) == 0);
-  CHECK(child_status([] { return uses_hub_error([] { cogent::hub::current(); }); }) == 0);
+  CHECK(exit_code_in_child([] { return uses_hub_error([] { cogent::sleep(5ms); }); }) == 0);
+  CHECK(exit_code_in_child([] { return uses_hub_error([] { cogent::spawn([] {}).join(); }); }) == 0);
+  CHECK(exit_code_in_child([&] { return uses_hub_error([&] { parent_task.join(); }); }) == 0);
+  CHECK(exit_code_in_child([] { return uses_hub_error([] { cogent::hub::current(); }); }) == 0);
   CHECK(parent_task.get() == 7);  // the parent goes on as if nothing happened
 }
 
@@ -83,7 +65,7 @@ TEST_CASE("fork: an op the parent has in flight completes in the parent even if 
   REQUIRE(::write(p[1], "x", 1) == 1);
   // The child waits for 20 ms "through the hub" if it can: with a shared ring it could take the
   // parent's completion (or submit into the parent's queue).
-  int code = child_status([] {
+  int code = exit_code_in_child([] {
     (void)uses_hub_error([] { cogent::sleep(20ms); });
     return 0;
   });
@@ -102,7 +84,7 @@ TEST_CASE("fork: a thread without a hub forks, and the child makes a hub of its 
   int code = 0;
   std::thread([&] {
     CHECK(cogent::hub::current_if_exists() == nullptr);
-    code = child_status([] {
+    code = exit_code_in_child([] {
       auto t = cogent::spawn([] { cogent::sleep(5ms); return 3; });
       return t.get() == 3 ? 0 : 1;
     });

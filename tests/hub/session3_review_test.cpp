@@ -26,6 +26,7 @@
 #include "hub/task.hpp"
 #include "hub/threadpool.hpp"
 #include "net/socket.hpp"
+#include "tests/child.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
@@ -37,31 +38,10 @@ struct boom : std::runtime_error {
 };
 using reports = cogent::test::error_reports;
 
-// in_child() forks; the child (crash handlers reset, bounded by alarm(1)) runs fn() and _exit()s
-// with its result (98: it threw). The parent waits with a plain waitpid and returns the exit code,
-// or -signal if the child was killed by one (SIGALRM: it hung).
+// in_child() is exit_code_in_child() bounded by 1 s.
 template <class Fn>
 int in_child(Fn fn) {
-  std::fflush(nullptr);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    for (int s : {SIGSEGV, SIGABRT, SIGBUS, SIGALRM}) {
-      std::signal(s, SIG_DFL);
-    }
-    ::alarm(1);
-    int code = 99;
-    try {
-      code = fn();
-    } catch (...) {
-      code = 98;
-    }
-    ::_exit(code);
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  return cogent::test::exit_code_in_child(std::move(fn), 1);
 }
 
 // ok_or_hub_error() is 0 if fn() returns or raises hub_error, 1 for any other exception.

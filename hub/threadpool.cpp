@@ -17,33 +17,13 @@ namespace cogent {
 namespace {
 
 thread_local bool t_in_worker = false;
-// The mask of the thread that created this worker's pool: what a process the
-// worker forks gets back (restore_mask_in_child()).
+// The mask of the thread that started this worker: what a process the worker
+// forks gets back (threadpool::impl::in_child()).
 thread_local sigset_t t_origin_mask;
 
 // The default pool, made on first use and leaked on purpose (see the header):
-// never joined at exit. A fork() child has none of its worker threads, so it
-// forgets the parent's (kept reachable in g_forked_pool) and makes its own.
+// never joined at exit.
 std::atomic<threadpool*> g_default_pool{nullptr};
-threadpool* g_forked_pool = nullptr;
-
-// in_child() is the pools' fork() child handler: a worker that forked gets its
-// pool creator's mask back (an exec'd program must not start with SIGTERM
-// blocked), and the default pool is forgotten.
-void in_child() noexcept {
-  if (t_in_worker) {
-    (void)::pthread_sigmask(SIG_SETMASK, &t_origin_mask, nullptr);
-  }
-  if (threadpool* p = g_default_pool.exchange(nullptr, std::memory_order_relaxed); p != nullptr) {
-    g_forked_pool = p;
-  }
-}
-
-// watch_forks() registers in_child(), once per process, before any pool exists.
-void watch_forks() noexcept {
-  static const bool registered = (::pthread_atfork(nullptr, nullptr, &in_child), true);
-  (void)registered;
-}
 
 }  // namespace
 
@@ -68,6 +48,13 @@ async_signals_blocked::~async_signals_blocked() {
 
 }  // namespace detail
 
+// fork(): a child process has only the thread that forked. Every live pool is
+// kept in a registry so that the fork handlers can make the child's copies
+// usable: before the fork they take every pool's lock (no worker is in the
+// middle of an update in the child); in the child each pool forgets the
+// parent's workers (gone) and the jobs it had queued (they belong to the
+// parent's fibers), and starts workers of its own at its first job there, as
+// gevent's threadpool does after a fork.
 struct threadpool::impl {
   std::mutex mu;
   std::condition_variable cv;
@@ -75,7 +62,66 @@ struct threadpool::impl {
   detail::thread_job* tail = nullptr;
   bool stop = false;
   std::atomic<std::size_t> outstanding{0};
-  std::vector<std::thread> workers;
+  std::size_t size = 1;               // the workers it runs (in a fork child: once started again)
+  std::vector<std::thread> workers;   // guarded by mu (but in the constructor and destructor)
+
+  struct registry {
+    std::mutex mu;
+    std::vector<impl*> pools;
+  };
+  static registry& pools() {
+    static auto* r = new registry;  // leaked: the default pool outlives static destruction
+    return *r;
+  }
+
+  // start_workers() starts workers up to `size`, with asynchronous signals
+  // blocked (they inherit the mask). Throws std::system_error if a thread
+  // cannot be created (the workers started so far stay).
+  void start_workers() {
+    detail::async_signals_blocked quiet;
+    while (workers.size() < size) {
+      workers.emplace_back([this, origin = quiet.before()] { worker_main(origin); });
+    }
+  }
+
+  static void before_fork() noexcept {
+    registry& r = pools();
+    r.mu.lock();
+    for (impl* p : r.pools) {
+      p->mu.lock();
+    }
+  }
+  static void in_parent() noexcept {
+    registry& r = pools();
+    for (impl* p : r.pools) {
+      p->mu.unlock();
+    }
+    r.mu.unlock();
+  }
+  static void in_child() noexcept {
+    if (t_in_worker) {
+      // A job forked: the child gets its pool creator's mask back (an exec'd
+      // program must not start with SIGTERM blocked).
+      (void)::pthread_sigmask(SIG_SETMASK, &t_origin_mask, nullptr);
+    }
+    registry& r = pools();
+    for (impl* p : r.pools) {
+      p->forget_parent();
+    }
+    r.mu.unlock();
+  }
+  // forget_parent() runs in a fork child, with mu held by before_fork().
+  void forget_parent() noexcept {
+    for (std::thread& t : workers) {
+      std::construct_at(&t);  // not joinable: that thread does not exist here
+    }
+    workers.clear();
+    head = tail = nullptr;
+    outstanding.store(0, std::memory_order_relaxed);
+    // The parent's workers were waiting on cv: a fresh one has no phantom waiters.
+    std::construct_at(&cv);
+    mu.unlock();
+  }
 
   void worker_main(const sigset_t& origin) {
     t_in_worker = true;
@@ -124,15 +170,15 @@ struct threadpool::impl {
 };
 
 threadpool::threadpool(std::size_t threads) : _impl(std::make_unique<impl>()) {
-  threads = std::max<std::size_t>(threads, 1);
-  _impl->workers.reserve(threads);
+  _impl->size = std::max<std::size_t>(threads, 1);
+  _impl->workers.reserve(_impl->size);
+  static const bool watching = (::pthread_atfork(&impl::before_fork, &impl::in_parent, &impl::in_child), true);
+  (void)watching;
   try {
-    watch_forks();
-    // Workers never take asynchronous signals: they inherit this mask.
-    detail::async_signals_blocked quiet;
-    for (std::size_t i = 0; i < threads; ++i) {
-      _impl->workers.emplace_back([p = _impl.get(), origin = quiet.before()] { p->worker_main(origin); });
-    }
+    _impl->start_workers();
+    impl::registry& r = impl::pools();
+    std::lock_guard lock(r.mu);
+    r.pools.push_back(_impl.get());
   } catch (...) {
     {
       std::lock_guard lock(_impl->mu);
@@ -155,10 +201,14 @@ threadpool::~threadpool() {
   for (auto& t : _impl->workers) {
     t.join();
   }
+  // Left registered until here: a fork meanwhile finds the workers it must forget.
+  impl::registry& r = impl::pools();
+  std::lock_guard lock(r.mu);
+  std::erase(r.pools, _impl.get());
 }
 
 std::size_t threadpool::size() const noexcept {
-  return _impl->workers.size();
+  return _impl->size;
 }
 
 std::size_t threadpool::pending() const noexcept {
@@ -186,10 +236,13 @@ void threadpool::submit_and_wait(detail::thread_job& j, bool detachable) {
   j.owner = &h;
   j.box = h.mailbox();
   j.waiter = detail::current_impl();
-  h.hold();
-  _impl->outstanding.fetch_add(1, std::memory_order_relaxed);
   {
     std::lock_guard lock(_impl->mu);
+    if (_impl->workers.size() < _impl->size) [[unlikely]] {
+      _impl->start_workers();  // the first job in a fork() child (may throw: nothing queued yet)
+    }
+    h.hold();
+    _impl->outstanding.fetch_add(1, std::memory_order_relaxed);
     j.next = nullptr;
     (_impl->tail != nullptr ? _impl->tail->next : _impl->head) = &j;
     _impl->tail = &j;

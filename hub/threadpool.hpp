@@ -30,10 +30,17 @@
 // net::wait_for_signal() or its handlers), never to a worker that would take
 // the default action (killing the process) while a fiber waits for it. Code
 // run on a worker that wants a signal must unblock it itself. A process a job
-// fork()s gets the mask of the thread that created the pool back (a fork
+// fork()s gets the mask of the thread that started its worker back (a fork
 // handler restores it: an exec'd program must not start with SIGTERM
 // blocked); posix_spawn() runs no fork handlers, so a job that spawns passes
 // posix_spawnattr_setsigmask() (and POSIX_SPAWN_SETSIGMASK) itself.
+//
+// fork(): a child process has only the thread that called fork(), so none of
+// a pool's workers. Every pool (the default one too) forgets them there, and
+// the jobs the parent had queued (they belong to the parent's fibers), and
+// starts workers of its own at its first run() in the child; its destructor
+// joins only those. The fork handlers take each pool's lock for the duration
+// of the fork (a worker takes it only to dequeue a job).
 //
 // A job must not use cogent's hub (spawn, sleep, join, sockets...): a worker
 // has none and makes none, hub::current() raises hub_error there. The fiber
@@ -148,7 +155,8 @@ class threadpool {
   template <class Fn>
   auto run_detachable(Fn fn) -> std::invoke_result_t<Fn&>;
 
-  // size() is the number of worker threads. Never switches.
+  // size() is the number of worker threads (in a fork() child, the number it
+  // starts at its first job there). Never switches.
   std::size_t size() const noexcept;
   // pending() is the number of jobs queued or running right now. Thread-safe.
   std::size_t pending() const noexcept;
@@ -167,8 +175,8 @@ class threadpool {
 // default_threadpool() returns the process-wide pool, created on first use
 // with max(4, hardware_concurrency) workers. It is never destroyed: at exit
 // its workers are left to the process's end, so a lookup that hangs cannot
-// hold up exit. A fork() child gets a pool of its own (the parent's workers
-// do not exist there). Thread-safe. Never switches.
+// hold up exit. In a fork() child it starts workers anew, as any pool (see
+// "fork()" above). Thread-safe. Never switches.
 threadpool& default_threadpool();
 
 // run_in_thread() is default_threadpool().run(fn). May switch.

@@ -9,12 +9,14 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 
 #include "hub/core.hpp"
 #include "hub/detail/engine.hpp"
 #include "hub/task.hpp"
+#include "hub/threadpool.hpp"
 #include "tests/child.hpp"
 
 using namespace std::chrono_literals;
@@ -107,4 +109,75 @@ TEST_CASE("fork: a child that forgot its parent's hub exits normally (exit(), th
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
   CHECK(sleeper.join(1s));
+}
+
+// A pool made before fork(): the child has none of its worker threads. As gevent's threadpool does
+// after a fork, the child's copy starts workers of its own when it is first used; jobs the parent had
+// queued belong to the parent's fibers and never run in the child.
+TEST_CASE("fork: a threadpool made before fork() runs the child's jobs on workers started anew") {
+  cogent::threadpool tp(2);
+  CHECK(tp.run([] { return 1; }) == 1);  // the parent's workers have run a job
+  int code = 0;
+  std::thread([&] {  // a thread without a hub forks: the child makes its own
+    code = exit_code_in_child(
+        [&] {
+          if (tp.size() != 2) {
+            return 1;
+          }
+          auto t = cogent::spawn([&] { return tp.run([] { return 7; }) + tp.run([] { return 1; }); });
+          return t.get() == 8 ? 0 : 2;
+        },
+        10);
+  }).join();
+  CHECK(code == 0);
+  CHECK(tp.run([] { return 5; }) == 5);  // the parent's pool is untouched
+}
+
+TEST_CASE("fork: jobs queued in the parent at fork() time do not run in the child") {
+  cogent::threadpool tp(1);
+  int block[2];
+  REQUIRE(::pipe(block) == 0);
+  int ran_queued = 0;
+  // The worker is held in a job (reading the pipe); a second job waits in the queue behind it.
+  auto busy = cogent::spawn([&] { tp.run([&] { char c; return ::read(block[0], &c, 1); }); });
+  auto queued = cogent::spawn([&] { tp.run([&] { ++ran_queued; }); });
+  while (tp.pending() < 2) {
+    cogent::sleep(1ms);
+  }
+  int code = 0;
+  std::thread([&] {
+    code = exit_code_in_child(
+        [&] {
+          auto t = cogent::spawn([&] { return tp.run([&] { return ran_queued; }); });
+          return t.get() == 0 && ran_queued == 0 ? 0 : 1;
+        },
+        10);
+  }).join();
+  CHECK(code == 0);
+  REQUIRE(::write(block[1], "x", 1) == 1);
+  CHECK(busy.join(5s));
+  CHECK(queued.join(5s));
+  CHECK(ran_queued == 1);
+  ::close(block[0]);
+  ::close(block[1]);
+}
+
+TEST_CASE("fork: a child can destroy a threadpool it inherited, used or not") {
+  auto tp = std::make_unique<cogent::threadpool>(3);
+  CHECK(tp->run([] { return 1; }) == 1);
+  int unused = 0;
+  int used = 0;
+  std::thread([&] {
+    unused = exit_code_in_child([&] { tp.reset(); return 0; }, 10);
+    used = exit_code_in_child(
+        [&] {
+          auto t = cogent::spawn([&] { return tp->run([] { return 4; }); });
+          int got = t.get();
+          tp.reset();
+          return got == 4 ? 0 : 1;
+        },
+        10);
+  }).join();
+  CHECK(unused == 0);
+  CHECK(used == 0);
 }

@@ -13,6 +13,7 @@
 //   build/examples/09_many_cores [--threads | --processes] [--workers N] [port]
 //     default: --threads, N = the number of cores, port 0 = a free one
 //   # first stdout line: "port <N>"; then one "worker <i> ready" line per worker
+//   # (--processes: "worker <i> ready (process <pid>)"; kill -9 one: it is replaced)
 //   build/examples/06_echo_client <port> 100 2     # 100 client fibers for 2 s
 //   kill -INT <pid>          # or Ctrl-C: every worker stops, then prints
 //                            # "worker <i> (thread|process ...): <n> clients"
@@ -20,9 +21,11 @@
 // Threads: worker 0 is the main thread; a signal fiber there stops its own
 // server and asks each other thread's hub to stop its server through
 // hub::post() (the one thread-safe way into a hub). Processes: the parent only
-// supervises: it reserves the port, forks the workers (before it has created a
-// hub of its own: a hub, like its io_uring ring, belongs to one process), then
-// passes SIGINT/SIGTERM on to them and reaps them.
+// supervises, with plain POSIX calls (it never makes a hub: a hub, like its
+// io_uring ring, belongs to one process, and a child forked from a thread
+// with one cannot use it): it reserves the port, forks the workers, replaces
+// one that dies (as gunicorn's arbiter does), then passes SIGINT/SIGTERM on
+// to them and reaps them.
 
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -169,14 +172,55 @@ int run_threads(int workers, int port) {
   return 0;
 }
 
-// One process per worker; the parent supervises.
+// start_worker() forks worker i: a whole single-thread cogent server, as
+// 05_echo_server, on the shared port. It writes one byte to `ready` (if not
+// -1) once it listens. Returns the child's pid.
+pid_t start_worker(int i, int port, int reservation, int ready) {
+  pid_t pid = fork();
+  if (pid < 0) {
+    throw std::system_error(errno, std::generic_category(), "fork");
+  }
+  if (pid != 0) {
+    return pid;
+  }
+  int code = 0;
+  try {
+    close(reservation);  // the parent's
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    pthread_sigmask(SIG_UNBLOCK, &chld, nullptr);  // blocked for the supervisor, not for us
+    auto srv = echo_server(port);
+    if (ready >= 0) {
+      char c = 1;
+      if (write(ready, &c, 1) != 1) {
+        _exit(1);
+      }
+      close(ready);
+    }
+    auto on_signal = cogent::spawn([&srv] {
+      net::wait_for_signal({SIGINT, SIGTERM});
+      srv->stop(1s);
+    });
+    srv->serve_forever();
+    on_signal.join();
+    report(i, "process " + std::to_string(getpid()), srv->accepted_count());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "09_many_cores: worker %d: %s\n", i, e.what());
+    code = 1;
+  }
+  std::fflush(nullptr);
+  _exit(code);  // not exit(): the parent's atexit handlers and stdio buffers are not ours
+}
+
+// One process per worker; the parent supervises, with plain POSIX calls: it
+// never makes a hub, so it can fork a replacement whenever a worker dies.
 int run_processes(int workers, int port) {
   // Reserve the port (port 0: let the kernel pick one) so every worker binds
   // the same one: a socket bound with SO_REUSEPORT and never listening holds
   // it without taking a share of the connections (only listening sockets get
   // them), so it can stay open until the end — closing a member of the
-  // listening group while clients arrive could refuse one. Plain syscalls:
-  // no hub in the parent before fork().
+  // listening group while clients arrive could refuse one.
   const int reservation = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   const int one = 1;
   net::address at = net::address::ipv4_any(port);
@@ -189,43 +233,26 @@ int run_processes(int workers, int port) {
   ::getsockname(reservation, reinterpret_cast<sockaddr*>(&bound), &bound_len);
   port = ntohs(bound.sin_port);
 
+  // The supervisor's signals: the stop signals (blocked in main()) and SIGCHLD, taken with sigtimedwait().
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int sig : {SIGINT, SIGTERM, SIGCHLD}) {
+    sigaddset(&signals, sig);
+  }
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
   int ready[2];
   if (pipe(ready) != 0) {
     throw std::system_error(errno, std::generic_category(), "pipe");
   }
-  std::vector<pid_t> children;
+  struct worker {
+    pid_t pid = 0;  // 0: waiting to be restarted
+    std::chrono::steady_clock::time_point started, restart_at;
+  };
+  std::vector<worker> ws(static_cast<std::size_t>(workers));
   for (int i = 0; i < workers; ++i) {
-    pid_t pid = fork();
-    if (pid < 0) {
-      throw std::system_error(errno, std::generic_category(), "fork");
-    }
-    if (pid == 0) {
-      // The worker: a whole single-thread cogent server, as 05_echo_server.
-      int code = 0;
-      try {
-        close(reservation);  // the parent's
-        close(ready[0]);
-        auto srv = echo_server(port);
-        char c = 1;
-        if (write(ready[1], &c, 1) != 1) {
-          _exit(1);
-        }
-        close(ready[1]);
-        auto on_signal = cogent::spawn([&srv] {
-          net::wait_for_signal({SIGINT, SIGTERM});
-          srv->stop(1s);
-        });
-        srv->serve_forever();
-        on_signal.join();
-        report(i, "process " + std::to_string(getpid()), srv->accepted_count());
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "09_many_cores: worker %d: %s\n", i, e.what());
-        code = 1;
-      }
-      std::fflush(nullptr);
-      _exit(code);  // not exit(): the parent's atexit handlers and stdio buffers are not ours
-    }
-    children.push_back(pid);
+    ws[static_cast<std::size_t>(i)] = {start_worker(i, port, reservation, ready[1]),
+                                       std::chrono::steady_clock::now(), {}};
   }
   close(ready[1]);
   int up = 0;
@@ -236,23 +263,70 @@ int run_processes(int workers, int port) {
   if (up == workers) {
     std::printf("port %d\n", port);
     for (int i = 0; i < workers; ++i) {
-      std::printf("worker %d ready\n", i);
+      std::printf("worker %d ready (process %d)\n", i, static_cast<int>(ws[static_cast<std::size_t>(i)].pid));
     }
     std::fflush(stdout);
-    // Now the parent may have a hub: wait for the signal, pass it on.
-    int sig = net::wait_for_signal({SIGINT, SIGTERM});
-    std::fprintf(stderr, "09_many_cores: %s, stopping %d workers\n", strsignal(sig), workers);
+    // Supervise until SIGINT/SIGTERM: a worker that dies is replaced (after
+    // a second if it lived less than one, so a worker that cannot start does
+    // not make the supervisor spin).
+    for (;;) {
+      auto now = std::chrono::steady_clock::now();
+      std::optional<std::chrono::steady_clock::time_point> next;
+      for (int i = 0; i < workers; ++i) {
+        worker& w = ws[static_cast<std::size_t>(i)];
+        if (w.pid == 0 && w.restart_at <= now) {
+          w = {start_worker(i, port, reservation, -1), now, {}};
+          std::printf("worker %d restarted (process %d)\n", i, static_cast<int>(w.pid));
+          std::fflush(stdout);
+        } else if (w.pid == 0) {
+          next = next ? std::min(*next, w.restart_at) : w.restart_at;
+        }
+      }
+      timespec wait_for{};
+      if (next) {
+        auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(*next - now).count();
+        wait_for = {static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+      }
+      int sig = sigtimedwait(&signals, nullptr, next ? &wait_for : nullptr);
+      if (sig == SIGINT || sig == SIGTERM) {
+        std::fprintf(stderr, "09_many_cores: %s, stopping %d workers\n", strsignal(sig), workers);
+        break;
+      }
+      if (sig < 0 && errno != EAGAIN && errno != EINTR) {
+        throw std::system_error(errno, std::generic_category(), "sigtimedwait");
+      }
+      int status = 0;
+      for (pid_t dead; (dead = waitpid(-1, &status, WNOHANG)) > 0;) {
+        for (int i = 0; i < workers; ++i) {
+          worker& w = ws[static_cast<std::size_t>(i)];
+          if (w.pid != dead) {
+            continue;
+          }
+          now = std::chrono::steady_clock::now();
+          std::fprintf(stderr, "09_many_cores: worker %d (process %d) %s %d; restarting it\n", i,
+                       static_cast<int>(dead), WIFSIGNALED(status) ? "died of signal" : "exited with",
+                       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+          w.pid = 0;
+          w.restart_at = now - w.started < 1s ? now + 1s : now;
+        }
+      }
+    }
   } else {
     std::fprintf(stderr, "09_many_cores: only %d of %d workers started\n", up, workers);
   }
-  for (pid_t pid : children) {
-    kill(pid, SIGTERM);
+  for (const worker& w : ws) {
+    if (w.pid != 0) {
+      kill(w.pid, SIGTERM);
+    }
   }
   int failed = up == workers ? 0 : 1;
   close(reservation);
-  for (pid_t pid : children) {
+  for (const worker& w : ws) {
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    if (w.pid == 0) {
+      continue;
+    }
+    while (waitpid(w.pid, &status, 0) < 0 && errno == EINTR) {
     }
     failed |= !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   }

@@ -35,6 +35,8 @@ echo "ok: 07_upper_server --selftest"
 # 05, 08 and 09 are servers: start each, drive it with 06 (50 client fibers, 1 s), stop it with SIGINT.
 # 09 runs twice (two worker threads, then two worker processes sharing the port): each worker must have
 # served some of the 50 clients (SO_REUSEPORT spreads them; all 50 on one worker: 2^-49) and said so.
+# With processes, worker 1 is then killed (SIGKILL): the supervisor must replace it, and the
+# replacement must serve some of a second run's 50 clients.
 for server in 05_echo_server 08_monkey_patch "09_many_cores --threads" "09_many_cores --processes"; do
   [ -x "$ex/${server%% *}" ] || continue
   args=0
@@ -53,6 +55,22 @@ for server in 05_echo_server 08_monkey_patch "09_many_cores --threads" "09_many_
   "$ex/06_echo_client" "$port" 50 1 >"$runs" 2>&1 || { cat "$runs" >&2; rm -f "$runs"; fail "06 against $server exited non-zero"; }
   grep -qE '^50 connections, [1-9][0-9]* round trips' "$runs" || { cat "$runs" >&2; rm -f "$runs"; fail "06 against $server: no round trips"; }
   rm -f "$runs"
+  case $server in
+    *--processes)  # the supervisor replaces a worker that dies; the replacement serves
+      victim=$(awk '/^worker 1 ready \(process /{sub(/\)/, "", $5); print $5; exit}' "$out")
+      [ -n "$victim" ] || { cat "$out" >&2; fail "$server: no pid for worker 1"; }
+      kill -KILL "$victim"
+      for _ in $(seq 100); do
+        grep -q '^worker 1 restarted (process [0-9]*)' "$out" && break
+        sleep 0.05
+      done
+      grep -q '^worker 1 restarted (process [0-9]*)' "$out" || { cat "$out" >&2; fail "$server: worker 1 was not restarted"; }
+      runs=$(mktemp)
+      "$ex/06_echo_client" "$port" 50 1 >"$runs" 2>&1 || { cat "$runs" >&2; rm -f "$runs"; fail "06 against $server after a restart exited non-zero"; }
+      grep -qE '^50 connections, [1-9][0-9]* round trips' "$runs" || { cat "$runs" >&2; rm -f "$runs"; fail "06 against $server after a restart: no round trips"; }
+      rm -f "$runs"
+      ;;
+  esac
   kill -INT "$srv"
   wait "$srv"
   rc=$?

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <net/if.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -191,9 +192,10 @@ address address::from_sockaddr(const sockaddr* sa, socklen_t len) {
       a._family = address_family::ipv6;
       return a;
     case AF_UNIX:
-      if (len > static_cast<socklen_t>(sizeof(sockaddr_un))) {
-        bad("from_sockaddr: oversized sockaddr_un");
-      }
+      // A name that fills all of sun_path has no NUL, and the kernel reports
+      // its length as one more than sockaddr_un (unix(7)): it is those 108
+      // bytes.
+      len = std::min(len, static_cast<socklen_t>(sizeof(sockaddr_un)));
       std::memcpy(&a._u.un, sa, len);
       a._len = len;
       a._family = address_family::unix_domain;

@@ -76,7 +76,9 @@ class address {
 
   // from_sockaddr() copies a kernel sockaddr (as returned by accept,
   // getsockname, recvfrom). Throws std::invalid_argument for an unsupported
-  // family or a length that does not fit.
+  // family or a truncated IPv4/IPv6 address. A Unix name longer than
+  // sockaddr_un (a path filling all of sun_path, reported with one more byte)
+  // is kept as its sizeof(sockaddr_un) bytes.
   static address from_sockaddr(const sockaddr* sa, socklen_t len);
 
   // family() says which kind of address this is.

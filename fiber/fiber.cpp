@@ -64,9 +64,13 @@ class main_fiber final : public fiber_impl {
   void release_body() noexcept override {}
 };
 
+// t_main_ended: this thread's main fiber is gone (its thread is exiting).
+thread_local constinit bool t_main_ended = false;
+
 struct main_holder {
   fiber_impl* main = nullptr;
   ~main_holder() {
+    t_main_ended = true;
     if (main != nullptr) {
       // The main fiber ends with its thread: its fiber_local values go now,
       // while it is still current (a value's destructor that reads or sets a
@@ -222,7 +226,9 @@ void raise_switched_in(fiber_impl* self) {
 
 fiber_impl* init_thread() {
   auto* m = new main_fiber;
-  t_main.main = m;
+  if (!t_main_ended) {
+    t_main.main = m;  // (after thread exit destroyed t_main: its maker frees it, see kill_for_destroy())
+  }
   t_current = m;
   return m;
 }
@@ -310,30 +316,54 @@ void destroy(fiber_impl* f) noexcept {
 }
 
 // kill_for_destroy() unwinds a suspended fiber whose last reference went away:
-// fiber_exit is raised at its suspension point with us as its parent.
+// fiber_exit is raised at its suspension point with us as its parent. Its old
+// parent's reference (the one it held) is dropped afterwards, in the same
+// loop: a chain of suspended fibers each held only by its child unwinds one
+// after the other, not in one nested call per fiber.
 void kill_for_destroy(fiber_impl* f) noexcept {
+  // A handle dropped by a thread_local destroyed after the thread's main
+  // fiber (~main_holder) has no fiber to unwind from: a main made for it
+  // goes again right after (init_thread() does not register it).
+  const bool exiting_main = t_current == nullptr && t_main_ended;
   fiber_impl* self = current_impl();
-  f->refs = 1;  // alive again for the duration of the unwind
-  ref(self);
-  fiber_impl* old_parent = std::exchange(f->parent, self);
-  unref(old_parent);
-  try {
-    switch_slow(f, {}, std::make_exception_ptr(fiber_exit{}));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cogent: fiber '%s' raised while being destroyed: %s\n", f->name().c_str(),
-                 e.what());
-  } catch (...) {
-    std::fprintf(stderr, "cogent: fiber '%s' raised while being destroyed\n", f->name().c_str());
+  for (;;) {
+    f->refs = 1;  // alive again for the duration of the unwind
+    ref(self);
+    fiber_impl* old_parent = std::exchange(f->parent, self);
+    try {
+      switch_slow(f, {}, std::make_exception_ptr(fiber_exit{}));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "cogent: fiber '%s' raised while being destroyed: %s\n", f->name().c_str(),
+                   e.what());
+    } catch (...) {
+      std::fprintf(stderr, "cogent: fiber '%s' raised while being destroyed\n", f->name().c_str());
+    }
+    if (!f->dead) {
+      // It caught fiber_exit and switched back instead of dying: we cannot
+      // free a stack that is still in use. Leak it, loudly.
+      std::fprintf(stderr, "cogent: fiber '%s' swallowed fiber_exit during destruction; its stack is leaked\n",
+                   f->name().c_str());
+    } else if (--f->refs == 0) {
+      destroy(f);
+    }
+    // The old parent's reference, as unref() would drop it, a suspended
+    // parent unwound by the next turn of this loop.
+    if (old_parent == nullptr || --old_parent->refs != 0) {
+      break;
+    }
+    if (!old_parent->started || old_parent->dead || old_parent->is_main) {
+      destroy(old_parent);
+      break;
+    }
+    if (old_parent == t_current) {
+      break;  // the running fiber: freed when it finishes (see unref())
+    }
+    f = old_parent;
   }
-  if (!f->dead) {
-    // It caught fiber_exit and switched back instead of dying: we cannot
-    // free a stack that is still in use. Leak it, loudly.
-    std::fprintf(stderr, "cogent: fiber '%s' swallowed fiber_exit during destruction; its stack is leaked\n",
-                 f->name().c_str());
-    return;
-  }
-  if (--f->refs == 0) {
-    destroy(f);
+  if (exiting_main) {
+    self->sched.locals.release_at_exit();
+    t_current = nullptr;
+    unref(self);
   }
 }
 

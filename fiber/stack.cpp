@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -27,7 +28,8 @@ namespace detail {
 namespace {
 
 constexpr std::size_t page_size = 4096;
-constexpr std::size_t chunk_stacks = 256;  // default stacks carved per mmap
+constexpr std::size_t chunk_stacks = 256;                   // default stacks carved per mmap, at most
+constexpr std::size_t chunk_bytes = std::size_t{256} << 20;  // and at most this much (but one stack)
 // Up to this many free stacks per thread keep their memory ("hot": reuse costs
 // no syscall and no page fault); beyond it a released stack gives its pages
 // back (MADV_DONTNEED) and goes on a separate cold list, used only once the
@@ -217,10 +219,17 @@ std::mutex g_default_mu;
 std::atomic<std::size_t> g_default_size{stack_limits::default_size};
 bool g_default_fixed = false;  // guarded by g_default_mu
 
+// stacks_per_chunk() is how many default stacks of `slot` bytes one mapping
+// carves: 256 of the default 256 KiB, one of 1 GiB (256 of those would be a
+// 256 GiB mapping, refused under a ulimit -v or strict overcommit).
+std::size_t stacks_per_chunk(std::size_t slot) noexcept {
+  return std::clamp<std::size_t>(chunk_bytes / slot, 1, chunk_stacks);
+}
+
 char* map_default_chunk(std::size_t slot) {
   std::lock_guard lock(g_default_mu);
   g_default_fixed = true;
-  return static_cast<char*>(map_region(slot * chunk_stacks));
+  return static_cast<char*>(map_region(slot * stacks_per_chunk(slot)));
 }
 
 stack allocate_default() {
@@ -247,7 +256,7 @@ stack allocate_default() {
   const std::size_t slot = g_default_size.load(std::memory_order_relaxed) + page_size;
   if (tp.chunk_left == 0) {
     tp.chunk_next = map_default_chunk(slot);
-    tp.chunk_left = chunk_stacks;
+    tp.chunk_left = stacks_per_chunk(slot);
   }
   char* base = tp.chunk_next;
   tp.chunk_next += slot;
@@ -354,12 +363,19 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
       prev.sa_sigaction(sig, info, uctx);
       return;
     }
+  } else if (prev.sa_handler == SIG_IGN && info->si_code <= 0) {
+    return;  // sent, and ignored before us: still ignored (a fault cannot be ignored: below)
   } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
     prev.sa_handler(sig);
     return;
   }
-  // Default action: reinstall it and return; the faulting instruction re-runs and kills us.
+  // Default action: reinstall it. A fault re-runs its instruction on return
+  // and kills us; a signal that was sent (kill, raise: si_code <= 0) would
+  // never come again, so it is raised anew (delivered once we return).
   ::signal(sig, SIG_DFL);
+  if (info->si_code <= 0) {
+    ::raise(sig);
+  }
 }
 
 }  // namespace

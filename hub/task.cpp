@@ -75,12 +75,13 @@ std::any task_state::run(std::any&&) {
       killed = true;
     } catch (...) {
       error = std::current_exception();
-      if (kill_requested && (!kill_custom || sched.pending != nullptr)) {
+      if (kill_requested && (!kill_custom || !sched.kill_raised)) {
         // Not the outcome the killer expects, so reported if nobody joins:
         // a fiber_exit kill was raised in the body, caught, and the task
-        // failed otherwise; or the kill never landed (still pending: an op
-        // completed anyway and the task failed on its own before blocking
-        // again). Only a custom kill exception that was raised is its outcome.
+        // failed otherwise; or the kill never landed (an op completed anyway
+        // and the task failed on its own before blocking again). Only a
+        // custom kill exception that was raised is its outcome — also when
+        // a second kill is still pending (it came while the task unwound).
         kill_requested = false;
       }
     }

@@ -219,7 +219,8 @@ bool threadpool::in_worker() noexcept {
   return t_in_worker;
 }
 
-void threadpool::submit_and_wait(detail::thread_job& j, bool detachable) {
+void threadpool::submit_and_wait(detail::thread_job& j, bool* abandoned) {
+  bool detachable = abandoned != nullptr;
   if (t_in_worker) {
     // A worker has no hub (and must not get one): run inline, as plain code would.
     j.execute();
@@ -257,6 +258,7 @@ void threadpool::submit_and_wait(detail::thread_job& j, bool detachable) {
       if (j.phase.compare_exchange_strong(expected, detail::thread_job::abandoned,
                                           std::memory_order_acq_rel)) {
         h.release();  // the job lives on in the heap; its worker frees it
+        *abandoned = true;
         hub::throw_if_interrupted();
       }
       detachable = false;  // it finished meanwhile: its completion is on its way, wait for it

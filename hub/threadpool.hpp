@@ -165,9 +165,10 @@ class threadpool {
 
  private:
   // submit_and_wait() queues j, parks until it is done and raises a pending
-  // interrupt. With `detachable`, an interrupt marks j abandoned (its worker
-  // disposes of it) and is raised at once.
-  void submit_and_wait(detail::thread_job& j, bool detachable = false);
+  // interrupt. With `abandoned` (a detachable job), an interrupt marks j
+  // abandoned, sets *abandoned (from then on j is its worker's, to dispose
+  // of, perhaps already freed) and is raised at once.
+  void submit_and_wait(detail::thread_job& j, bool* abandoned = nullptr);
   struct impl;
   std::unique_ptr<impl> _impl;
 };
@@ -239,11 +240,12 @@ auto threadpool::run_detachable(Fn fn) -> std::invoke_result_t<Fn&> {
   using job = detail::fn_job<Fn>;
   auto j = std::make_unique<job>(std::move(fn));
   j->dispose = [](detail::thread_job* p) noexcept { delete static_cast<job*>(p); };
+  bool abandoned = false;
   try {
-    submit_and_wait(*j, true);
+    submit_and_wait(*j, &abandoned);
   } catch (...) {
-    if (j->phase.load(std::memory_order_relaxed) == detail::thread_job::abandoned) {
-      (void)j.release();  // its worker deletes it when fn returns
+    if (abandoned) {
+      (void)j.release();  // its worker deletes it when fn returns (it may have already: never read it)
     }
     throw;
   }

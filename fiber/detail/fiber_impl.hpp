@@ -90,6 +90,7 @@ class fiber_impl {
     std::uint8_t reason = 0;           // hub-defined wake reason
     bool interruptible = false;        // a parked fiber may be woken by an interrupt
     bool pending_delivered = false;    // `pending` woke the fiber from a wait (it is on its way up)
+    bool kill_raised = false;          // an interrupt of no Timeout (a kill, a throw_in) was raised here
     // park_timer is the deadline of the fiber's current park (a sleep, a wait
     // with a timeout). It lives here, not on the parked stack: expiring 100k
     // sleepers then walks dense control blocks instead of 100k stack pages.

@@ -231,13 +231,31 @@ constexpr int peek_all_flags = MSG_PEEK | MSG_WAITALL;
 // Pipes and files: io_uring write ops (pipes loop on partial writes too).
 
 // out_wait is a blocking send's waiting state across rounds: its deadline
-// (SO_SNDTIMEO, resolved at the first wait), and what the last wait saw.
+// (SO_SNDTIMEO, resolved at the first wait), what the last wait saw, and the
+// file the call was made on. From the first wait on, the call goes on (its
+// waits and the rest of its data) through a duplicate of the fd, as the
+// kernel's call holds its file: another fiber's close() or dup2() of the
+// number meanwhile never sends the rest to another file. (No fd left for
+// the duplicate: the number itself.)
 struct out_wait {
   clock::time_point dl{};
   bool dl_set = false;
   std::size_t last_done = static_cast<std::size_t>(-1);  // bytes out when it last waited
   std::chrono::milliseconds pause{0};
-  int dgram = -1;  // the socket is SOCK_DGRAM (1) or not (0); -1: not asked yet
+  int dgram = -1;      // the socket is SOCK_DGRAM (1) or not (0); -1: not asked yet
+  int unix_dom = -1;   // the socket is AF_UNIX (1) or not (0); -1: not asked yet
+  int held = -1;       // the duplicate, once taken
+  out_wait() = default;
+  out_wait(const out_wait&) = delete;
+  out_wait& operator=(const out_wait&) = delete;
+  ~out_wait() {
+    if (held >= 0) {
+      errno_keeper keep;
+      real.close(held);
+    }
+  }
+  // at(fd) is the fd to go on with: the duplicate once taken, else fd.
+  int at(int fd) const noexcept { return held >= 0 ? held : fd; }
 };
 
 // out_blocked() waits for room after `done` bytes went out; returns false to
@@ -248,6 +266,21 @@ struct out_wait {
 // ms, doubling up to 16 ms), to the deadline. Streams always wait on POLLOUT
 // (there a "room" that another writer took is followed by a real wait).
 bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t done, ssize_t* ret) noexcept {
+  if (st.held < 0 && st.last_done == static_cast<std::size_t>(-1)) {
+    errno_keeper keep;
+    st.held = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  }
+  fd = st.at(fd);
+  if (st.dl_set && done != st.last_done && st.dl != clock::time_point::max()) {
+    // AF_UNIX streams bound each wait for room by SO_SNDTIMEO (the kernel
+    // takes a fresh timeout per buffer it allocates), TCP the whole call.
+    if (st.unix_dom < 0) {
+      int domain = 0;
+      socklen_t dlen = sizeof domain;
+      st.unix_dom = real.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) == 0 && domain == AF_UNIX ? 1 : 0;
+    }
+    st.dl_set = st.unix_dom == 0;
+  }
   if (!st.dl_set) {
     st.dl = deadline_ns(sock_timeout(fd, e, false));
     st.dl_set = true;
@@ -325,8 +358,8 @@ ssize_t sock_send(call_ctx& c, int fd, fd_entry& e, const void* buf, std::size_t
   out_wait st;
   for (;;) {
     const char* p = static_cast<const char*>(buf) + done;
-    ssize_t r = addr == nullptr ? real.send(fd, p, n - done, flags | MSG_DONTWAIT)
-                                : real.sendto(fd, p, n - done, flags | MSG_DONTWAIT, addr, alen);
+    ssize_t r = addr == nullptr ? real.send(st.at(fd), p, n - done, flags | MSG_DONTWAIT)
+                                : real.sendto(st.at(fd), p, n - done, flags | MSG_DONTWAIT, addr, alen);
     if (r >= 0) {
       flags &= ~MSG_FASTOPEN;  // connected or connecting now: a second fast open would be EALREADY
       done += static_cast<std::size_t>(r);
@@ -418,7 +451,7 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
   iov_copy rest;
   msghdr m = *msg;
   for (;;) {
-    ssize_t r = real.sendmsg(fd, &m, flags | MSG_DONTWAIT);
+    ssize_t r = real.sendmsg(st.at(fd), &m, flags | MSG_DONTWAIT);
     if (r < 0 && errno == EINPROGRESS && (flags & MSG_FASTOPEN) != 0 && done == 0) {
       if (fastopen_connect(c, fd, e) < 0) {  // as sock_send()
         return -1;
@@ -842,7 +875,15 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     if (w == deadline_expired) {
       return fail(-EALREADY);
     }
-    return w < 0 ? fail(w) : 0;
+    if (w < 0) {
+      return fail(w);
+    }
+    // Connected. The kernel marks the socket so (a later connect: EISCONN)
+    // only in a connect call that sees the handshake done: this one, as
+    // connect(2)'s own wait would (0, or EISCONN if it already was).
+    errno_keeper keep;
+    (void)real.connect(fd, addr, len);
+    return 0;
   }
   return r < 0 ? fail(r) : 0;
 }
@@ -1301,7 +1342,7 @@ ssize_t sendfile_impl(int out, int in, off_t* off, size_t n) {
   std::size_t done = 0;
   out_wait st;
   for (;;) {
-    ssize_t r = sock_sendfile_now(out, in, off, n - done);
+    ssize_t r = sock_sendfile_now(st.at(out), in, off, n - done);
     if (r > 0) {
       done += static_cast<std::size_t>(r);
       if (done >= n) {
@@ -1413,7 +1454,7 @@ COGENT_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags) {
   unsigned got = 0;
   out_wait st;
   for (;;) {
-    int r = real.sendmmsg(fd, vec + got, vlen - got, flags | MSG_DONTWAIT);
+    int r = real.sendmmsg(st.at(fd), vec + got, vlen - got, flags | MSG_DONTWAIT);
     if (r > 0) {
       got += static_cast<unsigned>(r);
       st.dl_set = false;  // SO_SNDTIMEO bounds each message's wait (the kernel: one sendmsg each)
@@ -1434,7 +1475,7 @@ COGENT_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags) {
         m.msg_namelen = last.msg_hdr.msg_namelen;
         m.msg_iov = v;
         m.msg_iovlen = static_cast<std::size_t>(cnt);
-        ssize_t more = sock_sendmsg(c, fd, *e, &m, flags);
+        ssize_t more = sock_sendmsg(c, st.at(fd), *e, &m, flags);
         if (more > 0) {
           last.msg_len += static_cast<unsigned>(more);
         }

@@ -140,6 +140,11 @@
 // SO_RCVLOWAT above 1, a cooperating read/recv/recvmsg/recvmmsg returns the
 // bytes already there (io_uring, like a non-blocking call, takes what is
 // queued) where libc would wait for the low-water mark.
+// A signal handled while fibers wait in hooked calls does not end those
+// calls with EINTR (the hub's wait is retried, as gevent's sleep and
+// Python's PEP 475 retry): a nanosleep()/poll()/select()/epoll_wait() runs
+// to its timeout even if the handler was installed without SA_RESTART. To
+// wait for a signal, use signalfd or cogent::net::wait_for_signal().
 //
 // Example:
 //   int main() {

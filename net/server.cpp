@@ -29,14 +29,17 @@ bool is_resource_error(int err) noexcept {
 // is_disconnect() says whether an error just means "this client went away".
 // Only the idle limit's ETIMEDOUT counts (another ETIMEDOUT, e.g. the
 // handler's own upstream call timing out, is a real error), and EBADF only
-// once the server is stopping (before that it is a handler's bug: IO on a
-// socket it closed or moved from).
+// from a close() while the handler waited (the application dropping the
+// client) or once the server is stopping (before that a plain EBADF is a
+// handler's bug: IO on a socket it closed or moved from).
 bool is_disconnect(std::exception_ptr e, bool stopping) {
   try {
     std::rethrow_exception(e);
   } catch (const end_of_stream&) {
     return true;
   } catch (const idle_timeout_error&) {
+    return true;
+  } catch (const socket_closed_error&) {
     return true;
   } catch (const std::system_error& se) {
     if (se.code().category() != std::generic_category() && se.code().category() != std::system_category()) {

@@ -16,13 +16,15 @@
 //
 // Handler errors: disconnect-like errors (ECONNRESET, EPIPE, ECONNABORTED,
 // ENOTCONN, EHOSTUNREACH, ENETUNREACH, end_of_stream, the idle limit's
-// idle_timeout_error, and EBADF once the server is stopping) end the client
-// quietly; any other exception goes to server_options::on_error (default: one
-// line on stderr) — std::exception or not, a timeout_error of the handler's
-// own scope, an ETIMEDOUT that is not the idle limit (the handler's own
-// upstream call timing out), and an EBADF while the server is still serving
-// (a handler's bug: IO on a socket it closed or moved from) included; a kill
-// excepted. Either way only that client is affected, and nothing of it is
+// idle_timeout_error, socket_closed_error — another fiber closed a socket the
+// handler was waiting on: the way to drop a client from elsewhere — and EBADF
+// once the server is stopping) end the client quietly; any other exception
+// goes to server_options::on_error (default: one line on stderr) —
+// std::exception or not, a timeout_error of the handler's own scope, an
+// ETIMEDOUT that is not the idle limit (the handler's own upstream call
+// timing out), and a plain EBADF while the server is still serving (a
+// handler's bug: IO on a socket it had closed or moved from) included; a
+// kill excepted. Either way only that client is affected, and nothing of it is
 // kept.
 //
 // Shutdown and lifetime: stop() gives the handlers until its deadline, then

@@ -58,6 +58,9 @@ end_of_stream::end_of_stream(std::size_t got, std::size_t wanted)
 idle_timeout_error::idle_timeout_error(const std::string& what)
     : std::system_error(ETIMEDOUT, std::generic_category(), "cogent::net: " + what) {}
 
+socket_closed_error::socket_closed_error(const std::string& what)
+    : std::system_error(EBADF, std::generic_category(), "cogent::net: " + what) {}
+
 // ---- basic_socket -------------------------------------------------------------
 
 basic_socket::basic_socket(basic_socket&& o) noexcept
@@ -374,7 +377,7 @@ void basic_socket::throw_closed(const char* what) {
 
 void basic_socket::throw_error(int err, const char* what) {
   if (err == closed_while_waiting) {
-    throw_sys(EBADF, std::string(what) + ": socket closed while waiting");
+    throw socket_closed_error(std::string(what) + ": socket closed while waiting");
   }
   if (err == idle_timed_out) {
     throw idle_timeout_error(std::string(what) + ": idle timeout (the peer sent or took nothing)");

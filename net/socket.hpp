@@ -111,6 +111,18 @@ class idle_timeout_error : public std::system_error {
   explicit idle_timeout_error(const std::string& what);
 };
 
+// socket_closed_error is raised in a fiber whose IO on a socket was cut off
+// because another fiber (or the hub) called close() on that socket while it
+// waited — gevent's "file descriptor was closed in another greenlet". It is
+// a std::system_error carrying EBADF (as before); catch it by type to tell a
+// deliberate close from IO on a socket that was already closed (plain EBADF).
+// stream_server ends a client quietly on it: closing a client's socket from
+// elsewhere is the way to drop that client.
+class socket_closed_error : public std::system_error {
+ public:
+  explicit socket_closed_error(const std::string& what);
+};
+
 // shutdown_how selects which direction shutdown() closes.
 enum class shutdown_how : int { read = SHUT_RD, write = SHUT_WR, both = SHUT_RDWR };
 
@@ -132,7 +144,8 @@ class basic_socket {
 
   // close() closes the socket through an io_uring close op. Fibers blocked on
   // this socket are woken first (their ops cancelled) and raise
-  // std::system_error(EBADF); close() waits until they have let go.
+  // socket_closed_error (a std::system_error, EBADF); close() waits until
+  // they have let go.
   // Called inside the hub (a timer or post() callback), which cannot wait,
   // close() wakes them the same way and returns at once; the fd is closed
   // with close(2) right away if nobody was blocked on it, else by the last

@@ -969,6 +969,33 @@ COGENT_TEST_CASE("a second close() and destroy while a reader is being woken", d
   CHECK(what.find("read_some: socket closed while waiting") != std::string::npos);
 }
 
+COGENT_TEST_CASE("a close() from another fiber raises socket_closed_error; IO after it plain EBADF",
+                 doctest::timeout(10)) {
+  auto p = make_pair();
+  bool typed = false;
+  auto r = cogent::spawn([&] {
+    char b[16];
+    try {
+      (void)p.client.read_some(b, sizeof b);
+    } catch (const cogent::net::socket_closed_error& e) {
+      typed = e.code().value() == EBADF;
+    }
+  });
+  cogent::sleep(5ms);
+  p.client.close();
+  CHECK(r.join(2s));
+  CHECK(typed);
+  char b[4];
+  try {
+    (void)p.client.read_some(b, sizeof b);
+    FAIL("read on a closed socket did not throw");
+  } catch (const cogent::net::socket_closed_error&) {
+    FAIL("IO on an already closed socket is not a close while waiting");
+  } catch (const std::system_error& e) {
+    CHECK(e.code().value() == EBADF);
+  }
+}
+
 COGENT_TEST_CASE("a nanoseconds::max() timeout means no timeout", doctest::timeout(10)) {
   auto p = make_pair();
   auto r = cogent::spawn([&] {

@@ -2,8 +2,9 @@
 //
 // Defines nothing itself; includes net/address.hpp (address), net/socket.hpp
 // (stream_socket/tcp_socket/unix_socket, listener/tcp_listener, udp_socket),
-// net/resolver.hpp (resolve, create_connection) and net/server.hpp
-// (stream_server, wait_for_signal).
+// net/resolver.hpp (resolve, create_connection), net/server.hpp
+// (stream_server, wait_for_signal) and net/reader.hpp (buffered_reader:
+// read_line).
 //
 // Example:
 //   #include "net/net.hpp"
@@ -14,6 +15,7 @@
 #pragma GCC visibility push(default)
 
 #include "net/address.hpp"
+#include "net/reader.hpp"
 #include "net/resolver.hpp"
 #include "net/server.hpp"
 #include "net/socket.hpp"

@@ -6,8 +6,8 @@
 // cogent::net::listener (a listening TCP or Unix socket; alias tcp_listener),
 // cogent::net::udp_socket, cogent::net::listen_options,
 // cogent::net::shutdown_how, cogent::net::end_of_stream,
-// cogent::net::idle_timeout_error and the per-call timeout sentinel
-// cogent::net::use_default.
+// cogent::net::idle_timeout_error, cogent::net::socket_closed_error and the
+// per-call timeout sentinel cogent::net::use_default.
 //
 // How IO works: every call that may wait (accept, connect, recv, send, close,
 // shutdown) fills one io_op on the calling fiber's stack and hands it to

@@ -68,6 +68,9 @@ const server_options& checked(const server_options& opts, const stream_server::h
   if (opts.idle_timeout == use_default) {
     throw std::invalid_argument("cogent::net: stream_server idle_timeout cannot be use_default");
   }
+  if (opts.stop_timeout == use_default) {
+    throw std::invalid_argument("cogent::net: stream_server stop_timeout cannot be use_default");
+  }
   if (opts.max_accept_backoff <= std::chrono::milliseconds(0)) {
     // A zero cap would retry a failing accept (EMFILE) at once, forever.
     throw std::invalid_argument("cogent::net: stream_server max_accept_backoff must be positive (got " +
@@ -239,7 +242,7 @@ void stream_server::stop(timeout_duration t) {
         "the accept task; spawn a task that calls it");
   }
   _stopped = true;
-  _deadline = deadline_after(t);
+  _deadline = deadline_after(t == use_default ? _opts.stop_timeout : t);
   // However stop() ends (a kill may hit the caller while it waits), it is
   // over: serve_forever() and the destructor take up the rest (reap()).
   struct mark_done {

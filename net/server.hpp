@@ -93,6 +93,11 @@ struct server_options {
   // (EMFILE, ENFILE, ENOBUFS, ENOMEM). Must be positive (else the constructors
   // raise std::invalid_argument).
   std::chrono::milliseconds max_accept_backoff{100};
+  // stop_timeout is how long stop() with no argument (use_default) lets the
+  // running handlers finish before it kills them: 1 s, as gevent's
+  // StreamServer.stop_timeout. std::nullopt = as long as they take;
+  // use_default itself: std::invalid_argument from the constructors.
+  timeout_duration stop_timeout = std::chrono::seconds(1);
   // on_error receives a handler's unexpected exception (not disconnects, not
   // kills). Default: "cogent: stream_server: client <peer>: <what>" on stderr.
   std::function<void(const address& peer, std::exception_ptr error)> on_error;
@@ -159,14 +164,15 @@ class stream_server {
   // left. Raises hub_error inside the hub. May switch.
   void serve_forever();
   // stop() stops accepting and closes the listener, waits until `t` has
-  // passed (std::nullopt: as long as they take) for the running handlers to
-  // finish, then kills the rest and waits for them to unwind. Idempotent: a
+  // passed (use_default: server_options::stop_timeout, 1 s unless set;
+  // std::nullopt: as long as they take) for the running handlers to finish,
+  // then kills the rest and waits for them to unwind. Idempotent: a
   // second call returns at once. A handler may call it: it is not waited for
   // or killed by that call (serve_forever() and the destructor wait for it, up
   // to the same deadline). Inside the hub (a timer or post() callback), which
   // cannot wait, it raises cogent::hub_error before changing anything (spawn a
   // task that calls it). May switch.
-  void stop(timeout_duration t = std::nullopt);
+  void stop(timeout_duration t = use_default);
 
   // port() is the bound port (0 for Unix). Never switches.
   std::uint16_t port() const noexcept { return _address.port(); }

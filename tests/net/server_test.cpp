@@ -460,6 +460,42 @@ COGENT_TEST_CASE("server: stop lets quick handlers finish and kills the rest aft
   CHECK(conns[4].read_some(buf, sizeof buf, 1s) == 0);  // killed handler's socket closed: EOF
 }
 
+// gevent: StreamServer.stop() with no timeout waits stop_timeout (1 s) for the handlers, then kills them.
+COGENT_TEST_CASE("server: stop() with no argument waits server_options::stop_timeout, then kills",
+                 doctest::timeout(20)) {
+  CHECK(cogent::net::server_options{}.stop_timeout == cogent::timeout_duration(1s));
+  for (auto limit : {cogent::timeout_duration(150ms), cogent::timeout_duration(1s)}) {
+    cogent::net::server_options opts;
+    opts.stop_timeout = limit;
+    bool killed = false;
+    stream_server srv(
+        address::ipv4_loopback(0),
+        [&](stream_socket&, const address&) {
+          try {
+            cogent::sleep(30s);
+          } catch (const cogent::fiber_exit&) {
+            killed = true;
+            throw;
+          }
+        },
+        opts);
+    srv.start();
+    auto c = stream_socket::connect(srv.address(), 1s);
+    while (srv.client_count() == 0) {
+      cogent::sleep(1ms);
+    }
+    auto t0 = cogent::clock::now();
+    srv.stop();
+    auto took = cogent::clock::now() - t0;
+    CHECK(killed);
+    CHECK(took >= *limit - 5ms);
+    CHECK(took < *limit + 2s);
+  }
+  cogent::net::server_options bad;
+  bad.stop_timeout = cogent::net::use_default;
+  CHECK_THROWS_AS(stream_server(address::ipv4_loopback(0), echo_handler, bad), std::invalid_argument);
+}
+
 COGENT_TEST_CASE("server: idle timeout drops a silent client, keeps a chatty one", doctest::timeout(20)) {
   cogent::net::server_options opts;
   opts.idle_timeout = 100ms;

@@ -520,14 +520,11 @@ std::any take_value(std::any& slot) noexcept {
   return v;
 }
 
-namespace {
-// demangled() is a type's C++ name ("std::string", not "NSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE").
 std::string demangled(const char* mangled) {
   int status = 0;
   std::unique_ptr<char, void (*)(void*)> p(abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);
   return status == 0 && p != nullptr ? std::string(p.get()) : std::string(mangled);
 }
-}  // namespace
 
 void throw_bad_value(const char* expected, const std::type_info& got) {
   throw_error(std::string("cogent: fiber '") + current_impl()->name() + "' received a value of type " +

@@ -124,6 +124,8 @@ struct fiber_options {
 namespace detail {
 class fiber_impl;
 [[noreturn]] void throw_bad_value(const char* expected, const std::type_info& got);
+// demangled() is a type's C++ name ("std::string", not "NSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE").
+std::string demangled(const char* mangled);
 // drop_value() empties `slot` (a fiber's incoming value nobody takes): the
 // value leaves the slot before it is destroyed, since its destructor may
 // switch (the last handle to a suspended fiber) and another value be written

@@ -106,6 +106,11 @@ std::any task_state::run(std::any&&) {
   return {};
 }
 
+void throw_not_typed(const task_state& s, const std::type_info& want) {
+  throw std::logic_error("cogent: task '" + s.display_name() + "' does not return " + demangled(want.name()) +
+                         " (task_base::as)");
+}
+
 void check_task_options(const spawn_options& opts) {
   check_stack_size(opts.stack_size, opts.name);
 }

@@ -46,6 +46,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -67,6 +68,8 @@ struct spawn_options {
 };
 
 class task_base;
+template <class T>
+class task;
 
 namespace detail {
 
@@ -118,6 +121,8 @@ struct task_state : fiber_impl {
   std::string display_name() const { return name(); }
   void finish() noexcept;
 };
+// throw_not_typed() raises task_base::as<T>()'s logic_error: s does not return `want`.
+[[noreturn]] void throw_not_typed(const task_state& s, const std::type_info& want);
 
 template <class T>
 struct typed_task_state : task_state {
@@ -268,6 +273,13 @@ class task_base {
   std::uint64_t id() const { return state().id; }
   explicit operator bool() const noexcept { return _s != nullptr; }
   friend bool operator==(const task_base& a, const task_base& b) noexcept { return a._s == b._s; }
+  // as<T>() is this task as a task<T> (another handle to it), so that a task
+  // handed out untyped — by iwait::next(), wait_any(), joinall() — gives its
+  // value with get(). Throws std::logic_error if its function does not return
+  // T, or on an empty handle. Never switches.
+  //   for (cogent::iwait it(fetches); auto t = it.next();) use(t.as<std::string>().get());
+  template <class T>
+  task<T> as() const;
 
  protected:
   detail::task_state& state() const;
@@ -313,6 +325,16 @@ class task : public task_base {
     }
   }
 };
+
+template <class T>
+task<T> task_base::as() const {
+  auto* typed = dynamic_cast<detail::typed_task_state<T>*>(&state());
+  if (typed == nullptr) {
+    detail::throw_not_typed(state(), typeid(T));
+  }
+  detail::ref(typed);
+  return task<T>::adopt(typed);
+}
 
 // spawn() starts fn(args...) in a new task (at the hub's next turn; spawn
 // itself never switches). Arguments are copied/moved into the task. The
@@ -390,8 +412,9 @@ std::vector<task_base> joinall(const std::vector<task<T>>& tasks, timeout_durati
 void killall(const std::vector<task_base>& tasks, std::exception_ptr e = nullptr, bool block = true,
              timeout_duration t = std::nullopt);
 
-// iwait yields tasks as they finish (gevent.iwait).
-//   for (cogent::iwait it(tasks); auto t = it.next();) { ... }
+// iwait yields tasks as they finish (gevent.iwait), as untyped handles
+// (as<T>() gives the typed one back):
+//   for (cogent::iwait it(tasks); auto t = it.next();) { use(t.as<int>().get()); }
 // A task next() hands out is the caller's to look at; the error of one that
 // failed while the iwait existed but was never handed out (the iwait went
 // first: a wait_any() that returned another, a loop left early) is reported

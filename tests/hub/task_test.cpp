@@ -682,3 +682,27 @@ COGENT_TEST_CASE("a task's function and arguments go when it finishes; a forgott
   cogent::sleep(20ms);
   CHECK(ran == 1);
 }
+
+COGENT_TEST_CASE("task_base::as<T>() gives the typed handle back for iwait, wait_any and joinall results") {
+  std::vector<cogent::task<std::string>> fetches;
+  for (int i = 0; i < 3; ++i) {
+    fetches.push_back(cogent::spawn([i] {
+      cogent::sleep(std::chrono::milliseconds(5 * (3 - i)));
+      return "page " + std::to_string(i);
+    }));
+  }
+  std::vector<std::string> order;
+  for (cogent::iwait it(fetches); auto t = it.next();) {
+    order.push_back(t.as<std::string>().get());
+  }
+  CHECK(order == std::vector<std::string>{"page 2", "page 1", "page 0"});
+  cogent::task_base any = cogent::wait_any({fetches[0]});
+  CHECK(any.as<std::string>() == fetches[0]);
+  auto n = cogent::spawn([] { return 7; });
+  cogent::task_base untyped = n;
+  CHECK(untyped.as<int>().get() == 7);
+  CHECK_THROWS_WITH_AS((void)untyped.as<long>(), doctest::Contains("does not return long"), std::logic_error);
+  CHECK_THROWS_AS((void)cogent::task_base().as<int>(), std::logic_error);
+  auto v = cogent::spawn([] {});
+  CHECK_NOTHROW(cogent::task_base(v).as<void>().get());
+}

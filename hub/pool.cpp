@@ -86,7 +86,8 @@ bool group::join(timeout_duration t, bool raise_error) {
   hub::throw_if_interrupted();  // also when there is nothing to wait for
   clock::time_point deadline = deadline_after(t);
   while (!_members.empty()) {
-    if (!_empty_waiters.wait(deadline) && !_members.empty()) {
+    // A zero timeout, or one that has passed, answers without waiting (so also inside the hub).
+    if (detail::deadline_passed(deadline) || (!_empty_waiters.wait(deadline) && !_members.empty())) {
       break;
     }
   }
@@ -139,7 +140,16 @@ void group::kill(std::exception_ptr e, bool block, timeout_duration t) {
     if (left.empty()) {
       hub::current().yield_now();  // let the spawners handed a slot add their members
     } else {
-      (void)joinall(left, remaining);  // then look again: the deadline is checked above
+      // Then look again (the deadline is checked above). As a joiner that
+      // does not look, as killall(block) waits: a member's own error after
+      // our kill is reported like any other (kill() returns none of them).
+      for (const task_base& m : left) {
+        if (deadline == clock::time_point::max()) {
+          (void)m.join_unobserved();
+        } else if (auto now = clock::now(); now < deadline) {
+          (void)m.join_unobserved(timeout_duration(deadline - now));
+        }
+      }
     }
   }
 }
@@ -181,8 +191,8 @@ bool pool::wait_available(timeout_duration t) {
   hub::throw_if_interrupted();  // also when a slot is free
   clock::time_point deadline = deadline_after(t);
   while (full()) {
-    if (!_slot_waiters.wait(deadline) && full()) {
-      return false;
+    if (detail::deadline_passed(deadline) || (!_slot_waiters.wait(deadline) && full())) {
+      return false;  // (a zero timeout answers without waiting: also inside the hub)
     }
   }
   // Wake-ups are not consumed by a caller that does not take the slot: pass

@@ -113,9 +113,10 @@ class basic_queue {
 
   // put() adds `item`: hands it to the longest-waiting getter if there is
   // one (in a lifo_queue or priority_queue, the getters already handed items
-  // that have not run yet keep the queue's order among them: the earliest
-  // gets the item that comes first, as in gevent; for an item type whose swap
-  // may throw, in the order put), else stores it, blocking while the queue is
+  // that have not run yet keep the queue's order, also against what is
+  // stored after them: the earliest gets the item that comes first, as in
+  // gevent; for an item type whose swap may throw, in the order put), else
+  // stores it, blocking while the queue is
   // full up to `t`. Throws
   // queue_full if `t` passes first (the item is not added). Raises a pending
   // kill or Timeout (the item is not added). May switch (only when full).
@@ -135,6 +136,7 @@ class basic_queue {
           if (full()) {
             return false;
           }
+          keep_order_among_granted(item);  // (then the item it displaced, if any, is stored)
           store(std::move(item));
           return true;
         })) {
@@ -207,14 +209,15 @@ class basic_queue {
     ++_unfinished;
     _peekers.notify_all();
   }
-  void give(handoff_list::node& g, T&& item) {
+  // keep_order_among_granted(): getters granted items earlier in this turn
+  // have not run yet. As in gevent (each getter takes the first item when it
+  // runs), the earliest of them holds the item that comes first: if `item`
+  // comes before one of theirs it takes that place, the others moving one
+  // getter down, and `item` becomes the one displaced last (for the next
+  // getter, or the store). Compared first, then swapped (which cannot
+  // throw): a comparator that throws leaves every getter's item as it was.
+  void keep_order_among_granted(T& item) {
     if constexpr (Store::reorders && std::is_nothrow_swappable_v<T>) {
-      // Getters granted earlier in this turn have not run yet. As in gevent
-      // (each getter takes the first item when it runs), the earliest of them
-      // gets the item that comes first: their items stay in queue order, and
-      // `item` goes in where it belongs, the others moving one getter down.
-      // Compared first, then swapped (which cannot throw): a comparator that
-      // throws leaves every getter's item as it was.
       handoff_list::node* at = _getters.granted_front();
       while (at != nullptr && !_store.before(item, **static_cast<std::optional<T>*>(at->data))) {
         at = at->next;
@@ -224,6 +227,9 @@ class basic_queue {
         swap(item, **static_cast<std::optional<T>*>(at->data));
       }
     }
+  }
+  void give(handoff_list::node& g, T&& item) {
+    keep_order_among_granted(item);
     static_cast<std::optional<T>*>(g.data)->emplace(std::move(item));
     ++_unfinished;
     _getters.grant(g);

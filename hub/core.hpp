@@ -78,7 +78,14 @@ constexpr std::chrono::nanoseconds saturate_ns(std::chrono::duration<Rep, Period
     if constexpr (std::is_floating_point_v<Rep>) {
       return ns(static_cast<ns::rep>(v));
     } else {
-      return std::chrono::duration_cast<ns>(d);  // in range: computed in intmax_t, no wrap
+      // In range, but duration_cast's count * num could still overflow (1/3 s
+      // ticks: count * 1e9 before the / 3). Split at the divisor instead: the
+      // quotient's product is within the result, the remainder's is < den * num.
+      using cf = std::ratio_divide<Period, std::nano>;
+      const auto c = static_cast<__int128>(d.count());
+      const __int128 q = c / cf::den;
+      const __int128 r = c % cf::den;
+      return ns(static_cast<ns::rep>(q * cf::num + r * cf::num / cf::den));
     }
   }
 }

@@ -32,6 +32,19 @@ void defer_interrupt(std::exception_ptr e) noexcept {
   hub::current().interrupt(detail::current_impl(), std::move(e), owner);
 }
 
+bool timeout::pending_is_mine() const noexcept {
+  if (_fiber->sched.pending_owner != this) {
+    return false;  // the common case: no exception to look into
+  }
+  try {
+    std::rethrow_exception(_fiber->sched.pending);
+  } catch (const timeout_error& e) {
+    return owns(e);
+  } catch (...) {
+  }
+  return false;
+}
+
 timeout::timeout(timeout_duration d) {
   if (!d) {
     return;
@@ -51,7 +64,7 @@ timeout::timeout(timeout_duration d) {
     if (t->_fiber->dead) {
       return;  // the scope outlived its fiber: nobody left to interrupt
     }
-    if (t->_fiber->sched.pending && t->_fiber->sched.pending_owner != t) {
+    if (t->_fiber->sched.pending && !t->pending_is_mine()) {
       // Another interrupt (an inner timeout, a kill) is pending and not yet
       // raised: try again shortly rather than be lost behind it.
       t->_node.deadline = clock::now() + std::chrono::milliseconds(1);
@@ -80,8 +93,7 @@ void timeout::cancel() noexcept {
   // someone else is cancelling: that fiber is on its way to raise it (as in
   // gevent, where an expired Timeout is thrown into its greenlet at once), and
   // pulling it back would leave the wait it was woken from half undone.
-  if (_fiber->sched.pending_owner == this &&
-      (!_fiber->sched.pending_delivered || _fiber == detail::current_impl())) {
+  if (pending_is_mine() && (!_fiber->sched.pending_delivered || _fiber == detail::current_impl())) {
     _fiber->sched.pending = nullptr;
     _fiber->sched.pending_owner = nullptr;
   }

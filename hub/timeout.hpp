@@ -83,6 +83,10 @@ class timeout {
 
  private:
   friend class timeout_error;
+  // pending_is_mine() is true if the fiber's pending interrupt is this
+  // scope's own error — not one of an earlier scope at the same address,
+  // deferred (defer_interrupt) and still to be raised.
+  bool pending_is_mine() const noexcept;
   struct node : detail::timer_node {
     timeout* self = nullptr;
   };

@@ -100,11 +100,10 @@ void accepted(int fd, bool nonblock) noexcept {
   }
 }
 
-// received_fds() records the fds a recvmsg got through SCM_RIGHTS. Each
-// shares its open file description with the sender's fd, like a dup: its
-// O_NONBLOCK and timeouts are asked of the kernel (flag_shared).
-void received_fds(const msghdr* msg) noexcept {
-  if (msg->msg_control == nullptr || msg->msg_controllen < sizeof(cmsghdr)) {
+// for_passed_fds() calls fn(fd) for each fd in msg's SCM_RIGHTS messages.
+template <class Fn>
+void for_passed_fds(const msghdr* msg, Fn fn) noexcept {
+  if (msg == nullptr || msg->msg_control == nullptr || msg->msg_controllen < sizeof(cmsghdr)) {
     return;
   }
   for (cmsghdr* cm = CMSG_FIRSTHDR(msg); cm != nullptr; cm = CMSG_NXTHDR(const_cast<msghdr*>(msg), cm)) {
@@ -115,12 +114,32 @@ void received_fds(const msghdr* msg) noexcept {
     for (std::size_t i = 0; i < count; ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-      reset_fd(fd);  // classified (fstat, timeouts) on first cooperative use
-      if (fd_entry* e = entry_for(fd)) {
-        e->flags.store(flag_shared, std::memory_order_relaxed);
-      }
+      fn(fd);
     }
   }
+}
+
+// received_fds() records the fds a recvmsg got through SCM_RIGHTS. Each
+// shares its open file description with the sender's fd, like a dup: its
+// O_NONBLOCK and timeouts are asked of the kernel (flag_shared).
+void received_fds(const msghdr* msg) noexcept {
+  for_passed_fds(msg, [](int fd) {
+    reset_fd(fd);  // classified (fstat, timeouts) on first cooperative use
+    if (fd_entry* e = entry_for(fd)) {
+      e->flags.store(flag_shared, std::memory_order_relaxed);
+    }
+  });
+}
+
+// sending_fds() marks the fds a sendmsg passes through SCM_RIGHTS as shared,
+// before the send: the receiver (another process too) may change their
+// O_NONBLOCK from then on.
+void sending_fds(const msghdr* msg) noexcept {
+  for_passed_fds(msg, [](int fd) {
+    if (fd_entry* e = entry_for(fd)) {
+      e->flags.fetch_or(flag_shared, std::memory_order_relaxed);
+    }
+  });
 }
 
 // zero_len_result() is what a blocking receive of n bytes that returned r
@@ -162,10 +181,42 @@ ssize_t input(call_ctx& c, int fd, fd_entry& e, fd_kind k, io_op& op) noexcept {
   return finish_in(await_op(c, op, dl));
 }
 
+// held_fd keeps the file a blocking call was made on across its waits, as
+// the kernel's call holds it: from hold() on (the call's first wait), at() is
+// a duplicate of the fd, so another fiber's close() or dup2() of the number
+// meanwhile never turns the rest of the call (its waits, its later reads or
+// writes) to another file. (No fd left for the duplicate: the number itself.)
+// The duplicate is closed with the call.
+class held_fd {
+ public:
+  explicit held_fd(int fd) noexcept : _fd(fd) {}
+  ~held_fd() {
+    if (_dup >= 0) {
+      errno_keeper keep;
+      real.close(_dup);
+    }
+  }
+  held_fd(const held_fd&) = delete;
+  held_fd& operator=(const held_fd&) = delete;
+  void hold() noexcept {
+    if (!_tried) {
+      _tried = true;
+      errno_keeper keep;
+      _dup = real.fcntl(_fd, F_DUPFD_CLOEXEC, 0);
+    }
+  }
+  int at() const noexcept { return _dup >= 0 ? _dup : _fd; }
+
+ private:
+  int _fd;
+  int _dup = -1;
+  bool _tried = false;
+};
+
 // peek_wait() is the wait of a receive with MSG_PEEK|MSG_WAITALL (recv,
 // recvfrom, recvmsg), which never goes to io_uring: it retries a short
 // MSG_WAITALL receive further into the buffer, and with MSG_PEEK that peeks
-// the same bytes again. probe(f) peeks into the caller's buffers (no address,
+// the same bytes again. probe(fd, f) peeks into the caller's buffers (no address,
 // no ancillary data: SCM_RIGHTS fds would be installed on every peek) with
 // flags f. On TCP it waits until n bytes can be peeked, the peer shuts down,
 // or SO_RCVTIMEO passes — while some but not all are there nothing signals
@@ -175,7 +226,8 @@ ssize_t input(call_ctx& c, int fd, fd_entry& e, fd_kind k, io_op& op) noexcept {
 // call should now run (with MSG_DONTWAIT), or a negative errno to fail with
 // (the probe's own error: the kernel clears a socket error as it reports it).
 template <class Probe>
-int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe probe) noexcept {
+int peek_wait(call_ctx& c, held_fd& h, fd_entry& e, std::size_t n, int flags, Probe probe) noexcept {
+  int fd = h.at();
   int proto = 0;
   socklen_t plen = sizeof proto;
   // One question: IPPROTO_TCP is only ever a SOCK_STREAM socket.
@@ -189,7 +241,7 @@ int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe 
     if (has_pending(c)) {
       return interrupted(c);
     }
-    ssize_t r = probe(flags | MSG_DONTWAIT);
+    ssize_t r = probe(fd, flags | MSG_DONTWAIT);
     if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
       return -errno;  // reported (and cleared) by the probe: the real call would not see it
     }
@@ -204,6 +256,8 @@ int peek_wait(call_ctx& c, int fd, fd_entry& e, std::size_t n, int flags, Probe 
       }
       return -timed_out_errno;
     }
+    h.hold();  // about to wait: from here on, the file it was called on
+    fd = h.at();
     if (r < 0) {
       int w = await_ready(c, fd, POLLIN, dl);
       if (w < 0 && w != deadline_expired) {
@@ -232,30 +286,17 @@ constexpr int peek_all_flags = MSG_PEEK | MSG_WAITALL;
 
 // out_wait is a blocking send's waiting state across rounds: its deadline
 // (SO_SNDTIMEO, resolved at the first wait), what the last wait saw, and the
-// file the call was made on. From the first wait on, the call goes on (its
-// waits and the rest of its data) through a duplicate of the fd, as the
-// kernel's call holds its file: another fiber's close() or dup2() of the
-// number meanwhile never sends the rest to another file. (No fd left for
-// the duplicate: the number itself.)
+// file the call was made on (held from the first wait on: the rest of the
+// call goes through file.at()).
 struct out_wait {
+  explicit out_wait(int fd) noexcept : file(fd) {}
   clock::time_point dl{};
   bool dl_set = false;
   std::size_t last_done = static_cast<std::size_t>(-1);  // bytes out when it last waited
   std::chrono::milliseconds pause{0};
-  int dgram = -1;      // the socket is SOCK_DGRAM (1) or not (0); -1: not asked yet
-  int unix_dom = -1;   // the socket is AF_UNIX (1) or not (0); -1: not asked yet
-  int held = -1;       // the duplicate, once taken
-  out_wait() = default;
-  out_wait(const out_wait&) = delete;
-  out_wait& operator=(const out_wait&) = delete;
-  ~out_wait() {
-    if (held >= 0) {
-      errno_keeper keep;
-      real.close(held);
-    }
-  }
-  // at(fd) is the fd to go on with: the duplicate once taken, else fd.
-  int at(int fd) const noexcept { return held >= 0 ? held : fd; }
+  int dgram = -1;     // the socket is SOCK_DGRAM (1) or not (0); -1: not asked yet
+  int unix_dom = -1;  // the socket is AF_UNIX (1) or not (0); -1: not asked yet
+  held_fd file;       // held from the first wait on
 };
 
 // out_blocked() waits for room after `done` bytes went out; returns false to
@@ -266,11 +307,8 @@ struct out_wait {
 // ms, doubling up to 16 ms), to the deadline. Streams always wait on POLLOUT
 // (there a "room" that another writer took is followed by a real wait).
 bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t done, ssize_t* ret) noexcept {
-  if (st.held < 0 && st.last_done == static_cast<std::size_t>(-1)) {
-    errno_keeper keep;
-    st.held = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  }
-  fd = st.at(fd);
+  st.file.hold();
+  fd = st.file.at();
   if (st.dl_set && done != st.last_done && st.dl != clock::time_point::max()) {
     // AF_UNIX streams bound each wait for room by SO_SNDTIMEO (the kernel
     // takes a fresh timeout per buffer it allocates), TCP the whole call.
@@ -355,11 +393,11 @@ ssize_t sock_send(call_ctx& c, int fd, fd_entry& e, const void* buf, std::size_t
   }
   const int saved = errno;
   std::size_t done = 0;
-  out_wait st;
+  out_wait st(fd);
   for (;;) {
     const char* p = static_cast<const char*>(buf) + done;
-    ssize_t r = addr == nullptr ? real.send(st.at(fd), p, n - done, flags | MSG_DONTWAIT)
-                                : real.sendto(st.at(fd), p, n - done, flags | MSG_DONTWAIT, addr, alen);
+    ssize_t r = addr == nullptr ? real.send(st.file.at(), p, n - done, flags | MSG_DONTWAIT)
+                                : real.sendto(st.file.at(), p, n - done, flags | MSG_DONTWAIT, addr, alen);
     if (r >= 0) {
       flags &= ~MSG_FASTOPEN;  // connected or connecting now: a second fast open would be EALREADY
       done += static_cast<std::size_t>(r);
@@ -447,11 +485,11 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
   std::size_t total = iov_total(msg->msg_iov, static_cast<int>(msg->msg_iovlen));
   const int saved = errno;
   std::size_t done = 0;
-  out_wait st;
+  out_wait st(fd);
   iov_copy rest;
   msghdr m = *msg;
   for (;;) {
-    ssize_t r = real.sendmsg(st.at(fd), &m, flags | MSG_DONTWAIT);
+    ssize_t r = real.sendmsg(st.file.at(), &m, flags | MSG_DONTWAIT);
     if (r < 0 && errno == EINPROGRESS && (flags & MSG_FASTOPEN) != 0 && done == 0) {
       if (fastopen_connect(c, fd, e) < 0) {  // as sock_send()
         return -1;
@@ -504,6 +542,7 @@ ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt, s
   iov_copy rest;
   const iovec* v = iov;
   int left = cnt;
+  held_fd file(fd);
   for (bool first = true;; first = false) {
     ssize_t got = -1;
     if (first && k == kind_fifo) {
@@ -513,9 +552,12 @@ ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt, s
       }
     }
     if (got < 0) {  // not tried, or no room: wait for it through the ring
+      if (k == kind_fifo) {
+        file.hold();  // a pipe write may take several ops: all on the pipe it was called on
+      }
       io_op op;
       op.code = op_code::writev;
-      op.fd = fd;
+      op.fd = file.at();
       op.buf = const_cast<iovec*>(v);
       op.len = static_cast<std::uint32_t>(left);
       op.offset = offset;
@@ -1015,8 +1057,9 @@ COGENT_HOOK ssize_t recv(int fd, void* buf, size_t n, int flags) {
     return real.recv(fd, buf, n, flags);
   }
   if ((flags & peek_all_flags) == peek_all_flags) {
-    int w = peek_wait(c, fd, *e, n, flags, [&](int f) { return real.recv(fd, buf, n, f); });
-    return w < 0 ? fail(w) : real.recv(fd, buf, n, flags | MSG_DONTWAIT);
+    held_fd h(fd);
+    int w = peek_wait(c, h, *e, n, flags, [&](int at, int f) { return real.recv(at, buf, n, f); });
+    return w < 0 ? fail(w) : real.recv(h.at(), buf, n, flags | MSG_DONTWAIT);
   }
   io_op op;
   op.code = op_code::recv;
@@ -1044,11 +1087,12 @@ COGENT_HOOK ssize_t recvmsg(int fd, msghdr* msg, int flags) {
     data.msg_iov = msg->msg_iov;
     data.msg_iovlen = msg->msg_iovlen;
     std::size_t n = iov_total(msg->msg_iov, static_cast<int>(msg->msg_iovlen));
-    int w = peek_wait(c, fd, *e, n, flags, [&](int f) { return real.recvmsg(fd, &data, f); });
+    held_fd h(fd);
+    int w = peek_wait(c, h, *e, n, flags, [&](int at, int f) { return real.recvmsg(at, &data, f); });
     if (w < 0) {
       return fail(w);
     }
-    ssize_t r = real.recvmsg(fd, msg, flags | MSG_DONTWAIT);
+    ssize_t r = real.recvmsg(h.at(), msg, flags | MSG_DONTWAIT);
     if (r >= 0) {
       received_fds(msg);
     }
@@ -1081,8 +1125,9 @@ COGENT_HOOK ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* a
     return real.recvfrom(fd, buf, n, flags, addr, addrlen);
   }
   if ((flags & peek_all_flags) == peek_all_flags) {
-    int w = peek_wait(c, fd, *e, n, flags, [&](int f) { return real.recv(fd, buf, n, f); });
-    return w < 0 ? fail(w) : real.recvfrom(fd, buf, n, flags | MSG_DONTWAIT, addr, addrlen);
+    held_fd h(fd);
+    int w = peek_wait(c, h, *e, n, flags, [&](int at, int f) { return real.recv(at, buf, n, f); });
+    return w < 0 ? fail(w) : real.recvfrom(h.at(), buf, n, flags | MSG_DONTWAIT, addr, addrlen);
   }
   iovec v{buf, n};
   msghdr m{};
@@ -1174,6 +1219,7 @@ COGENT_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
+  sending_fds(msg);
   if ((flags & MSG_DONTWAIT) != 0 || msg == nullptr || msg->msg_iovlen > IOV_MAX ||
       (msg->msg_iovlen > 0 && msg->msg_iov == nullptr) || !enter_fd(c, fd, e, k) ||
       no_wait(fd, *e, k, false) || k != kind_socket) {
@@ -1320,17 +1366,21 @@ ssize_t sendfile_impl(int out, int in, off_t* off, size_t n) {
     return fail(interrupted(c));
   }
   const int saved = errno;
+  held_fd in_file(in);  // both files are the call's from its first wait on (held_fd)
   if (k == kind_fifo) {
     // A blocking sendfile to a pipe waits for room once, then moves what
     // fits: the real call, once a zero-timeout poll says there is room (or
     // an error it reports itself). Nothing runs between the two.
+    held_fd out_file(out);
     for (;;) {
-      pollfd p{out, POLLOUT, 0};
+      pollfd p{out_file.at(), POLLOUT, 0};
       if (real.poll(&p, 1, 0) != 0) {
         errno = saved;
-        return real.sendfile(out, in, off, n);
+        return real.sendfile(out_file.at(), in_file.at(), off, n);
       }
-      int w = await_ready(c, out, POLLOUT, clock::time_point::max());
+      out_file.hold();
+      in_file.hold();
+      int w = await_ready(c, out_file.at(), POLLOUT, clock::time_point::max());
       if (w < 0) {
         return fail(w);
       }
@@ -1340,9 +1390,9 @@ ssize_t sendfile_impl(int out, int in, off_t* off, size_t n) {
   // in_fd), waiting for room as often as needed: sock_send()'s loop. The
   // offset (*off or in_fd's position) moves with each part, as in one call.
   std::size_t done = 0;
-  out_wait st;
+  out_wait st(out);
   for (;;) {
-    ssize_t r = sock_sendfile_now(st.at(out), in, off, n - done);
+    ssize_t r = sock_sendfile_now(st.file.at(), in_file.at(), off, n - done);
     if (r > 0) {
       done += static_cast<std::size_t>(r);
       if (done >= n) {
@@ -1356,6 +1406,7 @@ ssize_t sendfile_impl(int out, int in, off_t* off, size_t n) {
     if (errno != EAGAIN && errno != EWOULDBLOCK) {
       return done > 0 ? kept_errno(static_cast<ssize_t>(done), saved) : -1;
     }
+    in_file.hold();
     ssize_t ret;
     if (out_blocked(c, out, *e, st, done, &ret)) {
       return kept_errno(ret, saved);
@@ -1403,8 +1454,9 @@ COGENT_HOOK int recvmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags, timespe
   unsigned got = 0;
   unsigned dl_got = UINT_MAX;  // got when dl was set: SO_RCVTIMEO restarts with each message
   clock::time_point dl{};
+  held_fd file(fd);
   for (;;) {
-    int r = real.recvmmsg(fd, vec + got, vlen - got, flags | MSG_DONTWAIT, nullptr);
+    int r = real.recvmmsg(file.at(), vec + got, vlen - got, flags | MSG_DONTWAIT, nullptr);
     if (r > 0) {
       for (int i = 0; i < r; ++i) {
         received_fds(&vec[got + static_cast<unsigned>(i)].msg_hdr);
@@ -1418,11 +1470,12 @@ COGENT_HOOK int recvmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags, timespe
     } else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
       return got > 0 ? static_cast<int>(kept_errno(got, saved)) : r;
     }
+    file.hold();
     if (dl_got != got) {
-      dl = deadline_ns(sock_timeout(fd, *e, true));
+      dl = deadline_ns(sock_timeout(file.at(), *e, true));
       dl_got = got;
     }
-    int w = await_ready(c, fd, POLLIN, dl);
+    int w = await_ready(c, file.at(), POLLIN, dl);
     if (w < 0) {
       return got > 0 ? static_cast<int>(kept_errno(got, saved)) : static_cast<int>(finish_in(w));
     }
@@ -1442,6 +1495,9 @@ COGENT_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
+  for (unsigned i = 0; vec != nullptr && i < std::min(vlen, max_mmsg); ++i) {
+    sending_fds(&vec[i].msg_hdr);
+  }
   if ((flags & (MSG_DONTWAIT | MSG_FASTOPEN)) != 0 || vec == nullptr || vlen == 0 || !enter_fd(c, fd, e, k) ||
       no_wait(fd, *e, k, false) || k != kind_socket) {
     return real.sendmmsg(fd, vec, vlen, flags);
@@ -1452,9 +1508,9 @@ COGENT_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags) {
   vlen = std::min(vlen, max_mmsg);
   const int saved = errno;
   unsigned got = 0;
-  out_wait st;
+  out_wait st(fd);
   for (;;) {
-    int r = real.sendmmsg(st.at(fd), vec + got, vlen - got, flags | MSG_DONTWAIT);
+    int r = real.sendmmsg(st.file.at(), vec + got, vlen - got, flags | MSG_DONTWAIT);
     if (r > 0) {
       got += static_cast<unsigned>(r);
       st.dl_set = false;  // SO_SNDTIMEO bounds each message's wait (the kernel: one sendmsg each)
@@ -1475,7 +1531,7 @@ COGENT_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags) {
         m.msg_namelen = last.msg_hdr.msg_namelen;
         m.msg_iov = v;
         m.msg_iovlen = static_cast<std::size_t>(cnt);
-        ssize_t more = sock_sendmsg(c, st.at(fd), *e, &m, flags);
+        ssize_t more = sock_sendmsg(c, st.file.at(), *e, &m, flags);
         if (more > 0) {
           last.msg_len += static_cast<unsigned>(more);
         }

@@ -4,6 +4,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -303,7 +304,31 @@ fd_entry* entry_for(int fd) noexcept {
   return &t[fd];
 }
 
+// g_high_fd is the highest fd whose entry was ever classified: what a fork
+// must mark shared (mark_all_shared()).
+static std::atomic<int> g_high_fd{-1};
+static void note_classified(int fd) noexcept {
+  int high = g_high_fd.load(std::memory_order_relaxed);
+  while (fd > high && !g_high_fd.compare_exchange_weak(high, fd, std::memory_order_relaxed)) {
+  }
+}
+
+// mark_all_shared() is the fork() handler (parent and child): every fd open
+// at the fork now shares its open file description with the other process,
+// which may change its O_NONBLOCK: ask the kernel from now on.
+static void mark_all_shared() noexcept {
+  const int high = g_high_fd.load(std::memory_order_relaxed);
+  for (int fd = 0; fd <= high; ++fd) {
+    if (fd_entry* e = entry_for(fd); e != nullptr && e->kind.load(std::memory_order_relaxed) != kind_unknown) {
+      e->flags.fetch_or(flag_shared, std::memory_order_relaxed);
+    }
+  }
+}
+
 void reset_fd(int fd, fd_kind kind, bool nonblock) noexcept {
+  if (kind != kind_unknown) {
+    note_classified(fd);
+  }
   if (fd_entry* e = entry_for(fd)) {
     e->flags.store(nonblock ? flag_nonblock : 0, std::memory_order_relaxed);
     e->rcv_timeout_ns.store(0, std::memory_order_relaxed);
@@ -378,6 +403,7 @@ fd_kind classify(int fd, fd_entry& e) noexcept {
     load_sock_timeouts(fd, e);
   }
   e.kind.store(k, std::memory_order_relaxed);
+  note_classified(fd);
   return k;
 }
 
@@ -672,6 +698,8 @@ void patch_all() {
   // fds the kernel creates or closes through io_uring (cogent::net's accept
   // and close) bypass the hooks: have the engines tell the table.
   cogent::detail::fd_event_hook.store([](int fd) noexcept { reset_fd(fd); }, std::memory_order_release);
+  static const bool forks = (pthread_atfork(nullptr, &mark_all_shared, &mark_all_shared), true);
+  (void)forks;
   cogent::hub::current();
   g_patched.store(true, std::memory_order_release);
 }

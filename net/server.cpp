@@ -186,12 +186,18 @@ void stream_server::serve_forever() {
       }
     }
   } guard{*this};
+  // One of our own handlers cannot wait for the handlers: it returns once
+  // stopping has begun (as gevent's, when stop() sets the stop event), and
+  // stop() waits for it like any handler.
+  const bool own_handler = _clients.contains(current_task());
   try {
     hub::throw_if_interrupted();  // a kill pending on entry stops the server too (and is raised)
-    while (!_stop_done) {
+    while (!(own_handler ? _stopped : _stop_done)) {
       _stopped_waiters.wait(clock::time_point::max());
     }
-    reap();
+    if (!own_handler) {
+      reap();
+    }
   } catch (...) {
     // A kill or Timeout (or a throw_in()) cut the wait short. As gevent's
     // `finally: stop()`: the server stops first, then the interrupt is raised.
@@ -243,6 +249,7 @@ void stream_server::stop(timeout_duration t) {
   }
   _stopped = true;
   _deadline = deadline_after(t == use_default ? _opts.stop_timeout : t);
+  _stopped_waiters.notify_all();  // a handler in serve_forever() returns now (the others wait on)
   // However stop() ends (a kill may hit the caller while it waits), it is
   // over: serve_forever() and the destructor take up the rest (reap()).
   struct mark_done {
@@ -255,7 +262,12 @@ void stream_server::stop(timeout_duration t) {
   // 1. Stop accepting: kill the accept task (an accept in flight is cancelled
   //    and a connection it raced to take is closed), then close the listener.
   if (_acceptor && !_acceptor.ready()) {
-    _acceptor.kill();
+    try {
+      _acceptor.kill();
+    } catch (...) {
+      close_listener_quietly();  // interrupted meanwhile: accepting must end all the same
+      throw;
+    }
   }
   _listener.close();
   // 2. Let the handlers finish until the deadline, then kill the rest. A
@@ -264,9 +276,19 @@ void stream_server::stop(timeout_duration t) {
   reap();
 }
 
+void stream_server::close_listener_quietly() noexcept {
+  try {
+    _listener.close();  // (closes the fd however it ends)
+  } catch (...) {
+  }
+}
+
 void stream_server::reap() {
   if (_acceptor && !_acceptor.ready()) {
     _acceptor.kill();
+  }
+  if (_listener.is_open()) {
+    close_listener_quietly();  // a stop() that was interrupted before it closed it
   }
   task_base self = current_task();
   std::vector<task_base> others = _clients.tasks();

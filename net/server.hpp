@@ -16,15 +16,15 @@
 //
 // Handler errors: disconnect-like errors (ECONNRESET, EPIPE, ECONNABORTED,
 // ENOTCONN, EHOSTUNREACH, ENETUNREACH, end_of_stream, the idle limit's
-// idle_timeout_error, socket_closed_error — another fiber closed a socket the
-// handler was waiting on: the way to drop a client from elsewhere — and EBADF
-// once the server is stopping) end the client quietly; any other exception
-// goes to server_options::on_error (default: one line on stderr) —
-// std::exception or not, a timeout_error of the handler's own scope, an
-// ETIMEDOUT that is not the idle limit (the handler's own upstream call
-// timing out), and a plain EBADF while the server is still serving (a
-// handler's bug: IO on a socket it had closed or moved from) included; a
-// kill excepted. Either way only that client is affected, and nothing of it is
+// idle_timeout_error, socket_closed_error — IO on a socket close() closed,
+// e.g. by another fiber: the way to drop a client from elsewhere, whatever
+// its handler is doing then — and EBADF once the server is stopping) end the
+// client quietly; any other exception goes to server_options::on_error
+// (default: one line on stderr) — std::exception or not, a timeout_error of
+// the handler's own scope, an ETIMEDOUT that is not the idle limit (the
+// handler's own upstream call timing out), and a plain EBADF while the
+// server is still serving (a handler's bug: IO on a socket it moved from or
+// released) included; a kill excepted. Either way only that client is affected, and nothing of it is
 // kept.
 //
 // Shutdown and lifetime: stop() gives the handlers until its deadline, then
@@ -149,6 +149,8 @@ class stream_server {
   // started or stopped. Never switches.
   void start();
   // serve_forever() starts the server if needed and parks the calling fiber
+  // (called from one of this server's own handlers: only until stopping has
+  // begun — it cannot wait for itself; stop() waits for that handler)
   // until stop() (called from another fiber or a handler) has finished and
   // every handler has ended: a handler that called stop() itself is waited
   // for until that stop()'s deadline, then killed. The server may be
@@ -193,8 +195,12 @@ class stream_server {
   // Timeout: stop(0s) unless already stopping, with further interrupts
   // deferred.
   void stop_interrupted() noexcept;
-  // reap() kills the accept task, waits until _deadline for every client task
-  // but the calling one, then kills those left and waits for them to unwind.
+  // close_listener_quietly() closes the listener, swallowing an interrupt
+  // that hits it (the fd is closed in every case).
+  void close_listener_quietly() noexcept;
+  // reap() kills the accept task, closes the listener if a stop() did not get
+  // to it, waits until _deadline for every client task but the calling one,
+  // then kills those left and waits for them to unwind.
   void reap();
 
   listener _listener;

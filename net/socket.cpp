@@ -247,7 +247,7 @@ void basic_socket::close() {
   if (_fd < 0) {
     return;
   }
-  int fd = std::exchange(_fd, -1);
+  int fd = std::exchange(_fd, closed_by_close);
   hub* hp = hub::current_if_exists();
   if (hp == nullptr) {
     // No hub, so no fiber can be blocked on it: close(2) (a thread that never
@@ -371,7 +371,10 @@ int basic_socket::await(io_op& op, clock::time_point deadline, void (*release)(i
   return r;
 }
 
-void basic_socket::throw_closed(const char* what) {
+void basic_socket::throw_closed(const char* what, bool by_close) {
+  if (by_close) {
+    throw socket_closed_error(std::string(what) + " on a closed socket");
+  }
   throw_sys(EBADF, std::string(what) + " on a closed socket");
 }
 

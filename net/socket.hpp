@@ -25,8 +25,9 @@
 // EPIPE, ECONNREFUSED, ...). A per-call or per-socket timeout that expires
 // raises std::system_error(ETIMEDOUT) (a socket's idle limit raises the
 // derived idle_timeout_error, also ETIMEDOUT); a cogent::timeout scope raises
-// cogent::timeout_error instead. IO on a closed (or moved-from) socket raises
-// std::system_error(EBADF). Peer EOF is not an error: read_some() returns 0;
+// cogent::timeout_error instead. IO on a socket close() closed raises
+// socket_closed_error (a std::system_error, EBADF); on a moved-from or
+// released one, std::system_error(EBADF). Peer EOF is not an error: read_some() returns 0;
 // read_exactly() raises end_of_stream. SIGPIPE never fires (MSG_NOSIGNAL).
 //
 // Timeouts: every call that may switch takes `timeout_duration t`; the
@@ -111,13 +112,14 @@ class idle_timeout_error : public std::system_error {
   explicit idle_timeout_error(const std::string& what);
 };
 
-// socket_closed_error is raised in a fiber whose IO on a socket was cut off
-// because another fiber (or the hub) called close() on that socket while it
-// waited — gevent's "file descriptor was closed in another greenlet". It is
-// a std::system_error carrying EBADF (as before); catch it by type to tell a
-// deliberate close from IO on a socket that was already closed (plain EBADF).
-// stream_server ends a client quietly on it: closing a client's socket from
-// elsewhere is the way to drop that client.
+// socket_closed_error is raised by IO on a socket that close() closed:
+// in a fiber whose call was waiting on it when another fiber (or the hub)
+// closed it — gevent's "file descriptor was closed in another greenlet" —
+// and by any later call on that socket object. It is a std::system_error
+// carrying EBADF; catch it by type to tell a deliberate close from IO on a
+// socket that was moved from or never opened (plain EBADF). stream_server
+// ends a client quietly on it: closing a client's socket from elsewhere is
+// the way to drop that client, whatever its handler is doing then.
 class socket_closed_error : public std::system_error {
  public:
   explicit socket_closed_error(const std::string& what);
@@ -160,7 +162,7 @@ class basic_socket {
   // release() gives up ownership and returns the fd (-1 if closed).
   int release() noexcept;
   // fd() is the descriptor, -1 when closed.
-  int fd() const noexcept { return _fd; }
+  int fd() const noexcept { return _fd >= 0 ? _fd : -1; }
   // is_open() is true until close()/release()/move.
   bool is_open() const noexcept { return _fd >= 0; }
   explicit operator bool() const noexcept { return _fd >= 0; }
@@ -232,7 +234,7 @@ class basic_socket {
   // fd_for() returns the fd or throws std::system_error(EBADF) naming `what`.
   int fd_for(const char* what) const {
     if (_fd < 0) [[unlikely]] {
-      throw_closed(what);
+      throw_closed(what, _fd == closed_by_close);
     }
     return _fd;
   }
@@ -263,9 +265,15 @@ class basic_socket {
   // throw_error() raises std::system_error(err) naming the call
   // (idle_timeout_error for idle_timed_out).
   [[noreturn]] static void throw_error(int err, const char* what);
-  [[noreturn]] static void throw_closed(const char* what);
+  // throw_closed() raises EBADF for IO on a socket with no fd: a
+  // socket_closed_error if close() took it (`by_close`), a plain
+  // std::system_error if it was moved from, released or never opened.
+  [[noreturn]] static void throw_closed(const char* what, bool by_close);
   void get_option_raw(int level, int name, void* value, std::size_t len) const;
 
+  // _fd is the descriptor, or -1 (moved from, released, never opened), or
+  // closed_by_close (-2: close() took it; fd() still says -1).
+  static constexpr int closed_by_close = -2;
   int _fd = -1;
   timeout_duration _timeout;
   timeout_duration _idle;

@@ -1462,7 +1462,7 @@ TEST_CASE("readme: more waits in main that nothing can complete raise would_bloc
   CHECK_MESSAGE(r.exited(0), "status ", r.status, " (exit code: bitmask of the waits that did not raise) ", r.err);
 }
 
-COGENT_TEST_CASE("server.hpp: EBADF from IO on a socket the handler closed goes to on_error while serving",
+COGENT_TEST_CASE("server.hpp: EBADF from IO on a socket the handler moved from goes to on_error while serving",
                  doctest::timeout(10)) {
   std::vector<std::string> errors;
   cogent::net::server_options o;
@@ -1472,9 +1472,10 @@ COGENT_TEST_CASE("server.hpp: EBADF from IO on a socket the handler closed goes 
   cogent::net::stream_server srv(
       cogent::net::address::ipv4_loopback(0),
       [&](cogent::net::stream_socket& s, const cogent::net::address&) {
-        s.close();
+        cogent::net::stream_socket taken = std::move(s);
+        taken.close();
         char b[4];
-        (void)s.read_some(b, sizeof b);
+        (void)s.read_some(b, sizeof b);  // a handler's bug: plain EBADF (closed by close(): quiet)
       },
       o);
   srv.start();

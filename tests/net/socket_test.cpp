@@ -969,7 +969,7 @@ COGENT_TEST_CASE("a second close() and destroy while a reader is being woken", d
   CHECK(what.find("read_some: socket closed while waiting") != std::string::npos);
 }
 
-COGENT_TEST_CASE("a close() from another fiber raises socket_closed_error; IO after it plain EBADF",
+COGENT_TEST_CASE("a close() raises socket_closed_error in a waiting fiber and at every later call; moved-from: plain EBADF",
                  doctest::timeout(10)) {
   auto p = make_pair();
   bool typed = false;
@@ -986,11 +986,16 @@ COGENT_TEST_CASE("a close() from another fiber raises socket_closed_error; IO af
   CHECK(r.join(2s));
   CHECK(typed);
   char b[4];
+  CHECK_THROWS_AS((void)p.client.read_some(b, sizeof b), cogent::net::socket_closed_error);
+  CHECK_THROWS_AS(p.client.write_all("x"), cogent::net::socket_closed_error);
+  CHECK(p.client.fd() == -1);
+  CHECK(!p.client.is_open());
+  stream_socket taken = std::move(p.server);
   try {
-    (void)p.client.read_some(b, sizeof b);
-    FAIL("read on a closed socket did not throw");
+    (void)p.server.read_some(b, sizeof b);
+    FAIL("read on a moved-from socket did not throw");
   } catch (const cogent::net::socket_closed_error&) {
-    FAIL("IO on an already closed socket is not a close while waiting");
+    FAIL("a moved-from socket was not closed by close()");
   } catch (const std::system_error& e) {
     CHECK(e.code().value() == EBADF);
   }

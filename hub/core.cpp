@@ -359,7 +359,9 @@ void hub::interrupt(fiber_impl* f, std::exception_ptr e, const void* owner) noex
 void hub::throw_if_interrupted() {
   fiber_impl* self = detail::current_impl();
   if (self->sched.pending) [[unlikely]] {
-    self->sched.kill_raised |= self->sched.pending_owner == nullptr;
+    if (self->sched.pending_owner == nullptr) {
+      self->kill_raised(self->sched.pending);
+    }
     self->sched.pending_owner = nullptr;
     std::rethrow_exception(std::exchange(self->sched.pending, nullptr));
   }

@@ -63,7 +63,12 @@ void drop_self_ref(task_state* s) noexcept {
 task_state::task_state(std::size_t stack_size, std::string&& name) : fiber_impl(stack_size, std::move(name)) {
   is_task = true;
 }
-task_state::~task_state() = default;
+task_state::~task_state() {
+  while (link_entry* l = links) {
+    links = l->next;
+    delete l;
+  }
+}
 
 std::any task_state::run(std::any&&) {
   if (st == status::pending) {
@@ -75,16 +80,17 @@ std::any task_state::run(std::any&&) {
       killed = true;
     } catch (...) {
       error = std::current_exception();
-      if (kill_requested && (!kill_custom || !sched.kill_raised)) {
+      if (kill_requested && error != first_kill && error != last_kill) {
         // Not the outcome the killer expects, so reported if nobody joins:
-        // a fiber_exit kill was raised in the body, caught, and the task
-        // failed otherwise; or the kill never landed (an op completed anyway
-        // and the task failed on its own before blocking again). Only a
-        // custom kill exception that was raised is its outcome — also when
-        // a second kill is still pending (it came while the task unwound).
+        // a kill was raised in the body, caught, and the task failed
+        // otherwise; or the kill never landed (an op completed anyway and the
+        // task failed on its own before blocking again). Only a raised kill's
+        // own exception ending the task is its outcome — also when a second
+        // kill is still pending (it came while the task unwound).
         kill_requested = false;
       }
     }
+    first_kill = last_kill = nullptr;  // (held no longer than the body)
     st = status::releasing;
   }
   // The body ended — or never ran: killed before it started, the task runs
@@ -124,8 +130,8 @@ void task_state::finish() noexcept {
   st = status::done;
   unregister_task(this);
   unsigned observing_links = 0;
-  for (const auto& l : links) {
-    observing_links += l.observes ? 1 : 0;
+  for (const link_entry* l = links; l != nullptr; l = l->next) {
+    observing_links += l->observes ? 1 : 0;
   }
   bool observed = kill_requested || observing_links > 0;
   // Fibers in join() count as observers only once one of them returns (see
@@ -134,16 +140,16 @@ void task_state::finish() noexcept {
   observed = observed || waiting > 0;
   shared_observers = (kill_requested ? 1U : 0U) + observing_links + (waiting > 0 ? 1U : 0U) > 1;
   joiners.notify_all();
-  if (!links.empty() || (error && !observed)) {
+  if (links != nullptr || (error && !observed)) {
     ref(this);
     task_base self = task_base::adopt(this);
     // One at a time, taken off the list before the call: a link that blocks
     // lets others unlink() the ones not yet called (an iwait going away).
-    while (!links.empty()) {
-      link_entry l = std::move(links.front());
-      links.erase(links.begin());
+    while (links != nullptr) {
+      std::unique_ptr<link_entry> l(links);
+      links = l->next;
       try {
-        l.fn(self);
+        l->fn(self);
       } catch (...) {
         std::fprintf(stderr, "cogent: link callback of task '%s' raised: %s\n", display_name().c_str(),
                      describe_exception(std::current_exception()).c_str());
@@ -294,7 +300,6 @@ bool task_base::join_impl(timeout_duration t, bool looks) const {
 void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const {
   task_base keep = *this;  // the task outlives this call even if our handle goes
   detail::task_state& s = state();
-  bool custom = e != nullptr;
   if (!e) {
     e = std::make_exception_ptr(fiber_exit{});
   }
@@ -311,7 +316,6 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
     return;
   }
   s.kill_requested = true;
-  s.kill_custom = s.kill_custom || custom;
   if (s.st == detail::task_state::status::pending) {
     // Never started: its function never runs. Record the outcome as if `e`
     // ended it; from here kills are moot (status::releasing). It still runs,
@@ -361,16 +365,21 @@ std::size_t task_base::link(std::function<void(const task_base&)> fn, bool obser
     return 0;
   }
   std::size_t id = s.next_link++;
-  s.links.push_back({id, std::move(fn), observes});
+  auto* node = new detail::task_state::link_entry{nullptr, id, std::move(fn), observes};
+  detail::task_state::link_entry** at = &s.links;
+  while (*at != nullptr) {
+    at = &(*at)->next;
+  }
+  *at = node;
   return id;
 }
 
 void task_base::unlink(std::size_t id) const {
   check_same_thread(state(), "unlink");
-  auto& ls = state().links;
-  for (auto it = ls.begin(); it != ls.end(); ++it) {
-    if (it->id == id) {
-      ls.erase(it);
+  for (detail::task_state::link_entry** at = &state().links; *at != nullptr; at = &(*at)->next) {
+    if ((*at)->id == id) {
+      std::unique_ptr<detail::task_state::link_entry> gone(*at);
+      *at = gone->next;
       return;
     }
   }

@@ -88,11 +88,12 @@ struct task_state : fiber_impl {
   bool body_started = false;  // the body began running (a task killed or failed before that never does)
   bool killed = false;
   // kill_requested: a kill's outcome is expected, so it is not reported as
-  // unjoined — cleared when a default (fiber_exit) kill was raised, caught,
-  // and the task then failed with an error of its own. kill_custom: a kill
-  // passed its own exception (the task failing with it is that outcome).
+  // unjoined — cleared when the task fails with an error that is not the
+  // exception of the first or the latest kill raised in it (first_kill,
+  // last_kill) itself: a kill
+  // was caught and the task failed otherwise, or a kill never landed (an op
+  // completed anyway and the task failed before blocking again).
   bool kill_requested = false;
-  bool kill_custom = false;
   // finish() left the error's report to the fibers in join() (nothing else
   // observes it): if the last of them leaves by an exception before anyone
   // looked, it reports the error. Cleared by whoever looks first (a join()
@@ -101,15 +102,24 @@ struct task_state : fiber_impl {
   bool self_ref = false;      // holds the reference that keeps an unfinished task alive
   bool shared_observers = false;  // at the finish, more than one observer (see iwait: its links observe)
   std::uint32_t waiting = 0;  // fibers currently in join()
+  std::uint32_t next_link = 1;
   std::exception_ptr error;
+  // The first and the latest kill raised in the task: ending with either is
+  // the kill's outcome (a kill raised while the task unwinds from the first
+  // may be deferred and never end it; a first one caught and swallowed is
+  // followed by the one that does).
+  std::exception_ptr first_kill;
+  std::exception_ptr last_kill;
   wait_list joiners;
+  // links: the link() callbacks, in the order added — a list of heap nodes
+  // (8 bytes here, where a vector took 24: most tasks have none, a few one or two).
   struct link_entry {
+    link_entry* next;
     std::size_t id;
     std::function<void(const task_base&)> fn;
     bool observes;  // this link handles the task's error (suppresses the unjoined report)
   };
-  std::vector<link_entry> links;
-  std::size_t next_link = 1;
+  link_entry* links = nullptr;
   task_state* reg_prev = nullptr;
   task_state* reg_next = nullptr;
 
@@ -119,6 +129,12 @@ struct task_state : fiber_impl {
   std::any run(std::any&& arg) final;
   virtual void invoke() = 0;
   std::string display_name() const { return name(); }
+  void kill_raised(const std::exception_ptr& e) noexcept final {
+    if (first_kill == nullptr) {
+      first_kill = e;
+    }
+    last_kill = e;
+  }
   void finish() noexcept;
 };
 // throw_not_typed() raises task_base::as<T>()'s logic_error: s does not return `want`.

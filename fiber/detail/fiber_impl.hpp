@@ -80,6 +80,10 @@ class fiber_impl {
   // the fiber's own stack. release_body() destroys the callable (also on that stack).
   virtual std::any run(std::any&& arg) = 0;
   virtual void release_body() noexcept = 0;
+  // kill_raised() is told of each interrupt of no Timeout (a kill, a
+  // throw_in) as it is raised in this fiber (the hub's throw_if_interrupted;
+  // a task keeps the first and the latest: its outcome, if it ends with one).
+  virtual void kill_raised(const std::exception_ptr&) noexcept {}
 
   // Scheduler slot: owned by the layer above (the hub); the fiber layer never
   // reads or writes it (but for `locals`, released when the fiber finishes). Kept inline so parking and waking allocate nothing.
@@ -90,7 +94,6 @@ class fiber_impl {
     std::uint8_t reason = 0;           // hub-defined wake reason
     bool interruptible = false;        // a parked fiber may be woken by an interrupt
     bool pending_delivered = false;    // `pending` woke the fiber from a wait (it is on its way up)
-    bool kill_raised = false;          // an interrupt of no Timeout (a kill, a throw_in) was raised here
     // park_timer is the deadline of the fiber's current park (a sleep, a wait
     // with a timeout). It lives here, not on the parked stack: expiring 100k
     // sleepers then walks dense control blocks instead of 100k stack pages.

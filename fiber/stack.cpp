@@ -358,15 +358,18 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
   }
   // Not ours: hand over to whoever was there before us.
   const struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
-  if (prev.sa_flags & SA_SIGINFO) {
-    if (prev.sa_sigaction != nullptr) {
-      prev.sa_sigaction(sig, info, uctx);
-      return;
+  // (sa_handler and sa_sigaction share storage: SIG_DFL and SIG_IGN read the
+  // same with SA_SIGINFO or without, and are never functions to call.)
+  if (prev.sa_handler == SIG_IGN) {
+    if (info->si_code <= 0) {
+      return;  // sent, and ignored before us: still ignored (a fault cannot be ignored: below)
     }
-  } else if (prev.sa_handler == SIG_IGN && info->si_code <= 0) {
-    return;  // sent, and ignored before us: still ignored (a fault cannot be ignored: below)
-  } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
-    prev.sa_handler(sig);
+  } else if (prev.sa_handler != SIG_DFL) {
+    if (prev.sa_flags & SA_SIGINFO) {
+      prev.sa_sigaction(sig, info, uctx);
+    } else {
+      prev.sa_handler(sig);
+    }
     return;
   }
   // Default action: reinstall it. A fault re-runs its instruction on return

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -57,6 +58,21 @@ inline void echo_handler(cogent::net::stream_socket& s, const cogent::net::addre
   while (std::size_t n = s.read_some(buf, sizeof buf)) {
     s.write_all(buf, n);
   }
+}
+
+// connected_pair / make_pair(): a connected TCP pair on 127.0.0.1 (the accept runs in a task).
+struct connected_pair {
+  cogent::net::stream_socket client;
+  cogent::net::stream_socket server;
+};
+inline connected_pair make_pair() {
+  using namespace std::chrono_literals;
+  auto l = cogent::net::listener::bind(cogent::net::address::ipv4_loopback(0));
+  auto acc = cogent::spawn([&] { return l.accept(); });
+  connected_pair p;
+  p.client = cogent::net::stream_socket::connect(l.local_address(), 2s);
+  p.server = acc.get();
+  return p;
 }
 
 // open_fds() counts this process's open descriptors (-1 if /proc is unreadable).

@@ -10,6 +10,7 @@
 #include <system_error>
 
 #include "net/net.hpp"
+#include "tests/net/net_support.hpp"
 #include "tests/support.hpp"
 
 using namespace std::chrono_literals;
@@ -18,23 +19,7 @@ using cogent::net::buffered_reader;
 using cogent::net::listener;
 using cogent::net::stream_socket;
 
-namespace {
-
-struct connected_pair {
-  stream_socket client;
-  stream_socket server;
-};
-
-connected_pair make_pair() {
-  auto l = listener::bind(address::ipv4_loopback(0));
-  auto acc = cogent::spawn([&] { return l.accept(); });
-  connected_pair p;
-  p.client = stream_socket::connect(l.local_address(), 2s);
-  p.server = acc.get();
-  return p;
-}
-
-}  // namespace
+using cogent::test::make_pair;
 
 COGENT_TEST_CASE("reader: lines come back with their newline, across reads and several per read") {
   auto p = make_pair();

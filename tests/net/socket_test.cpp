@@ -58,20 +58,7 @@ std::uint64_t fnv1a(std::uint64_t h, const unsigned char* p, std::size_t n) {
   return h;
 }
 
-struct connected_pair {
-  stream_socket client;
-  stream_socket server;
-};
-
-// make_pair() returns a connected TCP pair on 127.0.0.1.
-connected_pair make_pair() {
-  auto l = listener::bind(address::ipv4_loopback(0));
-  auto acc = cogent::spawn([&] { return l.accept(); });
-  connected_pair p;
-  p.client = stream_socket::connect(l.local_address(), 2s);
-  p.server = acc.get();
-  return p;
-}
+using cogent::test::make_pair;  // a connected TCP pair on 127.0.0.1 (net_support.hpp)
 
 std::atomic<int> g_sigpipes{0};
 

@@ -627,6 +627,22 @@ void stream_socket::set_linger(std::optional<std::chrono::seconds> t) {
 
 // ---- listener -------------------------------------------------------------------
 
+namespace {
+// stale_unix_socket() says whether the socket file at `at` is left over from
+// a socket that is gone: a connect to it is refused. A listening socket
+// takes the connection (or has a full backlog: EAGAIN), one of another
+// type answers EPROTOTYPE: both are live. The probe never waits.
+bool stale_unix_socket(const address& at) {
+  int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (probe < 0) {
+    return false;  // cannot tell: leave it (bind then reports EADDRINUSE)
+  }
+  bool refused = ::connect(probe, at.sockaddr_ptr(), at.sockaddr_len()) < 0 && errno == ECONNREFUSED;
+  ::close(probe);
+  return refused;
+}
+}  // namespace
+
 listener listener::bind(const address& at, const listen_options& opts) {
   if (at.empty()) {
     throw std::invalid_argument("cogent::net: listen on an empty address");
@@ -651,6 +667,10 @@ listener listener::bind(const address& at, const listen_options& opts) {
     std::string path = at.host();
     struct stat st {};
     if (::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      if (!stale_unix_socket(at)) {
+        throw_sys(EADDRINUSE, "bind " + at.to_string() +
+                                  ": a live socket is bound there (unlink_existing removes only stale ones)");
+      }
       ::unlink(path.c_str());
     }
   }

@@ -356,7 +356,11 @@ struct listen_options {
   bool reuse_port = false;
   // ipv6_only sets IPV6_V6ONLY on an IPv6 listener (false: dual-stack).
   bool ipv6_only = false;
-  // unlink_existing removes a stale Unix socket file at the path before bind.
+  // unlink_existing removes a stale Unix socket file at the path before bind:
+  // one whose socket is gone (a connect to it is refused). A live one is
+  // left alone and bind() raises std::system_error(EADDRINUSE) saying so
+  // (the probe is a non-blocking connect: a live listener accepts one
+  // connection that ends at once).
   bool unlink_existing = false;
 };
 

@@ -711,6 +711,23 @@ COGENT_TEST_CASE("unix: stream sockets on a path and in the abstract namespace",
   lo.unlink_existing = true;
   auto again = listener::bind(address::unix_path(path), lo);
   CHECK(again.is_open());
+  // A live listener's file is not stale: unlink_existing leaves it, and the live one keeps its clients.
+  try {
+    (void)listener::bind(address::unix_path(path), lo);
+    FAIL("bind took the path of a live listener");
+  } catch (const std::system_error& e) {
+    CHECK(e.code().value() == EADDRINUSE);
+    CHECK(std::string(e.what()).find("live") != std::string::npos);
+  }
+  auto take = cogent::spawn([&] {
+    auto probe = again.accept(2s);  // the liveness probe: connected, then closed at once
+    CHECK(probe.read_until_eof(64, 2s).empty());
+    auto c = again.accept(2s);
+    c.write_all("still mine");
+  });
+  auto probe_client = stream_socket::connect(address::unix_path(path), 1s);
+  CHECK(probe_client.read_until_eof(64, 2s) == "still mine");
+  take.get();
   ::unlink(path.c_str());
   CHECK(errno_of([&] { (void)stream_socket::connect(address::unix_path(path + ".missing")); }) == ENOENT);
 }

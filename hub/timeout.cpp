@@ -11,13 +11,18 @@ std::atomic<std::uint64_t> g_timeout_serial{0};
 }  // namespace
 
 timeout_error::timeout_error(const timeout* source, std::chrono::nanoseconds after) noexcept
-    : _source(source), _serial(source != nullptr ? source->_serial : 0), _after(after) {}
-
-const char* timeout_error::what() const noexcept {
-  if (_msg[0] == '\0') {
-    auto us = std::chrono::duration_cast<std::chrono::microseconds>(_after).count();
+    : _source(source), _serial(source != nullptr ? source->_serial : 0), _after(after) {
+  // Formatted here, once: what() on an exception shared between threads
+  // (an exception_ptr handed on) only reads.
+  if (after < std::chrono::microseconds(1)) {
+    std::snprintf(_msg, sizeof _msg, "cogent: timeout after %lld ns", static_cast<long long>(after.count()));
+  } else {
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(after).count();
     std::snprintf(_msg, sizeof _msg, "cogent: timeout after %lld us", static_cast<long long>(us));
   }
+}
+
+const char* timeout_error::what() const noexcept {
   return _msg;
 }
 

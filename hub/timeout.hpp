@@ -51,7 +51,7 @@ class timeout_error {
   const timeout* _source;
   std::uint64_t _serial;  // the source scope's serial: a later scope at the same address is another one
   std::chrono::nanoseconds _after;
-  mutable char _msg[64] = {};
+  char _msg[64] = {};
 };
 
 // timeout is a scope object: while it lives, blocking calls of the fiber that

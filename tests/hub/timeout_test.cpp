@@ -201,3 +201,11 @@ COGENT_TEST_CASE("a timeout in one task does not touch another", doctest::timeou
 }
 
 }  // namespace
+
+TEST_CASE("timeout_error::what() names the duration, in ns below a microsecond") {
+  using namespace std::chrono_literals;
+  CHECK(std::string(cogent::timeout_error(nullptr, 500ns).what()) == "cogent: timeout after 500 ns");
+  CHECK(std::string(cogent::timeout_error(nullptr, 2ms).what()) == "cogent: timeout after 2000 us");
+  const cogent::timeout_error e(nullptr, 3us);
+  CHECK(e.what() == e.what());  // formatted once, in the constructor: reading it writes nothing
+}

@@ -275,9 +275,19 @@ int run_processes(int workers, int port) {
       for (int i = 0; i < workers; ++i) {
         worker& w = ws[static_cast<std::size_t>(i)];
         if (w.pid == 0 && w.restart_at <= now) {
-          w = {start_worker(i, port, reservation, -1), now, {}};
-          std::printf("worker %d restarted (process %d)\n", i, static_cast<int>(w.pid));
-          std::fflush(stdout);
+          // Said once the replacement listens (its byte on the pipe), as at start-up.
+          int up_pipe[2];
+          if (pipe(up_pipe) != 0) {
+            throw std::system_error(errno, std::generic_category(), "pipe");
+          }
+          w = {start_worker(i, port, reservation, up_pipe[1]), now, {}};
+          close(up_pipe[1]);
+          char c;
+          if (read(up_pipe[0], &c, 1) == 1) {
+            std::printf("worker %d restarted (process %d)\n", i, static_cast<int>(w.pid));
+            std::fflush(stdout);
+          }  // else it died before listening: its SIGCHLD comes next, and a retry a second later
+          close(up_pipe[0]);
         } else if (w.pid == 0) {
           next = next ? std::min(*next, w.restart_at) : w.restart_at;
         }

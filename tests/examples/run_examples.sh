@@ -5,7 +5,7 @@
 set -uo pipefail
 ex=$1
 fail() { echo "FAIL: $*" >&2; exit 1; }
-out=$(mktemp) && trap 'rm -f "$out"; [ -n "${srv:-}" ] && kill "$srv" 2>/dev/null' EXIT
+out=$(mktemp) && trap 'rm -f "$out" "$out.err"; [ -n "${srv:-}" ] && kill "$srv" 2>/dev/null' EXIT
 
 check() {  # check NAME PATTERN...: the last run's output holds every pattern
   local name=$1; shift
@@ -42,7 +42,7 @@ for server in 05_echo_server 08_monkey_patch "09_many_cores --threads" "09_many_
   args=0
   case $server in 09_*) args="--workers 2 0" ;; esac
   # shellcheck disable=SC2086  # the mode flag and the arguments are words
-  "$ex/"$server $args >"$out" 2>/dev/null &
+  "$ex/"$server $args >"$out" 2>"$out.err" &
   srv=$!
   port=
   for _ in $(seq 100); do
@@ -66,7 +66,7 @@ for server in 05_echo_server 08_monkey_patch "09_many_cores --threads" "09_many_
       done
       grep -q '^worker 1 restarted (process [0-9]*)' "$out" || { cat "$out" >&2; fail "$server: worker 1 was not restarted"; }
       runs=$(mktemp)
-      "$ex/06_echo_client" "$port" 50 1 >"$runs" 2>&1 || { cat "$runs" >&2; rm -f "$runs"; fail "06 against $server after a restart exited non-zero"; }
+      "$ex/06_echo_client" "$port" 50 1 >"$runs" 2>&1 || { cat "$runs" "$out.err" >&2; rm -f "$runs"; fail "06 against $server after a restart exited non-zero"; }
       grep -qE '^50 connections, [1-9][0-9]* round trips' "$runs" || { cat "$runs" >&2; rm -f "$runs"; fail "06 against $server after a restart: no round trips"; }
       rm -f "$runs"
       ;;

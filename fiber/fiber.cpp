@@ -107,6 +107,7 @@ bool inspect_fault(const void* addr, char* buf, std::size_t len) noexcept {
 
 void destroy(fiber_impl* f) noexcept;
 void kill_for_destroy(fiber_impl* f) noexcept;
+fiber_impl* drop_ref(fiber_impl* f) noexcept;
 [[noreturn]] void entry(transfer t) noexcept;
 }  // namespace
 void give_stack(fiber_impl* f);
@@ -346,19 +347,12 @@ void kill_for_destroy(fiber_impl* f) noexcept {
     } else if (--f->refs == 0) {
       destroy(f);
     }
-    // The old parent's reference, as unref() would drop it, a suspended
-    // parent unwound by the next turn of this loop.
-    if (old_parent == nullptr || --old_parent->refs != 0) {
+    // The old parent's reference: a suspended parent left unreferenced is
+    // unwound by the next turn of this loop.
+    f = old_parent != nullptr ? drop_ref(old_parent) : nullptr;
+    if (f == nullptr) {
       break;
     }
-    if (!old_parent->started || old_parent->dead || old_parent->is_main) {
-      destroy(old_parent);
-      break;
-    }
-    if (old_parent == t_current) {
-      break;  // the running fiber: freed when it finishes (see unref())
-    }
-    f = old_parent;
   }
   if (exiting_main) {
     self->sched.locals.release_at_exit();
@@ -488,17 +482,28 @@ std::any switch_slow(fiber_impl* target, std::any&& value, std::exception_ptr ex
   return std::move(self->in_value);
 }
 
-void unref(fiber_impl* f) noexcept {
+namespace {
+// drop_ref() drops a reference. At the last one a fiber that never started,
+// is dead or is a main fiber is destroyed; a suspended one is returned, to be
+// unwound (kill_for_destroy); the running fiber dropping its last handle to
+// itself is freed by whoever it switches to when it finishes (see
+// resumed()). Null when there is nothing to unwind.
+fiber_impl* drop_ref(fiber_impl* f) noexcept {
   if (--f->refs != 0) {
-    return;
+    return nullptr;
   }
   if (!f->started || f->dead || f->is_main) {
     destroy(f);
-  } else if (f != t_current) {
-    kill_for_destroy(f);
+    return nullptr;
   }
-  // else: the running fiber dropped its last handle to itself; it is freed
-  // by whoever it switches to when it finishes (see resumed()).
+  return f != t_current ? f : nullptr;
+}
+}  // namespace
+
+void unref(fiber_impl* f) noexcept {
+  if (fiber_impl* suspended = drop_ref(f)) {
+    kill_for_destroy(suspended);
+  }
 }
 
 void check_stack_size(std::size_t stack_size, const std::string& name) {

@@ -136,6 +136,17 @@ inline clock::time_point deadline_after(timeout_duration t) {
   return d >= clock::time_point::max() - now ? clock::time_point::max() : now + d;
 }
 
+// time_left() is deadline_after()'s inverse: the timeout that ends at
+// `deadline` (std::nullopt for max(), zero once it has passed), for a call
+// that spends one deadline over several timed waits.
+inline timeout_duration time_left(clock::time_point deadline) {
+  if (deadline == clock::time_point::max()) {
+    return std::nullopt;
+  }
+  const clock::duration left = deadline - clock::now();
+  return timeout_duration(left > clock::duration::zero() ? left : clock::duration::zero());
+}
+
 // hub_error is thrown for misuse of the hub: blocking inside the hub itself,
 // using a hub from a thread that does not own it, waiting on a lock, event,
 // queue, pool or group that is destroyed meanwhile (the wait raises it).

@@ -129,27 +129,16 @@ void group::kill(std::exception_ptr e, bool block, timeout_duration t) {
     if (left.empty() && joining() == 0) {
       return;
     }
-    timeout_duration remaining = std::nullopt;
-    if (deadline != clock::time_point::max()) {
-      auto now = clock::now();
-      if (now >= deadline) {
-        return;
-      }
-      remaining = deadline - now;
+    if (deadline != clock::time_point::max() && clock::now() >= deadline) {
+      return;
     }
     if (left.empty()) {
       hub::current().yield_now();  // let the spawners handed a slot add their members
     } else {
-      // Then look again (the deadline is checked above). As a joiner that
-      // does not look, as killall(block) waits: a member's own error after
-      // our kill is reported like any other (kill() returns none of them).
-      for (const task_base& m : left) {
-        if (deadline == clock::time_point::max()) {
-          (void)m.join_unobserved();
-        } else if (auto now = clock::now(); now < deadline) {
-          (void)m.join_unobserved(timeout_duration(deadline - now));
-        }
-      }
+      // Then look again. As a joiner that does not look, as killall(block)
+      // waits: a member's own error after our kill is reported like any
+      // other (kill() returns none of them).
+      detail::join_all_unobserved(left, deadline);
     }
   }
 }

@@ -457,20 +457,23 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e, bool blo
   }
   if (block && !hub::current().in_hub()) {
     // As joinall(), but as a joiner that cannot look (see task_base::kill).
-    clock::time_point deadline = deadline_after(t);
-    for (const task_base& g : tasks) {
-      if (includes_self && g == self) {
-        continue;
-      }
-      if (deadline == clock::time_point::max()) {
-        g.join_impl(std::nullopt, false);
-      } else if (clock::time_point now = clock::now(); now < deadline) {
-        g.join_impl(timeout_duration(deadline - now), false);
-      }
-    }
+    detail::join_all_unobserved(tasks, deadline_after(t), includes_self ? self : task_base());
   }
   if (includes_self) {
     self.kill(e, false);
+  }
+}
+
+void detail::join_all_unobserved(const std::vector<task_base>& tasks, clock::time_point deadline,
+                                 const task_base& skip) {
+  for (const task_base& g : tasks) {
+    if (skip && g == skip) {
+      continue;
+    }
+    if (deadline != clock::time_point::max() && clock::now() >= deadline) {
+      return;
+    }
+    (void)g.join_unobserved(time_left(deadline));
   }
 }
 

@@ -420,6 +420,14 @@ std::vector<task_base> joinall(const std::vector<task<T>>& tasks, timeout_durati
   return joinall(std::vector<task_base>(tasks.begin(), tasks.end()), t, raise_error, count);
 }
 
+namespace detail {
+// join_all_unobserved() waits for each of `tasks` but `skip` until
+// `deadline`, as a joiner that does not look at their errors (an error of
+// their own is still reported): what killall(block) and group::kill(block) wait with.
+void join_all_unobserved(const std::vector<task_base>& tasks, clock::time_point deadline,
+                         const task_base& skip = task_base());
+}  // namespace detail
+
 // killall() kills every task (see task_base::kill) and, with block, waits up
 // to `t` for them to finish — not from a timer or post() callback (in the
 // hub), which cannot wait. If the calling task is among them it is killed

@@ -100,7 +100,7 @@ struct threadpool::impl {
   }
   static void in_child() noexcept {
     if (t_in_worker) {
-      // A job forked: the child gets its pool creator's mask back (an exec'd
+      // A job forked: the child gets back the mask of the thread that started its worker (an exec'd
       // program must not start with SIGTERM blocked).
       (void)::pthread_sigmask(SIG_SETMASK, &t_origin_mask, nullptr);
     }

@@ -5,18 +5,6 @@
 #include <cstring>
 
 namespace cogent::net {
-namespace {
-
-// remaining() is what is left of a call's deadline, as a per-op timeout.
-timeout_duration remaining(clock::time_point deadline) {
-  if (deadline == clock::time_point::max()) {
-    return std::nullopt;
-  }
-  return timeout_duration(std::max(deadline - clock::now(), clock::duration::zero()));
-}
-
-}  // namespace
-
 buffered_reader::buffered_reader(stream_socket& s, std::size_t chunk)
     : _s(&s), _chunk(std::max<std::size_t>(chunk, 1)), _buf(_chunk) {}
 
@@ -48,7 +36,7 @@ bool buffered_reader::fill(clock::time_point deadline) {
       _buf.resize(std::max(_buf.size() * 2, _end + _chunk));
     }
   }
-  std::size_t n = _s->read_some(_buf.data() + _end, _buf.size() - _end, remaining(deadline));
+  std::size_t n = _s->read_some(_buf.data() + _end, _buf.size() - _end, time_left(deadline));
   _end += n;
   return n > 0;
 }

@@ -296,9 +296,7 @@ void stream_server::reap() {
   if (others.empty()) {
     return;
   }
-  auto left =
-      _deadline == clock::time_point::max() ? timeout_duration() : timeout_duration(_deadline - clock::now());
-  (void)cogent::joinall(others, left);
+  (void)cogent::joinall(others, time_left(_deadline));
   cogent::killall(others);
 }
 

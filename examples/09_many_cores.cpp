@@ -26,6 +26,14 @@
 // with one cannot use it): it reserves the port, forks the workers, replaces
 // one that dies (as gunicorn's arbiter does), then passes SIGINT/SIGTERM on
 // to them and reaps them.
+//
+// What a dying worker costs: the clients it was serving, and those the kernel
+// had queued on its listener and not yet handed to it — they are reset
+// (ECONNRESET). Its listener can outlive the process for a few milliseconds
+// (the kernel tears an io_uring ring down asynchronously, and a pending
+// accept holds the socket), so clients arriving just then are lost too. With
+// `sysctl net.ipv4.tcp_migrate_req=1` (Linux 5.14+) the kernel hands such
+// queued clients to another worker in the SO_REUSEPORT group instead.
 
 #include <netinet/in.h>
 #include <sys/socket.h>

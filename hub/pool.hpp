@@ -22,6 +22,7 @@
 //   cogent::pool p(10);                            // at most 10 fetches at once
 //   auto sizes = p.map([](const std::string& url) { return fetch(url).size(); }, urls);
 //   for (auto& s : p.imap_unordered(check, hosts)) { ... }   // each as it finishes
+//   for (auto& s : p.imap(check, hosts)) { ... }   // in the order of hosts, each once it is there
 //   cogent::group g;
 //   g.spawn(worker, 1);
 //   g.spawn(worker, 2);
@@ -48,7 +49,9 @@
 namespace cogent {
 
 template <class T>
-class imap_unordered_stream;
+class imap_stream;
+template <class T>
+using imap_unordered_stream = imap_stream<T>;
 
 // group is an unbounded set of tasks (gevent.pool.Group). One hub; not thread-safe.
 //
@@ -128,6 +131,14 @@ class group {
   template <class Fn, class Range>
   auto imap_unordered(Fn&& fn, const Range& range);
 
+  // imap() is imap_unordered() with the results in the order of `range`
+  // (gevent's imap): iterating waits for the next item's result, while later
+  // items run on (a pool bounds how many). A member that raised has its error
+  // rethrown when the stream reaches it, as map() does, but results before it
+  // come first. Not for void fn. Never switches itself.
+  template <class Fn, class Range>
+  auto imap(Fn&& fn, const Range& range);
+
  protected:
   // wait_for_slot() blocks until a member may be added (never, for a group).
   virtual void wait_for_slot() {}
@@ -151,7 +162,9 @@ class group {
   template <class Fn, class Range, class Collect>
   void run_all(Fn& fn, const Range& range, Collect&& collect_in_order);
   template <class T>
-  friend class imap_unordered_stream;
+  friend class imap_stream;
+  template <class T, class Fn, class Range>
+  static imap_stream<T> make_imap(group& g, Fn&& fn, const Range& range, bool ordered);
 
   std::unordered_map<std::uint64_t, member> _members;
   std::vector<task_base> _failures;
@@ -281,12 +294,14 @@ auto group::map(Fn&& fn, const Range& range) {
   }
 }
 
-// imap_unordered_stream is what group::imap_unordered() returns: the results
-// of fn over the items, each as its task finishes. Move-only; one hub.
+// imap_stream is what group::imap_unordered() and group::imap() return: the
+// results of fn over the items, each as its task finishes (imap_unordered) or
+// in the items' order (imap). Move-only; one hub. imap_unordered_stream<T> is
+// another name for it.
 //
 // next() waits for the next result; std::nullopt once every item's result has
 // been returned. A member that raised has its error rethrown by the next()
-// that reaches it, after the feeder and the members still running are killed
+// that reaches it (in finish order, or in item order for imap), after the feeder and the members still running are killed
 // (the stream then ends). Iteration (begin()/end(), an input range) calls
 // next(). Destroying the stream before the end kills the feeder and the
 // members still running and waits for them to finish; an error the stream
@@ -300,7 +315,7 @@ auto group::map(Fn&& fn, const Range& range) {
 //     consume(body);   // the first download to finish comes first
 //   }
 template <class T>
-class imap_unordered_stream {
+class imap_stream {
   struct state {
     queue<std::size_t> finished;  // indexes into `members`, in finish order; npos: feeder done
     std::vector<task<T>> members;
@@ -309,16 +324,16 @@ class imap_unordered_stream {
   static constexpr std::size_t npos = static_cast<std::size_t>(-1);
 
  public:
-  imap_unordered_stream(imap_unordered_stream&&) noexcept = default;
-  imap_unordered_stream& operator=(imap_unordered_stream&&) = delete;
-  ~imap_unordered_stream() {
+  imap_stream(imap_stream&&) noexcept = default;
+  imap_stream& operator=(imap_stream&&) = delete;
+  ~imap_stream() {
     if (_st != nullptr && !_ended) {
       stop();
     }
   }
 
-  // next() is the next result in finish order, or std::nullopt at the end.
-  // Rethrows a member's error (see the class comment). May switch.
+  // next() is the next result (in finish or item order), or std::nullopt at
+  // the end. Rethrows a member's error (see the class comment). May switch.
   std::optional<T> next() {
     while (!_ended) {
       if (_feeder_done && _taken == _st->members.size()) {
@@ -326,10 +341,28 @@ class imap_unordered_stream {
         _st->feeder.get();  // the feeder's own error, if any (a full pool killed...)
         return std::nullopt;
       }
-      std::size_t i = _retry != npos ? std::exchange(_retry, npos) : _st->finished.get();
-      if (i == npos) {
-        _feeder_done = true;
-        continue;
+      std::size_t i = npos;
+      if (_ordered) {
+        // Item _taken's turn: take finish notices until it has one (or the
+        // feeder ended before spawning it: the end, above).
+        if (_taken < _done.size() && _done[_taken]) {
+          i = _taken;
+        } else if (std::size_t j = _st->finished.get(); j == npos) {
+          _feeder_done = true;
+          continue;
+        } else {
+          if (j >= _done.size()) {
+            _done.resize(j + 1, false);
+          }
+          _done[j] = true;
+          continue;
+        }
+      } else {
+        i = _retry != npos ? std::exchange(_retry, npos) : _st->finished.get();
+        if (i == npos) {
+          _feeder_done = true;
+          continue;
+        }
       }
       task<T> t = _st->members[i];  // a copy: the feeder may grow the vector meanwhile
       try {
@@ -373,10 +406,10 @@ class imap_unordered_stream {
     bool operator==(const iterator& o) const noexcept { return at_end() == o.at_end(); }
 
    private:
-    friend class imap_unordered_stream;
-    explicit iterator(imap_unordered_stream* s) : _s(s) {}
+    friend class imap_stream;
+    explicit iterator(imap_stream* s) : _s(s) {}
     bool at_end() const noexcept { return _s == nullptr || !_s->_current.has_value(); }
-    imap_unordered_stream* _s = nullptr;
+    imap_stream* _s = nullptr;
   };
   // begin() waits for the first result. May switch.
   iterator begin() {
@@ -385,7 +418,7 @@ class imap_unordered_stream {
   }
   iterator end() { return iterator(); }
 
-  // to_vector() drains the stream into a vector (finish order). May switch.
+  // to_vector() drains the stream into a vector (the stream's order). May switch.
   std::vector<T> to_vector() {
     std::vector<T> out;
     while (std::optional<T> v = next()) {
@@ -397,7 +430,8 @@ class imap_unordered_stream {
  private:
   friend class group;
   template <class Fn, class Item>
-  imap_unordered_stream(group& g, Fn fn, std::vector<Item> items) : _st(std::make_shared<state>()) {
+  imap_stream(group& g, Fn fn, std::vector<Item> items, bool ordered)
+      : _st(std::make_shared<state>()), _ordered(ordered) {
     // The feeder owns the items; fn is shared by the members. Each task's
     // link queues its index (the feeder's: npos) however it ends — finished,
     // failed, killed before it started, no stack — so next() never waits for
@@ -470,18 +504,34 @@ class imap_unordered_stream {
   std::vector<bool> _handed;  // by member index: its outcome went to the caller
   std::size_t _taken = 0;
   std::size_t _retry = npos;  // an index taken from the queue whose result is still owed
+  std::vector<bool> _done;    // imap: by member index, its finish notice has come
+  bool _ordered = false;
   bool _feeder_done = false;
   bool _ended = false;
   std::optional<T> _current;
 };
+
+template <class T, class Fn, class Range>
+imap_stream<T> group::make_imap(group& g, Fn&& fn, const Range& range, bool ordered) {
+  using item_type = std::decay_t<decltype(*std::begin(range))>;
+  std::vector<item_type> items(std::begin(range), std::end(range));
+  return imap_stream<T>(g, std::decay_t<Fn>(std::forward<Fn>(fn)), std::move(items), ordered);
+}
 
 template <class Fn, class Range>
 auto group::imap_unordered(Fn&& fn, const Range& range) {
   using item_type = std::decay_t<decltype(*std::begin(range))>;
   using result_type = std::invoke_result_t<std::decay_t<Fn>&, const item_type&>;
   static_assert(!std::is_void_v<result_type>, "imap_unordered needs a function that returns a value");
-  std::vector<item_type> items(std::begin(range), std::end(range));
-  return imap_unordered_stream<result_type>(*this, std::decay_t<Fn>(std::forward<Fn>(fn)), std::move(items));
+  return make_imap<result_type>(*this, std::forward<Fn>(fn), range, false);
+}
+
+template <class Fn, class Range>
+auto group::imap(Fn&& fn, const Range& range) {
+  using item_type = std::decay_t<decltype(*std::begin(range))>;
+  using result_type = std::invoke_result_t<std::decay_t<Fn>&, const item_type&>;
+  static_assert(!std::is_void_v<result_type>, "imap needs a function that returns a value");
+  return make_imap<result_type>(*this, std::forward<Fn>(fn), range, true);
 }
 
 }  // namespace cogent

@@ -1,5 +1,5 @@
 // tests/hub/pool_test.cpp — group and pool: membership kept by links, join and
-// kill, map / imap_unordered, the pool's concurrency bound and slot waits.
+// kill, map / imap / imap_unordered, the pool's concurrency bound and slot waits.
 #include "hub/pool.hpp"
 
 #include <algorithm>
@@ -145,6 +145,73 @@ COGENT_TEST_CASE("imap_unordered: an error kills the rest; leaving early kills t
   CHECK(clock::now() - t0 < 200ms);
   CHECK(finished == 1);
   CHECK(p.size() == 0);
+}
+
+COGENT_TEST_CASE("imap: results in item order, each as soon as it and those before it are there",
+                 doctest::timeout(10)) {
+  cogent::pool p(2);
+  std::vector<int> in{50, 10, 200, 20, 30};
+  auto t0 = clock::now();
+  std::vector<std::pair<int, clock::duration>> got;
+  auto s = p.imap(
+      [](int ms) {
+        cogent::sleep(std::chrono::milliseconds(ms));
+        return ms;
+      },
+      in);
+  for (int ms : s) {
+    got.emplace_back(ms, clock::now() - t0);
+  }
+  // Two slots: 50 and 10 start; 10 ends (10 ms) but waits for 50 (50 ms); 200 starts at 10 ms,
+  // 20 at 50 ms (ends 70), 30 at 70 ms (ends 100); 200 ends at 210 ms, then 20 and 30 at once.
+  REQUIRE(got.size() == 5);
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    CHECK(got[i].first == in[i]);
+  }
+  CHECK(got[0].second >= 50ms);
+  CHECK(got[1].second < 150ms);  // 10 came with 50, not after 200
+  CHECK(got[2].second >= 200ms);
+  CHECK(got[4].second - got[2].second < 50ms);  // 20 and 30 were done already
+  CHECK_FALSE(s.next().has_value());
+  CHECK(p.size() == 0);
+  std::vector<std::string> names = cogent::group{}.imap([](int i) { return std::to_string(i); },
+                                                        std::vector<int>{3, 1, 2}).to_vector();
+  CHECK(names == std::vector<std::string>{"3", "1", "2"});
+}
+
+COGENT_TEST_CASE("imap: an error is raised when the stream reaches it; earlier results come first",
+                 doctest::timeout(10)) {
+  cogent::pool p(3);
+  int finished = 0;
+  auto work = [&finished](int ms) {
+    cogent::sleep(std::chrono::milliseconds(ms));
+    if (ms == 5) {
+      throw std::runtime_error("item 5 failed");
+    }
+    ++finished;
+    return ms;
+  };
+  auto s = p.imap(work, std::vector<int>{30, 5, 500, 600});
+  CHECK(s.next() == 30);  // item 5 failed first, but 30 comes before it
+  CHECK_THROWS_WITH_AS(s.next(), "item 5 failed", std::runtime_error);
+  CHECK_FALSE(s.next().has_value());  // the stream ended: 500 was killed, 600 never started
+  CHECK(finished == 1);
+  CHECK(p.size() == 0);
+}
+
+COGENT_TEST_CASE("imap: a Timeout while waiting for the next item loses nothing", doctest::timeout(10)) {
+  cogent::pool p(2);
+  auto s = p.imap(
+      [](int ms) {
+        cogent::sleep(std::chrono::milliseconds(ms));
+        return ms;
+      },
+      std::vector<int>{80, 10, 20});
+  CHECK_THROWS_AS(cogent::with_timeout(20ms, [&] { return s.next(); }), cogent::timeout_error);
+  CHECK(s.next() == 80);  // the same item, still first
+  CHECK(s.next() == 10);
+  CHECK(s.next() == 20);
+  CHECK_FALSE(s.next().has_value());
 }
 
 COGENT_TEST_CASE("imap_unordered: a member killed before it started does not hang the stream",

@@ -293,6 +293,20 @@ void prefetch_next_stacks() noexcept {
   }
 }
 
+// trim_hot() moves the oldest free stacks beyond `limit` to the cold list,
+// giving their pages back.
+static void trim_hot(thread_pool& tp, std::size_t limit) noexcept {
+  if (tp.free.size() <= limit) {
+    return;
+  }
+  const std::size_t excess = tp.free.size() - limit;
+  for (std::size_t i = 0; i < excess; ++i) {
+    ::madvise(tp.free[i].bottom, tp.free[i].size, MADV_DONTNEED);
+    tp.cold.push_back(tp.free[i]);
+  }
+  tp.free.erase(tp.free.begin(), tp.free.begin() + static_cast<std::ptrdiff_t>(excess));
+}
+
 void release_stack(stack s) noexcept {
   if (s.pooled && t_pool_dead) {
     // A fiber outlived its thread's pool (destroyed during thread exit).
@@ -306,11 +320,13 @@ void release_stack(stack s) noexcept {
   }
   if (s.pooled) {
     thread_pool& tp = pool();
-    if (tp.free.size() >= g_hot_limit.load(std::memory_order_relaxed)) {
+    const std::size_t limit = g_hot_limit.load(std::memory_order_relaxed);
+    if (tp.free.size() >= limit) {
       // Keep the address range (munmap would split chunk mappings and spend
       // the map-count budget) but give the memory back.
       ::madvise(s.bottom, s.size, MADV_DONTNEED);
       tp.cold.push_back(s);
+      trim_hot(tp, limit);  // the limit was lowered since this thread last released one
       return;
     }
     tp.free.push_back(s);
@@ -449,6 +465,9 @@ std::size_t default_stack_size() noexcept {
 
 void set_stack_pool_limit(std::size_t hot_stacks) noexcept {
   detail::g_hot_limit.store(hot_stacks, std::memory_order_relaxed);
+  if (detail::t_pool_ptr != nullptr && !detail::t_pool_dead) {
+    detail::trim_hot(*detail::t_pool_ptr, hot_stacks);
+  }
 }
 
 stack_counters stack_stats() noexcept {
@@ -456,6 +475,7 @@ stack_counters stack_stats() noexcept {
   detail::thread_pool& tp = detail::pool();
   c.live = tp.live;
   c.pooled = tp.free.size() + tp.cold.size();
+  c.pooled_hot = tp.free.size();
   c.guarded_total = detail::g_guarded.load(std::memory_order_relaxed);
   c.guard_budget = detail::guard_budget();
   c.marker_guarded = detail::g_marker_guarded.load(std::memory_order_relaxed);

@@ -43,6 +43,7 @@ struct stack_limits {
 struct stack_counters {
   std::size_t live = 0;           // stacks handed out and not yet released (this thread)
   std::size_t pooled = 0;         // default-size stacks waiting for reuse (this thread)
+  std::size_t pooled_hot = 0;     // of those, the ones keeping their memory (see set_stack_pool_limit)
   std::size_t guarded_total = 0;  // stacks with a PROT_NONE guard page, each a mapping (process-wide)
   std::size_t guard_budget = 0;   // how many of those the map-count budget allows (process-wide)
   std::size_t marker_guarded = 0;  // stacks with a guard marker instead, no budget needed (process-wide)
@@ -67,7 +68,10 @@ std::size_t default_stack_size() noexcept;
 
 // set_stack_pool_limit() sets how many free default-size stacks each thread
 // keeps with their memory committed (the rest give their pages back). A freed
-// stack holds only the pages its fiber touched (often one, 4 KiB). Never switches.
+// stack holds only the pages its fiber touched (often one, 4 KiB). Lowering
+// the limit gives the calling thread's excess back at once (the oldest free
+// stacks first), another thread's at its next stack release; so
+// set_stack_pool_limit(0) after a burst returns its memory. Never switches.
 void set_stack_pool_limit(std::size_t hot_stacks) noexcept;
 
 // stack_stats() returns the calling thread's stack counters. Never switches.

@@ -279,6 +279,57 @@ TEST_SUITE("stack") {
 
   // In-process (not in a child): after the child-based tests, as doctest restores its own signal handlers
   // after each test case, and the overflow handler is installed once per process, by the first fiber.
+  TEST_CASE("set_stack_pool_limit(): lowering it gives the free stacks' memory back at once" *
+            doctest::timeout(60)) {
+    // In a child: the limit is process-wide, and RSS must not count the parent's other tests.
+    int code = cogent::test::exit_code_in_child(
+        [] {
+          auto resident_kib = [] {
+            long pages = 0, rss = 0;
+            FILE* f = std::fopen("/proc/self/statm", "r");
+            if (f == nullptr || std::fscanf(f, "%ld %ld", &pages, &rss) != 2) {
+              return -1L;
+            }
+            std::fclose(f);
+            return rss * (::sysconf(_SC_PAGESIZE) / 1024);
+          };
+          fiber main = fiber::current();
+          {
+            std::vector<fiber> fs;
+            for (int i = 0; i < 200; ++i) {  // each touches 64 KiB of its stack, then waits
+              fs.emplace_back([&main] {
+                volatile char buf[64 * 1024];
+                for (std::size_t j = 0; j < sizeof buf; j += 512) {
+                  buf[j] = 1;
+                }
+                main.switch_to();
+              });
+              fs.back().switch_to();
+            }
+          }  // destroyed: 200 free stacks, each keeping its 64 KiB
+          cogent::stack_counters before = cogent::stack_stats();
+          if (before.pooled_hot < 200) {
+            return 10;
+          }
+          long rss_before = resident_kib();
+          cogent::set_stack_pool_limit(0);
+          cogent::stack_counters after = cogent::stack_stats();
+          long rss_after = resident_kib();
+          if (after.pooled_hot != 0 || after.pooled != before.pooled) {
+            return 11;  // every free stack is still pooled (cold), none kept its memory
+          }
+          if (rss_before - rss_after < 10 * 1024) {  // 200 x 64 KiB = 12.5 MiB went back
+            std::fprintf(stderr, "rss %ld -> %ld KiB\n", rss_before, rss_after);
+            return 12;
+          }
+          fiber again([] {});  // a cold stack is reused: it works, on fresh zero pages
+          again.switch_to();
+          return again.dead() ? 0 : 13;
+        },
+        30);
+    CHECK(code == 0);
+  }
+
   TEST_CASE("set_default_stack_size() rejects bad sizes and late calls") {
     CHECK_THROWS_AS(cogent::set_default_stack_size(1024), std::invalid_argument);
     CHECK_THROWS_AS(cogent::set_default_stack_size(cogent::stack_limits::max_size + 1),

@@ -68,14 +68,19 @@ std::string buffered_reader::read(std::size_t n, timeout_duration t) {
 }
 
 void buffered_reader::read_exactly(void* buf, std::size_t n, timeout_duration t) {
+  if (n == 0) {
+    return;  // (buf may be null: an empty vector's data())
+  }
   const clock::time_point deadline = deadline_of(t);
   // Through the buffer, so that a call that times out or fails midway keeps
   // every byte it read for the next call.
   while (_end - _begin < n) {
     if (!fill(deadline)) {
       const std::size_t got = _end - _begin;
-      std::memcpy(buf, _buf.data() + _begin, got);
-      consume(got);
+      if (got > 0) {
+        std::memcpy(buf, _buf.data() + _begin, got);
+        consume(got);
+      }
       throw end_of_stream(got, n);
     }
   }

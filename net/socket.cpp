@@ -80,7 +80,8 @@ basic_socket::~basic_socket() {
 }
 
 int basic_socket::release() noexcept {
-  return std::exchange(_fd, -1);
+  const int fd = std::exchange(_fd, -1);
+  return fd >= 0 ? fd : -1;  // -1 also once close() closed it (fd -2 inside)
 }
 
 namespace {

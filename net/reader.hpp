@@ -5,7 +5,9 @@
 // HTTP headers) reads a line at a time while the bytes after it stay in the
 // reader's buffer for the next call.
 //
-// The reader borrows the socket (which must outlive it) and owns a buffer
+// The reader borrows the socket (which must outlive it and stay where it is:
+// moving the socket object leaves the reader pointing at the moved-from one;
+// make the reader after the socket has its final home) and owns a buffer
 // that starts at `chunk` bytes and grows only as far as a single call needs
 // (a line up to its max_bytes). Reading the socket directly while a reader
 // holds buffered bytes would skip them: once a reader is in use, read through

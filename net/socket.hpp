@@ -157,7 +157,9 @@ class basic_socket {
   // while waiting. The fd is closed in every case (when the thread ends at
   // the latest) and the socket object may be destroyed as soon as close()
   // returns. On a thread without a hub (none made yet, or a fork() child)
-  // it is close(2). Idempotent. May switch (never inside the hub).
+  // it is close(2). Idempotent. May switch (never inside the hub): the woken
+  // fibers run before it returns, so do not hold an iterator into state they
+  // change (a map of clients they erase themselves from) across close().
   void close();
   // release() gives up ownership and returns the fd (-1 if closed).
   int release() noexcept;

@@ -345,6 +345,7 @@ void task_base::kill(std::exception_ptr e, bool block, timeout_duration t) const
     return;
   }
   if (detail::current_impl() == &s) {
+    s.kill_raised(e);  // raised here, not through the hub: its outcome is the kill's, not an error to report
     std::rethrow_exception(e);
   }
   hub& h = hub::current();

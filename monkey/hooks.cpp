@@ -131,9 +131,10 @@ void received_fds(const msghdr* msg) noexcept {
   });
 }
 
-// sending_fds() marks the fds a sendmsg passes through SCM_RIGHTS as shared,
-// before the send: the receiver (another process too) may change their
-// O_NONBLOCK from then on.
+// sending_fds() marks the fds a sendmsg passed through SCM_RIGHTS as shared:
+// the receiver (another process too) may change their O_NONBLOCK from then on.
+// Called once the send succeeded, so the kernel has checked the msghdr (a bad
+// pointer or cmsg_len is the caller's EFAULT/EINVAL, never a read of ours).
 void sending_fds(const msghdr* msg) noexcept {
   for_passed_fds(msg, [](int fd) {
     if (fd_entry* e = entry_for(fd)) {
@@ -1216,16 +1217,27 @@ COGENT_HOOK ssize_t sendto(int fd, const void* buf, size_t n, int flags, const s
 }
 
 COGENT_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
+  if ((flags & MSG_DONTWAIT) != 0 || msg == nullptr) {
+    ssize_t r = real.sendmsg(fd, msg, flags);
+    if (r >= 0) {
+      sending_fds(msg);
+    }
+    return r;
+  }
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  sending_fds(msg);
-  if ((flags & MSG_DONTWAIT) != 0 || msg == nullptr || msg->msg_iovlen > IOV_MAX ||
-      (msg->msg_iovlen > 0 && msg->msg_iov == nullptr) || !enter_fd(c, fd, e, k) ||
+  ssize_t r;
+  if (msg->msg_iovlen > IOV_MAX || (msg->msg_iovlen > 0 && msg->msg_iov == nullptr) || !enter_fd(c, fd, e, k) ||
       no_wait(fd, *e, k, false) || k != kind_socket) {
-    return real.sendmsg(fd, msg, flags);
+    r = real.sendmsg(fd, msg, flags);
+  } else {
+    r = sock_sendmsg(c, fd, *e, msg, flags);
   }
-  return sock_sendmsg(c, fd, *e, msg, flags);
+  if (r >= 0) {
+    sending_fds(msg);
+  }
+  return r;
 }
 
 // ---- vectored positional IO: preadv, pwritev, preadv2, pwritev2 -----------------------
@@ -1491,13 +1503,20 @@ COGENT_HOOK int recvmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags, timespe
 // waiting for room): batches with MSG_DONTWAIT, a POLLOUT wait between them
 // (out_blocked), and a message a stream took only in part (the kernel counts
 // it) finished by sock_sendmsg(). MSG_FASTOPEN or MSG_DONTWAIT: libc.
+static int sendmmsg_hooked(int fd, mmsghdr* vec, unsigned vlen, int flags) noexcept;
+
 COGENT_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags) {
+  int r = sendmmsg_hooked(fd, vec, vlen, flags);
+  for (int i = 0; i < r; ++i) {  // the messages sent: the kernel checked their headers
+    sending_fds(&vec[i].msg_hdr);
+  }
+  return r;
+}
+
+static int sendmmsg_hooked(int fd, mmsghdr* vec, unsigned vlen, int flags) noexcept {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  for (unsigned i = 0; vec != nullptr && i < std::min(vlen, max_mmsg); ++i) {
-    sending_fds(&vec[i].msg_hdr);
-  }
   if ((flags & (MSG_DONTWAIT | MSG_FASTOPEN)) != 0 || vec == nullptr || vlen == 0 || !enter_fd(c, fd, e, k) ||
       no_wait(fd, *e, k, false) || k != kind_socket) {
     return real.sendmmsg(fd, vec, vlen, flags);

@@ -163,8 +163,8 @@ class group {
   void run_all(Fn& fn, const Range& range, Collect&& collect_in_order);
   template <class T>
   friend class imap_stream;
-  template <class T, class Fn, class Range>
-  static imap_stream<T> make_imap(group& g, Fn&& fn, const Range& range, bool ordered);
+  template <class Fn, class Range>
+  auto make_imap(Fn&& fn, const Range& range, bool ordered);
 
   std::unordered_map<std::uint64_t, member> _members;
   std::vector<task_base> _failures;
@@ -301,8 +301,8 @@ auto group::map(Fn&& fn, const Range& range) {
 //
 // next() waits for the next result; std::nullopt once every item's result has
 // been returned. A member that raised has its error rethrown by the next()
-// that reaches it (in finish order, or in item order for imap), after the feeder and the members still running are killed
-// (the stream then ends). Iteration (begin()/end(), an input range) calls
+// that reaches it (in finish order, or in item order for imap), after the
+// feeder and the members still running are killed (the stream then ends). Iteration (begin()/end(), an input range) calls
 // next(). Destroying the stream before the end kills the feeder and the
 // members still running and waits for them to finish; an error the stream
 // never handed out (a member that failed before it was reached, or on its
@@ -341,34 +341,31 @@ class imap_stream {
         _st->feeder.get();  // the feeder's own error, if any (a full pool killed...)
         return std::nullopt;
       }
+      // The index to hand out: imap waits for item _taken's finish notice
+      // (noting the others'); imap_unordered takes the next notice, or the
+      // one an interrupted call left owed.
       std::size_t i = npos;
-      if (_ordered) {
-        // Item _taken's turn: take finish notices until it has one (or the
-        // feeder ended before spawning it: the end, above).
-        if (_taken < _done.size() && _done[_taken]) {
-          i = _taken;
-        } else if (std::size_t j = _st->finished.get(); j == npos) {
-          _feeder_done = true;
-          continue;
-        } else {
-          if (j >= _done.size()) {
-            _done.resize(j + 1, false);
-          }
-          _done[j] = true;
-          continue;
+      if (_ordered && _taken < _done.size() && _done[_taken]) {
+        i = _taken;
+      } else if (!_ordered && _retry != npos) {
+        i = std::exchange(_retry, npos);
+      } else if (std::size_t j = _st->finished.get(); j == npos) {
+        _feeder_done = true;
+        continue;
+      } else if (_ordered) {
+        if (j >= _done.size()) {
+          _done.resize(j + 1, false);
         }
+        _done[j] = true;
+        continue;
       } else {
-        i = _retry != npos ? std::exchange(_retry, npos) : _st->finished.get();
-        if (i == npos) {
-          _feeder_done = true;
-          continue;
-        }
+        i = j;
       }
       task<T> t = _st->members[i];  // a copy: the feeder may grow the vector meanwhile
       try {
         t.join();  // it queued its index on its way out: let it finish
       } catch (...) {
-        _retry = i;  // the caller was interrupted: this result comes first next time
+        _retry = i;  // the caller was interrupted: this result comes first next time (imap: _done has it)
         throw;
       }
       ++_taken;
@@ -511,27 +508,24 @@ class imap_stream {
   std::optional<T> _current;
 };
 
-template <class T, class Fn, class Range>
-imap_stream<T> group::make_imap(group& g, Fn&& fn, const Range& range, bool ordered) {
+// make_imap() is imap() (ordered) and imap_unordered().
+template <class Fn, class Range>
+auto group::make_imap(Fn&& fn, const Range& range, bool ordered) {
   using item_type = std::decay_t<decltype(*std::begin(range))>;
+  using result_type = std::invoke_result_t<std::decay_t<Fn>&, const item_type&>;
+  static_assert(!std::is_void_v<result_type>, "imap and imap_unordered need a function that returns a value");
   std::vector<item_type> items(std::begin(range), std::end(range));
-  return imap_stream<T>(g, std::decay_t<Fn>(std::forward<Fn>(fn)), std::move(items), ordered);
+  return imap_stream<result_type>(*this, std::decay_t<Fn>(std::forward<Fn>(fn)), std::move(items), ordered);
 }
 
 template <class Fn, class Range>
 auto group::imap_unordered(Fn&& fn, const Range& range) {
-  using item_type = std::decay_t<decltype(*std::begin(range))>;
-  using result_type = std::invoke_result_t<std::decay_t<Fn>&, const item_type&>;
-  static_assert(!std::is_void_v<result_type>, "imap_unordered needs a function that returns a value");
-  return make_imap<result_type>(*this, std::forward<Fn>(fn), range, false);
+  return make_imap(std::forward<Fn>(fn), range, false);
 }
 
 template <class Fn, class Range>
 auto group::imap(Fn&& fn, const Range& range) {
-  using item_type = std::decay_t<decltype(*std::begin(range))>;
-  using result_type = std::invoke_result_t<std::decay_t<Fn>&, const item_type&>;
-  static_assert(!std::is_void_v<result_type>, "imap needs a function that returns a value");
-  return make_imap<result_type>(*this, std::forward<Fn>(fn), range, true);
+  return make_imap(std::forward<Fn>(fn), range, true);
 }
 
 }  // namespace cogent

@@ -1217,23 +1217,13 @@ COGENT_HOOK ssize_t sendto(int fd, const void* buf, size_t n, int flags, const s
 }
 
 COGENT_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
-  if ((flags & MSG_DONTWAIT) != 0 || msg == nullptr) {
-    ssize_t r = real.sendmsg(fd, msg, flags);
-    if (r >= 0) {
-      sending_fds(msg);
-    }
-    return r;
-  }
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  ssize_t r;
-  if (msg->msg_iovlen > IOV_MAX || (msg->msg_iovlen > 0 && msg->msg_iov == nullptr) || !enter_fd(c, fd, e, k) ||
-      no_wait(fd, *e, k, false) || k != kind_socket) {
-    r = real.sendmsg(fd, msg, flags);
-  } else {
-    r = sock_sendmsg(c, fd, *e, msg, flags);
-  }
+  const bool to_libc = (flags & MSG_DONTWAIT) != 0 || msg == nullptr || msg->msg_iovlen > IOV_MAX ||
+                       (msg->msg_iovlen > 0 && msg->msg_iov == nullptr) || !enter_fd(c, fd, e, k) ||
+                       no_wait(fd, *e, k, false) || k != kind_socket;
+  const ssize_t r = to_libc ? real.sendmsg(fd, msg, flags) : sock_sendmsg(c, fd, *e, msg, flags);
   if (r >= 0) {
     sending_fds(msg);
   }

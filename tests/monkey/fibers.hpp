@@ -6,15 +6,24 @@
 // with the ticks it let run) and parks() (did a call park its fiber?). A call
 // that went straight to libc never switches, so each of these tells a
 // cooperative call from a blocking one. Also call_result (a call's return
-// value and errno), here_result() and bounded() (a call cut by a Timeout).
+// value and errno), here_result() and bounded() (a call cut by a Timeout),
+// since() (seconds on the steady clock) and starter (a concurrent party run
+// on a thread or a fiber, for tests that compare a hook with libc's threads),
+// drain_fd() and rights_msg (a message carrying one SCM_RIGHTS fd).
 #pragma once
 
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <functional>
+#include <memory>
 #include <thread>
 #include <utility>
 
@@ -185,5 +194,90 @@ call_result bounded(F call, std::chrono::milliseconds limit) {
   }
   return got;
 }
+
+// since() is the seconds on the steady clock since t0.
+inline double since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// A concurrent party: start(fn) runs fn (on a thread or a fiber) and returns its joiner; the
+// matching nap (thread_nap or fiber_nap) lets it run.
+using starter = std::function<std::function<void()>(std::function<void()>)>;
+
+inline starter on_threads() {
+  return [](std::function<void()> fn) {
+    auto t = std::make_shared<std::thread>(std::move(fn));
+    return std::function<void()>([t] { t->join(); });
+  };
+}
+inline starter on_fibers() {
+  return [](std::function<void()> fn) {
+    auto t = std::make_shared<cogent::task<void>>(cogent::spawn(std::move(fn)));
+    return std::function<void()>([t] { t->join(); });
+  };
+}
+inline void thread_nap() {
+  std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+inline void fiber_nap() {
+  cogent::sleep(std::chrono::milliseconds(1));
+}
+
+// drain_fd() reads what is there on fd (a pipe or socket) without waiting; counts the bytes.
+// With counts (256 entries), counts[c] grows by how many bytes c came.
+inline long drain_fd(int fd, long* counts = nullptr) {
+  static char sink[65536];
+  long total = 0;
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 0) <= 0 || (p.revents & POLLIN) == 0) {
+      return total;
+    }
+    ssize_t n = ::read(fd, sink, sizeof sink);
+    if (n <= 0) {
+      return total;
+    }
+    if (counts != nullptr) {
+      for (ssize_t i = 0; i < n; ++i) {
+        ++counts[static_cast<unsigned char>(sink[i])];
+      }
+    }
+    total += n;
+  }
+}
+
+// rights_msg is a one-byte message with room for one SCM_RIGHTS fd: rights_msg(fd) to send fd,
+// rights_msg() to receive one (received_fd() after the recvmsg, -1 if none came). m points into
+// the object itself, so it is neither copied nor moved.
+struct rights_msg {
+  char byte = 'x';
+  iovec v{&byte, 1};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))]{};
+  msghdr m{};
+  explicit rights_msg(int fd = -1) {
+    m.msg_iov = &v;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    if (fd >= 0) {
+      cmsghdr* cm = CMSG_FIRSTHDR(&m);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    }
+  }
+  rights_msg(const rights_msg&) = delete;
+  rights_msg& operator=(const rights_msg&) = delete;
+  int received_fd() const {
+    const cmsghdr* cm = CMSG_FIRSTHDR(&m);
+    if (cm == nullptr || cm->cmsg_type != SCM_RIGHTS) {
+      return -1;
+    }
+    int fd;
+    std::memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+    return fd;
+  }
+};
 
 }  // namespace cogent::test

@@ -51,9 +51,7 @@ using result = cogent::test::call_result;
 using cogent::test::bounded;
 using cogent::test::here_result;
 
-double since(steady::time_point t0) {
-  return std::chrono::duration<double>(steady::now() - t0).count();
-}
+using cogent::test::since;
 
 sockaddr_in loopback(int port) {
   sockaddr_in a{};

@@ -44,9 +44,7 @@ using cogent::test::here_result;
 using cogent::test::libc_result;
 using cogent::test::ticker;
 
-double since(steady::time_point t0) {
-  return std::chrono::duration<double>(steady::now() - t0).count();
-}
+using cogent::test::since;
 
 }  // namespace
 

@@ -45,9 +45,7 @@ using result = cogent::test::call_result;
 using cogent::test::here_result;
 using cogent::test::libc_result;
 
-double since(steady::time_point t0) {
-  return std::chrono::duration<double>(steady::now() - t0).count();
-}
+using cogent::test::since;
 
 // fill() fills fd's send side until it would block (MSG_DONTWAIT: never waits). Returns the bytes.
 long fill(int fd) {

@@ -46,32 +46,12 @@ using cogent::test::bounded;
 using cogent::test::here_result;
 using cogent::test::libc_result;
 
-double since(steady::time_point t0) {
-  return std::chrono::duration<double>(steady::now() - t0).count();
-}
-
-// A concurrent party: start(fn) runs fn (on a thread or a fiber) and returns its joiner; nap()
-// lets it run.
-using starter = std::function<std::function<void()>(std::function<void()>)>;
-
-starter on_threads() {
-  return [](std::function<void()> fn) {
-    auto t = std::make_shared<std::thread>(std::move(fn));
-    return std::function<void()>([t] { t->join(); });
-  };
-}
-starter on_fibers() {
-  return [](std::function<void()> fn) {
-    auto t = std::make_shared<cogent::task<void>>(cogent::spawn(std::move(fn)));
-    return std::function<void()>([t] { t->join(); });
-  };
-}
-void thread_nap() {
-  std::this_thread::sleep_for(1ms);
-}
-void fiber_nap() {
-  cogent::sleep(1ms);
-}
+using cogent::test::since;
+using cogent::test::fiber_nap;
+using cogent::test::on_fibers;
+using cogent::test::on_threads;
+using cogent::test::starter;
+using cogent::test::thread_nap;
 
 // renumber() makes fd's number another file's while a call is parked on it: dup2(other, fd), or
 // close(fd) and the number reused at once (F_DUPFD: the lowest free number >= fd).
@@ -181,28 +161,7 @@ COGENT_TEST_CASE("review6: recvmmsg parked on a socket keeps it when the number 
 
 namespace {
 
-// drain_fd() reads what is there on fd (a pipe or socket) without waiting; counts the bytes.
-// Counts per byte value: bytes[c] is how many c's came.
-long drain_fd(int fd, long* counts = nullptr) {
-  static char sink[65536];
-  long total = 0;
-  for (;;) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 0) <= 0 || (p.revents & POLLIN) == 0) {
-      return total;
-    }
-    ssize_t n = ::read(fd, sink, sizeof sink);
-    if (n <= 0) {
-      return total;
-    }
-    if (counts != nullptr) {
-      for (ssize_t i = 0; i < n; ++i) {
-        ++counts[static_cast<unsigned char>(sink[i])];
-      }
-    }
-    total += n;
-  }
-}
+using cogent::test::drain_fd;
 
 // pipe_outcome is what a blocking write() of 200000 bytes to a pipe saw when its write end's
 // number was renumbered to another pipe's while it waited, and where the bytes went.
@@ -433,31 +392,12 @@ namespace {
 int pass_to_self(int fd) {
   int ctl[2];
   REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, ctl) == 0);
-  char byte = 'x';
-  iovec v{&byte, 1};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))]{};
-  msghdr m{};
-  m.msg_iov = &v;
-  m.msg_iovlen = 1;
-  m.msg_control = cbuf;
-  m.msg_controllen = sizeof cbuf;
-  cmsghdr* cm = CMSG_FIRSTHDR(&m);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(cm), &fd, sizeof(int));
-  REQUIRE(::sendmsg(ctl[0], &m, 0) == 1);
-  alignas(cmsghdr) char rbuf[CMSG_SPACE(sizeof(int))]{};
-  msghdr r{};
-  iovec rv{&byte, 1};
-  r.msg_iov = &rv;
-  r.msg_iovlen = 1;
-  r.msg_control = rbuf;
-  r.msg_controllen = sizeof rbuf;
-  REQUIRE(::recvmsg(ctl[1], &r, 0) == 1);
-  REQUIRE(CMSG_FIRSTHDR(&r) != nullptr);
-  int got;
-  std::memcpy(&got, CMSG_DATA(CMSG_FIRSTHDR(&r)), sizeof(int));
+  cogent::test::rights_msg out(fd);
+  REQUIRE(::sendmsg(ctl[0], &out.m, 0) == 1);
+  cogent::test::rights_msg in;
+  REQUIRE(::recvmsg(ctl[1], &in.m, 0) == 1);
+  int got = in.received_fd();
+  REQUIRE(got >= 0);
   ::close(ctl[0]);
   ::close(ctl[1]);
   return got;

@@ -48,45 +48,13 @@ using cogent::test::bounded;
 using cogent::test::here_result;
 const result einval_r{-1, EINVAL}, efault_r{-1, EFAULT}, enotconn_r{-1, ENOTCONN}, eagain_r{-1, EAGAIN};
 
-double since(steady::time_point t0) {
-  return std::chrono::duration<double>(steady::now() - t0).count();
-}
-
-// A concurrent party: start(fn) runs fn (on a thread or a fiber) and returns its joiner; nap()
-// lets it run.
-using starter = std::function<std::function<void()>(std::function<void()>)>;
-
-starter on_threads() {
-  return [](std::function<void()> fn) {
-    auto t = std::make_shared<std::thread>(std::move(fn));
-    return std::function<void()>([t] { t->join(); });
-  };
-}
-starter on_fibers() {
-  return [](std::function<void()> fn) {
-    auto t = std::make_shared<cogent::task<void>>(cogent::spawn(std::move(fn)));
-    return std::function<void()>([t] { t->join(); });
-  };
-}
-void thread_nap() {
-  std::this_thread::sleep_for(1ms);
-}
-void fiber_nap() {
-  cogent::sleep(1ms);
-}
-
-// drain_fd() reads what is there on fd without waiting; returns the byte count.
-long drain_fd(int fd) {
-  static char sink[65536];
-  long total = 0;
-  for (;;) {
-    ssize_t n = ::recv(fd, sink, sizeof sink, MSG_DONTWAIT);
-    if (n <= 0) {
-      return total;
-    }
-    total += n;
-  }
-}
+using cogent::test::since;
+using cogent::test::fiber_nap;
+using cogent::test::on_fibers;
+using cogent::test::on_threads;
+using cogent::test::starter;
+using cogent::test::thread_nap;
+using cogent::test::drain_fd;
 
 }  // namespace
 
@@ -130,11 +98,11 @@ std::pair<result, std::string> in_child_result(F call) {
 
 // sendmsg(2) validates the ancillary data before using it: an SCM_RIGHTS header whose cmsg_len
 // runs past msg_controllen is EINVAL (__scm_send's CMSG_OK), a bad msghdr or msg_control pointer
-// EFAULT — for any flags, MSG_DONTWAIT included. The hook's sending_fds() (hooks.cpp, called
-// first thing in sendmsg() and sendmmsg(), for every call, in fibers or not) walks the caller's
-// control buffer itself before anything is checked: it dereferences msg and msg_control and reads
-// (cmsg_len - CMSG_LEN(0)) / 4 ints from CMSG_DATA without bounding them by msg_controllen. The
-// call crashes (SIGSEGV, or an ASan stack-buffer-overflow) where libc returns -1 with errno set.
+// EFAULT — for any flags, MSG_DONTWAIT included. The hook's sending_fds() (hooks.cpp) used to walk
+// the caller's control buffer first thing in sendmsg() and sendmmsg(), before anything was
+// checked: it dereferenced msg and msg_control and read (cmsg_len - CMSG_LEN(0)) / 4 ints from
+// CMSG_DATA without bounding them by msg_controllen, so the call crashed (SIGSEGV, or an ASan
+// stack-buffer-overflow) where libc returns -1 with errno set. It now runs after a successful send.
 COGENT_TEST_CASE("review7: sendmsg/sendmmsg with malformed ancillary data fail as libc, never crash",
                  doctest::timeout(30)) {
   cogent::monkey::patch_all();
@@ -146,29 +114,11 @@ COGENT_TEST_CASE("review7: sendmsg/sendmmsg with malformed ancillary data fail a
   SUBCASE("cmsg_len past msg_controllen: EINVAL") {
     for (int flags : {0, static_cast<int>(MSG_DONTWAIT)}) {
       CAPTURE(flags);
-      auto call = [&] {
-        alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))]{};
-        msghdr m{};
-        m.msg_iov = &v;
-        m.msg_iovlen = 1;
-        m.msg_control = cbuf;
-        m.msg_controllen = sizeof cbuf;
-        cmsghdr* cm = CMSG_FIRSTHDR(&m);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = 64u << 20;  // 64 MiB of "fds" claimed in a 24-byte buffer
-        std::memcpy(CMSG_DATA(cm), &s[0], sizeof(int));
-        return std::make_pair(m, std::vector<char>(cbuf, cbuf + sizeof cbuf));
-      };
-      auto [rm, rbuf] = call();
-      rm.msg_control = rbuf.data();
-      result ref = raw_sendmsg(s[0], &rm, flags);
+      cogent::test::rights_msg bad(s[0]);
+      CMSG_FIRSTHDR(&bad.m)->cmsg_len = 64u << 20;  // 64 MiB of "fds" claimed in a 24-byte buffer
+      result ref = raw_sendmsg(s[0], &bad.m, flags);
       REQUIRE(ref == einval_r);
-      auto [got, err] = in_child_result([&] {
-        auto [m, buf] = call();
-        m.msg_control = buf.data();
-        return here_result([&] { return ::sendmsg(s[0], &m, flags); });
-      });
+      auto [got, err] = in_child_result([&] { return here_result([&] { return ::sendmsg(s[0], &bad.m, flags); }); });
       CHECK_MESSAGE(got == ref, "hooked sendmsg: ", got.first, "/", got.second, " (libc: -1/EINVAL) ", err);
     }
   }

@@ -58,9 +58,7 @@ using cogent::test::woken_later;
 
 namespace {
 
-double since(steady::time_point t0) {
-  return std::chrono::duration<double>(steady::now() - t0).count();
-}
+using cogent::test::since;
 
 // libc_result runs f on a plain thread (no hub: exactly libc) and returns
 // (return value, errno): the reference for a cooperative call.
@@ -1550,31 +1548,12 @@ COGENT_TEST_CASE("an fd received through SCM_RIGHTS follows its shared descripti
     int ctl[2], data[2];
     REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, ctl) == 0);
     REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, data) == 0);
-    char byte = 'x';
-    iovec v{&byte, 1};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))]{};
-    msghdr m{};
-    m.msg_iov = &v;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf;
-    m.msg_controllen = sizeof cbuf;
-    cmsghdr* cm = CMSG_FIRSTHDR(&m);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(cm), &data[0], sizeof(int));
-    REQUIRE(::sendmsg(ctl[0], &m, 0) == 1);
-    alignas(cmsghdr) char rbuf[CMSG_SPACE(sizeof(int))]{};
-    msghdr r{};
-    iovec rv{&byte, 1};
-    r.msg_iov = &rv;
-    r.msg_iovlen = 1;
-    r.msg_control = rbuf;
-    r.msg_controllen = sizeof rbuf;
-    REQUIRE(::recvmsg(ctl[1], &r, coop ? 0 : MSG_DONTWAIT) == 1);  // MSG_DONTWAIT: straight to libc
-    REQUIRE(CMSG_FIRSTHDR(&r) != nullptr);
-    int fd;
-    std::memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&r)), sizeof(int));
+    cogent::test::rights_msg out(data[0]);
+    REQUIRE(::sendmsg(ctl[0], &out.m, 0) == 1);
+    cogent::test::rights_msg in;
+    REQUIRE(::recvmsg(ctl[1], &in.m, coop ? 0 : MSG_DONTWAIT) == 1);  // MSG_DONTWAIT: straight to libc
+    int fd = in.received_fd();
+    REQUIRE(fd >= 0);
     char c;
     REQUIRE(::write(data[1], "a", 1) == 1);
     REQUIRE(::read(fd, &c, 1) == 1);  // first use: classified, blocking

@@ -221,7 +221,7 @@ COGENT_TEST_CASE("user program 2: pub/sub broker with bounded per-subscriber que
 struct conn_pool {
   address to;
   cogent::bounded_semaphore slots{3};
-  std::vector<stream_socket> idle;
+  std::vector<stream_socket> idle{};
   int opened = 0;
 
   struct lease {
@@ -309,7 +309,7 @@ struct rate_limiter {
   double burst;
   std::chrono::nanoseconds per_token;
   cogent::clock::time_point last = cogent::clock::now();
-  cogent::lock mu;
+  cogent::lock mu{};
   void acquire() {
     std::lock_guard g(mu);  // FIFO: callers wait their turn, and sleep inside the lock
     for (;;) {
@@ -1002,9 +1002,9 @@ struct retrier {
   address to;
   int max_attempts;
   int attempts = 0;
-  std::vector<std::chrono::milliseconds> waits;
-  cogent::async_result<std::string> result;
-  cogent::task<void> pending;
+  std::vector<std::chrono::milliseconds> waits{};
+  cogent::async_result<std::string> result{};
+  cogent::task<void> pending{};
   void attempt(std::chrono::milliseconds backoff) {
     ++attempts;
     try {

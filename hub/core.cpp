@@ -334,9 +334,15 @@ void hub::interrupt(fiber_impl* f, std::exception_ptr e, const void* owner) noex
     return;
   }
   // A kill (no owner) takes the place of a pending Timeout error: the fiber
-  // could catch the timeout and carry on, and the kill would be lost. A
-  // Timeout never replaces anything (timeout.cpp re-arms itself instead).
+  // could catch the timeout and carry on, and the kill would be lost. The
+  // displaced Timeout's timer goes back on (it retries until the kill has
+  // been raised, as when it fires behind one). A Timeout never replaces
+  // anything (timeout.cpp re-arms itself instead).
   if (!f->sched.pending || (owner == nullptr && f->sched.pending_owner != nullptr)) {
+    if (detail::timer_node* t = std::exchange(f->sched.displaced_timer, nullptr); t != nullptr && !t->armed()) {
+      t->deadline = clock::now() + std::chrono::milliseconds(1);
+      add_timer(*t);
+    }
     f->sched.pending = std::move(e);
     f->sched.pending_owner = owner;
     f->sched.pending_delivered = false;
@@ -363,6 +369,7 @@ void hub::throw_if_interrupted() {
       self->kill_raised(self->sched.pending);
     }
     self->sched.pending_owner = nullptr;
+    self->sched.displaced_timer = nullptr;
     std::rethrow_exception(std::exchange(self->sched.pending, nullptr));
   }
 }

@@ -133,21 +133,26 @@ void task_state::finish() noexcept {
   for (const link_entry* l = links; l != nullptr; l = l->next) {
     observing_links += l->observes ? 1 : 0;
   }
-  bool observed = kill_requested || observing_links > 0;
-  // Fibers in join() count as observers only once one of them returns (see
-  // task_base::join()): one interrupted meanwhile unwinds without looking.
-  report_left_to_joiners = error && !observed && waiting > 0;
-  observed = observed || waiting > 0;
+  // The error is unseen until someone looks: a joiner that returns (see
+  // task_base::join()), an observing link as it is called. Counting the links
+  // here instead would let one unlinked before its turn (by an earlier link,
+  // by an iwait that timed out while an earlier link blocked) swallow it.
+  report_left_to_joiners = error && !kill_requested;
   shared_observers = (kill_requested ? 1U : 0U) + observing_links + (waiting > 0 ? 1U : 0U) > 1;
   joiners.notify_all();
-  if (links != nullptr || (error && !observed)) {
+  if (links != nullptr || report_left_to_joiners) {
     ref(this);
     task_base self = task_base::adopt(this);
     // One at a time, taken off the list before the call: a link that blocks
     // lets others unlink() the ones not yet called (an iwait going away).
+    // Meanwhile joiners that leave without looking leave the report to us.
+    running_links = true;
     while (links != nullptr) {
       std::unique_ptr<link_entry> l(links);
       links = l->next;
+      if (l->observes) {
+        report_left_to_joiners = false;
+      }
       try {
         l->fn(self);
       } catch (...) {
@@ -155,7 +160,10 @@ void task_state::finish() noexcept {
                      describe_exception(std::current_exception()).c_str());
       }
     }
-    if (error && !observed) {
+    running_links = false;
+    // Fibers still in join() will look, or report it when the last leaves.
+    if (report_left_to_joiners && waiting == 0) {
+      report_left_to_joiners = false;
       try {
         report_unjoined(self, error);
       } catch (...) {
@@ -272,7 +280,7 @@ bool task_base::join_impl(timeout_duration t, bool looks) const {
     // Interrupted (a kill, a Timeout). If the task finished meanwhile and
     // finish() left its error to the joiners, the last of them to leave
     // without looking reports it: nobody else will.
-    if (--s.waiting == 0 && s.report_left_to_joiners) {
+    if (--s.waiting == 0 && s.report_left_to_joiners && !s.running_links) {
       s.report_left_to_joiners = false;
       try {
         detail::report_unjoined(keep, s.error);
@@ -285,7 +293,7 @@ bool task_base::join_impl(timeout_duration t, bool looks) const {
   if (done && looks) {
     --s.waiting;
     s.report_left_to_joiners = false;  // we return true: our caller can look at the error
-  } else if (--s.waiting == 0 && s.report_left_to_joiners) {
+  } else if (--s.waiting == 0 && s.report_left_to_joiners && !s.running_links) {
     // Timed out (the task is not done, so the flag is still clear), or a
     // joiner that cannot look, and the last: nobody else will report it.
     s.report_left_to_joiners = false;

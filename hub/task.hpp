@@ -94,11 +94,13 @@ struct task_state : fiber_impl {
   // was caught and the task failed otherwise, or a kill never landed (an op
   // completed anyway and the task failed before blocking again).
   bool kill_requested = false;
-  // finish() left the error's report to the fibers in join() (nothing else
-  // observes it): if the last of them leaves by an exception before anyone
-  // looked, it reports the error. Cleared by whoever looks first (a join()
-  // that returns true, an observing link()).
+  // The task failed (not by a kill's outcome) and nobody has looked at the
+  // error yet: cleared by whoever looks first (a join() that returns true, an
+  // observing link() as it is called). Once the links have run, finish()
+  // reports it if nobody is in join(); else the last joiner to leave without
+  // looking does.
   bool report_left_to_joiners = false;
+  bool running_links = false;  // finish() is calling the links (a joiner leaving then leaves the report to it)
   bool self_ref = false;      // holds the reference that keeps an unfinished task alive
   bool shared_observers = false;  // at the finish, more than one observer (see iwait: its links observe)
   std::uint32_t waiting = 0;  // fibers currently in join()

@@ -78,6 +78,7 @@ timeout::timeout(timeout_duration d) {
     }
     t->_expired = true;
     t->_hub->interrupt(t->_fiber, std::make_exception_ptr(timeout_error(t, t->_after)), t);
+    t->_fiber->sched.displaced_timer = &t->_node;
   };
   _hub->add_timer(_node);
 }
@@ -94,6 +95,9 @@ void timeout::cancel() noexcept {
     return;
   }
   _hub->cancel_timer(_node);
+  if (_fiber->sched.displaced_timer == &_node) {
+    _fiber->sched.displaced_timer = nullptr;
+  }
   // Withdraw our error unless it already woke the fiber from a wait and
   // someone else is cancelling: that fiber is on its way to raise it (as in
   // gevent, where an expired Timeout is thrown into its greenlet at once), and

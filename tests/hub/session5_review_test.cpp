@@ -53,14 +53,13 @@ COGENT_TEST_CASE("self kill: group::kill(custom) called by a member does not rep
   CHECK(reports.seen.empty());
 }
 
-// finish() (task.cpp) counts the observing links once, before any is called, and never looks
+// finish() (task.cpp) counted the observing links once, before any was called, and never looked
 // again: a link removed by an earlier link's callback (link/unlink during callbacks, which the
-// node list supports) is never called, yet it still counts as the observer that suppresses the
+// node list supports) was never called, yet it still counted as the observer that suppressed the
 // unjoined report. Nobody saw the error and nobody reported it.
-// OPEN BUG (stop 18): this case fails and is not fixed yet; skipped so CI stays meaningful.
-// Run it with --no-skip. See the stop-18 closing note for the cause and the suggested fix.
+// Fixed in stop 19: the error stays unseen until an observing link is actually called.
 COGENT_TEST_CASE("links: an observing link unlinked by an earlier callback does not swallow the error report",
-                 doctest::timeout(10) * doctest::skip(true)) {
+                 doctest::timeout(10)) {
   cogent::test::error_reports reports;
   bool observer_called = false;
   auto t = cogent::spawn([] {
@@ -80,11 +79,10 @@ COGENT_TEST_CASE("links: an observing link unlinked by an earlier callback does 
 
 // The same with the iwait of a wait_any() that times out while an earlier link of the task
 // blocks: the iwait unlinks its (observing) link uncalled, so it never saw the failure and does
-// not report it either; finish() had already counted it as the observer.
-// OPEN BUG (stop 18): this case fails and is not fixed yet; skipped so CI stays meaningful.
-// Run it with --no-skip. See the stop-18 closing note for the cause and the suggested fix.
+// not report it either; finish() had already counted it as the observer (both fixed: see above).
+// Fixed in stop 19: the error stays unseen until an observing link is actually called.
 COGENT_TEST_CASE("links: a wait_any that times out while an earlier link blocks does not swallow the report",
-                 doctest::timeout(10) * doctest::skip(true)) {
+                 doctest::timeout(10)) {
   cogent::test::error_reports reports;
   auto t = cogent::spawn([] {
     cogent::sleep(5ms);
@@ -101,11 +99,10 @@ COGENT_TEST_CASE("links: a wait_any that times out while an earlier link blocks 
 // scope has fired (_expired) and will never fire again, so once the task has handled the kill the
 // scope is dead: a blocking call inside it waits as long as it likes, though timeout.hpp says
 // blocking calls raise timeout_error once `d` has passed. The opposite order (the Timeout firing
-// behind a pending kill) re-arms and fires later (timers_review_test); this one is just lost.
-// OPEN BUG (stop 18): this case fails and is not fixed yet; skipped so CI stays meaningful.
-// Run it with --no-skip. See the stop-18 closing note for the cause and the suggested fix.
+// behind a pending kill) re-arms and fires later (timers_review_test); this one was just lost.
+// Fixed in stop 19: the displaced Timeout's timer goes back on (hub::interrupt).
 COGENT_TEST_CASE("timeout: a Timeout error replaced by a kill still ends a later wait in its scope",
-                 doctest::timeout(20) * doctest::skip(true)) {
+                 doctest::timeout(20)) {
   bool timed_out = false;
   bool caught_kill = false;
   auto t = cogent::spawn([&] {

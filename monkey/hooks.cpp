@@ -182,35 +182,102 @@ ssize_t input(call_ctx& c, int fd, fd_entry& e, fd_kind k, io_op& op) noexcept {
   return finish_in(await_op(c, op, dl));
 }
 
+}  // namespace
+
+// held_node is held_fd's entry in the list of calls waiting with a number
+// (fd_entry::holders; guarded by its holders_lock).
+struct cogent::monkey::detail::held_node {
+  held_node* next = nullptr;
+  held_node* prev = nullptr;
+  std::atomic<int> dup{-1};  // set by detach_holders(): the duplicate to go on with
+  bool listed = false;
+};
+
+namespace {
+
+// lock_holders() takes e's holders_lock. A close/dup2 (`must` false) gives up
+// after a while — a signal handler's close() of the number while its thread
+// holds the lock must not spin for ever: the waiting call then goes on with
+// the number, as it does with no fd left for a duplicate.
+bool lock_holders(fd_entry& e, bool must) noexcept {
+  for (int i = 0; e.holders_lock.exchange(1, std::memory_order_acquire) != 0; ++i) {
+    if (!must && i >= 1000) {
+      return false;
+    }
+    if (i >= 16) {
+      sched_yield();
+    }
+  }
+  return true;
+}
+
+void unlock_holders(fd_entry& e) noexcept {
+  e.holders_lock.store(0, std::memory_order_release);
+}
+
 // held_fd keeps the file a blocking call was made on across its waits, as
-// the kernel's call holds it: from hold() on (the call's first wait), at() is
-// a duplicate of the fd, so another fiber's close() or dup2() of the number
-// meanwhile never turns the rest of the call (its waits, its later reads or
-// writes) to another file. (No fd left for the duplicate: the number itself.)
-// The duplicate is closed with the call.
+// the kernel's call holds it: from hold() on (the call's first wait), the
+// call is listed on its number, and a close(), dup2() or dup3() of the number
+// meanwhile (detach_holders()) first makes at() a duplicate of the file, so
+// the rest of the call (its waits, its later reads or writes) never turns to
+// another file. Nothing is duplicated unless the number changes meaning: a
+// waiting call costs no fd number, and a fork()ed child inherits nothing of
+// it. (No fd left for the duplicate, or a number closed behind the hooks
+// (close_range, a raw syscall): the call goes on with the number.) The
+// duplicate is closed with the call.
 class held_fd {
  public:
   explicit held_fd(int fd) noexcept : _fd(fd) {}
   ~held_fd() {
-    if (_dup >= 0) {
+    if (_e != nullptr) {
+      lock_holders(*_e, true);
+      if (_node.listed) {
+        if (_node.prev != nullptr) {
+          _node.prev->next = _node.next;
+        } else {
+          _e->holders.store(_node.next, std::memory_order_relaxed);
+        }
+        if (_node.next != nullptr) {
+          _node.next->prev = _node.prev;
+        }
+      }
+      unlock_holders(*_e);
+    }
+    if (int d = _node.dup.load(std::memory_order_relaxed); d >= 0) {
       errno_keeper keep;
-      real.close(_dup);
+      real.close(d);
     }
   }
   held_fd(const held_fd&) = delete;
   held_fd& operator=(const held_fd&) = delete;
   void hold() noexcept {
-    if (!_tried) {
-      _tried = true;
-      errno_keeper keep;
-      _dup = real.fcntl(_fd, F_DUPFD_CLOEXEC, 0);
+    if (_tried) {
+      return;
     }
+    _tried = true;
+    fd_entry* e = entry_for(_fd);
+    if (e == nullptr || !lock_holders(*e, false)) {
+      return;
+    }
+    _node.next = e->holders.load(std::memory_order_relaxed);
+    if (_node.next != nullptr) {
+      _node.next->prev = &_node;
+    }
+    _node.listed = true;
+    e->holders.store(&_node, std::memory_order_relaxed);
+    unlock_holders(*e);
+    _e = e;
   }
-  int at() const noexcept { return _dup >= 0 ? _dup : _fd; }
+  // at() is the number to use now: read it again after every wait.
+  int at() const noexcept {
+    int d = _node.dup.load(std::memory_order_acquire);
+    return d >= 0 ? d : _fd;
+  }
 
  private:
   int _fd;
-  int _dup = -1;
+  fd_entry* _e = nullptr;  // listed there (hold())
+  held_node _node;
   bool _tried = false;
 };
 
@@ -242,6 +309,7 @@ int peek_wait(call_ctx& c, held_fd& h, fd_entry& e, std::size_t n, int flags, Pr
     if (has_pending(c)) {
       return interrupted(c);
     }
+    fd = h.at();  // (a duplicate once the number was closed or renumbered during the wait)
     ssize_t r = probe(fd, flags | MSG_DONTWAIT);
     if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
       return -errno;  // reported (and cleared) by the probe: the real call would not see it
@@ -358,14 +426,16 @@ bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t don
 // blocking connect(2) does: POLLOUT, then the outcome from SO_ERROR. 0
 // (connected), a negative errno (the connect's error, an interrupt) or
 // deadline_expired (SO_SNDTIMEO passed first).
-int wait_connected(call_ctx& c, int fd, fd_entry& e) noexcept {
-  int w = await_ready(c, fd, POLLOUT, deadline_ns(sock_timeout(fd, e, false)));
+// The file is the call's (h) from the wait on.
+int wait_connected(call_ctx& c, held_fd& h, fd_entry& e) noexcept {
+  h.hold();
+  int w = await_ready(c, h.at(), POLLOUT, deadline_ns(sock_timeout(h.at(), e, false)));
   if (w < 0) {
     return w;
   }
   int err = 0;
   socklen_t elen = sizeof err;
-  if (real.getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0) {
+  if (real.getsockopt(h.at(), SOL_SOCKET, SO_ERROR, &err, &elen) != 0) {
     return -errno;
   }
   return -err;
@@ -376,8 +446,8 @@ int wait_connected(call_ctx& c, int fd, fd_entry& e) noexcept {
 // SYN). A blocking sendto/sendmsg waits for the handshake instead, as
 // connect(2) does (SO_SNDTIMEO: EINPROGRESS, as the kernel's), then sends
 // it all: 0 to go on sending (without MSG_FASTOPEN), or -1 with errno set.
-int fastopen_connect(call_ctx& c, int fd, fd_entry& e) noexcept {
-  int w = wait_connected(c, fd, e);
+int fastopen_connect(call_ctx& c, held_fd& h, fd_entry& e) noexcept {
+  int w = wait_connected(c, h, e);
   if (w < 0) {
     return fail(w == deadline_expired ? -EINPROGRESS : w);
   }
@@ -406,7 +476,7 @@ ssize_t sock_send(call_ctx& c, int fd, fd_entry& e, const void* buf, std::size_t
         return kept_errno(static_cast<ssize_t>(done), saved);
       }
     } else if (errno == EINPROGRESS && (flags & MSG_FASTOPEN) != 0 && done == 0) {
-      if (fastopen_connect(c, fd, e) < 0) {
+      if (fastopen_connect(c, st.file, e) < 0) {
         return -1;
       }
       flags &= ~MSG_FASTOPEN;
@@ -492,7 +562,7 @@ ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int fl
   for (;;) {
     ssize_t r = real.sendmsg(st.file.at(), &m, flags | MSG_DONTWAIT);
     if (r < 0 && errno == EINPROGRESS && (flags & MSG_FASTOPEN) != 0 && done == 0) {
-      if (fastopen_connect(c, fd, e) < 0) {  // as sock_send()
+      if (fastopen_connect(c, st.file, e) < 0) {  // as sock_send()
         return -1;
       }
       flags &= ~MSG_FASTOPEN;
@@ -914,7 +984,8 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     // A connect already in progress (started non-blocking): io_uring's
     // connect never waits for it, a blocking connect(2) does — until the
     // handshake ends (0 or its error) or SO_SNDTIMEO passes (EALREADY).
-    int w = wait_connected(c, fd, *e);
+    held_fd h(fd);  // the socket it was called on, even if the number is renumbered meanwhile
+    int w = wait_connected(c, h, *e);
     if (w == deadline_expired) {
       return fail(-EALREADY);
     }
@@ -925,7 +996,7 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     // only in a connect call that sees the handshake done: this one, as
     // connect(2)'s own wait would (0, or EISCONN if it already was).
     errno_keeper keep;
-    (void)real.connect(fd, addr, len);
+    (void)real.connect(h.at(), addr, len);
     return 0;
   }
   return r < 0 ? fail(r) : 0;
@@ -947,8 +1018,31 @@ static void flush_before_renumber() noexcept {
   }
 }
 
+// detach_holders() gives each call waiting with fd (held_fd) a duplicate of
+// its file, before the number is closed or made another file's.
+static void detach_holders(int fd) noexcept {
+  fd_entry* e = entry_for(fd);
+  if (e == nullptr || e->holders.load(std::memory_order_relaxed) == nullptr) [[likely]] {
+    return;
+  }
+  if (!lock_holders(*e, false)) {
+    return;
+  }
+  errno_keeper keep;
+  for (held_node* n = e->holders.load(std::memory_order_relaxed); n != nullptr;) {
+    held_node* next = n->next;
+    n->dup.store(real.fcntl(fd, F_DUPFD_CLOEXEC, 0), std::memory_order_release);  // -1: goes on with fd
+    n->listed = false;
+    n->next = n->prev = nullptr;
+    n = next;
+  }
+  e->holders.store(nullptr, std::memory_order_relaxed);
+  unlock_holders(*e);
+}
+
 COGENT_HOOK int close(int fd) {
   flush_before_renumber();
+  detach_holders(fd);
   // Forget the fd first: once closed, its number may be reused at once by
   // another thread, whose creation hook then records the new file.
   reset_fd(fd);
@@ -2091,6 +2185,9 @@ COGENT_HOOK int dup(int fd) noexcept {
 
 COGENT_HOOK int dup2(int from, int to) noexcept {
   flush_before_renumber();
+  if (from != to) {
+    detach_holders(to);
+  }
   int r = real.dup2(from, to);
   if (r >= 0 && from != to) {
     copy_fd(from, to);
@@ -2100,6 +2197,9 @@ COGENT_HOOK int dup2(int from, int to) noexcept {
 
 COGENT_HOOK int dup3(int from, int to, int flags) noexcept {
   flush_before_renumber();
+  if (from != to) {
+    detach_holders(to);
+  }
   int r = real.dup3(from, to, flags);
   if (r >= 0) {
     copy_fd(from, to);

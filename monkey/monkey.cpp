@@ -316,7 +316,12 @@ static void note_classified(int fd) noexcept {
 // mark_all_shared() is the fork() handler (parent and child): every fd open
 // at the fork now shares its open file description with the other process,
 // which may change its O_NONBLOCK: ask the kernel from now on.
+// It also starts a fork generation: an fd not yet classified at the fork
+// (its entry reset in an earlier generation, or never) is marked shared when
+// classify() first looks at it.
+static std::atomic<std::uint32_t> g_fork_gen{0};
 static void mark_all_shared() noexcept {
+  g_fork_gen.fetch_add(1, std::memory_order_relaxed);
   const int high = g_high_fd.load(std::memory_order_relaxed);
   for (int fd = 0; fd <= high; ++fd) {
     if (fd_entry* e = entry_for(fd); e != nullptr && e->kind.load(std::memory_order_relaxed) != kind_unknown) {
@@ -333,6 +338,7 @@ void reset_fd(int fd, fd_kind kind, bool nonblock) noexcept {
     e->flags.store(nonblock ? flag_nonblock : 0, std::memory_order_relaxed);
     e->rcv_timeout_ns.store(0, std::memory_order_relaxed);
     e->snd_timeout_ns.store(0, std::memory_order_relaxed);
+    e->fork_gen.store(g_fork_gen.load(std::memory_order_relaxed), std::memory_order_relaxed);
     e->kind.store(kind, std::memory_order_relaxed);
   }
 }
@@ -354,6 +360,7 @@ void copy_fd(int from, int to) noexcept {
   b->flags.store(a->flags.load(std::memory_order_relaxed), std::memory_order_relaxed);
   b->rcv_timeout_ns.store(a->rcv_timeout_ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
   b->snd_timeout_ns.store(a->snd_timeout_ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  b->fork_gen.store(a->fork_gen.load(std::memory_order_relaxed), std::memory_order_relaxed);
   b->kind.store(a->kind.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 
@@ -396,6 +403,9 @@ fd_kind classify(int fd, fd_entry& e) noexcept {
     k = kind_other;
   }
   std::uint8_t keep = e.flags.load(std::memory_order_relaxed) & flag_shared;
+  if (e.fork_gen.load(std::memory_order_relaxed) != g_fork_gen.load(std::memory_order_relaxed)) {
+    keep = flag_shared;  // it may have been open at a fork since it was last reset
+  }
   e.flags.store(static_cast<std::uint8_t>(keep | ((fl >= 0 && (fl & O_NONBLOCK)) ? flag_nonblock : 0)),
                 std::memory_order_relaxed);
   if (k == kind_socket) {

@@ -37,7 +37,11 @@
 // What a cooperating call does: reads/recv/accept/connect become io_uring ops
 // the fiber parks on (a close()/dup2()/dup3() by another fiber first hands
 // the queued ops to the kernel, so an op queued on that fd number still works
-// on the file it was queued for, as a libc call in progress would); a connect on a socket whose
+// on the file it was queued for, as a libc call in progress would; a call that
+// waits more than once — a send loop, a pipe write, a connect's wait — is
+// handed a duplicate of its file first and goes on with it, closed when the
+// call ends: a waiting call costs no fd number otherwise, and a fork()ed
+// child inherits nothing of it); a connect on a socket whose
 // non-blocking connect is still in progress waits for it as connect(2) does
 // (0 or its error; EALREADY once SO_SNDTIMEO passes); recv with
 // MSG_PEEK|MSG_WAITALL looks again every millisecond while only part of the

@@ -110,11 +110,22 @@ enum : std::uint8_t {
 
 // fd_entry is what we know about one fd. Fields are relaxed atomics: fds are
 // process-wide and any thread may create, change or close them.
+struct held_node;  // a blocking call's hold on the file behind the number (hooks.cpp, held_fd)
 struct fd_entry {
   std::atomic<std::uint8_t> kind{kind_unknown};
   std::atomic<std::uint8_t> flags{0};
+  std::atomic<std::uint8_t> holders_lock{0};  // guards `holders` (a spin lock: held for a few stores)
+  // fork_gen is the number of fork()s this process had made when the entry
+  // was last reset (the fd created or closed by a hooked call): an fd
+  // classified in a later generation may have existed across a fork, so its
+  // description may be shared with the child (classify() marks it so).
+  std::atomic<std::uint32_t> fork_gen{0};
   std::atomic<std::int64_t> rcv_timeout_ns{0};  // SO_RCVTIMEO; 0 = none, < 0 = expire at once
   std::atomic<std::int64_t> snd_timeout_ns{0};  // SO_SNDTIMEO; 0 = none, < 0 = expire at once
+  // The blocking calls now waiting with this number (held_fd::hold()): a
+  // close/dup2/dup3 of it first gives each a duplicate of the file to go on
+  // with, as the kernel's call holds its file. Empty almost always.
+  std::atomic<held_node*> holders{nullptr};
 };
 
 // patched() is true once patch_all() ran.

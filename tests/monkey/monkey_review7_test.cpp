@@ -233,15 +233,13 @@ connect_outcome renumber_while_connecting(const starter& start, const std::funct
 // connect(2) on a socket whose connect is in progress waits for the handshake on the socket it
 // was called on (fdget at entry); renumbering the fd meanwhile (dup2, close + reuse) leaves the
 // socket that took the number alone: a fresh UDP socket stays unconnected (getpeername ENOTCONN).
-// The hook's EALREADY path waits through wait_connected(c, fd, ...) and then calls
+// The hook's EALREADY path waited through wait_connected(c, fd, ...) and then called
 // real.connect(fd, addr, len) — both by NUMBER (hooks.cpp, connect()): after the wait the
-// "mark it connected" re-connect connects the UDP socket that now has the number to the TCP
+// "mark it connected" re-connect connected the UDP socket that now had the number to the TCP
 // peer's address (with a blocking TCP socket there, it would start a second connection and block
-// the hub's thread in it).
-// OPEN BUG (stop 18): this case fails and is not fixed yet; skipped so CI stays meaningful.
-// Run it with --no-skip. See the stop-18 closing note for the cause and the suggested fix.
+// the hub's thread in it). Fixed in stop 19: the wait and the re-connect go through a held_fd.
 COGENT_TEST_CASE("review7: a waited connect's re-connect never touches the socket that took the number",
-                 doctest::timeout(60) * doctest::skip(true)) {
+                 doctest::timeout(60)) {
   cogent::monkey::patch_all();
   for (bool by_close : {false, true}) {
     CAPTURE(by_close);
@@ -328,15 +326,13 @@ eof_outcome eof_after_fork(const starter& start, const std::function<void()>& na
 
 // A thread blocked in send(2) holds its socket by a reference the fd table does not show: a
 // fork() by another thread copies the table only, so once the child closed its copies of the
-// pair and the parent closed s[0], the peer sees the end of the stream. The hook's held_fd is a
-// real fd (F_DUPFD_CLOEXEC: closed by exec, not by fork): a child fork()ed while the send waits
-// inherits a duplicate it cannot know of, and holds the socket open for as long as it lives —
-// the peer never gets EOF (a supervisor forking workers while a fiber writes would keep every
-// client connection the fiber was writing to alive in each worker).
-// OPEN BUG (stop 18): this case fails and is not fixed yet; skipped so CI stays meaningful.
-// Run it with --no-skip. See the stop-18 closing note for the cause and the suggested fix.
+// pair and the parent closed s[0], the peer sees the end of the stream. The hook's held_fd was a
+// real fd taken at the first wait (F_DUPFD_CLOEXEC: closed by exec, not by fork): a child
+// fork()ed while the send waited inherited a duplicate it could not know of, and held the socket
+// open for as long as it lived — the peer never got EOF. Fixed in stop 19: held_fd duplicates
+// only when the number is closed or renumbered during the call (detach_holders()).
 COGENT_TEST_CASE("review7: a child fork()ed while a send waits does not inherit a hidden fd of its socket",
-                 doctest::timeout(40) * doctest::skip(true)) {
+                 doctest::timeout(40)) {
   cogent::monkey::patch_all();
   eof_outcome ref = eof_after_fork(on_threads(), thread_nap);
   REQUIRE(ref.sent == 1 << 20);
@@ -405,15 +401,13 @@ result open_while_sending(const starter& start, const std::function<void()>& nap
 
 }  // namespace
 
-// The duplicate is taken at the lowest free number (F_DUPFD_CLOEXEC from 0) at every blocking
+// The duplicate was taken at the lowest free number (F_DUPFD_CLOEXEC from 0) at every blocking
 // call's first wait, for the whole wait: each parked send/recvmmsg/pipe write/... of one fiber
-// costs the process an fd number. A process near its RLIMIT_NOFILE (a busy server) sees another
+// cost the process an fd number. A process near its RLIMIT_NOFILE (a busy server) saw another
 // fiber's open()/accept()/socket() fail with EMFILE while libc's would succeed, and fd numbers
-// shift (a daemon that closed stdin has its first parked send's duplicate become fd 0).
-// OPEN BUG (stop 18): this case fails and is not fixed yet; skipped so CI stays meaningful.
-// Run it with --no-skip. See the stop-18 closing note for the cause and the suggested fix.
+// shifted. Fixed in stop 19: a waiting call is listed on its number and costs no fd.
 COGENT_TEST_CASE("review7: a parked send does not take an fd number another fiber's open() needs",
-                 doctest::timeout(40) * doctest::skip(true)) {
+                 doctest::timeout(40)) {
   cogent::monkey::patch_all();
   int s[2];
   REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
@@ -483,14 +477,13 @@ fifo_outcome fifo_after_fork() {
 // O_NONBLOCK is the open file description's, which a fork() shares with the child. The fork
 // handler (mark_all_shared(), monkey.cpp) marks only entries already classified; an fd open but
 // not yet classified at the fork (open()/reset_fd() leave it kind_unknown until its first
-// cooperative use; also fds cogent::net accepted through io_uring) is classified later without
-// flag_shared (classify() keeps only a shared bit already there), and then the table's own copy
-// of O_NONBLOCK answers: the child's fcntl(O_NONBLOCK) is never seen. libc's read fails at once
-// with EAGAIN; the hook parks until the bounded() Timeout (-1/EINTR after 1.5 s).
-// OPEN BUG (stop 18): this case fails and is not fixed yet; skipped so CI stays meaningful.
-// Run it with --no-skip. See the stop-18 closing note for the cause and the suggested fix.
+// cooperative use; also fds cogent::net accepted through io_uring) was classified later without
+// flag_shared, and then the table's own copy of O_NONBLOCK answered: the child's
+// fcntl(O_NONBLOCK) was never seen (the hook parked where libc fails at once with EAGAIN).
+// Fixed in stop 19: entries carry the fork generation they were reset in; classify() marks one
+// from an earlier generation shared.
 COGENT_TEST_CASE("review7: O_NONBLOCK set by a fork()ed child on an fd unclassified at the fork is honoured",
-                 doctest::timeout(30) * doctest::skip(true)) {
+                 doctest::timeout(30)) {
   cogent::monkey::patch_all();
   fifo_outcome got = fifo_after_fork();
   REQUIRE(got.nonblock_in_kernel);

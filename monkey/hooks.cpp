@@ -549,18 +549,27 @@ class iov_copy {
 // sock_sendmsg() is sock_send() for a msghdr (writev, sendmsg). On a
 // partial send the rest goes out from a private copy of the iovecs, without
 // the ancillary data (the kernel sent that with the first bytes).
+// The first try hands the caller's msghdr to the kernel untouched: a bad
+// pointer (the msghdr, its iovecs, its name) is the kernel's EFAULT, as
+// libc's, not a fault here; once it would block (or sent), the kernel has
+// read them.
 ssize_t sock_sendmsg(call_ctx& c, int fd, fd_entry& e, const msghdr* msg, int flags) noexcept {
   if (has_pending(c)) {
     return fail(interrupted(c));
   }
-  std::size_t total = iov_total(msg->msg_iov, static_cast<int>(msg->msg_iovlen));
   const int saved = errno;
+  ssize_t first = real.sendmsg(fd, msg, flags | MSG_DONTWAIT);
+  if (first < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINPROGRESS) {
+    return -1;  // (EINPROGRESS: a fast open, below)
+  }
+  std::size_t total = iov_total(msg->msg_iov, static_cast<int>(msg->msg_iovlen));
   std::size_t done = 0;
   out_wait st(fd);
   iov_copy rest;
   msghdr m = *msg;
-  for (;;) {
-    ssize_t r = real.sendmsg(st.file.at(), &m, flags | MSG_DONTWAIT);
+  constexpr ssize_t used = -2;  // `first` was the first round's result
+  for (;; first = used) {
+    ssize_t r = first != used ? first : real.sendmsg(st.file.at(), &m, flags | MSG_DONTWAIT);
     if (r < 0 && errno == EINPROGRESS && (flags & MSG_FASTOPEN) != 0 && done == 0) {
       if (fastopen_connect(c, st.file, e) < 0) {  // as sock_send()
         return -1;
@@ -1314,8 +1323,8 @@ COGENT_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
   call_ctx c;
   fd_entry* e;
   fd_kind k;
-  const bool to_libc = (flags & MSG_DONTWAIT) != 0 || msg == nullptr || msg->msg_iovlen > IOV_MAX ||
-                       (msg->msg_iovlen > 0 && msg->msg_iov == nullptr) || !enter_fd(c, fd, e, k) ||
+  // msg itself is not read before the kernel has (sock_sendmsg()).
+  const bool to_libc = (flags & MSG_DONTWAIT) != 0 || msg == nullptr || !enter_fd(c, fd, e, k) ||
                        no_wait(fd, *e, k, false) || k != kind_socket;
   const ssize_t r = to_libc ? real.sendmsg(fd, msg, flags) : sock_sendmsg(c, fd, *e, msg, flags);
   if (r >= 0) {

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -489,4 +490,53 @@ COGENT_TEST_CASE("review7: O_NONBLOCK set by a fork()ed child on an fd unclassif
   REQUIRE(got.nonblock_in_kernel);
   CHECK_MESSAGE(got.read == eagain_r, "read of the empty FIFO: ", got.read.first, "/", got.read.second,
                 " (libc: -1/EAGAIN at once)");
+}
+
+// ---- sendmsg with an unreadable msghdr or iovec array: the kernel's EFAULT, as libc --------------
+
+// The hook read msg->msg_iovlen (and summed the iovecs) before calling anything, so a bad pointer
+// crashed a fiber's sendmsg where libc's (a thread without a hub) fails with EFAULT. Fixed in stop
+// 19: the first try hands the msghdr to the kernel untouched. Each call runs in a child so a crash
+// is observed, not suffered.
+COGENT_TEST_CASE("review7: sendmsg with an unreadable msghdr or iovec array fails with EFAULT, as libc",
+                 doctest::timeout(20)) {
+  cogent::monkey::patch_all();
+  int s[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  void* page = ::mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(page != MAP_FAILED);
+  msghdr bad_iov{};
+  bad_iov.msg_iov = static_cast<iovec*>(page);
+  bad_iov.msg_iovlen = 2;
+  const msghdr* cases[] = {static_cast<const msghdr*>(page), &bad_iov};
+  for (const msghdr* msg : cases) {
+    for (bool in_thread : {true, false}) {
+      CAPTURE(in_thread);
+      CAPTURE(msg == &bad_iov);
+      std::fflush(nullptr);
+      pid_t pid = ::fork();
+      REQUIRE(pid >= 0);
+      if (pid == 0) {
+        struct sigaction sa {};
+        sa.sa_handler = [](int) { ::_exit(3); };  // a crash: exit status 3
+        sigemptyset(&sa.sa_mask);
+        ::sigaction(SIGSEGV, &sa, nullptr);
+        ::sigaction(SIGBUS, &sa, nullptr);
+        result r{0, 0};
+        if (in_thread) {
+          std::thread t([&] { r = here_result([&] { return ::sendmsg(s[0], msg, 0); }); });
+          t.join();
+        } else {
+          r = here_result([&] { return ::sendmsg(s[0], msg, 0); });
+        }
+        ::_exit(r == efault_r ? 0 : 1);
+      }
+      int st = 0;
+      REQUIRE(::waitpid(pid, &st, 0) == pid);
+      CHECK_MESSAGE((WIFEXITED(st) && WEXITSTATUS(st) == 0), "status ", st, " (3: SIGSEGV, 1: not EFAULT)");
+    }
+  }
+  ::munmap(page, 4096);
+  ::close(s[0]);
+  ::close(s[1]);
 }

@@ -2053,11 +2053,13 @@ COGENT_HOOK int gethostbyname_r(const char* name, hostent* ret, char* buf, size_
   return resolve_gethostbyname_r(c, name, ret, buf, len, result, h_errnop);
 }
 
-COGENT_HOOK hostent* gethostbyname(const char* name) {
-  call_ctx c;
-  if (!enter(c)) {
-    return real.gethostbyname(name);
-  }
+namespace {
+
+// static_hostent() is gethostbyname()/gethostbyaddr() over their _r lookup
+// (lookup(he, buf, len, &res, &herr) -> rc): growing the buffer on ERANGE,
+// publishing the result in this thread's static storage.
+template <class Lookup>
+hostent* static_hostent(Lookup lookup) {
   hostent he{};
   std::vector<char> buf;
   std::size_t len = 1024;
@@ -2065,7 +2067,7 @@ COGENT_HOOK hostent* gethostbyname(const char* name) {
     buf.resize(len);
     hostent* res = nullptr;
     int herr = 0;
-    int rc = resolve_gethostbyname_r(c, name, &he, buf.data(), len, &res, &herr);
+    int rc = lookup(&he, buf.data(), len, &res, &herr);
     if (rc == ERANGE && len < (std::size_t{1} << 20)) {
       len *= 2;
       continue;
@@ -2079,6 +2081,51 @@ COGENT_HOOK hostent* gethostbyname(const char* name) {
     }
     return publish(*res, buf);
   }
+}
+
+}  // namespace
+
+COGENT_HOOK hostent* gethostbyname(const char* name) {
+  call_ctx c;
+  if (!enter(c)) {
+    return real.gethostbyname(name);
+  }
+  return static_hostent([&](hostent* he, char* buf, std::size_t len, hostent** res, int* herr) {
+    return resolve_gethostbyname_r(c, name, he, buf, len, res, herr);
+  });
+}
+
+COGENT_HOOK int gethostbyaddr_r(const void* addr, socklen_t alen, int type, hostent* ret, char* buf, size_t len,
+                                hostent** result, int* h_errnop) {
+  call_ctx c;
+  if (!enter(c)) {
+    return real.gethostbyaddr_r(addr, alen, type, ret, buf, len, result, h_errnop);
+  }
+  return resolve_gethostbyaddr_r(c, addr, alen, type, ret, buf, len, result, h_errnop);
+}
+
+COGENT_HOOK hostent* gethostbyaddr(const void* addr, socklen_t alen, int type) {
+  call_ctx c;
+  if (!enter(c)) {
+    return real.gethostbyaddr(addr, alen, type);
+  }
+  return static_hostent([&](hostent* he, char* buf, std::size_t len, hostent** res, int* herr) {
+    return resolve_gethostbyaddr_r(c, addr, alen, type, he, buf, len, res, herr);
+  });
+}
+
+// getnameinfo() asks the resolver only for the names the caller wants that
+// are not numeric (NI_NUMERICHOST/NI_NUMERICSERV): a numeric-only call never
+// blocks, so it stays libc's on this thread.
+COGENT_HOOK int getnameinfo(const sockaddr* addr, socklen_t alen, char* host, socklen_t hostlen, char* serv,
+                            socklen_t servlen, int flags) {
+  call_ctx c;
+  const bool lookup = (host != nullptr && hostlen != 0 && (flags & NI_NUMERICHOST) == 0) ||
+                      (serv != nullptr && servlen != 0 && (flags & NI_NUMERICSERV) == 0);
+  if (!lookup || !enter(c)) {
+    return real.getnameinfo(addr, alen, host, hostlen, serv, servlen, flags);
+  }
+  return resolve_getnameinfo(c, addr, alen, host, hostlen, serv, servlen, flags);
 }
 
 // ---- fd flags and options ----------------------------------------------------------------

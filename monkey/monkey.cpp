@@ -212,6 +212,20 @@ real_fns real = {
       }
       return static_cast<int>(syscall(SYS_pselect6, n, r, w, e, t != nullptr ? &copy : nullptr, &sig));
     },
+    [](const sockaddr* a, socklen_t al, char* h, socklen_t hl, char* sv, socklen_t sl, int f) {
+      auto fn = lazy_symbol<int (*)(const sockaddr*, socklen_t, char*, socklen_t, char*, socklen_t, int)>(
+          "getnameinfo");
+      return fn != nullptr ? fn(a, al, h, hl, sv, sl, f) : EAI_SYSTEM;
+    },
+    [](const void* a, socklen_t l, int t) -> hostent* {
+      auto fn = lazy_symbol<hostent* (*)(const void*, socklen_t, int)>("gethostbyaddr");
+      return fn != nullptr ? fn(a, l, t) : nullptr;
+    },
+    [](const void* a, socklen_t l, int t, hostent* ret, char* buf, size_t len, hostent** res, int* herr) {
+      auto fn = lazy_symbol<int (*)(const void*, socklen_t, int, hostent*, char*, size_t, hostent**, int*)>(
+          "gethostbyaddr_r");
+      return fn != nullptr ? fn(a, l, t, ret, buf, len, res, herr) : ENOSYS;
+    },
 };
 
 void resolve_real() noexcept {
@@ -274,6 +288,9 @@ void resolve_real() noexcept {
   set(real.recvmmsg, "recvmmsg");
   set(real.sendmmsg, "sendmmsg");
   set(real.pselect, "pselect");
+  set(real.getnameinfo, "getnameinfo");
+  set(real.gethostbyaddr, "gethostbyaddr");
+  set(real.gethostbyaddr_r, "gethostbyaddr_r");
 }
 
 namespace {
@@ -666,16 +683,49 @@ int resolve_getaddrinfo(call_ctx& c, const char* node, const char* service, cons
   return rc;
 }
 
-int resolve_gethostbyname_r(call_ctx& c, const char* name, hostent* ret, char* buf, size_t len,
-                            hostent** result, int* h_errnop) noexcept {
+int resolve_getnameinfo(call_ctx& c, const sockaddr* addr, socklen_t alen, char* host, socklen_t hostlen,
+                        char* serv, socklen_t servlen, int flags) noexcept {
+  int rc = EAI_SYSTEM;
+  int err = 0;
+  bool ran = run_blocking(c, [&] {
+    rc = real.getnameinfo(addr, alen, host, hostlen, serv, servlen, flags);
+    err = errno;
+  });
+  if (!ran) {
+    errno = has_pending(c) ? -interrupted(c) : ENOMEM;
+    return EAI_SYSTEM;
+  }
+  if (rc == EAI_SYSTEM) {
+    errno = err;
+  }
+  return rc;
+}
+
+namespace {
+// hostent_r() runs one of the reentrant hostent lookups on the pool.
+template <class Lookup>
+int hostent_r(call_ctx& c, hostent** result, int* h_errnop, Lookup lookup) noexcept {
   int rc = ENOMEM;
-  bool ran = run_blocking(c, [&] { rc = real.gethostbyname_r(name, ret, buf, len, result, h_errnop); });
+  bool ran = run_blocking(c, [&] { rc = lookup(); });
   if (!ran) {
     *result = nullptr;
     *h_errnop = TRY_AGAIN;
     return has_pending(c) ? -interrupted(c) : ENOMEM;
   }
   return rc;
+}
+}  // namespace
+
+int resolve_gethostbyname_r(call_ctx& c, const char* name, hostent* ret, char* buf, size_t len,
+                            hostent** result, int* h_errnop) noexcept {
+  return hostent_r(c, result, h_errnop,
+                   [&] { return real.gethostbyname_r(name, ret, buf, len, result, h_errnop); });
+}
+
+int resolve_gethostbyaddr_r(call_ctx& c, const void* addr, socklen_t alen, int type, hostent* ret, char* buf,
+                            size_t len, hostent** result, int* h_errnop) noexcept {
+  return hostent_r(c, result, h_errnop,
+                   [&] { return real.gethostbyaddr_r(addr, alen, type, ret, buf, len, result, h_errnop); });
 }
 
 }  // namespace cogent::monkey::detail

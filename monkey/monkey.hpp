@@ -12,7 +12,8 @@
 // (sendfile64) recv recvfrom recvmsg recvmmsg send sendto sendmsg sendmmsg
 // close shutdown poll ppoll select pselect epoll_wait epoll_pwait epoll_pwait2
 // sleep usleep nanosleep clock_nanosleep
-// getaddrinfo gethostbyname gethostbyname_r fcntl (fcntl64) ioctl(FIONBIO)
+// getaddrinfo gethostbyname gethostbyname_r getnameinfo gethostbyaddr
+// gethostbyaddr_r fcntl (fcntl64) ioctl(FIONBIO)
 // setsockopt getsockopt dup dup2 dup3 pipe pipe2 open openat (and *64), and
 // the _FORTIFY_SOURCE entry points __read_chk __pread_chk __pread64_chk
 // __recv_chk __recvfrom_chk __poll_chk __ppoll_chk (code built with
@@ -65,7 +66,9 @@
 // a zero timeout, then park on one io_uring poll op per fd (epoll_wait: one
 // on the epoll fd, then a zero-timeout epoll_wait takes the events, so
 // edge-triggered and one-shot registrations behave as in libc); sleeps park on a
-// hub timer; getaddrinfo/gethostbyname run on cogent's thread pool. Results
+// hub timer; getaddrinfo/gethostbyname and the reverse lookups (getnameinfo
+// unless all it is asked for is numeric, gethostbyaddr) run on cogent's
+// thread pool. Results
 // and errno are libc's: SO_RCVTIMEO expiry -> EAGAIN, SO_SNDTIMEO on connect
 // -> EINPROGRESS (AF_UNIX: EAGAIN), refused connect -> ECONNREFUSED, F_GETFL
 // reports what the user set (the kernel fd keeps exactly the user's flags),

@@ -91,6 +91,9 @@ struct real_fns {
   int (*recvmmsg)(int, mmsghdr*, unsigned, int, timespec*);
   int (*sendmmsg)(int, mmsghdr*, unsigned, int);
   int (*pselect)(int, fd_set*, fd_set*, fd_set*, const timespec*, const sigset_t*);
+  int (*getnameinfo)(const sockaddr*, socklen_t, char*, socklen_t, char*, socklen_t, int);
+  hostent* (*gethostbyaddr)(const void*, socklen_t, int);
+  int (*gethostbyaddr_r)(const void*, socklen_t, int, hostent*, char*, size_t, hostent**, int*);
 };
 extern real_fns real;
 
@@ -280,13 +283,18 @@ int await_poll(call_ctx& c, const pollfd* fds, nfds_t n, clock::time_point deadl
 // an interrupt arrived first (left pending).
 int park_until(call_ctx& c, clock::time_point deadline) noexcept;
 
-// resolve_getaddrinfo()/resolve_gethostbyname_r() run the real resolver on
-// the thread pool while the fiber parks. Return the function's own result;
-// EAI_SYSTEM/EINTR (ERANGE-free h_errno TRY_AGAIN) on an interrupt.
+// resolve_getaddrinfo()/resolve_getnameinfo()/resolve_gethostbyname_r()/
+// resolve_gethostbyaddr_r() run the real resolver on the thread pool while
+// the fiber parks. Return the function's own result; EAI_SYSTEM/EINTR (the
+// _r ones: h_errno TRY_AGAIN, -EINTR) on an interrupt.
 int resolve_getaddrinfo(call_ctx& c, const char* node, const char* service, const addrinfo* hints,
                         addrinfo** res) noexcept;
+int resolve_getnameinfo(call_ctx& c, const sockaddr* addr, socklen_t alen, char* host, socklen_t hostlen,
+                        char* serv, socklen_t servlen, int flags) noexcept;
 int resolve_gethostbyname_r(call_ctx& c, const char* name, hostent* ret, char* buf, size_t len,
                             hostent** result, int* h_errnop) noexcept;
+int resolve_gethostbyaddr_r(call_ctx& c, const void* addr, socklen_t alen, int type, hostent* ret, char* buf,
+                            size_t len, hostent** result, int* h_errnop) noexcept;
 
 // set_errno() stores -r into errno and returns -1 (the libc convention).
 inline int fail(int neg_errno) noexcept {

@@ -7,6 +7,7 @@
 // plain std::threads or raw syscalls (no hooks: exactly the kernel); a difference is a deviation.
 // When written, all five cases failed (stable over repeated runs, ~7 s in all).
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -19,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -539,4 +541,73 @@ COGENT_TEST_CASE("review7: sendmsg with an unreadable msghdr or iovec array fail
   ::munmap(page, 4096);
   ::close(s[0]);
   ::close(s[1]);
+}
+
+// ---- reverse lookups run on the thread pool ------------------------------------------------------
+
+// getnameinfo (asking for a name), gethostbyaddr and gethostbyaddr_r from fibers let the others run
+// while they wait (a spinner always ready: it must have ticked), overlap, and give what libc gives
+// on a plain thread; a numeric-only getnameinfo stays on the calling thread and is libc's too.
+COGENT_TEST_CASE("review7: getnameinfo and gethostbyaddr from many fibers let the others run, with libc's results",
+                 doctest::timeout(30)) {
+  cogent::monkey::patch_all();
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(22);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const auto* a = reinterpret_cast<const sockaddr*>(&sa);
+  struct names {
+    int rc = -100;
+    std::string host, serv, byaddr, byaddr_r;
+    bool operator==(const names& o) const {
+      return rc == o.rc && host.compare(o.host) == 0 && serv.compare(o.serv) == 0 &&
+             byaddr.compare(o.byaddr) == 0 && byaddr_r.compare(o.byaddr_r) == 0;
+    }
+  };
+  auto lookup = [&] {
+    names n;
+    char host[NI_MAXHOST] = {}, serv[NI_MAXSERV] = {};
+    n.rc = ::getnameinfo(a, sizeof sa, host, sizeof host, serv, sizeof serv, NI_NAMEREQD);
+    n.host = host;
+    n.serv = serv;
+    if (hostent* h = ::gethostbyaddr(&sa.sin_addr, sizeof sa.sin_addr, AF_INET)) {
+      n.byaddr = h->h_name;
+    }
+    hostent he{}, *res = nullptr;
+    char buf[4096];
+    int herr = 0;
+    if (::gethostbyaddr_r(&sa.sin_addr, sizeof sa.sin_addr, AF_INET, &he, buf, sizeof buf, &res, &herr) == 0 &&
+        res != nullptr) {
+      n.byaddr_r = res->h_name;
+    }
+    return n;
+  };
+  names ref;
+  std::thread([&] { ref = lookup(); }).join();
+  REQUIRE(ref.rc == 0);
+  REQUIRE_FALSE(ref.host.empty());
+  cogent::test::spinner spin;
+  int in_lookup = 0, max_in_lookup = 0, others_ran = 0;
+  std::vector<cogent::task<names>> tasks;
+  for (int i = 0; i < 20; ++i) {
+    tasks.push_back(cogent::spawn([&] {
+      long before = spin.ticks;
+      max_in_lookup = std::max(max_in_lookup, ++in_lookup);
+      names n = lookup();
+      --in_lookup;
+      others_ran += spin.ticks > before ? 1 : 0;
+      return n;
+    }));
+  }
+  for (auto& t : tasks) {
+    CHECK(t.get() == ref);
+  }
+  CHECK(others_ran == 20);
+  CHECK(max_in_lookup > 1);
+  char host[NI_MAXHOST] = {}, serv[NI_MAXSERV] = {};
+  long before = spin.ticks;
+  CHECK(::getnameinfo(a, sizeof sa, host, sizeof host, serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) == 0);
+  CHECK(std::strcmp(host, "127.0.0.1") == 0);
+  CHECK(std::strcmp(serv, "22") == 0);
+  CHECK(spin.ticks == before);  // numeric only: no wait, no switch
 }

@@ -335,13 +335,13 @@ void hub::interrupt(fiber_impl* f, std::exception_ptr e, const void* owner) noex
   }
   // A kill (no owner) takes the place of a pending Timeout error: the fiber
   // could catch the timeout and carry on, and the kill would be lost. The
-  // displaced Timeout's timer goes back on (it retries until the kill has
-  // been raised, as when it fires behind one). A Timeout never replaces
-  // anything (timeout.cpp re-arms itself instead).
+  // Timeout error is kept aside and made pending again once the kill has
+  // been raised (throw_if_interrupted()). A Timeout never replaces anything
+  // (timeout.cpp re-arms itself instead).
   if (!f->sched.pending || (owner == nullptr && f->sched.pending_owner != nullptr)) {
-    if (detail::timer_node* t = std::exchange(f->sched.displaced_timer, nullptr); t != nullptr && !t->armed()) {
-      t->deadline = clock::now() + std::chrono::milliseconds(1);
-      add_timer(*t);
+    if (f->sched.pending && !f->sched.displaced) {
+      f->sched.displaced = std::move(f->sched.pending);
+      f->sched.displaced_owner = f->sched.pending_owner;
     }
     f->sched.pending = std::move(e);
     f->sched.pending_owner = owner;
@@ -365,12 +365,17 @@ void hub::interrupt(fiber_impl* f, std::exception_ptr e, const void* owner) noex
 void hub::throw_if_interrupted() {
   fiber_impl* self = detail::current_impl();
   if (self->sched.pending) [[unlikely]] {
+    std::exception_ptr e = std::exchange(self->sched.pending, nullptr);
     if (self->sched.pending_owner == nullptr) {
-      self->kill_raised(self->sched.pending);
+      self->kill_raised(e);
+      // The Timeout error this kill displaced is due at the next wait.
+      self->sched.pending = std::exchange(self->sched.displaced, nullptr);
+      self->sched.pending_owner = std::exchange(self->sched.displaced_owner, nullptr);
+      self->sched.pending_delivered = false;
+    } else {
+      self->sched.pending_owner = nullptr;
     }
-    self->sched.pending_owner = nullptr;
-    self->sched.displaced_timer = nullptr;
-    std::rethrow_exception(std::exchange(self->sched.pending, nullptr));
+    std::rethrow_exception(std::move(e));
   }
 }
 

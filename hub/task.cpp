@@ -108,6 +108,8 @@ std::any task_state::run(std::any&&) {
   release_body();
   sched.pending = nullptr;
   sched.pending_owner = nullptr;
+  sched.displaced = nullptr;
+  sched.displaced_owner = nullptr;
   finish();
   return {};
 }
@@ -129,16 +131,12 @@ void task_state::finish() noexcept {
   // cancelled (by kill()).
   st = status::done;
   unregister_task(this);
-  unsigned observing_links = 0;
-  for (const link_entry* l = links; l != nullptr; l = l->next) {
-    observing_links += l->observes ? 1 : 0;
-  }
   // The error is unseen until someone looks: a joiner that returns (see
-  // task_base::join()), an observing link as it is called. Counting the links
-  // here instead would let one unlinked before its turn (by an earlier link,
-  // by an iwait that timed out while an earlier link blocked) swallow it.
+  // task_base::join()), an observing link as it is called, an iwait's caller
+  // it is handed to. Counting the links here instead would let one unlinked
+  // before its turn (by an earlier link, by an iwait that timed out while an
+  // earlier link blocked) swallow it.
   report_left_to_joiners = error && !kill_requested;
-  shared_observers = (kill_requested ? 1U : 0U) + observing_links + (waiting > 0 ? 1U : 0U) > 1;
   joiners.notify_all();
   if (links != nullptr || report_left_to_joiners) {
     ref(this);
@@ -161,8 +159,9 @@ void task_state::finish() noexcept {
       }
     }
     running_links = false;
-    // Fibers still in join() will look, or report it when the last leaves.
-    if (report_left_to_joiners && waiting == 0) {
+    // Fibers still in join() and iwaits holding the task will look, or
+    // report it when the last lets go.
+    if (report_left_to_joiners && waiting == 0 && held_reports == 0) {
       report_left_to_joiners = false;
       try {
         report_unjoined(self, error);
@@ -280,7 +279,7 @@ bool task_base::join_impl(timeout_duration t, bool looks) const {
     // Interrupted (a kill, a Timeout). If the task finished meanwhile and
     // finish() left its error to the joiners, the last of them to leave
     // without looking reports it: nobody else will.
-    if (--s.waiting == 0 && s.report_left_to_joiners && !s.running_links) {
+    if (--s.waiting == 0 && s.report_left_to_joiners && !s.running_links && s.held_reports == 0) {
       s.report_left_to_joiners = false;
       try {
         detail::report_unjoined(keep, s.error);
@@ -293,7 +292,7 @@ bool task_base::join_impl(timeout_duration t, bool looks) const {
   if (done && looks) {
     --s.waiting;
     s.report_left_to_joiners = false;  // we return true: our caller can look at the error
-  } else if (--s.waiting == 0 && s.report_left_to_joiners && !s.running_links) {
+  } else if (--s.waiting == 0 && s.report_left_to_joiners && !s.running_links && s.held_reports == 0) {
     // Timed out (the task is not done, so the flag is still clear), or a
     // joiner that cannot look, and the last: nobody else will report it.
     s.report_left_to_joiners = false;
@@ -491,33 +490,37 @@ iwait::iwait(std::vector<task_base> tasks, timeout_duration t, std::size_t count
   _link_ids.reserve(_tasks.size());
   try {
     for (const task_base& g : _tasks) {
-      // A task already finished runs the link at once, here: its error was
-      // reported then if nobody saw it, so it is not ours to report.
-      _link_ids.push_back(g.link([this](const task_base& done) {
-        _done.push_back(done);
-        _done_not_ours.push_back(_linking || done.state().shared_observers);
-        _wake.notify_one();
-      }));
+      // Not an observing link: we hold the task (held_reports) until we hand
+      // it out or let it go. A task already finished runs the link at once,
+      // here; its error, if still unseen (its own links still running,
+      // joiners still to return), is held the same way.
+      _link_ids.push_back(g.link(
+          [this](const task_base& done) {
+            _done.push_back(done);
+            ++done.state().held_reports;
+            _wake.notify_one();
+          },
+          false));
     }
   } catch (...) {
     unlink_all();  // no destructor runs: no link may outlive this
+    for (const task_base& g : _done) {
+      --g.state().held_reports;
+    }
     throw;
   }
-  _linking = false;
 }
 
 iwait::~iwait() {
   unlink_all();
-  // Our links observe (a task that fails while we wait is not reported when
-  // it finishes): an error we never handed out is reported now, once — not
-  // one not ours (see _done_not_ours), nor one handed out (or reported)
-  // under an earlier entry (a task listed twice).
-  auto earlier = [this](std::size_t i) {
-    auto end = _done.begin() + static_cast<std::ptrdiff_t>(i);
-    return std::find(_done.begin(), end, _done[i]) != end;
-  };
+  // The tasks we hold and never handed out: an error nobody looked at is
+  // reported by the last holder to let go (joiners included) once the
+  // task's links have run — once (the flag is cleared), so a task listed
+  // twice, or held by two iwaits, is reported by one.
   for (std::size_t i = _returned; i < _done.size(); ++i) {
-    if (_done[i].exception() && !_done_not_ours[i] && !earlier(i)) {
+    detail::task_state& s = _done[i].state();
+    if (--s.held_reports == 0 && s.report_left_to_joiners && s.waiting == 0 && !s.running_links) {
+      s.report_left_to_joiners = false;
       report_error(_done[i]);
     }
   }
@@ -543,6 +546,10 @@ task_base iwait::next() {
       return {};
     }
   }
+  // The caller's to look at now.
+  detail::task_state& s = _done[_returned].state();
+  --s.held_reports;
+  s.report_left_to_joiners = false;
   return _done[_returned++];
 }
 

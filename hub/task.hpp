@@ -102,8 +102,11 @@ struct task_state : fiber_impl {
   bool report_left_to_joiners = false;
   bool running_links = false;  // finish() is calling the links (a joiner leaving then leaves the report to it)
   bool self_ref = false;      // holds the reference that keeps an unfinished task alive
-  bool shared_observers = false;  // at the finish, more than one observer (see iwait: its links observe)
   std::uint32_t waiting = 0;  // fibers currently in join()
+  // iwaits holding the finished task without having handed it out: each may
+  // still give it to a caller who looks; the last to let go reports an error
+  // nobody looked at (iwait::~iwait()), as the last joiner does.
+  std::uint32_t held_reports = 0;
   std::uint32_t next_link = 1;
   std::exception_ptr error;
   // The first and the latest kill raised in the task: ending with either is
@@ -442,11 +445,12 @@ void killall(const std::vector<task_base>& tasks, std::exception_ptr e = nullptr
 // (as<T>() gives the typed one back):
 //   for (cogent::iwait it(tasks); auto t = it.next();) { use(t.as<int>().get()); }
 // A task next() hands out is the caller's to look at; the error of one that
-// failed while the iwait existed but was never handed out (the iwait went
-// first: a wait_any() that returned another, a loop left early) is reported
-// by the unjoined-error handler when the iwait is destroyed, once — unless
-// someone else was looking too when it finished (a join(), another iwait,
-// an observing link, a kill): then it is theirs. The constructor throws
+// failed but was never handed out (the iwait went first: a wait_any() that
+// returned another, a loop left early) is reported by the unjoined-error
+// handler when the iwait is destroyed, once — unless someone else looked at
+// it meanwhile (a join() that returned, another iwait that handed it out,
+// an observing link) or it was a kill's outcome, or another iwait or joiner
+// still holds it (the last to let go reports). The constructor throws
 // std::logic_error for an empty handle, leaving no link.
 class iwait {
  public:
@@ -468,12 +472,8 @@ class iwait {
   std::vector<task_base> _tasks;
   std::vector<std::size_t> _link_ids;
   std::vector<task_base> _done;
-  // _done_not_ours[i]: _done[i]'s error is someone else's to see — it had
-  // finished before we linked, or had other observers when it finished.
-  std::vector<bool> _done_not_ours;
   std::size_t _returned = 0;
   std::size_t _count;
-  bool _linking = true;  // in the constructor: a link that runs now is of a task already finished
   detail::wait_list _wake;
   clock::time_point _deadline;
 };

@@ -37,17 +37,24 @@ void defer_interrupt(std::exception_ptr e) noexcept {
   hub::current().interrupt(detail::current_impl(), std::move(e), owner);
 }
 
-bool timeout::pending_is_mine() const noexcept {
-  if (_fiber->sched.pending_owner != this) {
-    return false;  // the common case: no exception to look into
+bool timeout::is_mine(const std::exception_ptr& p) const noexcept {
+  if (!p) {
+    return false;
   }
   try {
-    std::rethrow_exception(_fiber->sched.pending);
+    std::rethrow_exception(p);
   } catch (const timeout_error& e) {
     return owns(e);
   } catch (...) {
   }
   return false;
+}
+
+bool timeout::pending_is_mine() const noexcept {
+  if (_fiber->sched.pending_owner != this) {
+    return false;  // the common case: no exception to look into
+  }
+  return is_mine(_fiber->sched.pending);
 }
 
 timeout::timeout(timeout_duration d) {
@@ -78,7 +85,6 @@ timeout::timeout(timeout_duration d) {
     }
     t->_expired = true;
     t->_hub->interrupt(t->_fiber, std::make_exception_ptr(timeout_error(t, t->_after)), t);
-    t->_fiber->sched.displaced_timer = &t->_node;
   };
   _hub->add_timer(_node);
 }
@@ -95,8 +101,9 @@ void timeout::cancel() noexcept {
     return;
   }
   _hub->cancel_timer(_node);
-  if (_fiber->sched.displaced_timer == &_node) {
-    _fiber->sched.displaced_timer = nullptr;
+  if (_fiber->sched.displaced_owner == this && is_mine(_fiber->sched.displaced)) {
+    _fiber->sched.displaced = nullptr;  // (a kill is pending: it is raised, then nothing of ours)
+    _fiber->sched.displaced_owner = nullptr;
   }
   // Withdraw our error unless it already woke the fiber from a wait and
   // someone else is cancelling: that fiber is on its way to raise it (as in

@@ -87,6 +87,7 @@ class timeout {
   // scope's own error — not one of an earlier scope at the same address,
   // deferred (defer_interrupt) and still to be raised.
   bool pending_is_mine() const noexcept;
+  bool is_mine(const std::exception_ptr& p) const noexcept;  // p is a timeout_error of this scope
   struct node : detail::timer_node {
     timeout* self = nullptr;
   };

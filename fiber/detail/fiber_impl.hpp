@@ -102,10 +102,11 @@ class fiber_impl {
     } park_timer;
     std::exception_ptr pending;           // interrupt (kill, Timeout) to raise at the next park
     const void* pending_owner = nullptr;  // who raised `pending` (a Timeout scope), or null
-    // The timer of the Timeout scope whose error is `pending`, while it is:
-    // a kill that takes that error's place re-adds it (the scope fires again
-    // once the kill is raised) instead of the scope going dead. Null else.
-    timer_node* displaced_timer = nullptr;
+    // A Timeout error a kill took the place of (hub::interrupt), and its
+    // scope: pending again once the kill has been raised, so the scope's
+    // next blocking call still times out. Withdrawn by the scope's end.
+    std::exception_ptr displaced;
+    const void* displaced_owner = nullptr;
     void* awaiting_io = nullptr;          // the IO op an interrupt must cancel (hub: await_io), or null
     // locals is this fiber's fiber_local storage (hub/local.hpp), freed as
     // soon as the fiber has finished and switched away for the last time (or,

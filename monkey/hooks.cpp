@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -191,6 +192,10 @@ struct cogent::monkey::detail::held_node {
   held_node* prev = nullptr;
   std::atomic<int> dup{-1};  // set by detach_holders(): the duplicate to go on with
   bool listed = false;
+  // The fork_child_generation() it was listed in: a fork()ed child starts
+  // with empty lists (the parent's waiting calls are not its own), and a
+  // call listed before the fork must not touch them when it ends there.
+  std::uint32_t child_gen = 0;
 };
 
 namespace {
@@ -229,7 +234,7 @@ class held_fd {
  public:
   explicit held_fd(int fd) noexcept : _fd(fd) {}
   ~held_fd() {
-    if (_e != nullptr) {
+    if (_e != nullptr && _node.child_gen == fork_child_generation()) {
       lock_holders(*_e, true);
       if (_node.listed) {
         if (_node.prev != nullptr) {
@@ -264,6 +269,7 @@ class held_fd {
       _node.next->prev = &_node;
     }
     _node.listed = true;
+    _node.child_gen = fork_child_generation();
     e->holders.store(&_node, std::memory_order_relaxed);
     unlock_holders(*e);
     _e = e;
@@ -272,6 +278,26 @@ class held_fd {
   int at() const noexcept {
     int d = _node.dup.load(std::memory_order_acquire);
     return d >= 0 ? d : _fd;
+  }
+  // sock_timeout() is the socket's SO_RCVTIMEO (rcv) or SO_SNDTIMEO: once
+  // the call goes on with a duplicate, the kernel's (the number's entry was
+  // reset by its close).
+  std::int64_t sock_timeout(fd_entry& e, bool rcv) const noexcept {
+    int d = _node.dup.load(std::memory_order_acquire);
+    return d >= 0 ? kernel_sock_timeout(d, rcv) : ::sock_timeout(_fd, e, rcv);
+  }
+  // await_ready() is the hub's await_ready() on at(). A wait that failed
+  // with EBADF because another thread closed the number before the hub
+  // handed it to the kernel (the call was given a duplicate meanwhile) waits
+  // again, on the duplicate.
+  int await_ready(call_ctx& c, std::uint32_t events, clock::time_point dl) noexcept {
+    for (;;) {
+      int fd = at();
+      int w = ::await_ready(c, fd, events, dl);
+      if (w != -EBADF || at() == fd) {
+        return w;
+      }
+    }
   }
 
  private:
@@ -328,7 +354,7 @@ int peek_wait(call_ctx& c, held_fd& h, fd_entry& e, std::size_t n, int flags, Pr
     h.hold();  // about to wait: from here on, the file it was called on
     fd = h.at();
     if (r < 0) {
-      int w = await_ready(c, fd, POLLIN, dl);
+      int w = h.await_ready(c, POLLIN, dl);
       if (w < 0 && w != deadline_expired) {
         return w;
       }
@@ -389,7 +415,7 @@ bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t don
     st.dl_set = st.unix_dom == 0;
   }
   if (!st.dl_set) {
-    st.dl = deadline_ns(sock_timeout(fd, e, false));
+    st.dl = deadline_ns(st.file.sock_timeout(e, false));
     st.dl_set = true;
   }
   int w;
@@ -408,7 +434,7 @@ bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t don
     }
   } else {
     st.pause = std::chrono::milliseconds(0);
-    w = await_ready(c, fd, POLLOUT, st.dl);
+    w = st.file.await_ready(c, POLLOUT, st.dl);
   }
   st.last_done = done;
   if (w >= 0) {
@@ -429,7 +455,7 @@ bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t don
 // The file is the call's (h) from the wait on.
 int wait_connected(call_ctx& c, held_fd& h, fd_entry& e) noexcept {
   h.hold();
-  int w = await_ready(c, h.at(), POLLOUT, deadline_ns(sock_timeout(h.at(), e, false)));
+  int w = h.await_ready(c, POLLOUT, deadline_ns(h.sock_timeout(e, false)));
   if (w < 0) {
     return w;
   }
@@ -642,6 +668,9 @@ ssize_t file_writev(call_ctx& c, int fd, fd_kind k, const iovec* iov, int cnt, s
       op.len = static_cast<std::uint32_t>(left);
       op.offset = offset;
       int r = await_op(c, op, clock::time_point::max());
+      if (r == -EBADF && file.at() != op.fd) {
+        continue;  // closed by another thread before the op reached the kernel: again, on the duplicate
+      }
       if (r < 0) {
         return done > 0 ? kept_errno(static_cast<ssize_t>(done), saved) : fail(r);
       }
@@ -1038,9 +1067,20 @@ static void detach_holders(int fd) noexcept {
     return;
   }
   errno_keeper keep;
+  // Above the numbers open() & co. hand out (they take the lowest free one:
+  // the program's next open() must not find it taken), if there is room.
+  rlimit rl{};
+  int base = 0;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    base = static_cast<int>(std::min<rlim_t>(rl.rlim_cur / 2, INT_MAX));
+  }
   for (held_node* n = e->holders.load(std::memory_order_relaxed); n != nullptr;) {
     held_node* next = n->next;
-    n->dup.store(real.fcntl(fd, F_DUPFD_CLOEXEC, 0), std::memory_order_release);  // -1: goes on with fd
+    int d = base > fd ? real.fcntl(fd, F_DUPFD_CLOEXEC, base) : -1;
+    if (d < 0) {
+      d = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);  // -1: the call goes on with fd
+    }
+    n->dup.store(d, std::memory_order_release);
     n->listed = false;
     n->next = n->prev = nullptr;
     n = next;
@@ -1485,7 +1525,7 @@ ssize_t sendfile_impl(int out, int in, off_t* off, size_t n) {
       }
       out_file.hold();
       in_file.hold();
-      int w = await_ready(c, out_file.at(), POLLOUT, clock::time_point::max());
+      int w = out_file.await_ready(c, POLLOUT, clock::time_point::max());
       if (w < 0) {
         return fail(w);
       }
@@ -1577,10 +1617,10 @@ COGENT_HOOK int recvmmsg(int fd, mmsghdr* vec, unsigned vlen, int flags, timespe
     }
     file.hold();
     if (dl_got != got) {
-      dl = deadline_ns(sock_timeout(file.at(), *e, true));
+      dl = deadline_ns(file.sock_timeout(*e, true));
       dl_got = got;
     }
-    int w = await_ready(c, file.at(), POLLIN, dl);
+    int w = file.await_ready(c, POLLIN, dl);
     if (w < 0) {
       return got > 0 ? static_cast<int>(kept_errno(got, saved)) : static_cast<int>(finish_in(w));
     }
@@ -2241,7 +2281,7 @@ COGENT_HOOK int dup(int fd) noexcept {
 
 COGENT_HOOK int dup2(int from, int to) noexcept {
   flush_before_renumber();
-  if (from != to) {
+  if (from != to && real.fcntl(from, F_GETFD) >= 0) {  // (a bad `from`: EBADF, `to` untouched)
     detach_holders(to);
   }
   int r = real.dup2(from, to);
@@ -2253,7 +2293,7 @@ COGENT_HOOK int dup2(int from, int to) noexcept {
 
 COGENT_HOOK int dup3(int from, int to, int flags) noexcept {
   flush_before_renumber();
-  if (from != to) {
+  if (from != to && (flags & ~O_CLOEXEC) == 0 && real.fcntl(from, F_GETFD) >= 0) {  // else EINVAL/EBADF
     detach_holders(to);
   }
   int r = real.dup3(from, to, flags);

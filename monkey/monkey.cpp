@@ -347,6 +347,25 @@ static void mark_all_shared() noexcept {
   }
 }
 
+// in_fork_child() is the fork() handler of the child: mark_all_shared(),
+// and no waiting calls listed (the parent's are not the child's; a lock one
+// of its other threads held is not held here).
+static std::atomic<std::uint32_t> g_child_gen{0};
+std::uint32_t fork_child_generation() noexcept {
+  return g_child_gen.load(std::memory_order_relaxed);
+}
+static void in_fork_child() noexcept {
+  mark_all_shared();
+  g_child_gen.fetch_add(1, std::memory_order_relaxed);
+  const int high = g_high_fd.load(std::memory_order_relaxed);
+  for (int fd = 0; fd <= high; ++fd) {
+    if (fd_entry* e = entry_for(fd); e != nullptr && e->holders.load(std::memory_order_relaxed) != nullptr) {
+      e->holders.store(nullptr, std::memory_order_relaxed);
+      e->holders_lock.store(0, std::memory_order_relaxed);
+    }
+  }
+}
+
 void reset_fd(int fd, fd_kind kind, bool nonblock) noexcept {
   if (kind != kind_unknown) {
     note_classified(fd);
@@ -758,7 +777,7 @@ void patch_all() {
   // fds the kernel creates or closes through io_uring (cogent::net's accept
   // and close) bypass the hooks: have the engines tell the table.
   cogent::detail::fd_event_hook.store([](int fd) noexcept { reset_fd(fd); }, std::memory_order_release);
-  static const bool forks = (pthread_atfork(nullptr, &mark_all_shared, &mark_all_shared), true);
+  static const bool forks = (pthread_atfork(nullptr, &mark_all_shared, &in_fork_child), true);
   (void)forks;
   cogent::hub::current();
   g_patched.store(true, std::memory_order_release);

@@ -40,9 +40,14 @@
 // the queued ops to the kernel, so an op queued on that fd number still works
 // on the file it was queued for, as a libc call in progress would; a call that
 // waits more than once — a send loop, a pipe write, a connect's wait — is
-// handed a duplicate of its file first and goes on with it, closed when the
-// call ends: a waiting call costs no fd number otherwise, and a fork()ed
-// child inherits nothing of it); a connect on a socket whose
+// handed a duplicate of its file first (numbered from half the soft
+// RLIMIT_NOFILE up, so the program's next open() still gets the lowest free
+// number) and goes on with it, closed when the call ends: a waiting call
+// costs no fd number otherwise, and a fork()ed child inherits nothing of
+// it. From another thread the close races the wait as with libc: a wait the
+// hub had not yet handed to the kernel fails with EBADF and is made again on
+// the duplicate; a dup2() onto the number in that window can still see the
+// wait's op land on the new file); a connect on a socket whose
 // non-blocking connect is still in progress waits for it as connect(2) does
 // (0 or its error; EALREADY once SO_SNDTIMEO passes); recv with
 // MSG_PEEK|MSG_WAITALL looks again every millisecond while only part of the

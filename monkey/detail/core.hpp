@@ -137,6 +137,10 @@ extern std::atomic<bool> g_patched;
 // entry_for() returns fd's table entry, or null if the table does not exist
 // yet (before patch_all) or fd is out of range.
 fd_entry* entry_for(int fd) noexcept;
+// fork_child_generation() counts the fork()s this process came out of as
+// the child: at each, the child's fd entries lose the parent's lists of
+// waiting calls (fd_entry::holders).
+std::uint32_t fork_child_generation() noexcept;
 // reset_fd() forgets what we knew about fd (created or closed). kind may be
 // given when known (socket(), pipe()).
 void reset_fd(int fd, fd_kind kind = kind_unknown, bool nonblock = false) noexcept;

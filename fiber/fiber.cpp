@@ -237,6 +237,7 @@ fiber_impl* init_thread() {
 namespace {
 
 [[noreturn]] void entry(transfer t) noexcept {
+  scrub_fp_flags(t.from);  // as jump_context() does on every other resume
   resumed(t);  // the thread's exception state is empty: the jumper parked its own (eh_park)
   fiber_impl* self = t_current;
   std::any result;

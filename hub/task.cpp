@@ -123,6 +123,16 @@ void check_task_options(const spawn_options& opts) {
   check_stack_size(opts.stack_size, opts.name);
 }
 
+void task_state::report_if_last(const task_base& self) noexcept {
+  if (error_unseen && waiting == 0 && held_reports == 0 && !running_links) {
+    error_unseen = false;
+    try {
+      report_unjoined(self, error);
+    } catch (...) {
+    }
+  }
+}
+
 void task_state::finish() noexcept {
   // Both callers, run() and fail_unstarted(), hold a reference (the task's
   // self-reference, a handle), so *this outlives this call; a handle for the
@@ -136,9 +146,9 @@ void task_state::finish() noexcept {
   // it is handed to. Counting the links here instead would let one unlinked
   // before its turn (by an earlier link, by an iwait that timed out while an
   // earlier link blocked) swallow it.
-  report_left_to_joiners = error && !kill_requested;
+  error_unseen = error && !kill_requested;
   joiners.notify_all();
-  if (links != nullptr || report_left_to_joiners) {
+  if (links != nullptr || error_unseen) {
     ref(this);
     task_base self = task_base::adopt(this);
     // One at a time, taken off the list before the call: a link that blocks
@@ -149,7 +159,7 @@ void task_state::finish() noexcept {
       std::unique_ptr<link_entry> l(links);
       links = l->next;
       if (l->observes) {
-        report_left_to_joiners = false;
+        error_unseen = false;
       }
       try {
         l->fn(self);
@@ -159,15 +169,7 @@ void task_state::finish() noexcept {
       }
     }
     running_links = false;
-    // Fibers still in join() and iwaits holding the task will look, or
-    // report it when the last lets go.
-    if (report_left_to_joiners && waiting == 0 && held_reports == 0) {
-      report_left_to_joiners = false;
-      try {
-        report_unjoined(self, error);
-      } catch (...) {
-      }
-    }
+    report_if_last(self);  // else fibers still in join(), iwaits holding the task
   }
   // Drop our self-reference: if we are the running fiber we are freed by the
   // hub once we have switched away for the last time.
@@ -258,7 +260,7 @@ bool task_base::join_impl(timeout_duration t, bool looks) const {
   detail::task_state& s = state();
   if (s.st == detail::task_state::status::done) {
     if (looks) {
-      s.report_left_to_joiners = false;
+      s.error_unseen = false;
     }
     return true;
   }
@@ -276,30 +278,17 @@ bool task_base::join_impl(timeout_duration t, bool looks) const {
       }
     }
   } catch (...) {
-    // Interrupted (a kill, a Timeout). If the task finished meanwhile and
-    // finish() left its error to the joiners, the last of them to leave
-    // without looking reports it: nobody else will.
-    if (--s.waiting == 0 && s.report_left_to_joiners && !s.running_links && s.held_reports == 0) {
-      s.report_left_to_joiners = false;
-      try {
-        detail::report_unjoined(keep, s.error);
-      } catch (...) {
-      }
-    }
+    // Interrupted (a kill, a Timeout): we leave without looking.
+    --s.waiting;
+    s.report_if_last(keep);
     throw;
   }
   bool done = s.st == detail::task_state::status::done;
+  --s.waiting;
   if (done && looks) {
-    --s.waiting;
-    s.report_left_to_joiners = false;  // we return true: our caller can look at the error
-  } else if (--s.waiting == 0 && s.report_left_to_joiners && !s.running_links && s.held_reports == 0) {
-    // Timed out (the task is not done, so the flag is still clear), or a
-    // joiner that cannot look, and the last: nobody else will report it.
-    s.report_left_to_joiners = false;
-    try {
-      detail::report_unjoined(keep, s.error);
-    } catch (...) {
-    }
+    s.error_unseen = false;  // we return true: our caller can look at the error
+  } else {
+    s.report_if_last(keep);  // timed out (not done: nothing to report), or a joiner that cannot look
   }
   return done;
 }
@@ -367,7 +356,7 @@ std::size_t task_base::link(std::function<void(const task_base&)> fn, bool obser
   check_same_thread(s, "link");
   if (s.st == detail::task_state::status::done) {
     if (observes) {
-      s.report_left_to_joiners = false;
+      s.error_unseen = false;
     }
     fn(*this);
     return 0;
@@ -519,10 +508,8 @@ iwait::~iwait() {
   // twice, or held by two iwaits, is reported by one.
   for (std::size_t i = _returned; i < _done.size(); ++i) {
     detail::task_state& s = _done[i].state();
-    if (--s.held_reports == 0 && s.report_left_to_joiners && s.waiting == 0 && !s.running_links) {
-      s.report_left_to_joiners = false;
-      report_error(_done[i]);
-    }
+    --s.held_reports;
+    s.report_if_last(_done[i]);
   }
 }
 
@@ -549,7 +536,7 @@ task_base iwait::next() {
   // The caller's to look at now.
   detail::task_state& s = _done[_returned].state();
   --s.held_reports;
-  s.report_left_to_joiners = false;
+  s.error_unseen = false;
   return _done[_returned++];
 }
 

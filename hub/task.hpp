@@ -94,12 +94,13 @@ struct task_state : fiber_impl {
   // was caught and the task failed otherwise, or a kill never landed (an op
   // completed anyway and the task failed before blocking again).
   bool kill_requested = false;
-  // The task failed (not by a kill's outcome) and nobody has looked at the
-  // error yet: cleared by whoever looks first (a join() that returns true, an
-  // observing link() as it is called). Once the links have run, finish()
-  // reports it if nobody is in join(); else the last joiner to leave without
-  // looking does.
-  bool report_left_to_joiners = false;
+  // error_unseen: the task failed (not by a kill's outcome) and nobody has
+  // looked at the error yet. Cleared by whoever looks first (a join() that
+  // returns true, an observing link() as it is called, an iwait handing the
+  // task out); else the last who could still look reports it as it lets go
+  // (report_if_last(): finish() once the links ran, the last joiner, the
+  // last iwait holding the task).
+  bool error_unseen = false;
   bool running_links = false;  // finish() is calling the links (a joiner leaving then leaves the report to it)
   bool self_ref = false;      // holds the reference that keeps an unfinished task alive
   std::uint32_t waiting = 0;  // fibers currently in join()
@@ -107,6 +108,10 @@ struct task_state : fiber_impl {
   // still give it to a caller who looks; the last to let go reports an error
   // nobody looked at (iwait::~iwait()), as the last joiner does.
   std::uint32_t held_reports = 0;
+  // report_if_last() reports an unseen error once nobody is left to look
+  // (no joiner, no iwait holding the task, the links done); `self` is a
+  // handle to this task.
+  void report_if_last(const task_base& self) noexcept;
   std::uint32_t next_link = 1;
   std::exception_ptr error;
   // The first and the latest kill raised in the task: ending with either is

@@ -684,12 +684,15 @@ bool run_blocking(call_ctx& c, Fn&& fn) noexcept {
 
 }  // namespace
 
-int resolve_getaddrinfo(call_ctx& c, const char* node, const char* service, const addrinfo* hints,
-                        addrinfo** res) noexcept {
+namespace {
+// eai_call() runs one of the getaddrinfo-family lookups (returning an EAI_*
+// code, errno with EAI_SYSTEM) on the pool.
+template <class Lookup>
+int eai_call(call_ctx& c, Lookup lookup) noexcept {
   int rc = EAI_SYSTEM;
   int err = 0;
   bool ran = run_blocking(c, [&] {
-    rc = real.getaddrinfo(node, service, hints, res);
+    rc = lookup();
     err = errno;
   });
   if (!ran) {
@@ -701,23 +704,16 @@ int resolve_getaddrinfo(call_ctx& c, const char* node, const char* service, cons
   }
   return rc;
 }
+}  // namespace
+
+int resolve_getaddrinfo(call_ctx& c, const char* node, const char* service, const addrinfo* hints,
+                        addrinfo** res) noexcept {
+  return eai_call(c, [&] { return real.getaddrinfo(node, service, hints, res); });
+}
 
 int resolve_getnameinfo(call_ctx& c, const sockaddr* addr, socklen_t alen, char* host, socklen_t hostlen,
                         char* serv, socklen_t servlen, int flags) noexcept {
-  int rc = EAI_SYSTEM;
-  int err = 0;
-  bool ran = run_blocking(c, [&] {
-    rc = real.getnameinfo(addr, alen, host, hostlen, serv, servlen, flags);
-    err = errno;
-  });
-  if (!ran) {
-    errno = has_pending(c) ? -interrupted(c) : ENOMEM;
-    return EAI_SYSTEM;
-  }
-  if (rc == EAI_SYSTEM) {
-    errno = err;
-  }
-  return rc;
+  return eai_call(c, [&] { return real.getnameinfo(addr, alen, host, hostlen, serv, servlen, flags); });
 }
 
 namespace {

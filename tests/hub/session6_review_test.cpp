@@ -36,8 +36,9 @@ void wait_ready(const cogent::task_base& t) {
 // (_done_not_ours = _linking: "its error was reported then if nobody saw it", no longer true).
 // Before de1c7ed finish() had decided at its start (no observer, nobody in join()) and reported
 // after its links. Here wait_any() hands out the other task, so t's error is seen by nobody.
-// FIXED in stop 19 (iwait holds the report: held_reports; a displaced Timeout error is kept in
-// sched.displaced and made pending again once the kill is raised). Was: task.cpp link() (the st == done branch, `s.report_left_to_joiners = false`) together
+// FIXED in stop 19: an iwait holds each finished task (held_reports); the last holder reports.
+// Was: task.cpp link() (the st == done branch, `s.error_unseen (was report_left_to_joiners) = false`)
+// together
 // with iwait::iwait() (task.cpp, `_done_not_ours.push_back(_linking || ...)`). Fix: iwait's
 // constructor must not take the report over for a task that is already done — link it with
 // observes = !g.ready() (or have link() on a done task whose finish() is still running its links,
@@ -62,7 +63,7 @@ COGENT_TEST_CASE("reports: a wait_any made while a failed task's link blocks doe
 // The same through joinall(count = 1) (gevent's joinall(count=1)).
 COGENT_TEST_CASE("reports: a joinall(count=1) made while a failed task's link blocks does not swallow its report",
                  doctest::timeout(10)) {
-  // FIXED (stop 19; was an open bug): as above (task.cpp link()'s done branch + iwait's _linking).
+  // FIXED in stop 19: as above (task.cpp link()'s done branch + iwait's _linking).
   cogent::test::error_reports reports;
   auto u = cogent::spawn([] {});
   auto t = cogent::spawn([] {
@@ -78,12 +79,13 @@ COGENT_TEST_CASE("reports: a joinall(count=1) made while a failed task's link bl
 }
 
 // shared_observers (task.cpp finish()) still counts, at the start, every observing link and "a fiber
-// in join()" as observers — the very counting de1c7ed removed for report_left_to_joiners. An iwait
+// in join()" as observers — the very counting de1c7ed removed for error_unseen (was
+// report_left_to_joiners). An iwait
 // whose link is called then disowns the error (_done_not_ours) because another observer was
 // counted, while its own link cleared the flag: if that other observer never looks — a joiner
 // killed after the finish, before it ran — nobody reports the error.
-// FIXED in stop 19 (iwait holds the report: held_reports; a displaced Timeout error is kept in
-// sched.displaced and made pending again once the kill is raised). Was: task.cpp finish() `shared_observers = ... (waiting > 0 ? 1U : 0U) > 1` with iwait's
+// FIXED in stop 19: an iwait holds each finished task (held_reports); the last holder reports.
+// Was: task.cpp finish() `shared_observers = ... (waiting > 0 ? 1U : 0U) > 1` with iwait's
 // _done_not_ours. Fix: do not decide "shared" up front. E.g. the iwait link leaves the flag alone
 // (observes only in the sense of holding the report) and iwait's destructor reports an error it did
 // not hand out only if the flag is still set (clearing it), the joiners' rule; or count the
@@ -120,8 +122,8 @@ COGENT_TEST_CASE("reports: a joiner killed after the finish does not make an iwa
 // The same with an observing link unlinked before its turn (the session 5 case that de1c7ed fixed
 // for the flag): it still counts in shared_observers, so the iwait whose link is called disowns the
 // error, and the uncalled one never saw it.
-// FIXED in stop 19 (iwait holds the report: held_reports; a displaced Timeout error is kept in
-// sched.displaced and made pending again once the kill is raised). Was: task.cpp finish(), shared_observers counts `observing_links` before any is called.
+// FIXED in stop 19: an iwait holds each finished task (held_reports); the last holder reports.
+// Was: task.cpp finish(), shared_observers counts `observing_links` before any is called.
 // Fix: as above.
 COGENT_TEST_CASE("reports: an observing link unlinked before its turn does not make an iwait disown the error",
                  doctest::timeout(10)) {
@@ -234,8 +236,9 @@ COGENT_TEST_CASE("reports: kill(block) of a failed task still releasing reports 
 // pending again with defer_interrupt() (the documented way to postpone one: "A timeout_error keeps
 // its scope") has no displaced_timer, so a kill that replaces it still leaves the scope dead: after
 // the kill is handled, a blocking call in the scope waits as long as it likes.
-// FIXED in stop 19 (iwait holds the report: held_reports; a displaced Timeout error is kept in
-// sched.displaced and made pending again once the kill is raised). Was: timeout.cpp defer_interrupt() / hub::interrupt() (core.cpp, the displacement branch).
+// FIXED in stop 19: a displaced Timeout error is kept in sched.displaced and made pending again
+// once the kill is raised. Was: timeout.cpp defer_interrupt() / hub::interrupt() (core.cpp, the
+// displacement branch).
 // Fix: rather than re-arming a timer found through a pointer (which defer_interrupt cannot safely
 // set: the error's source scope may be gone), keep the displaced Timeout error itself
 // (sched.displaced + its owner) and make it pending again once the kill has been raised

@@ -69,7 +69,7 @@ COGENT_TEST_CASE("session: a get() whose admission of the first putter fails adm
 // ---- group::map: a member that catches the reaper's kill and then fails is never reported -------
 // task.hpp (kill): "a task that catches a fiber_exit kill and then fails with an error of its own
 // has that error reported like any other". group::run_all's reaper (map() after a member failed)
-// kills the others and then t.join()s them — a join() that "looks" (report_left_to_joiners is
+// kills the others and then t.join()s them — a join() that "looks" (error_unseen (was report_left_to_joiners) is
 // cleared) although nobody ever sees the error: it is dropped silently. kill(block) and
 // killall(block) were changed to join as joiners that cannot look; the reaper (and imap's stop())
 // were not.

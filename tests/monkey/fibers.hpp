@@ -9,13 +9,18 @@
 // value and errno), here_result() and bounded() (a call cut by a Timeout),
 // since() (seconds on the steady clock) and starter (a concurrent party run
 // on a thread or a fiber, for tests that compare a hook with libc's threads),
-// drain_fd() and rights_msg (a message carrying one SCM_RIGHTS fd).
+// drain_fd(), rights_msg (a message carrying one SCM_RIGHTS fd) and eof_after_fork() (does a
+// peer see EOF while a fork()ed child lives?).
 #pragma once
+
+#include <doctest/doctest.h>
 
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,6 +31,7 @@
 #include <memory>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "hub/core.hpp"
 #include "hub/task.hpp"
@@ -279,5 +285,77 @@ struct rights_msg {
     return fd;
   }
 };
+
+// eof_after_fork() parks a blocking 1 MiB send() on s[0] of an AF_UNIX stream pair (the buffer
+// fills: it waits), then fork()s a child that closes every fd it knows of the pair (with the
+// hooked close() if child_hooked_close, else raw syscalls) and waits until told to exit. The
+// parent drains s[1] until the send returns, closes s[0] and asks whether s[1] now sees the end
+// of the stream (recv 0) within 1 s.
+struct eof_outcome {
+  long sent = -2;
+  long eof = -2;  // recv(s[1]) after the close: 0 = end of stream, -1 = EAGAIN (none)
+};
+
+inline eof_outcome eof_after_fork(const starter& start, const std::function<void()>& nap,
+                                  bool child_hooked_close) {
+  eof_outcome out;
+  int s[2], ctl[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
+  REQUIRE(::pipe(ctl) == 0);
+  constexpr std::size_t n = 1 << 20;
+  static std::vector<char> payload(n, 'p');
+  std::atomic<bool> done{false};
+  auto join = start([&] {
+    out.sent = ::send(s[0], payload.data(), n, 0);
+    done = true;
+  });
+  for (int i = 0; i < 20; ++i) {
+    nap();  // the sender waits for room
+  }
+  REQUIRE_FALSE(done.load());
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // A well-behaved child: closes what it inherited of the pair and the pipe's write end (raw
+    // syscalls: nothing of the hub in a fork()ed child).
+    ::alarm(10);
+    if (child_hooked_close) {
+      ::close(s[0]);  // hooked: detach_holders() runs in the child
+      ::close(s[1]);
+    } else {
+      ::syscall(SYS_close, s[0]);
+      ::syscall(SYS_close, s[1]);
+    }
+    ::syscall(SYS_close, ctl[1]);
+    char c;
+    ::syscall(SYS_read, ctl[0], &c, 1);  // until the parent closes its write end
+    ::_exit(0);
+  }
+  ::close(ctl[0]);
+  auto t0 = std::chrono::steady_clock::now();
+  while (!done.load() && since(t0) < 5) {
+    drain_fd(s[1]);
+    nap();
+  }
+  join();
+  drain_fd(s[1]);
+  ::close(s[0]);
+  t0 = std::chrono::steady_clock::now();
+  char c;
+  do {
+    errno = 0;
+    out.eof = ::recv(s[1], &c, 1, MSG_DONTWAIT);
+    if (out.eof >= 0) {
+      break;
+    }
+    nap();
+  } while (since(t0) < 1);
+  ::close(ctl[1]);  // the child exits
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  ::close(s[1]);
+  return out;
+}
 
 }  // namespace cogent::test

@@ -58,6 +58,8 @@ using cogent::test::on_threads;
 using cogent::test::starter;
 using cogent::test::thread_nap;
 using cogent::test::drain_fd;
+using cogent::test::eof_after_fork;
+using cogent::test::eof_outcome;
 
 }  // namespace
 
@@ -258,74 +260,6 @@ COGENT_TEST_CASE("review7: a waited connect's re-connect never touches the socke
 
 // ---- the held duplicate is a real fd: a fork()ed child inherits it ------------------------------
 
-namespace {
-
-// eof_after_fork() parks a blocking 1 MiB send() on s[0] of an AF_UNIX stream pair (the buffer
-// fills: it waits), then fork()s a child that closes every fd it knows of the pair and waits
-// until told to exit. The parent drains s[1] until the send returns, closes s[0] and asks
-// whether s[1] now sees the end of the stream (recv 0) within 1 s.
-struct eof_outcome {
-  long sent = -2;
-  long eof = -2;  // recv(s[1]) after the close: 0 = end of stream, -1 = EAGAIN (none)
-};
-
-eof_outcome eof_after_fork(const starter& start, const std::function<void()>& nap) {
-  eof_outcome out;
-  int s[2], ctl[2];
-  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
-  REQUIRE(::pipe(ctl) == 0);
-  constexpr std::size_t n = 1 << 20;
-  static std::vector<char> payload(n, 'p');
-  std::atomic<bool> done{false};
-  auto join = start([&] {
-    out.sent = ::send(s[0], payload.data(), n, 0);
-    done = true;
-  });
-  for (int i = 0; i < 20; ++i) {
-    nap();  // the sender waits for room
-  }
-  REQUIRE_FALSE(done.load());
-  std::fflush(nullptr);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    // A well-behaved child: closes what it inherited of the pair and the pipe's write end (raw
-    // syscalls: nothing of the hub in a fork()ed child).
-    ::alarm(10);
-    ::syscall(SYS_close, s[0]);
-    ::syscall(SYS_close, s[1]);
-    ::syscall(SYS_close, ctl[1]);
-    char c;
-    ::syscall(SYS_read, ctl[0], &c, 1);  // until the parent closes its write end
-    ::_exit(0);
-  }
-  ::close(ctl[0]);
-  auto t0 = steady::now();
-  while (!done.load() && since(t0) < 5) {
-    drain_fd(s[1]);
-    nap();
-  }
-  join();
-  drain_fd(s[1]);
-  ::close(s[0]);
-  t0 = steady::now();
-  char c;
-  do {
-    errno = 0;
-    out.eof = ::recv(s[1], &c, 1, MSG_DONTWAIT);
-    if (out.eof >= 0) {
-      break;
-    }
-    nap();
-  } while (since(t0) < 1);
-  ::close(ctl[1]);  // the child exits
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  ::close(s[1]);
-  return out;
-}
-
-}  // namespace
 
 // A thread blocked in send(2) holds its socket by a reference the fd table does not show: a
 // fork() by another thread copies the table only, so once the child closed its copies of the
@@ -337,10 +271,10 @@ eof_outcome eof_after_fork(const starter& start, const std::function<void()>& na
 COGENT_TEST_CASE("review7: a child fork()ed while a send waits does not inherit a hidden fd of its socket",
                  doctest::timeout(40)) {
   cogent::monkey::patch_all();
-  eof_outcome ref = eof_after_fork(on_threads(), thread_nap);
+  eof_outcome ref = eof_after_fork(on_threads(), thread_nap, false);
   REQUIRE(ref.sent == 1 << 20);
   REQUIRE(ref.eof == 0);
-  eof_outcome hooked = eof_after_fork(on_fibers(), fiber_nap);
+  eof_outcome hooked = eof_after_fork(on_fibers(), fiber_nap, false);
   CHECK(hooked.sent == 1 << 20);
   CHECK_MESSAGE(hooked.eof == 0, "recv on the peer after close: ", hooked.eof,
                 " (libc: 0, the end of the stream; the child holds the hook's duplicate)");
@@ -498,8 +432,8 @@ COGENT_TEST_CASE("review7: O_NONBLOCK set by a fork()ed child on an fd unclassif
 
 // The hook read msg->msg_iovlen (and summed the iovecs) before calling anything, so a bad pointer
 // crashed a fiber's sendmsg where libc's (a thread without a hub) fails with EFAULT. Fixed in stop
-// 19: the first try hands the msghdr to the kernel untouched. Each call runs in a child so a crash
-// is observed, not suffered.
+// 19: the first try hands the msghdr to the kernel untouched. Each call runs in a child
+// (exit_code_in_child) so a crash is observed, not suffered.
 COGENT_TEST_CASE("review7: sendmsg with an unreadable msghdr or iovec array fails with EFAULT, as libc",
                  doctest::timeout(20)) {
   cogent::monkey::patch_all();
@@ -515,15 +449,7 @@ COGENT_TEST_CASE("review7: sendmsg with an unreadable msghdr or iovec array fail
     for (bool in_thread : {true, false}) {
       CAPTURE(in_thread);
       CAPTURE(msg == &bad_iov);
-      std::fflush(nullptr);
-      pid_t pid = ::fork();
-      REQUIRE(pid >= 0);
-      if (pid == 0) {
-        struct sigaction sa {};
-        sa.sa_handler = [](int) { ::_exit(3); };  // a crash: exit status 3
-        sigemptyset(&sa.sa_mask);
-        ::sigaction(SIGSEGV, &sa, nullptr);
-        ::sigaction(SIGBUS, &sa, nullptr);
+      int code = cogent::test::exit_code_in_child([&] {
         result r{0, 0};
         if (in_thread) {
           std::thread t([&] { r = here_result([&] { return ::sendmsg(s[0], msg, 0); }); });
@@ -531,11 +457,9 @@ COGENT_TEST_CASE("review7: sendmsg with an unreadable msghdr or iovec array fail
         } else {
           r = here_result([&] { return ::sendmsg(s[0], msg, 0); });
         }
-        ::_exit(r == efault_r ? 0 : 1);
-      }
-      int st = 0;
-      REQUIRE(::waitpid(pid, &st, 0) == pid);
-      CHECK_MESSAGE((WIFEXITED(st) && WEXITSTATUS(st) == 0), "status ", st, " (3: SIGSEGV, 1: not EFAULT)");
+        return r == efault_r ? 0 : 1;
+      });
+      CHECK_MESSAGE(code == 0, "exit code ", code, " (-11: SIGSEGV, 1: not EFAULT)");
     }
   }
   ::munmap(page, 4096);

@@ -46,6 +46,8 @@ using cogent::test::on_threads;
 using cogent::test::since;
 using cogent::test::starter;
 using cogent::test::thread_nap;
+using cogent::test::eof_after_fork;
+using cogent::test::eof_outcome;
 
 // open_fds() counts this process's open fds (/proc/self/fd, less the directory's own).
 long open_fds() {
@@ -207,7 +209,8 @@ send_outcome send_closed(const starter& start, const std::function<void()>& nap,
 // of sendmmsg, and in sock_sendmsg() handed sendmmsg's *e) waits for room for ever: libc's calls
 // return after 300 ms. (A dup2() onto the number happens to work: copy_fd() marks the entry
 // shared, so the timeout is asked of the kernel with at() — the case below.)
-// FIXED in stop 19 (was an open bug): hooks.cpp recvmmsg()/out_blocked(): a detached call's timeout comes from the
+// FIXED in stop 19 (was an open bug): hooks.cpp recvmmsg()/out_blocked(): a detached call's timeout comes
+// from the
 // number's entry. Fix: once at() is a duplicate (held_node::dup >= 0), ask the kernel
 // (kernel_sock_timeout(at(), rcv)) — e.g. a held_fd::timeout(e, rcv) used by every held wait —
 // or snapshot both timeouts into the held_node in detach_holders() before the number changes.
@@ -260,73 +263,6 @@ COGENT_TEST_CASE("review8: a call whose number was dup2()ed over keeps its socke
 
 // ---- a fork()ed child inherits the parent's list of waiting calls --------------------------------
 
-namespace {
-
-struct eof_outcome {
-  long sent = -2;
-  long eof = -2;  // recv(s[1]) after the close: 0 = end of stream, -1 = EAGAIN (none)
-};
-
-// eof_after_fork_close() is review7's scenario with a child that closes its copies of the pair
-// with plain close() (the hooked one, as any child that does not exec would): a blocking 1 MiB
-// send() waits on s[0]; a fork()ed child closes s[0] and s[1] and waits until told to exit; the
-// parent drains s[1] until the send returns, closes s[0] and asks whether s[1] sees the end of
-// the stream within 1 s.
-eof_outcome eof_after_fork_close(const starter& start, const std::function<void()>& nap) {
-  eof_outcome out;
-  int s[2], ctl[2];
-  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
-  REQUIRE(::pipe(ctl) == 0);
-  constexpr std::size_t n = 1 << 20;
-  static std::vector<char> payload(n, 'p');
-  std::atomic<bool> done{false};
-  auto join = start([&] {
-    out.sent = ::send(s[0], payload.data(), n, 0);
-    done = true;
-  });
-  for (int i = 0; i < 20; ++i) {
-    nap();
-  }
-  REQUIRE_FALSE(done.load());
-  std::fflush(nullptr);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::alarm(10);
-    ::close(s[0]);  // hooked: detach_holders() runs in the child
-    ::close(s[1]);
-    ::close(ctl[1]);
-    char c;
-    ::syscall(SYS_read, ctl[0], &c, 1);  // until the parent closes its write end
-    ::_exit(0);
-  }
-  ::close(ctl[0]);
-  auto t0 = steady::now();
-  while (!done.load() && since(t0) < 5) {
-    drain_fd(s[1]);
-    nap();
-  }
-  join();
-  drain_fd(s[1]);
-  ::close(s[0]);
-  t0 = steady::now();
-  char c;
-  do {
-    errno = 0;
-    out.eof = ::recv(s[1], &c, 1, MSG_DONTWAIT);
-    if (out.eof >= 0) {
-      break;
-    }
-    nap();
-  } while (since(t0) < 1);
-  ::close(ctl[1]);
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  ::close(s[1]);
-  return out;
-}
-
-}  // namespace
 
 // fork() copies memory, so the child's fd table entries still list the parent's waiting calls
 // (fd_entry::holders: held_nodes on copies of the parent's fiber stacks, calls that never run in
@@ -336,16 +272,17 @@ eof_outcome eof_after_fork_close(const starter& start, const std::function<void(
 // lives: the parent's peer never sees the end of the stream. (review7's case closed with raw
 // syscalls, past the hook.) A holders_lock another thread held at the fork also stays taken in
 // the child (lock_holders(must) would spin for ever).
-// FIXED in stop 19 (was an open bug): monkey.cpp mark_all_shared() runs in the child too but leaves holders/holders_lock
+// FIXED in stop 19 (was an open bug): monkey.cpp mark_all_shared() runs in the child too but leaves
+// holders/holders_lock
 // as the parent's. Fix: a child-side atfork handler that, for every entry up to g_high_fd, sets
 // holders = nullptr and holders_lock = 0 (the child has no waiting calls).
 COGENT_TEST_CASE("review8: a fork()ed child's close() of a number a parent's call waits on leaves no hidden fd",
                  doctest::timeout(40)) {
   cogent::monkey::patch_all();
-  eof_outcome ref = eof_after_fork_close(on_threads(), thread_nap);
+  eof_outcome ref = eof_after_fork(on_threads(), thread_nap, true);
   REQUIRE(ref.sent == 1 << 20);
   REQUIRE(ref.eof == 0);
-  eof_outcome hooked = eof_after_fork_close(on_fibers(), fiber_nap);
+  eof_outcome hooked = eof_after_fork(on_fibers(), fiber_nap, true);
   CHECK(hooked.sent == 1 << 20);
   CHECK_MESSAGE(hooked.eof == 0, "recv on the peer after close: ", hooked.eof,
                 " (libc: 0, the end of the stream; the child's close() made a duplicate it keeps)");
@@ -424,7 +361,8 @@ void check_failed_dup(bool use_dup3) {
 // which may be `from` itself: then the real dup2 finds `from` open (the duplicate it just made)
 // and SUCCEEDS (returns `to`), and `from` stays open behind the program's back (until the send
 // ends). Seen here: dup2(closed, s[0]) returns s[0] instead of -1/EBADF, and one fd more is open.
-// FIXED in stop 19 (was an open bug): hooks.cpp dup2() (and dup3()): detach only a renumbering that can succeed — check the
+// FIXED in stop 19 (was an open bug): hooks.cpp dup2() (and dup3()): detach only a renumbering that can
+// succeed — check the
 // source first (real.fcntl(from, F_GETFD) >= 0, else fail EBADF without detaching); independently,
 // the duplicate could be taken above the numbers in use (F_DUPFD_CLOEXEC from a high base) so it
 // never lands on a number the program is about to name.
@@ -438,7 +376,8 @@ COGENT_TEST_CASE("review8: dup2() from a number that is not open fails with EBAD
 // dup3() runs detach_holders(to) before it, so the waiting call is handed a duplicate although the
 // number never changed meaning: an fd taken for the rest of the call (EMFILE near RLIMIT_NOFILE,
 // a hidden fd in a child fork()ed meanwhile — what the change set out to avoid).
-// FIXED in stop 19 (was an open bug): hooks.cpp dup3(): check `(flags & ~O_CLOEXEC) == 0` and the source before
+// FIXED in stop 19 (was an open bug): hooks.cpp dup3(): check `(flags & ~O_CLOEXEC) == 0` and the source
+// before
 // detach_holders(to) (as for dup2()).
 COGENT_TEST_CASE("review8: a dup3() with bad flags onto a number a call waits on takes no fd",
                  doctest::timeout(40)) {
@@ -747,7 +686,8 @@ result open_after_close(const starter& start, const std::function<void()>& nap, 
 // frees the number: the program's next open()/socket()/accept() gets the closed number instead of
 // the lower one, and the lower one silently names the socket (a daemon's close(0) ... open()
 // "stdin is /dev/null" idiom then leaves fd 0 the socket's hidden duplicate until the send ends).
-// FIXED in stop 19 (was an open bug): hooks.cpp detach_holders(): `real.fcntl(fd, F_DUPFD_CLOEXEC, 0)`. Fix: take the
+// FIXED in stop 19 (was an open bug): hooks.cpp detach_holders(): `real.fcntl(fd, F_DUPFD_CLOEXEC, 0)`.
+// Fix: take the
 // duplicate far from the numbers a program uses (F_DUPFD_CLOEXEC from a high base, e.g. the soft
 // RLIMIT_NOFILE / 2, falling back to 0 if that fails), as the dup2() case above also needs.
 COGENT_TEST_CASE("review8: closing a number a call waits on leaves open()'s lowest free number to the program",

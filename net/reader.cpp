@@ -6,7 +6,7 @@
 
 namespace cogent::net {
 buffered_reader::buffered_reader(stream_socket& s, std::size_t chunk)
-    : _s(&s), _chunk(std::max<std::size_t>(chunk, 1)), _buf(_chunk) {}
+    : _s(&s), _chunk(std::max<std::size_t>(chunk, 1)), _buf(_chunk, '\0') {}
 
 clock::time_point buffered_reader::deadline_of(timeout_duration t) const {
   return deadline_after(t == use_default ? _s->timeout() : t);
@@ -16,24 +16,39 @@ void buffered_reader::consume(std::size_t n) noexcept {
   _begin += std::min(n, _end - _begin);
   if (_begin == _end) {
     _begin = _end = 0;
+    if (_buf.size() > std::max(large_buffer, 4 * _chunk)) {
+      std::string().swap(_buf);  // one big record does not pin its buffer (fill() makes a chunk again)
+    }
   }
 }
 
 std::string buffered_reader::take(std::size_t n) {
+  if (n > large_buffer && _begin == 0 && _end == n) {
+    // The buffer holds exactly the result (read(n) sized it so): hand it out
+    // rather than copy n bytes; the next fill() makes a new chunk.
+    std::string out = std::move(_buf);
+    out.resize(n);
+    _buf.clear();
+    _begin = _end = 0;
+    return out;
+  }
   std::string out(_buf.data() + _begin, n);
   consume(n);
   return out;
 }
 
-bool buffered_reader::fill(clock::time_point deadline) {
-  if (_buf.size() - _end < _chunk) {
+bool buffered_reader::fill(clock::time_point deadline, std::size_t want) {
+  const std::size_t held = _end - _begin;
+  // Room for one more chunk, or for all that is still wanted when that is more.
+  const std::size_t room = want > held ? std::max(_chunk, want - held) : _chunk;
+  if (_buf.size() - _end < room) {
     if (_begin > 0) {
-      std::memmove(_buf.data(), _buf.data() + _begin, _end - _begin);
-      _end -= _begin;
+      std::memmove(_buf.data(), _buf.data() + _begin, held);
+      _end = held;
       _begin = 0;
     }
-    if (_buf.size() - _end < _chunk) {
-      _buf.resize(std::max(_buf.size() * 2, _end + _chunk));
+    if (_buf.size() - _end < room) {
+      _buf.resize(want > held ? _end + room : std::max(_buf.size() * 2, _end + room));
     }
   }
   std::size_t n = _s->read_some(_buf.data() + _end, _buf.size() - _end, time_left(deadline));
@@ -62,7 +77,7 @@ std::string buffered_reader::read_until(char delim, std::size_t max_bytes, timeo
 
 std::string buffered_reader::read(std::size_t n, timeout_duration t) {
   const clock::time_point deadline = deadline_of(t);
-  while (_end - _begin < n && fill(deadline)) {
+  while (_end - _begin < n && fill(deadline, n)) {
   }
   return take(std::min(n, _end - _begin));
 }
@@ -75,7 +90,7 @@ void buffered_reader::read_exactly(void* buf, std::size_t n, timeout_duration t)
   // Through the buffer, so that a call that times out or fails midway keeps
   // every byte it read for the next call.
   while (_end - _begin < n) {
-    if (!fill(deadline)) {
+    if (!fill(deadline, n)) {
       const std::size_t got = _end - _begin;
       if (got > 0) {
         std::memcpy(buf, _buf.data() + _begin, got);

@@ -9,9 +9,14 @@
 // moving the socket object leaves the reader pointing at the moved-from one;
 // make the reader after the socket has its final home) and owns a buffer
 // that starts at `chunk` bytes and grows only as far as a single call needs
-// (a line up to its max_bytes). Reading the socket directly while a reader
-// holds buffered bytes would skip them: once a reader is in use, read through
-// it (buffered() hands back what it holds).
+// (a line up to its max_bytes; read(n)/read_exactly(n) size it for n at once
+// rather than doubling). A buffer grown past large_buffer is freed as soon as
+// it is emptied, so one big record does not pin its size for the life of the
+// connection, and read(n) of a large n hands the buffer itself back as the
+// result when it holds exactly those bytes (no second n-byte copy). Reading
+// the socket directly while a reader holds buffered bytes would skip them:
+// once a reader is in use, read through it (buffered() hands back what it
+// holds).
 //
 // Semantics follow Python's binary file objects:
 //  - read_line()/read_until() return the record WITH its delimiter; a record
@@ -35,7 +40,6 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "net/socket.hpp"
 
@@ -45,6 +49,8 @@ class buffered_reader {
  public:
   static constexpr std::size_t default_chunk = 4096;
   static constexpr std::size_t default_max_line = 64 * 1024;
+  // A buffer bigger than this (and than 4 chunks) is not kept once emptied.
+  static constexpr std::size_t large_buffer = 256 * 1024;
 
   // buffered_reader() reads `s` in reads of at least `chunk` bytes (at least
   // 1). Allocates the buffer; never switches.
@@ -72,19 +78,25 @@ class buffered_reader {
   // until the next call). consume() drops its first n bytes (at most all).
   std::string_view buffered() const noexcept { return {_buf.data() + _begin, _end - _begin}; }
   void consume(std::size_t n) noexcept;
+  // buffer_capacity() is the bytes the reader's buffer has allocated now
+  // (next to nothing after a large buffer was emptied and freed or handed
+  // out; the next read makes `chunk` again) — for watching memory per
+  // connection.
+  std::size_t buffer_capacity() const noexcept { return _buf.capacity(); }
   // socket() is the socket read from.
   stream_socket& socket() const noexcept { return *_s; }
 
  private:
   // fill() reads once more from the socket (by `deadline`), making room
-  // first; false at EOF.
-  bool fill(clock::time_point deadline);
+  // first — for `want` bytes buffered in all when the caller knows how many
+  // it needs (0: it does not; the buffer doubles); false at EOF.
+  bool fill(clock::time_point deadline, std::size_t want = 0);
   clock::time_point deadline_of(timeout_duration t) const;
   std::string take(std::size_t n);
 
   stream_socket* _s;
   std::size_t _chunk;
-  std::vector<char> _buf;
+  std::string _buf;  // a string, so that take() can hand it out whole
   std::size_t _begin = 0;  // [_begin, _end): buffered, not yet handed out
   std::size_t _end = 0;
 };

@@ -126,6 +126,55 @@ COGENT_TEST_CASE("reader: a call that times out keeps what it read for the next 
   CHECK(std::string(four, 4) == "1234");
 }
 
+// pattern(): n bytes that tell their offsets apart (a byte lost or repeated shows up).
+static std::string pattern(std::size_t n, std::size_t salt = 0) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) {
+    s[i] = static_cast<char>((i * 131 + i / 251 + salt) & 0xff);
+  }
+  return s;
+}
+
+COGENT_TEST_CASE("reader: a 16 MiB read(n) and read_exactly() are exact, and the big buffer is not kept") {
+  auto p = make_pair();
+  const std::size_t big = 16u << 20;
+  const std::string a = pattern(big, 1), b = pattern(big / 2, 2);
+  auto w = cogent::spawn([&] {
+    p.client.write_all(a);
+    p.client.write_all("next line\n");
+    p.client.write_all(b);
+    p.client.write_all("tail");
+    p.client.shutdown();
+  });
+  buffered_reader in(p.server);
+  const std::string got = in.read(big);
+  CHECK(got.size() == big);
+  CHECK(got == a);
+  // Whatever came after the record is still buffered; the 16 MiB buffer is gone (handed out or freed).
+  CHECK(in.buffer_capacity() <= buffered_reader::large_buffer);
+  CHECK(in.read_line() == "next line\n");
+  std::string second(b.size(), '\0');
+  in.read_exactly(second.data(), second.size());
+  CHECK(second == b);
+  CHECK(in.buffer_capacity() <= buffered_reader::large_buffer);
+  CHECK(in.read(100) == "tail");
+  CHECK(in.read(1).empty());
+  w.join();
+}
+
+COGENT_TEST_CASE("reader: a big read(n) that times out midway keeps every byte for the next call") {
+  auto p = make_pair();
+  const std::string a = pattern(3u << 20, 3);
+  buffered_reader in(p.server);
+  auto w = cogent::spawn([&] { p.client.write_all(std::string_view(a).substr(0, a.size() / 2)); });
+  CHECK_THROWS_AS((void)in.read(a.size(), 300ms), std::system_error);
+  w.join();
+  CHECK(in.buffered().size() == a.size() / 2);
+  auto w2 = cogent::spawn([&] { p.client.write_all(std::string_view(a).substr(a.size() / 2)); });
+  CHECK(in.read(a.size()) == a);
+  w2.join();
+}
+
 COGENT_TEST_CASE("reader: a line server over stream_server, one reader per client") {
   cogent::net::stream_server srv(address::ipv4_loopback(0), [](stream_socket& s, const address&) {
     buffered_reader in(s);

@@ -552,6 +552,12 @@ void hub::add_timer(detail::timer_node& t) {
     // Linked twice, the run list or heap would be corrupted silently.
     throw hub_error("cogent: add_timer() of a timer that is already armed (cancel_timer() it first)");
   }
+  if (_timers.capacity() <= timer_count()) [[unlikely]] {
+    // A heap slot for every armed timer (run-list ones too), reserved here
+    // where throwing is allowed: a timer cancelled to fire can then be
+    // re-added by its callback without allocating.
+    _timers.reserve(std::max<std::size_t>(64, 2 * (timer_count() + 1)));
+  }
   t.seq = _timer_seq++;
   if (_run_tail == nullptr || !timer_less(&t, _run_tail)) {
     t.heap_index = detail::timer_node::in_run;

@@ -291,7 +291,10 @@ class hub {
 
   // add_timer()/cancel_timer() arm and disarm an intrusive timer; fire(node)
   // runs in the hub when the deadline passes. add_timer() of a timer already
-  // armed raises hub_error (cancel it first). Never switch.
+  // armed raises hub_error (cancel it first); it may raise std::bad_alloc,
+  // before it changes anything, but every armed timer keeps a heap slot
+  // reserved, so a fire callback re-arming its own timer (timeout's retry)
+  // never fails. Never switch.
   void add_timer(detail::timer_node& t);
   void cancel_timer(detail::timer_node& t) noexcept;
 

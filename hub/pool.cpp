@@ -11,6 +11,9 @@
 namespace cogent {
 
 group::~group() {
+  for (kill_frame* f = _killing; f != nullptr; f = f->next) {
+    f->group_gone = true;
+  }
   for (auto& [id, m] : _members) {
     m.handle.unlink(m.link_id);
   }
@@ -115,7 +118,33 @@ void group::kill(std::exception_ptr e, bool block, timeout_duration t) {
   for (const task_base& m : members) {
     killed.insert(m.id());
   }
+  // Registered while we wait (see kill_frame); unlinked on every way out
+  // unless the group went first.
+  struct registration {
+    group& g;
+    kill_frame frame;
+    explicit registration(group& owner) : g(owner) {
+      frame.next = g._killing;
+      g._killing = &frame;
+    }
+    ~registration() {
+      if (frame.group_gone) {
+        return;
+      }
+      kill_frame** p = &g._killing;
+      while (*p != &frame) {
+        p = &(*p)->next;
+      }
+      *p = frame.next;
+    }
+    void check() const {
+      if (frame.group_gone) {
+        throw hub_error("cogent: group destroyed while kill(block) waited for its members");
+      }
+    }
+  } reg(*this);
   for (;;) {
+    reg.check();
     std::vector<task_base> fresh;
     for (const auto& [id, m] : _members) {
       if (killed.insert(id).second) {

@@ -105,7 +105,8 @@ class group {
   // with block, waits up to `t` for the group to empty (not in the hub: from
   // a timer or post() callback it only sends the kills). Called by a member,
   // it kills all the others and (block) waits for them, then raises `e` in
-  // the caller. May switch (block).
+  // the caller. A group destroyed while kill(block) waits makes it raise
+  // hub_error (the kills were sent). May switch (block).
   void kill(std::exception_ptr e = nullptr, bool block = true, timeout_duration t = std::nullopt);
 
   // failures() lists the members that finished with an error (not a fiber_exit kill).
@@ -170,6 +171,14 @@ class group {
   std::vector<task_base> _failures;
   std::exception_ptr _first_error;
   detail::wait_list _empty_waiters;
+  // The kill(block) calls waiting for members (each a frame on its fiber's
+  // stack): ~group() marks them, so a kill whose group is destroyed under it
+  // raises hub_error instead of reading freed memory (as a wait_list wait).
+  struct kill_frame {
+    kill_frame* next = nullptr;
+    bool group_gone = false;
+  };
+  kill_frame* _killing = nullptr;
 };
 
 // pool is a group with at most `size` members (gevent.pool.Pool): spawn() and

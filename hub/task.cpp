@@ -1,11 +1,13 @@
 // hub/task.cpp — spawn/join/kill/link, the live-task registry, the
 // unjoined-error report, joinall/killall/iwait/wait_any.
 #include "hub/task.hpp"
+#include "hub/sync.hpp"  // detail::deadline_passed
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <mutex>
+#include <unordered_map>
 
 namespace cogent {
 namespace detail {
@@ -270,6 +272,9 @@ bool task_base::join_impl(timeout_duration t, bool looks) const {
   check_same_thread(s, "join");
   task_base keep = *this;  // the task outlives this call even if our handle goes
   clock::time_point deadline = deadline_after(t);
+  if (detail::deadline_passed(deadline)) {
+    return false;  // a zero timeout answers without waiting (so also inside the hub)
+  }
   ++s.waiting;
   try {
     while (s.st != detail::task_state::status::done) {
@@ -418,6 +423,7 @@ std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_dura
     }
   }
   task_base failed;
+  std::vector<task_base> handed;  // what the iwait handed out: what we return (gevent's wait())
   {
     iwait it(tasks, t, count);
     while (task_base g = it.next()) {
@@ -425,14 +431,28 @@ std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_dura
         failed = g;
         break;
       }
+      handed.push_back(std::move(g));
     }
   }
   if (failed) {
     std::rethrow_exception(failed.exception());
   }
+  if (handed.size() == tasks.size()) {
+    return tasks;  // every one (a task listed twice is handed out twice): in the given order
+  }
+  // Some not handed out (the count reached, the time up; finished or not):
+  // not returned, as gevent — so one the iwait reported is never also
+  // handed back. The rest in the given order.
+  std::unordered_map<std::uint64_t, std::size_t> times;
+  for (const task_base& g : handed) {
+    ++times[g.id()];
+  }
   std::vector<task_base> done;
+  done.reserve(handed.size());
   for (const task_base& g : tasks) {
-    if (g.ready()) {
+    auto it = times.find(g.id());
+    if (it != times.end() && it->second > 0) {
+      --it->second;
       done.push_back(g);
     }
   }
@@ -526,8 +546,8 @@ task_base iwait::next() {
     return {};
   }
   while (_returned == _done.size()) {
-    if (_returned == _tasks.size()) {
-      return {};
+    if (_returned == _tasks.size() || detail::deadline_passed(_deadline)) {
+      return {};  // (a zero timeout answers without waiting, so also inside the hub)
     }
     if (!_wake.wait(_deadline) && _returned == _done.size()) {
       return {};

@@ -245,7 +245,8 @@ class task_base {
 
   // join() waits until the task finished or `t` passed; true if it finished.
   // Never throws the task's error. Joining the running task from itself throws
-  // hub_error. May switch.
+  // hub_error. A zero timeout answers at once (never switches; also inside
+  // the hub). May switch.
   bool join(timeout_duration t = std::nullopt) const;
   // join_unobserved() is join() for a caller that will not look at the
   // outcome (a wait after a kill, as kill(block) does): the task's error, if
@@ -415,8 +416,11 @@ inline constexpr std::size_t all_tasks = static_cast<std::size_t>(-1);
 // finished, in the given order (one not done in time does not hide those
 // after it). With raise_error, the first task to fail (in the order they
 // finish) ends the wait at once and its error is rethrown (as gevent). With
-// a `count` (gevent's), it returns once that many have finished (every one
-// finished by then is returned). May switch.
+// a `count` (gevent's), it returns once that many have finished, and returns
+// those `count`: as gevent's, what it returns is what its iwait handed out,
+// so another task that finished in the same turn is not returned (and its
+// error, if nobody else looks at it, is reported as unjoined, once). A zero
+// `t` never switches. May switch.
 std::vector<task_base> joinall(const std::vector<task_base>& tasks, timeout_duration t = std::nullopt,
                                bool raise_error = false, std::size_t count = all_tasks);
 inline std::vector<task_base> joinall(std::initializer_list<task_base> tasks,
@@ -469,7 +473,8 @@ class iwait {
   iwait(const iwait&) = delete;
   iwait& operator=(const iwait&) = delete;
   // next() returns the next finished task, or an empty handle once all (or
-  // `count`) were returned or the timeout passed. May switch.
+  // `count`) were returned or the timeout passed (a zero timeout never
+  // switches). May switch.
   task_base next();
 
  private:
@@ -483,7 +488,8 @@ class iwait {
   clock::time_point _deadline;
 };
 
-// wait_any() returns the first of `tasks` to finish, or an empty handle after `t`. May switch.
+// wait_any() returns the first of `tasks` to finish, or an empty handle after `t` (a zero `t`
+// never switches: a task already finished, or none). May switch.
 task_base wait_any(const std::vector<task_base>& tasks, timeout_duration t = std::nullopt);
 
 // report_error() hands t's error, if it has one, to the unjoined-error

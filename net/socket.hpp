@@ -303,7 +303,11 @@ class stream_socket : public basic_socket {
 
   // read_exactly() reads exactly `n` bytes into `buf`. Raises end_of_stream
   // (partial data in buf, count in bytes_read()) if the peer closes first,
-  // std::system_error otherwise. `t` bounds the whole call. May switch.
+  // std::system_error otherwise. `t` bounds the whole call. A call that
+  // times out or fails otherwise (or is killed) has consumed the bytes it
+  // put in buf without saying how many (as Python's sendall/recv loops): to
+  // go on after a timeout, read through a buffered_reader, whose calls keep
+  // every byte read. May switch.
   void read_exactly(void* buf, std::size_t n, timeout_duration t = use_default);
 
   // read_until_eof() reads until the peer closes its side and returns the

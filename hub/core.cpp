@@ -283,6 +283,7 @@ wake_reason hub::park(clock::time_point deadline, bool interruptible) {
 [[gnu::always_inline]] inline wake_reason hub::park_here(clock::time_point deadline, bool interruptible) {
   fiber_impl* self = detail::current_impl();
   if (interruptible && self->sched.pending) {
+    self->sched.pending_late = false;  // raised at this wait, late or not
     return wake_reason::interrupted;
   }
   // The deadline's timer is the fiber's own (in its control block): a fiber
@@ -309,7 +310,7 @@ wake_reason hub::park(clock::time_point deadline, bool interruptible) {
 
 bool hub::wait_until(clock::time_point deadline) {
   wake_reason r = park(deadline, true);
-  throw_if_interrupted();
+  throw_if_interrupted_in_wait();
   return r != wake_reason::timed_out;
 }
 
@@ -346,6 +347,13 @@ void hub::interrupt(fiber_impl* f, std::exception_ptr e, const void* owner) noex
     f->sched.pending = std::move(e);
     f->sched.pending_owner = owner;
     f->sched.pending_delivered = false;
+    // A Timeout error is late if the fiber is no longer parked and nothing
+    // interrupted it: its wait already ended (a fiber parked
+    // non-interruptibly — a thread-pool job — is still in its wait, and
+    // raises it at its end). A kill is never late: it is raised as the wait
+    // returns, whatever woke it.
+    f->sched.pending_late = owner != nullptr && f->sched.state != st_parked &&
+                            f->sched.reason != static_cast<std::uint8_t>(wake_reason::interrupted);
   }
   if (f->sched.state == st_parked && f->sched.interruptible) {
     schedule(f, wake_reason::interrupted);
@@ -359,6 +367,12 @@ void hub::interrupt(fiber_impl* f, std::exception_ptr e, const void* owner) noex
       } catch (...) {
       }
     }
+  }
+}
+
+void hub::throw_if_interrupted_in_wait() {
+  if (!detail::current_impl()->sched.pending_late) {
+    throw_if_interrupted();
   }
 }
 
@@ -453,7 +467,7 @@ int hub::await_io(detail::io_op& op, clock::time_point deadline, void (*release)
       park(clock::time_point::max(), false);
     }
   }
-  if (self->sched.pending) {
+  if (self->sched.pending && !self->sched.pending_late) {  // (a late one: the op's outcome stands)
     if (op.result >= 0) {
       if (release == nullptr) {
         // It completed anyway (bytes received or sent): honour the result;
@@ -485,7 +499,7 @@ void hub::wait_idle() {
     }
   } guard{this, self};
   park(clock::time_point::max(), true);
-  throw_if_interrupted();
+  throw_if_interrupted_in_wait();
 }
 
 // ---- timers -----------------------------------------------------------------
@@ -727,9 +741,7 @@ void hub::loop() {
         if (_engine->in_flight() > 0) {
           _engine->poll();
         }
-        if (timer_count() != 0) {
-          expire_timers(clock::now());
-        }
+        expire_timers_after_posts();
         continue;
       }
     }
@@ -763,9 +775,20 @@ void hub::loop() {
     }
     detail::timer_node* first = first_timer();
     _engine->wait(first != nullptr ? first->deadline : clock::time_point::max());
-    if (timer_count() != 0) {
-      expire_timers(clock::now());
-    }
+    expire_timers_after_posts();
+  }
+}
+
+void hub::expire_timers_after_posts() {
+  // What completed in this turn (IO reaped by the engine, thread-pool
+  // completions posted) wakes its fibers before the timers fire, as libev
+  // runs IO watchers before timers: a wait that completed is not then raised
+  // as timed out by a Timeout that expired in the same turn (it is late).
+  if (_mailbox->has_posted.load(std::memory_order_acquire)) {
+    drain_posted();
+  }
+  if (timer_count() != 0) {
+    expire_timers(clock::now());
   }
 }
 
@@ -784,9 +807,11 @@ void sleep(std::chrono::nanoseconds d) {
 void sleep_until(clock::time_point deadline) {
   hub& h = hub::current();
   while (h.park(deadline, true) != wake_reason::timed_out) {
-    hub::throw_if_interrupted();
+    hub::throw_if_interrupted_in_wait();
   }
-  hub::throw_if_interrupted();
+  // Slept its time: an interrupt that came after (the hub ran the fiber late)
+  // is raised at the next blocking call, or withdrawn by its Timeout's end.
+  hub::throw_if_interrupted_in_wait();
 }
 
 void wait() {
@@ -824,7 +849,7 @@ bool wait_list::wait(clock::time_point deadline, bool outlives_owner) {
       hub::throw_if_interrupted();
       throw_orphaned();
     }
-    if (w.f->sched.pending) {
+    if (w.f->sched.pending && !w.f->sched.pending_late) {
       if (w.notified == notice::one) {
         notify_one();  // we cannot use the wake-up: pass it on
       }

@@ -270,6 +270,13 @@ class hub {
 
   // throw_if_interrupted() raises the calling fiber's pending interrupt, if any.
   static void throw_if_interrupted();
+  // throw_if_interrupted_in_wait() is the check at the end of a wait: it
+  // raises the pending interrupt unless that is a Timeout error that came
+  // after the wait had ended (the fiber woken by its event or deadline, then
+  // the Timeout expired before it ran): the wait's outcome stands, as in
+  // gevent, and the error is raised at the next blocking call (or withdrawn
+  // as its scope ends). A kill is raised whenever it came.
+  static void throw_if_interrupted_in_wait();
 
   // await_io() submits `op`, parks until it completes, and returns its result
   // (>= 0 or -errno). If `deadline` passes first the op is cancelled and
@@ -351,6 +358,7 @@ class hub {
   void suspend(detail::fiber_impl* self);  // switch to the hub until it resumes `self`
   void run_ready();
   void expire_timers(clock::time_point now);
+  void expire_timers_after_posts();
   void drain_posted();
   void running_callbacks() noexcept;  // tell the monitor the hub runs callbacks now
   // mark_running() tells the monitor `f` runs from now (a switch): the monitor

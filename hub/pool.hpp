@@ -482,15 +482,31 @@ class imap_stream {
     } catch (...) {
       interrupted = std::current_exception();
     }
-    for (const task_base& t : left) {
-      while (!t.ready()) {
+    // The feeder first (left[0]): a member it spawned after our list was
+    // made (its spawn's wait ended just before the kill came) is in
+    // st->members once it is done — killed and waited for too, since its
+    // link uses the state.
+    for (std::size_t k = 0; k < left.size(); ++k) {
+      while (!left[k].ready()) {
         try {
-          t.join_unobserved();
+          left[k].join_unobserved();
         } catch (...) {
           if (!interrupted) {
             interrupted = std::current_exception();
           }
         }
+      }
+      if (k == 0 && left.size() < _st->members.size() + 1) {
+        std::vector<task_base> late(_st->members.begin() + static_cast<std::ptrdiff_t>(left.size() - 1),
+                                    _st->members.end());
+        try {
+          killall(late, nullptr, false);
+        } catch (...) {
+          if (!interrupted) {
+            interrupted = std::current_exception();
+          }
+        }
+        left.insert(left.end(), late.begin(), late.end());
       }
     }
     // Their links observe (next() rethrows): an error nobody was handed — a

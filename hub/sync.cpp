@@ -25,7 +25,7 @@ bool handoff_list::wait(node& n, clock::time_point deadline) {
     _granted.unlink(n);
     return true;  // a grant wins; a pending interrupt is raised at the next blocking call
   }
-  hub::throw_if_interrupted();  // (`link` unlinks n as it unwinds)
+  hub::throw_if_interrupted_in_wait();  // (`link` unlinks n as it unwinds)
   if (!n.linked) [[unlikely]] {
     throw_orphaned();  // unlinked without a grant: the list was destroyed under us
   }

@@ -264,7 +264,7 @@ void threadpool::submit_and_wait(detail::thread_job& j, bool* abandoned) {
       detachable = false;  // it finished meanwhile: its completion is on its way, wait for it
     }
   }
-  hub::throw_if_interrupted();
+  hub::throw_if_interrupted_in_wait();  // one that came while the job ran; not one after its completion
   if (j.error) {
     std::rethrow_exception(j.error);
   }

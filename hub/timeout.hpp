@@ -5,7 +5,11 @@
 //
 // A `timeout` armed in a fiber raises timeout_error at that fiber's blocking
 // call when it expires (or, if the fiber is not blocked then, at its next
-// blocking call inside the scope). An in-flight IO op is cancelled and its
+// blocking call inside the scope). A wait that had already ended when the
+// error came — its event set, its own deadline passed, its job or IO
+// complete, but the fiber not yet run (the hub was late behind a busy fiber)
+// — returns its outcome; the error goes to the next blocking call, or is
+// withdrawn if the scope ends first. An in-flight IO op is cancelled and its
 // completion reaped before the exception is raised (invariant 1). Leaving the
 // scope disarms it.
 //

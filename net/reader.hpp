@@ -65,7 +65,9 @@ class buffered_reader {
   // max_bytes 0 returns "" at once. Raises what the socket's read_some()
   // raises. May switch.
   std::string read_until(char delim, std::size_t max_bytes = default_max_line, timeout_duration t = use_default);
-  // read() returns the next n bytes, or fewer at EOF. May switch.
+  // read() returns the next n bytes, or fewer at EOF: it waits for all n
+  // (Python's buffered read(n)); read_some() is the one that returns what is
+  // there (a socket's recv(n)). May switch.
   std::string read(std::size_t n, timeout_duration t = use_default);
   // read_exactly() stores exactly n bytes in buf; raises end_of_stream
   // (partial data in buf) if the peer closes first. May switch.

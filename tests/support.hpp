@@ -178,6 +178,21 @@ inline void busy_for(std::chrono::milliseconds d) {
   }
 }
 
+// eventually() polls cond every `step` (sleeping, so other fibers run) for at most `limit`; true
+// once it holds.
+template <class Cond>
+bool eventually(Cond cond, std::chrono::milliseconds limit = std::chrono::milliseconds(2000),
+                std::chrono::milliseconds step = std::chrono::milliseconds(1)) {
+  auto until = cogent::clock::now() + limit;
+  while (!cond()) {
+    if (cogent::clock::now() >= until) {
+      return false;
+    }
+    cogent::sleep(step);
+  }
+  return true;
+}
+
 // in_hub() runs fn inside the hub (a post() callback) and waits until it has
 // run — bounded: if fn escaped (the hub reports it and goes on), the check fails.
 template <class Fn>

@@ -94,6 +94,10 @@ class fiber_impl {
     std::uint8_t reason = 0;           // hub-defined wake reason
     bool interruptible = false;        // a parked fiber may be woken by an interrupt
     bool pending_delivered = false;    // `pending` woke the fiber from a wait (it is on its way up)
+    // `pending` (a Timeout error) came after the fiber's wait had ended (woken
+    // by its event or deadline, not yet run): that wait returns its outcome;
+    // the next raises it, unless its scope ended first.
+    bool pending_late = false;
     // park_timer is the deadline of the fiber's current park (a sleep, a wait
     // with a timeout). It lives here, not on the parked stack: expiring 100k
     // sleepers then walks dense control blocks instead of 100k stack pages.

@@ -57,18 +57,6 @@ cogent::net::server_options collecting(seen_errors& c) {
   return opts;
 }
 
-// wait_until() polls cond (yielding via short sleeps) for at most `limit`.
-template <class Cond>
-bool wait_until(Cond cond, std::chrono::milliseconds limit = 2000ms) {
-  auto until = cogent::clock::now() + limit;
-  while (!cond()) {
-    if (cogent::clock::now() >= until) {
-      return false;
-    }
-    cogent::sleep(2ms);
-  }
-  return true;
-}
 
 std::string joined(const std::vector<std::string>& v) {
   std::string out;
@@ -114,7 +102,7 @@ COGENT_TEST_CASE("review3: a client dropped by close() from elsewhere while its 
   victim->close();
   char b;
   (void)errno_of([&] { (void)c.read_some(&b, 1, 2s); });  // the server side is gone
-  REQUIRE(wait_until([&] { return srv.client_count() == 0; }));
+  REQUIRE(cogent::test::eventually([&] { return srv.client_count() == 0; }));
   CHECK_MESSAGE(seen.calls == 0, "dropping a client from elsewhere was reported as a handler's bug: ",
                 joined(seen.what));
   srv.stop(1s);
@@ -148,7 +136,7 @@ COGENT_TEST_CASE("review3: a client dropped by close() from elsewhere while its 
   REQUIRE(writing.wait(2s));
   cogent::sleep(50ms);  // the handler is parked on a full send buffer
   cogent::test::in_hub([&] { victim->close(); });  // from the hub, as a timer would
-  REQUIRE(wait_until([&] { return srv.client_count() == 0; }));
+  REQUIRE(cogent::test::eventually([&] { return srv.client_count() == 0; }));
   CHECK(got_closed_type);
   CHECK_MESSAGE(seen.calls == 0, joined(seen.what));
   srv.stop(1s);
@@ -179,7 +167,7 @@ COGENT_TEST_CASE("review3: stop() while a handler waits in serve_forever() does 
   if (!done) {
     stopper.kill();
   }
-  CHECK(wait_until([&] { return returned; }, 1000ms));
+  CHECK(cogent::test::eventually([&] { return returned; }, 1000ms));
 }
 
 // ---- lifecycle in every order -----------------------------------------------------------------
@@ -242,7 +230,7 @@ COGENT_TEST_CASE("review3: an on_error that throws, then one that blocks: the se
       (void)errno_of([&] { (void)c.read_some(&b, 1, 2s); });
     }
   }
-  REQUIRE(wait_until([&] { return calls == 2; }));
+  REQUIRE(cogent::test::eventually([&] { return calls == 2; }));
   auto ok = stream_socket::connect(srv.address(), 1s);
   ok.write_all("k");
   char r = 0;
@@ -272,7 +260,7 @@ COGENT_TEST_CASE("review3: a handler that moves its socket into a longer-lived t
     port = srv.port();
     srv.start();
     auto c = stream_socket::connect(srv.address(), 1s);
-    REQUIRE(wait_until([&] { return static_cast<bool>(keeper) && srv.client_count() == 0; }));
+    REQUIRE(cogent::test::eventually([&] { return static_cast<bool>(keeper) && srv.client_count() == 0; }));
     CHECK(srv.accepted_count() == 1);
     srv.stop(0s);
     // the connection lives on, served by the keeper
@@ -324,7 +312,7 @@ COGENT_TEST_CASE("review3: a server with a pool destroyed from another task whil
   for (int i = 0; i < 4; ++i) {
     cs.push_back(stream_socket::connect(srv->address(), 1s));
   }
-  REQUIRE(wait_until([&] { return srv->accepted_count() == 2; }));
+  REQUIRE(cogent::test::eventually([&] { return srv->accepted_count() == 2; }));
   auto killer = cogent::spawn([&] { srv.reset(); });
   CHECK(killer.join(2s));
   CHECK(workers.size() == 0);

@@ -471,43 +471,43 @@ class imap_stream {
   // raised at the caller's next blocking call.
   void stop() noexcept {
     _ended = true;
-    std::vector<task_base> left;
-    left.push_back(_st->feeder);
-    for (auto& t : _st->members) {
-      left.push_back(t);
-    }
     std::exception_ptr interrupted;
-    try {
-      killall(left, nullptr, false);
-    } catch (...) {
-      interrupted = std::current_exception();
-    }
-    // The feeder first (left[0]): a member it spawned after our list was
-    // made (its spawn's wait ended just before the kill came) is in
-    // st->members once it is done — killed and waited for too, since its
-    // link uses the state.
-    for (std::size_t k = 0; k < left.size(); ++k) {
-      while (!left[k].ready()) {
+    auto keep_first = [&interrupted] {
+      if (!interrupted) {
+        interrupted = std::current_exception();
+      }
+    };
+    // kill_from() kills members [from, end), after the feeder if asked, without waiting.
+    auto kill_from = [&](std::size_t from, bool feeder) {
+      std::vector<task_base> ts;
+      if (feeder) {
+        ts.push_back(_st->feeder);
+      }
+      ts.insert(ts.end(), _st->members.begin() + static_cast<std::ptrdiff_t>(from), _st->members.end());
+      try {
+        killall(ts, nullptr, false);
+      } catch (...) {
+        keep_first();
+      }
+    };
+    auto wait_for = [&](const task_base& t) {
+      while (!t.ready()) {
         try {
-          left[k].join_unobserved();
+          t.join_unobserved();
         } catch (...) {
-          if (!interrupted) {
-            interrupted = std::current_exception();
-          }
+          keep_first();
         }
       }
-      if (k == 0 && left.size() < _st->members.size() + 1) {
-        std::vector<task_base> late(_st->members.begin() + static_cast<std::ptrdiff_t>(left.size() - 1),
-                                    _st->members.end());
-        try {
-          killall(late, nullptr, false);
-        } catch (...) {
-          if (!interrupted) {
-            interrupted = std::current_exception();
-          }
-        }
-        left.insert(left.end(), late.begin(), late.end());
-      }
+    };
+    const std::size_t known = _st->members.size();
+    kill_from(0, true);
+    // Once the feeder is done the member list is whole: one it spawned after
+    // the kills above (its spawn's wait had just ended) is killed too, and
+    // every member is waited for — their links use the state.
+    wait_for(_st->feeder);
+    kill_from(known, false);
+    for (const task_base& t : _st->members) {
+      wait_for(t);
     }
     // Their links observe (next() rethrows): an error nobody was handed — a
     // member that failed before the stream reached it, or that failed on its

@@ -38,17 +38,21 @@ std::string buffered_reader::take(std::size_t n) {
 }
 
 bool buffered_reader::fill(clock::time_point deadline, std::size_t want) {
-  const std::size_t held = _end - _begin;
-  // Room for one more chunk, or for all that is still wanted when that is more.
-  const std::size_t room = want > held ? std::max(_chunk, want - held) : _chunk;
-  if (_buf.size() - _end < room) {
+  if (_buf.size() - _end < _chunk) {
+    const std::size_t held = _end - _begin;
     if (_begin > 0) {
       std::memmove(_buf.data(), _buf.data() + _begin, held);
       _end = held;
       _begin = 0;
     }
-    if (_buf.size() - _end < room) {
-      _buf.resize(want > held ? _end + room : std::max(_buf.size() * 2, _end + room));
+    if (_buf.size() - _end < _chunk) {
+      // Doubling, as bytes arrive (a length the peer claims but never sends
+      // costs nothing up front), but never past what the caller wants.
+      std::size_t size = std::max(_buf.size() * 2, _end + _chunk);
+      if (want > held && want - held >= _chunk) {
+        size = std::min(size, _end + (want - held));
+      }
+      _buf.resize(size);
     }
   }
   std::size_t n = _s->read_some(_buf.data() + _end, _buf.size() - _end, time_left(deadline));

@@ -9,8 +9,9 @@
 // moving the socket object leaves the reader pointing at the moved-from one;
 // make the reader after the socket has its final home) and owns a buffer
 // that starts at `chunk` bytes and grows only as far as a single call needs
-// (a line up to its max_bytes; read(n)/read_exactly(n) size it for n at once
-// rather than doubling). A buffer grown past large_buffer is freed as soon as
+// (a line up to its max_bytes; for read(n)/read_exactly(n) it doubles as bytes
+// arrive but stops at n, so a big n the peer never sends costs nothing up
+// front). A buffer grown past large_buffer is freed as soon as
 // it is emptied, so one big record does not pin its size for the life of the
 // connection, and read(n) of a large n hands the buffer itself back as the
 // result when it holds exactly those bytes (no second n-byte copy). Reading
@@ -90,8 +91,8 @@ class buffered_reader {
 
  private:
   // fill() reads once more from the socket (by `deadline`), making room
-  // first — for `want` bytes buffered in all when the caller knows how many
-  // it needs (0: it does not; the buffer doubles); false at EOF.
+  // first: the buffer doubles, but not past `want` bytes buffered in all when
+  // the caller knows how many it needs (0: it does not); false at EOF.
   bool fill(clock::time_point deadline, std::size_t want = 0);
   clock::time_point deadline_of(timeout_duration t) const;
   std::string take(std::size_t n);

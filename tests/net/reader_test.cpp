@@ -162,6 +162,19 @@ COGENT_TEST_CASE("reader: a 16 MiB read(n) and read_exactly() are exact, and the
   w.join();
 }
 
+COGENT_TEST_CASE("reader: a read(n) for more than the peer sends allocates as bytes arrive, not n up front") {
+  // A length prefix from a hostile or broken peer: read(64 MiB), then 10 bytes and EOF.
+  auto p = make_pair();
+  buffered_reader in(p.server);
+  auto r = cogent::spawn([&] { return in.read(64u << 20); });
+  p.client.write_all("ten bytes!");
+  cogent::sleep(20ms);  // the read has the 10 bytes and waits for the rest
+  REQUIRE_FALSE(r.ready());
+  CHECK(in.buffer_capacity() < (1u << 20));
+  p.client.shutdown();
+  CHECK(r.get() == "ten bytes!");
+}
+
 COGENT_TEST_CASE("reader: a big read(n) that times out midway keeps every byte for the next call") {
   auto p = make_pair();
   const std::string a = pattern(3u << 20, 3);

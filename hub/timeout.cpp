@@ -76,9 +76,21 @@ timeout::timeout(timeout_duration d) {
     if (t->_fiber->dead) {
       return;  // the scope outlived its fiber: nobody left to interrupt
     }
-    if (t->_fiber->sched.pending && !t->pending_is_mine()) {
-      // Another interrupt (an inner timeout, a kill) is pending and not yet
-      // raised: try again shortly rather than be lost behind it.
+    auto& sched = t->_fiber->sched;
+    if (sched.pending && !t->pending_is_mine()) {
+      if (sched.pending_owner == nullptr && !sched.displaced) {
+        // A kill is pending, not yet raised (the fiber may be in a wait that
+        // a kill does not end, such as a thread-pool job): queue our error
+        // behind it, as a kill arriving after it would have (hub::interrupt);
+        // it becomes pending once the kill is raised.
+        t->_expired = true;
+        sched.displaced = std::make_exception_ptr(timeout_error(t, t->_after));
+        sched.displaced_owner = t;
+        return;
+      }
+      // Another interrupt (an inner timeout; a kill with one queued behind
+      // it already) is pending and not yet raised: try again shortly rather
+      // than be lost behind it.
       t->_node.deadline = clock::now() + std::chrono::milliseconds(1);
       t->_hub->add_timer(t->_node);
       return;

@@ -106,9 +106,10 @@ class fiber_impl {
     } park_timer;
     std::exception_ptr pending;           // interrupt (kill, Timeout) to raise at the next park
     const void* pending_owner = nullptr;  // who raised `pending` (a Timeout scope), or null
-    // A Timeout error a kill took the place of (hub::interrupt), and its
-    // scope: pending again once the kill has been raised, so the scope's
-    // next blocking call still times out. Withdrawn by the scope's end.
+    // A Timeout error a kill took the place of (hub::interrupt), or one that
+    // expired while a kill was pending (timeout.cpp), and its scope: pending
+    // again once the kill has been raised, so the scope's next blocking call
+    // still times out. Withdrawn by the scope's end.
     std::exception_ptr displaced;
     const void* displaced_owner = nullptr;
     void* awaiting_io = nullptr;          // the IO op an interrupt must cancel (hub: await_io), or null

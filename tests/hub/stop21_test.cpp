@@ -1,0 +1,73 @@
+// tests/hub/stop21_test.cpp — fixes of stop 21: a Timeout that expires behind a pending kill queues
+// its error behind the kill (no 1 ms re-arming while the kill waits to be raised).
+#include <chrono>
+#include <thread>
+
+#include "hub/task.hpp"
+#include "hub/threadpool.hpp"
+#include "hub/timeout.hpp"
+#include "tests/support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+COGENT_TEST_CASE("timeout: expiring behind a pending kill, it queues its error instead of re-arming",
+                 doctest::timeout(20)) {
+  // The task is in a thread-pool job (a wait a kill does not end). The kill lands at ~5 ms and
+  // stays pending; the Timeout's deadline (15 ms) passes while it is. The Timeout used to re-arm
+  // itself every 1 ms until the job ended; now no timer is left armed for it.
+  bool caught_kill = false;
+  bool timed_out = false;
+  bool expired_while_pending = false;
+  auto t = cogent::spawn([&] {
+    cogent::timeout to(15ms);
+    try {
+      cogent::run_in_thread([] { std::this_thread::sleep_for(120ms); });
+    } catch (const cogent::fiber_exit&) {
+      caught_kill = true;  // gevent: except GreenletExit, and carry on
+    }
+    try {
+      cogent::sleep(2s);  // still in the scope, past its deadline: raises at once
+    } catch (const cogent::timeout_error& e) {
+      timed_out = to.owns(e);
+    }
+  });
+  cogent::sleep(5ms);
+  t.kill(nullptr, false);
+  cogent::sleep(50ms);  // the Timeout has expired behind the kill; the job runs on
+  // This fiber's own sleep timer has fired: any armed timer left is the Timeout's.
+  CHECK(cogent::hub::current().timer_count() == 0);
+  expired_while_pending = !t.ready();
+  auto start = std::chrono::steady_clock::now();
+  CHECK(t.join(3s));
+  CHECK(expired_while_pending);
+  CHECK(caught_kill);
+  CHECK(timed_out);
+  CHECK(std::chrono::steady_clock::now() - start < 1s);
+}
+
+COGENT_TEST_CASE("timeout: an error queued behind a kill is withdrawn when its scope ends first",
+                 doctest::timeout(20)) {
+  // The kill is raised and ends the scope: the queued Timeout error must not outlive it (the next
+  // wait, outside the scope, runs its full length).
+  bool caught_kill = false;
+  bool later_wait_ok = false;
+  auto t = cogent::spawn([&] {
+    try {
+      cogent::timeout to(10ms);
+      cogent::run_in_thread([] { std::this_thread::sleep_for(60ms); });
+    } catch (const cogent::fiber_exit&) {
+      caught_kill = true;
+    }
+    cogent::sleep(20ms);  // outside the scope
+    later_wait_ok = true;
+  });
+  cogent::sleep(3ms);
+  t.kill(nullptr, false);
+  CHECK(t.join(3s));
+  CHECK(caught_kill);
+  CHECK(later_wait_ok);
+}
+
+}  // namespace

@@ -11,6 +11,7 @@
 //   hub/queue.hpp     queue, lifo_queue, priority_queue, joinable_queue, channel,
 //                     queue_full/queue_empty [gevent.queue]
 //   hub/local.hpp     fiber_local<T> [gevent.local]
+//   hub/wait.hpp      wait(objects, t, count) over tasks, events, async results [gevent.wait]
 //   hub/pool.hpp      pools and groups of tasks [gevent.pool], when present
 //   hub/threadpool.hpp  running blocking work on OS threads [gevent.threadpool], when present
 //
@@ -36,6 +37,7 @@
 #include "hub/sync.hpp"
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
+#include "hub/wait.hpp"
 
 #if __has_include("hub/pool.hpp")
 #include "hub/pool.hpp"

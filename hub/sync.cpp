@@ -55,6 +55,7 @@ void handoff_list::grant(node& n) noexcept {
 void event::set() noexcept {
   _flag = true;
   _waiters.notify_all();
+  _links.run();
 }
 
 bool event::wait(timeout_duration t) {

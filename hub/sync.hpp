@@ -4,8 +4,9 @@
 // value or exception delivered once, waited on by many), cogent::mutex (a
 // non-reentrant lock owned by one fiber; also named cogent::lock),
 // cogent::rlock (reentrant), cogent::semaphore, cogent::bounded_semaphore,
-// the misuse error lock_error, and detail::handoff_list (the FIFO of parked
-// fibers the locks and queues hand things to).
+// the misuse error lock_error, detail::handoff_list (the FIFO of parked
+// fibers the locks and queues hand things to) and detail::ready_links (the
+// callbacks cogent::wait() watches an event or async_result with).
 //
 // All of them belong to one thread's hub (not thread-safe, like gevent's).
 // Every call that may block takes an optional timeout (cogent::timeout_duration;
@@ -170,6 +171,67 @@ class owner_lock {
   handoff_list _waiters;
 };
 
+// ready_link is a callback an event or async_result runs when it is next set
+// (gone = false), or when it is destroyed still holding the link (gone =
+// true): what cogent::wait() (hub/wait.hpp) watches them with, gevent's
+// rawlink. Each link runs at most once, already unlinked, and must not
+// switch. The linker keeps the node alive and in place until it has run or
+// been removed.
+struct ready_link {
+  void (*fire)(ready_link* self, bool gone) noexcept = nullptr;
+  ready_link* prev = nullptr;
+  ready_link* next = nullptr;
+  bool linked = false;
+};
+
+// ready_links is the list of an object's ready_link nodes (one pointer).
+class ready_links {
+ public:
+  ready_links() = default;
+  ready_links(const ready_links&) = delete;
+  ready_links& operator=(const ready_links&) = delete;
+  ~ready_links() {
+    if (_head != nullptr) [[unlikely]] {
+      run_all(true);
+    }
+  }
+  void add(ready_link& n) noexcept {
+    n.prev = nullptr;
+    n.next = _head;
+    if (_head != nullptr) {
+      _head->prev = &n;
+    }
+    _head = &n;
+    n.linked = true;
+  }
+  void remove(ready_link& n) noexcept {
+    if (!n.linked) {
+      return;
+    }
+    (n.prev != nullptr ? n.prev->next : _head) = n.next;
+    if (n.next != nullptr) {
+      n.next->prev = n.prev;
+    }
+    n.prev = n.next = nullptr;
+    n.linked = false;
+  }
+  // run() runs and removes every link (on set). Never switches.
+  void run() noexcept {
+    if (_head != nullptr) [[unlikely]] {
+      run_all(false);
+    }
+  }
+
+ private:
+  void run_all(bool gone) noexcept {
+    while (ready_link* n = _head) {
+      remove(*n);
+      n->fire(n, gone);
+    }
+  }
+  ready_link* _head = nullptr;
+};
+
 }  // namespace detail
 
 // event is gevent's Event: a flag; wait() blocks until it is set. set() wakes
@@ -200,10 +262,13 @@ class event {
   bool wait(timeout_duration t = std::nullopt);
   // waiters() counts the fibers blocked in wait(). Never switches.
   std::size_t waiters() const noexcept { return _waiters.size(); }
+  // links() is where cogent::wait() (hub/wait.hpp) hooks in. Never switches.
+  detail::ready_links& links() noexcept { return _links; }
 
  private:
   bool _flag = false;
   detail::wait_list _waiters;
+  detail::ready_links _links;
 };
 
 // async_result is gevent's AsyncResult: a value (or exception) produced once,
@@ -301,6 +366,8 @@ class async_result {
 
   // waiters() counts the fibers blocked in wait()/get(). Never switches.
   std::size_t waiters() const noexcept { return _waiters.size(); }
+  // links() is where cogent::wait() (hub/wait.hpp) hooks in. Never switches.
+  detail::ready_links& links() noexcept { return _links; }
 
  private:
   bool wait_for(timeout_duration t, bool outlives_owner) {
@@ -320,6 +387,7 @@ class async_result {
   void mark_ready() noexcept {
     _ready = true;
     _waiters.notify_all();
+    _links.run();
   }
   template <class U>
   struct slot {
@@ -334,6 +402,7 @@ class async_result {
   std::exception_ptr _error;
   bool _ready = false;
   detail::wait_list _waiters;
+  detail::ready_links _links;
 };
 
 // mutex is gevent's Lock: held by at most one fiber, its owner, until that

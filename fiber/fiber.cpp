@@ -405,6 +405,7 @@ fiber_impl::fiber_impl(std::size_t stack_size, std::string&& name)
 #if defined(__SANITIZE_ADDRESS__)
   f->asan_bottom = f->stk.bottom;
   f->asan_size = f->stk.size;
+  __asan_unpoison_memory_region(f->stk.bottom, f->stk.size);  // a pooled stack is poisoned while free
 #endif
 }
 void ensure_stack(fiber_impl* f) {
@@ -605,7 +606,20 @@ std::any fiber::throw_in(std::exception_ptr e) {
   if (!e) {
     throw fiber_error("cogent: throw_in() into fiber '" + need(_impl)->name() + "' with a null exception");
   }
-  return detail::switch_slow(need(_impl), {}, std::move(e));
+  detail::fiber_impl* target = need(_impl);
+  if (target->started && target->dead) {
+    // As greenlet's throw() into a dead greenlet: a fiber_exit is eaten by
+    // the finished fiber, turned into a return of its value, which goes on
+    // to the parent chain like any switch to a dead fiber (to the caller when
+    // it is the parent: killing a finished child "to be sure" is harmless).
+    try {
+      std::rethrow_exception(e);
+    } catch (fiber_exit& x) {
+      return detail::switch_slow(target, std::move(x.value()), nullptr);
+    } catch (...) {
+    }
+  }
+  return detail::switch_slow(target, {}, std::move(e));
 }
 
 fiber fiber::parent() const {

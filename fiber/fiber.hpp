@@ -189,7 +189,11 @@ class fiber {
 
   // throw_in() raises `e` in this fiber at its suspension point and switches to
   // it; returns like switch_to(). Into a fiber that never started, the fiber
-  // dies without running and `e` goes to its parent. Default: fiber_exit.
+  // dies without running and `e` goes to its parent. Into one that finished,
+  // `e` goes to its parent chain (as switch_to() does), except a fiber_exit,
+  // which the dead fiber eats: the switch carries its value() instead
+  // (greenlet), so killing a finished child returns that value to the
+  // caller. Default: fiber_exit.
   // Throws fiber_error for a null `e` or an empty handle.
   std::any throw_in(std::exception_ptr e);
   std::any throw_in() { return throw_in(std::make_exception_ptr(fiber_exit{})); }

@@ -19,6 +19,10 @@
 #include <system_error>
 #include <vector>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
+
 #if defined(COGENT_VALGRIND)
 #include <valgrind/valgrind.h>
 #endif
@@ -308,6 +312,15 @@ static void trim_hot(thread_pool& tp, std::size_t limit) noexcept {
 }
 
 void release_stack(stack s) noexcept {
+#if defined(__SANITIZE_ADDRESS__)
+  // Nobody runs on it any more: a pointer into a finished fiber's frames is
+  // reported when used, until the next fiber gets the stack (give_stack
+  // un-poisons it). Unmapped ones are left clean (the range may be reused
+  // for anything).
+  if (s.pooled) {
+    __asan_poison_memory_region(s.bottom, s.size);
+  }
+#endif
   if (s.pooled && t_pool_dead) {
     // A fiber outlived its thread's pool (destroyed during thread exit).
     auto& g = shared_pool();

@@ -107,7 +107,9 @@ stack allocate_stack(std::size_t size);
 // fiber after the one it is resuming has never run). Never switches.
 void prefetch_next_stacks() noexcept;
 
-// release_stack() gives a stack back (to the pool or to the kernel).
+// release_stack() gives a stack back (to the pool or to the kernel). Under
+// ASan a pooled stack stays poisoned until allocate_stack()'s caller hands it
+// to a fiber (give_stack), so a dangling pointer into it is reported.
 void release_stack(stack s) noexcept;  // by value: two registers, no store-forwarding stall
 
 // set_guard_markers() turns guard markers off (or back on, if the kernel has

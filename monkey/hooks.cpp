@@ -453,6 +453,27 @@ bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t don
 // (connected), a negative errno (the connect's error, an interrupt) or
 // deadline_expired (SO_SNDTIMEO passed first).
 // The file is the call's (h) from the wait on.
+// with_sndtimeo_at_once() runs call() — a socket call with no MSG_DONTWAIT
+// (sendfile, connect), on a socket whose O_NONBLOCK is the user's — with the
+// socket's SO_SNDTIMEO made "expire at once" (negative: the kernel's 0, so the
+// call answers as with MSG_DONTWAIT: EAGAIN, EINPROGRESS, a short count) and
+// put back right after, before any other fiber of this thread runs. If the
+// timeout cannot be read or set, the plain call.
+template <class F>
+auto with_sndtimeo_at_once(int fd, F call) noexcept {
+  timeval old{};
+  socklen_t len = sizeof old;
+  const timeval at_once{-1, 0};
+  if (real.getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &old, &len) != 0 ||
+      real.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &at_once, sizeof at_once) != 0) {
+    return call();
+  }
+  auto r = call();
+  errno_keeper keep;
+  real.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &old, sizeof old);
+  return r;
+}
+
 int wait_connected(call_ctx& c, held_fd& h, fd_entry& e) noexcept {
   h.hold();
   int w = h.await_ready(c, POLLOUT, deadline_ns(h.sock_timeout(e, false)));
@@ -996,6 +1017,27 @@ COGENT_HOOK int accept(int fd, sockaddr* addr, socklen_t* addrlen) {
   return accept4(fd, addr, addrlen, 0);
 }
 
+// connect_op() is a blocking connect through io_uring, which waits for room
+// in an AF_UNIX listener's backlog: 0 or -errno (SO_SNDTIMEO expired: the
+// errno connect(2) gives then).
+int connect_op(call_ctx& c, int fd, fd_entry& e, const sockaddr* addr, socklen_t len) noexcept {
+  io_op op;
+  op.code = op_code::connect;
+  op.fd = fd;
+  op.buf = const_cast<sockaddr*>(addr);
+  op.len = len;
+  int r = await_op(c, op, deadline_ns(sock_timeout(fd, e, false)));
+  if (r == deadline_expired) {
+    // TCP goes on connecting in the background (EINPROGRESS); AF_UNIX gave up
+    // waiting for room in the listener's backlog (EAGAIN).
+    int domain = 0;
+    socklen_t dlen = sizeof domain;
+    bool unix_sock = real.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) == 0 && domain == AF_UNIX;
+    return unix_sock ? -EAGAIN : -EINPROGRESS;
+  }
+  return r;
+}
+
 COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   call_ctx c;
   fd_entry* e;
@@ -1003,29 +1045,30 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   if (!enter_fd(c, fd, e, k) || no_wait(fd, *e, k, false) || k != kind_socket) {
     return real.connect(fd, addr, len);
   }
-  io_op op;
-  op.code = op_code::connect;
-  op.fd = fd;
-  op.buf = const_cast<sockaddr*>(addr);
-  op.len = len;
-  int r = await_op(c, op, deadline_ns(sock_timeout(fd, *e, false)));
-  if (r == deadline_expired) {
-    // A blocking connect whose SO_SNDTIMEO expired: TCP goes on connecting in
-    // the background (EINPROGRESS); AF_UNIX gave up waiting for room in the
-    // listener's backlog (EAGAIN).
-    int domain = 0;
-    socklen_t dlen = sizeof domain;
-    bool unix_sock = real.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) == 0 && domain == AF_UNIX;
-    return fail(unix_sock ? -EAGAIN : -EINPROGRESS);
+  if (has_pending(c)) {
+    return fail(interrupted(c));
   }
-  if (r == -EALREADY) {
-    // A connect already in progress (started non-blocking): io_uring's
-    // connect never waits for it, a blocking connect(2) does — until the
-    // handshake ends (0 or its error) or SO_SNDTIMEO passes (EALREADY).
+  // The kernel's own answer first, without waiting. (io_uring's connect op
+  // retries once after ECONNABORTED — the end of a failed earlier connect —
+  // and that retry is a new connection attempt where connect(2) fails.)
+  const int saved = errno;
+  if (with_sndtimeo_at_once(fd, [&] { return real.connect(fd, addr, len); }) == 0) {
+    return 0;
+  }
+  int r = -errno;
+  errno = saved;
+  const bool started_here = r == -EINPROGRESS;  // this call started the handshake
+  if (r == -EAGAIN) {
+    r = connect_op(c, fd, *e, addr, len);  // a full AF_UNIX backlog: wait for room
+  }
+  if (r == -EALREADY || started_here) {
+    // A connect in progress: a blocking connect(2) waits for it — until the
+    // handshake ends (0 or its error) or SO_SNDTIMEO passes (EINPROGRESS if
+    // this call started it, else EALREADY).
     held_fd h(fd);  // the socket it was called on, even if the number is renumbered meanwhile
     int w = wait_connected(c, h, *e);
     if (w == deadline_expired) {
-      return fail(-EALREADY);
+      return fail(started_here ? -EINPROGRESS : -EALREADY);
     }
     if (w < 0) {
       return fail(w);
@@ -1311,8 +1354,11 @@ COGENT_HOOK ssize_t writev(int fd, const iovec* iov, int cnt) {
   fd_entry* e;
   fd_kind k;
   // iov == nullptr (cnt > 0): libc's EFAULT, not a crash in iov_total().
-  if (cnt < 0 || cnt > IOV_MAX || (cnt > 0 && iov == nullptr) || iov_total(iov, cnt) > max_rw ||
-      !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, false)) {
+  // Zero bytes: writev(2) returns 0 without reaching the socket's protocol
+  // (a sendmsg would: EPIPE and SIGPIPE on an unconnected TCP socket).
+  std::size_t total = 0;
+  if (cnt < 0 || cnt > IOV_MAX || (cnt > 0 && iov == nullptr) || (total = iov_total(iov, cnt)) > max_rw ||
+      total == 0 || !enter_fd(c, fd, e, k) || no_wait(fd, *e, k, false)) {
     return real.writev(fd, iov, cnt);
   }
   if (k == kind_socket) {
@@ -1481,23 +1527,9 @@ COGENT_HOOK ssize_t pwritev64v2(int fd, const iovec* iov, int cnt, off_t offset,
 namespace {
 
 // sock_sendfile_now() is sendfile(2) to a socket that sends what fits and
-// never waits for room. sendfile has no MSG_DONTWAIT and the description's
-// O_NONBLOCK is the user's, so for this one call the socket's SO_SNDTIMEO is
-// made "expire at once" (negative: the kernel's 0, EAGAIN or the short count
-// as with MSG_DONTWAIT) and put back right after, before any other fiber of
-// this thread runs. If the timeout cannot be read or set, the plain call.
+// never waits for room (sendfile has no MSG_DONTWAIT: with_sndtimeo_at_once).
 ssize_t sock_sendfile_now(int out, int in, off_t* off, std::size_t n) noexcept {
-  timeval old{};
-  socklen_t len = sizeof old;
-  const timeval at_once{-1, 0};
-  if (real.getsockopt(out, SOL_SOCKET, SO_SNDTIMEO, &old, &len) != 0 ||
-      real.setsockopt(out, SOL_SOCKET, SO_SNDTIMEO, &at_once, sizeof at_once) != 0) {
-    return real.sendfile(out, in, off, n);
-  }
-  ssize_t r = real.sendfile(out, in, off, n);
-  errno_keeper keep;
-  real.setsockopt(out, SOL_SOCKET, SO_SNDTIMEO, &old, sizeof old);
-  return r;
+  return with_sndtimeo_at_once(out, [&] { return real.sendfile(out, in, off, n); });
 }
 
 ssize_t sendfile_impl(int out, int in, off_t* off, size_t n) {

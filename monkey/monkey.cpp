@@ -584,6 +584,15 @@ int await_poll(call_ctx& c, const pollfd* fds, nfds_t n, clock::time_point deadl
     op.fd = fds[i].fd;
     // POLLERR/POLLHUP are always reported by the kernel, as with poll(2).
     op.flags = static_cast<unsigned short>(fds[i].events);
+    if ((op.flags & POLLPRI) != 0) {
+      // io_uring's poll wake-up leaves POLLPRI out of the op's mask when it
+      // matches the wake-up's key (the kernel's IO_ASYNC_POLL_COMMON), so a
+      // poll for POLLPRI alone never fires: TCP urgent data wakes with
+      // IN|PRI|RDNORM|RDBAND. POLLRDBAND matches it (no socket reports it
+      // when armed, so it never fires at once); every such wake-up is
+      // checked by the caller's zero-timeout probe, which gives the real revents.
+      op.flags |= POLLRDBAND;
+    }
     op.user = c.self;
     op.on_complete = wake_waiter;
     c.h->io().submit(op);

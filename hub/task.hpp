@@ -363,12 +363,8 @@ task<T> task_base::as() const {
   return task<T>::adopt(typed);
 }
 
-// spawn() starts fn(args...) in a new task (at the hub's next turn; spawn
-// itself never switches). Arguments are copied/moved into the task. The
-// task's stack is taken when it first runs: if none can be mapped then, the
-// task fails with that std::system_error (its body never runs). Throws
-// fiber_error for a bad stack_size.
 namespace detail {
+// make_task() is spawn() and spawn_later() (below).
 template <class Fn, class... Args>
 auto make_task(spawn_options&& opts, std::optional<std::chrono::nanoseconds> delay, Fn&& fn, Args&&... args) {
   using R = std::invoke_result_t<std::decay_t<Fn>&, std::decay_t<Args>...>;
@@ -387,7 +383,12 @@ auto make_task(spawn_options&& opts, std::optional<std::chrono::nanoseconds> del
 
 // spawn() starts fn(args...) in a new task (at the hub's next turn; spawn
 // itself never switches). Arguments are copied/moved into the task and
-// destroyed, with the function, when it finishes. The task's stack is taken
+// destroyed, with the function, when it finishes (there a destructor may
+// block: kills are moot by then). A parameter fn takes by value is another
+// object, made for the call and destroyed as the call returns, while the
+// task still runs: a kill that lands while its destructor blocks raises
+// fiber_exit out of that destructor (std::terminate) — take such arguments
+// by reference. The task's stack is taken
 // when it first runs: if none can be mapped then, the task fails with that
 // std::system_error (its body never runs). Throws fiber_error for a bad
 // stack_size.

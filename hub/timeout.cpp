@@ -116,6 +116,7 @@ void timeout::cancel() noexcept {
   if (_fiber->sched.displaced_owner == this && is_mine(_fiber->sched.displaced)) {
     _fiber->sched.displaced = nullptr;  // (a kill is pending: it is raised, then nothing of ours)
     _fiber->sched.displaced_owner = nullptr;
+    _expired = false;  // withdrawn, never raised
   }
   // Withdraw our error unless it already woke the fiber from a wait and
   // someone else is cancelling: that fiber is on its way to raise it (as in
@@ -124,6 +125,7 @@ void timeout::cancel() noexcept {
   if (pending_is_mine() && (!_fiber->sched.pending_delivered || _fiber == detail::current_impl())) {
     _fiber->sched.pending = nullptr;
     _fiber->sched.pending_owner = nullptr;
+    _expired = false;  // withdrawn, never raised
   }
 }
 

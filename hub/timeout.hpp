@@ -71,7 +71,8 @@ class timeout {
   timeout(const timeout&) = delete;
   timeout& operator=(const timeout&) = delete;
 
-  // expired() is true once the deadline passed and the error was raised (or is pending).
+  // expired() is true once the deadline passed and the error was raised (or is
+  // pending); false again if cancel() withdrew it before it was raised.
   bool expired() const noexcept { return _expired; }
   // cancel() disarms it. An error that fired but has not reached the fiber
   // yet is withdrawn. One that has already woken the fiber from a blocking

@@ -71,3 +71,38 @@ COGENT_TEST_CASE("timeout: an error queued behind a kill is withdrawn when its s
 }
 
 }  // namespace
+
+namespace {
+
+using namespace std::chrono_literals;
+
+COGENT_TEST_CASE("timeout: expired() is false again once another fiber's cancel() withdrew the error",
+                 doctest::timeout(20)) {
+  // The Timeout fires while its fiber is in a thread-pool job (its error waits, pending); another
+  // fiber cancels it before the job ends: nothing is raised, and expired() says so.
+  cogent::timeout* scope = nullptr;
+  bool raised = false;
+  bool expired_after = true;
+  auto t = cogent::spawn([&] {
+    cogent::timeout to(5ms);
+    scope = &to;
+    try {
+      cogent::run_in_thread([] { std::this_thread::sleep_for(60ms); });
+      cogent::sleep(1ms);
+    } catch (const cogent::timeout_error&) {
+      raised = true;
+    }
+    expired_after = to.expired();
+    scope = nullptr;
+  });
+  cogent::sleep(30ms);  // past the deadline, the job still running
+  REQUIRE(scope != nullptr);
+  CHECK(scope->expired());  // fired: its error is pending
+  scope->cancel();
+  CHECK_FALSE(scope->expired());
+  CHECK(t.join(3s));
+  CHECK_FALSE(raised);
+  CHECK_FALSE(expired_after);
+}
+
+}  // namespace

@@ -29,6 +29,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -120,19 +121,39 @@ auto with_timeout(timeout_duration d, Fn&& fn) -> std::invoke_result_t<Fn&> {
   return fn();
 }
 
+namespace detail {
+// try_result is what try_with_timeout() returns for a fn returning R.
+template <class R>
+struct try_result {
+  using type = std::optional<R>;
+};
+template <class T>
+struct try_result<T&> {
+  using type = std::optional<std::reference_wrapper<T>>;
+};
+template <class T>
+struct try_result<T&&> {
+  using type = std::optional<T>;
+};
+}  // namespace detail
+
 // try_with_timeout() runs fn() under a timeout and returns std::nullopt (or
 // false for a void fn) if this timeout expired — gevent's Timeout(s, False).
-// Errors of other (outer) timeouts propagate.
+// Otherwise: fn's value in a std::optional (a T& result as
+// std::optional<std::reference_wrapper<T>>, a T&& one moved into a
+// std::optional<T>), or true for a void fn. Errors of other (outer)
+// timeouts propagate.
 template <class Fn>
 auto try_with_timeout(timeout_duration d, Fn&& fn) {
   using R = std::invoke_result_t<Fn&>;
+  using result = typename detail::try_result<R>::type;
   timeout t(d);
   try {
     if constexpr (std::is_void_v<R>) {
       fn();
       return true;
     } else {
-      return std::optional<R>(fn());
+      return result(fn());
     }
   } catch (const timeout_error& e) {
     if (!t.owns(e)) {
@@ -141,7 +162,7 @@ auto try_with_timeout(timeout_duration d, Fn&& fn) {
     if constexpr (std::is_void_v<R>) {
       return false;
     } else {
-      return std::optional<R>();
+      return result();
     }
   }
 }

@@ -1,7 +1,12 @@
-// tests/hub/stop21_test.cpp — fixes of stop 21: a Timeout that expires behind a pending kill queues
-// its error behind the kill (no 1 ms re-arming while the kill waits to be raised).
+// tests/hub/stop21_test.cpp — fixes of stop 21: a Timeout expiring behind a pending kill queues its
+// error behind the kill (no 1 ms re-arming); expired() after a withdrawing cancel(); try_with_timeout
+// of a function returning a reference.
 #include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
 #include <thread>
+#include <type_traits>
 
 #include "hub/task.hpp"
 #include "hub/threadpool.hpp"
@@ -103,6 +108,31 @@ COGENT_TEST_CASE("timeout: expired() is false again once another fiber's cancel(
   CHECK(t.join(3s));
   CHECK_FALSE(raised);
   CHECK_FALSE(expired_after);
+}
+
+}  // namespace
+
+namespace {
+
+using namespace std::chrono_literals;
+
+COGENT_TEST_CASE("try_with_timeout: a function returning a reference", doctest::timeout(10)) {
+  int slot = 1;
+  auto r = cogent::try_with_timeout(1s, [&]() -> int& { return slot; });
+  static_assert(std::is_same_v<decltype(r), std::optional<std::reference_wrapper<int>>>);
+  REQUIRE(r.has_value());
+  r->get() = 7;
+  CHECK(slot == 7);
+  auto late = cogent::try_with_timeout(5ms, [&]() -> int& {
+    cogent::sleep(1s);
+    return slot;
+  });
+  CHECK_FALSE(late.has_value());
+  std::string s = "moved";
+  auto m = cogent::try_with_timeout(1s, [&]() -> std::string&& { return std::move(s); });
+  static_assert(std::is_same_v<decltype(m), std::optional<std::string>>);
+  REQUIRE(m.has_value());
+  CHECK(*m == "moved");
 }
 
 }  // namespace

@@ -407,9 +407,17 @@ void hub::yield_now() {
 [[gnu::always_inline]] inline void hub::suspend(fiber_impl* self) {
   ++_parked;
   detail::ref(self);  // a parked fiber stays alive until the hub resumes it
-  do {
+  fiber_impl* next = _fiber.impl();
+  for (;;) {
     try {
-      detail::resume(_fiber.impl());
+      detail::resume_noting_switcher(next);
+      if (self->sched.state == st_running) [[likely]] {
+        break;  // the hub resumed us
+      }
+      // A fiber switched into this parked fiber with a value (fiber::switch_to,
+      // or the kill of a finished fiber whose parent chain ends here): the wait
+      // goes on and the value is dropped. Hand control back to that fiber,
+      // whose switch returns: it is not parked, so nothing else would resume it.
     } catch (...) {
       // Someone throw_in()'d into this parked fiber. Its wait (a timer, an IO
       // op on this stack) is still registered, so the exception must not
@@ -417,16 +425,13 @@ void hub::yield_now() {
       // usual point once the wait is cleaned up — and hand control straight
       // back to the thrower, whose throw_in() returns (like kill(block=false)).
       interrupt(self, std::current_exception());
-      fiber_impl* thrower = detail::previous_impl();
-      if (thrower != nullptr && !thrower->dead && thrower != _fiber.impl()) {
-        try {
-          detail::resume(thrower);
-        } catch (...) {
-          interrupt(self, std::current_exception());
-        }
+      if (self->sched.state == st_running) {
+        break;
       }
     }
-  } while (self->sched.state != st_running);  // resumed by something other than the hub: back to it
+    fiber_impl* back = detail::previous_impl();
+    next = back != nullptr && !back->dead && back != _fiber.impl() && back != self ? back : _fiber.impl();
+  }
   --_parked;
   detail::unref(self);
 }

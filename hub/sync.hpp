@@ -184,7 +184,8 @@ struct ready_link {
   bool linked = false;
 };
 
-// ready_links is the list of an object's ready_link nodes (one pointer).
+// ready_links is the list of an object's ready_link nodes, run in the order
+// they were added (as gevent's rawlink callbacks and the waiters are).
 class ready_links {
  public:
   ready_links() = default;
@@ -196,12 +197,10 @@ class ready_links {
     }
   }
   void add(ready_link& n) noexcept {
-    n.prev = nullptr;
-    n.next = _head;
-    if (_head != nullptr) {
-      _head->prev = &n;
-    }
-    _head = &n;
+    n.next = nullptr;
+    n.prev = _tail;
+    (_tail != nullptr ? _tail->next : _head) = &n;
+    _tail = &n;
     n.linked = true;
   }
   void remove(ready_link& n) noexcept {
@@ -209,9 +208,7 @@ class ready_links {
       return;
     }
     (n.prev != nullptr ? n.prev->next : _head) = n.next;
-    if (n.next != nullptr) {
-      n.next->prev = n.prev;
-    }
+    (n.next != nullptr ? n.next->prev : _tail) = n.prev;
     n.prev = n.next = nullptr;
     n.linked = false;
   }
@@ -230,6 +227,7 @@ class ready_links {
     }
   }
   ready_link* _head = nullptr;
+  ready_link* _tail = nullptr;
 };
 
 }  // namespace detail

@@ -179,9 +179,10 @@ extern thread_local constinit fiber_impl* t_current __attribute__((tls_model("in
 extern thread_local constinit fiber_impl* t_previous __attribute__((tls_model("initial-exec")));
 
 // previous_impl() is the fiber whose switch resumed the running one, when
-// that switch raised an exception in it (throw_in, a child's error): valid in
-// the handler, until the running fiber switches again; may be dead. (The
-// common, value-carrying switch does not record it.) Null if it was freed.
+// that switch raised an exception in it (throw_in, a child's error) or the
+// running one was resumed by resume_noting_switcher(): valid until the
+// running fiber switches again; may be dead. (The common, value-carrying
+// switch does not record it.) Null if it was freed.
 inline fiber_impl* previous_impl() noexcept {
   return t_previous;
 }
@@ -221,7 +222,9 @@ void resumed_slow(fiber_impl* from, const void* from_sp) noexcept;
   return t;
 }
 
-template <class Put>
+// note_switcher: record, when the caller is resumed, who resumed it
+// (previous_impl()) also for a value-carrying switch.
+template <bool note_switcher = false, class Put>
 [[gnu::always_inline]] inline void switch_put(fiber_impl* target, Put&& put) {
 #if !defined(__SANITIZE_ADDRESS__)
   fiber_impl* self = t_current;
@@ -233,7 +236,7 @@ template <class Put>
     transfer t = jump_to(self, target);
     auto* from = static_cast<fiber_impl*>(t.data);
     from->ctx = t.from;
-    if (self->in_exc) [[unlikely]] {
+    if (note_switcher || self->in_exc) [[unlikely]] {
       t_previous = from;
     }
     if (from->unguarded | from->dead | (from->refs == 0)) [[unlikely]] {
@@ -255,6 +258,14 @@ template <class Put>
 // the caller is resumed with: the hub's switch (park and run).
 [[gnu::always_inline]] inline void resume(fiber_impl* target) {
   switch_put(
+      target, [](std::any & slot) __attribute__((always_inline)) { slot.reset(); });
+  t_current->in_value.reset();
+}
+// resume_noting_switcher() is resume() that also records who resumed the
+// caller (previous_impl()): the hub's park, which must tell the hub's own
+// resume from a fiber's manual switch into a parked fiber.
+[[gnu::always_inline]] inline void resume_noting_switcher(fiber_impl* target) {
+  switch_put<true>(
       target, [](std::any & slot) __attribute__((always_inline)) { slot.reset(); });
   t_current->in_value.reset();
 }

@@ -95,7 +95,7 @@ COGENT_TEST_CASE("wait: the same event listed twice is reported at both position
     cogent::sleep(5ms);
     e.set();
   });
-  CHECK(cogent::wait({e, e}, 2s) == positions{1, 0});  // links run newest first
+  CHECK(cogent::wait({e, e}, 2s) == positions{0, 1});  // links run in the order they were added
   t.join();
 }
 

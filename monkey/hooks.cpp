@@ -448,17 +448,14 @@ bool out_blocked(call_ctx& c, int fd, fd_entry& e, out_wait& st, std::size_t don
   return true;
 }
 
-// wait_connected() waits for the connect in progress on fd to end, as a
-// blocking connect(2) does: POLLOUT, then the outcome from SO_ERROR. 0
-// (connected), a negative errno (the connect's error, an interrupt) or
-// deadline_expired (SO_SNDTIMEO passed first).
-// The file is the call's (h) from the wait on.
-// with_sndtimeo_at_once() runs call() — a socket call with no MSG_DONTWAIT
-// (sendfile, connect), on a socket whose O_NONBLOCK is the user's — with the
-// socket's SO_SNDTIMEO made "expire at once" (negative: the kernel's 0, so the
-// call answers as with MSG_DONTWAIT: EAGAIN, EINPROGRESS, a short count) and
-// put back right after, before any other fiber of this thread runs. If the
-// timeout cannot be read or set, the plain call.
+// with_sndtimeo_at_once() runs call() — sendfile, which has no MSG_DONTWAIT,
+// on a socket whose O_NONBLOCK is the user's — with the socket's SO_SNDTIMEO
+// made "expire at once" (negative: the kernel's 0, so the call answers as
+// with MSG_DONTWAIT: EAGAIN or a short count) and put back right after,
+// before any other fiber of this thread runs. Not O_NONBLOCK: another thread
+// may be blocked reading the same socket. (A negative timeout set behind our
+// table reads back as "none": it comes back as none.) If the timeout cannot
+// be read or set, the plain call.
 template <class F>
 auto with_sndtimeo_at_once(int fd, F call) noexcept {
   timeval old{};
@@ -474,6 +471,29 @@ auto with_sndtimeo_at_once(int fd, F call) noexcept {
   return r;
 }
 
+// with_nonblock_at_once() runs call() — connect, which has no MSG_DONTWAIT —
+// on a blocking socket with O_NONBLOCK set on it for this one call and
+// cleared right after, before any other fiber of this thread runs. (Not the
+// SO_SNDTIMEO trick: a negative timeout, made behind our table, reads back
+// as "none" and would not be restored.) If the flags cannot be read or set,
+// the plain call.
+template <class F>
+auto with_nonblock_at_once(int fd, F call) noexcept {
+  int fl = real.fcntl(fd, F_GETFL);
+  if (fl < 0 || (fl & O_NONBLOCK) != 0 || real.fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+    return call();
+  }
+  auto r = call();
+  errno_keeper keep;
+  real.fcntl(fd, F_SETFL, fl);
+  return r;
+}
+
+// wait_connected() waits for the connect in progress on fd to end, for a
+// blocking sendto/sendmsg(MSG_FASTOPEN): POLLOUT, then the outcome from SO_ERROR. 0
+// (connected), a negative errno (the connect's error, an interrupt) or
+// deadline_expired (SO_SNDTIMEO passed first).
+// The file is the call's (h) from the wait on.
 int wait_connected(call_ctx& c, held_fd& h, fd_entry& e) noexcept {
   h.hold();
   int w = h.await_ready(c, POLLOUT, deadline_ns(h.sock_timeout(e, false)));
@@ -1048,39 +1068,54 @@ COGENT_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   if (has_pending(c)) {
     return fail(interrupted(c));
   }
-  // The kernel's own answer first, without waiting. (io_uring's connect op
-  // retries once after ECONNABORTED — the end of a failed earlier connect —
-  // and that retry is a new connection attempt where connect(2) fails.)
+  // The kernel's own answers, without waiting (io_uring's connect op is not
+  // connect(2): it retries once after ECONNABORTED — the end of a failed
+  // earlier connect — and that retry is a new connection attempt).
   const int saved = errno;
-  if (with_sndtimeo_at_once(fd, [&] { return real.connect(fd, addr, len); }) == 0) {
+  auto connect_now = [&](int f) { return with_nonblock_at_once(f, [&] { return real.connect(f, addr, len); }); };
+  if (connect_now(fd) == 0) {
     return 0;
   }
   int r = -errno;
   errno = saved;
-  const bool started_here = r == -EINPROGRESS;  // this call started the handshake
   if (r == -EAGAIN) {
-    r = connect_op(c, fd, *e, addr, len);  // a full AF_UNIX backlog: wait for room
+    // A full AF_UNIX backlog: the op waits for room.
+    r = connect_op(c, fd, *e, addr, len);
+    return r < 0 ? fail(r) : 0;
   }
-  if (r == -EALREADY || started_here) {
-    // A connect in progress: a blocking connect(2) waits for it — until the
-    // handshake ends (0 or its error) or SO_SNDTIMEO passes (EINPROGRESS if
-    // this call started it, else EALREADY).
-    held_fd h(fd);  // the socket it was called on, even if the number is renumbered meanwhile
-    int w = wait_connected(c, h, *e);
+  if (r != -EINPROGRESS && r != -EALREADY) {
+    return fail(r);
+  }
+  // A handshake in progress (this call started it: EINPROGRESS, or an
+  // earlier non-blocking connect did: EALREADY). connect(2) waits for its end
+  // or SO_SNDTIMEO, then answers as a connect seeing the end: 0, or the error
+  // (read and cleared, the socket unconnected again: a later connect is a new
+  // attempt). So does this, asking once POLLOUT says it ended.
+  const bool started_here = r == -EINPROGRESS;
+  held_fd h(fd);  // the socket it was called on, even if the number is renumbered meanwhile
+  h.hold();
+  const clock::time_point dl = deadline_ns(h.sock_timeout(*e, false));
+  for (;;) {
+    int w = h.await_ready(c, POLLOUT, dl);
     if (w == deadline_expired) {
       return fail(started_here ? -EINPROGRESS : -EALREADY);
     }
     if (w < 0) {
       return fail(w);
     }
-    // Connected. The kernel marks the socket so (a later connect: EISCONN)
-    // only in a connect call that sees the handshake done: this one, as
-    // connect(2)'s own wait would (0, or EISCONN if it already was).
-    errno_keeper keep;
-    (void)real.connect(h.at(), addr, len);
-    return 0;
+    if (connect_now(h.at()) == 0) {
+      errno = saved;
+      return 0;
+    }
+    int now = errno;
+    errno = saved;
+    if (now == EISCONN) {
+      return 0;  // connected meanwhile by another call on it
+    }
+    if (now != EALREADY && now != EINPROGRESS) {
+      return fail(-now);
+    }
   }
-  return r < 0 ? fail(r) : 0;
 }
 
 COGENT_HOOK int shutdown(int fd, int how) noexcept {

@@ -34,8 +34,10 @@ struct object_link : detail::ready_link {
 void object_ready(detail::ready_link* l, bool gone) noexcept {
   auto* o = static_cast<object_link*>(l);
   if (gone) {
-    o->st->gone = true;
-    o->st->wake.notify_one();
+    if (o->st->order.size() < o->st->want) {  // (already answered: the wait returns what it has)
+      o->st->gone = true;
+      o->st->wake.notify_one();
+    }
   } else {
     o->st->record(o->index);
   }

@@ -62,7 +62,8 @@ class waitable {
 // becomes ready and is then reset (an event cleared) before wait() returns is
 // still reported. A zero `t` never switches (then it also works inside the
 // hub). Raises std::logic_error for an empty task handle; hub_error if an
-// event or async_result in the list is destroyed meanwhile, or if called
+// event or async_result in the list is destroyed before `count` are ready
+// (after that, the wait returns what it has), or if called
 // inside the hub with a wait that would block; a pending kill or Timeout of
 // the caller. May switch.
 std::vector<std::size_t> wait(const std::vector<waitable>& objects, timeout_duration t = std::nullopt,

@@ -26,6 +26,17 @@
 // task should be followed by exec or _exit in the child. Monkey-patched calls
 // in such a child are plain libc.
 //
+// Manual switches (fiber/fiber.hpp) in a thread with a hub: a fiber may
+// switch_to()/throw_in() any fiber of its thread, but only the hub resumes
+// the hub fiber and the fibers parked in it. A value switched into a parked
+// fiber is dropped and control goes straight back to the switcher (the wait
+// goes on); an exception thrown into one becomes its pending interrupt,
+// raised at its wait (like kill(block=false)), and control goes back too. A
+// switch_to()/throw_in() on the hub fiber itself raises fiber_error in the
+// caller. A fiber in a manual switch whose target finished with nowhere live
+// to go but the hub or a parked fiber (a dead parent chain) gets fiber_error
+// from that switch rather than never running again.
+//
 // Example:
 //   auto g1 = cogent::spawn([] { cogent::sleep(10ms); return 1; });
 //   auto g2 = cogent::spawn([] { cogent::sleep(10ms); return 2; });
@@ -356,6 +367,7 @@ class hub {
   // frame between a blocking call and the jump costs ~5 ns per switch.
   detail::wake_reason park_here(clock::time_point deadline, bool interruptible);  // park() unchecked, inline
   void suspend(detail::fiber_impl* self);  // switch to the hub until it resumes `self`
+  void run_one(detail::fiber_impl* f);     // resume a ready fiber until it gives control back
   void run_ready();
   void expire_timers(clock::time_point now);
   void expire_timers_after_posts();

@@ -256,18 +256,25 @@ template <bool note_switcher = false, class Put>
 
 // resume() switches to `target` delivering no value, and discards the value
 // the caller is resumed with: the hub's switch (park and run).
+[[gnu::cold]] void drop_value(std::any& slot) noexcept;  // (fiber.hpp)
+// A value someone switched in anyway (a manual switch_to into a parked
+// fiber) is dropped with drop_value(): its destructor may switch (the last
+// handle of a suspended fiber unwinds it, and that fiber's result comes back
+// into this very slot), so it must not run while the slot still holds it.
 [[gnu::always_inline]] inline void resume(fiber_impl* target) {
   switch_put(
       target, [](std::any & slot) __attribute__((always_inline)) { slot.reset(); });
-  t_current->in_value.reset();
+  if (t_current->in_value.has_value()) [[unlikely]] {
+    drop_value(t_current->in_value);
+  }
 }
 // resume_noting_switcher() is resume() that also records who resumed the
-// caller (previous_impl()): the hub's park, which must tell the hub's own
-// resume from a fiber's manual switch into a parked fiber.
+// caller (previous_impl()), and leaves a value it was resumed with in its
+// in_value for the caller to drop: the hub's park, which must tell the hub's
+// own resume from a fiber's manual switch into a parked fiber.
 [[gnu::always_inline]] inline void resume_noting_switcher(fiber_impl* target) {
   switch_put<true>(
       target, [](std::any & slot) __attribute__((always_inline)) { slot.reset(); });
-  t_current->in_value.reset();
 }
 // ref()/unref() adjust the reference count; the last unref destroys (unwinding if suspended).
 inline void ref(fiber_impl* f) noexcept {

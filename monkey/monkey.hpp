@@ -121,7 +121,14 @@
 //    one, e.g. cogent::spawn). patch_all() is process-wide and idempotent;
 //    there is no unpatch.
 //
-// Known gaps: fds closed behind libc's back (close_range, syscall(SYS_close),
+// Known gaps: glibc's stdio (fgets, fread, getline, fscanf, fwrite, ...) reads
+// and writes a FILE through internal calls no hook sees, so on a pipe or
+// socket with nothing to read (or no room) it blocks the thread — use
+// read()/write() (hooked), or cogent::net; an open() of a FIFO without
+// O_NONBLOCK blocks the thread until the other end is opened (open it
+// O_NONBLOCK, then clear the flag); system() and popen()/pclose() wait for
+// the child with internal calls and block the thread while it runs (call them
+// through cogent::run_in_thread). Also: fds closed behind libc's back (close_range, syscall(SYS_close),
 // an fclose of an fdopen'd socket) or created by calls we do not hook
 // (eventfd, memfd_create, ...) can leave a stale table entry until the number
 // is reused through a hooked call or an io_uring accept/close (cogent::net's

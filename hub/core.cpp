@@ -405,15 +405,11 @@ void hub::yield_now() {
 }
 
 namespace {
-// refusal() is the fiber_error a fiber the hub answers gets (answer_due, suspend).
-std::exception_ptr refusal(fiber_impl* f, bool stranded) {
-  return std::make_exception_ptr(fiber_error(
-      stranded ? "cogent: fiber '" + f->name() +
-                     "' was in a manual switch when control reached the hub: the fiber it switched to "
-                     "finished and its value went up a dead parent chain to the hub"
-               : "cogent: fiber '" + f->name() +
-                     "' switched into the hub fiber by hand (switch_to/throw_in): only the hub resumes "
-                     "itself; block, yield or switch to another fiber"));
+// refusal() is the fiber_error a fiber that switched into the hub by hand gets (answer_due).
+std::exception_ptr refusal(fiber_impl* f) {
+  return std::make_exception_ptr(fiber_error("cogent: fiber '" + f->name() +
+                                             "' switched into the hub fiber by hand (switch_to/throw_in): only "
+                                             "the hub resumes itself; block, yield or switch to another fiber"));
 }
 }  // namespace
 
@@ -421,14 +417,9 @@ std::exception_ptr refusal(fiber_impl* f, bool stranded) {
   ++_parked;
   detail::ref(self);  // a parked fiber stays alive until the hub resumes it
   fiber_impl* next = _fiber.impl();
-  std::exception_ptr answer;  // for `next`, stranded in a manual switch (below)
   for (;;) {
     try {
-      if (answer) [[unlikely]] {
-        (void)detail::switch_slow(next, {}, std::exchange(answer, nullptr));  // (a value back is dropped)
-      } else {
-        detail::resume_noting_switcher(next);
-      }
+      detail::resume_noting_switcher(next);
       if (self->sched.state == st_running) [[likely]] {
         if (self->in_value.has_value()) [[unlikely]] {
           detail::drop_value(self->in_value);  // (the hub resumes with none)
@@ -464,17 +455,6 @@ std::exception_ptr refusal(fiber_impl* f, bool stranded) {
         if (last) {
           back = nullptr;
         }
-      }
-    }
-    if (back != nullptr && back->dead) [[unlikely]] {
-      // A finished fiber's value came up its dead parent chain to here. The
-      // fiber that switched to it — the one the hub is running, in a manual
-      // switch — would never run again: answer it with fiber_error.
-      fiber_impl* r = _running.load(std::memory_order_relaxed);
-      if (r != nullptr && r != self && r != _fiber.impl() && !r->dead && r->sched.state == st_running) {
-        next = r;
-        answer = refusal(r, true);
-        continue;
       }
     }
     next = back != nullptr && !back->dead && back != _fiber.impl() && back != self ? back : _fiber.impl();
@@ -728,43 +708,31 @@ bool hub::nothing_can_happen() const noexcept {
 }
 
 namespace {
-// answer_due() is who must be answered when control came back to the hub from
-// running `f` neither by a park, a yield nor a finish: a fiber that switched
-// into the hub fiber by hand (switch_to/throw_in on it: alive, not parked),
-// or else `f` if it is in a manual switch and another fiber finished into the
-// hub (what `f` switched to finished, and its value went up a dead parent
-// chain to the hub). Only the hub resumes itself; either would otherwise
-// never run again. (`f` in a manual switch to a fiber that parked is fine:
-// that fiber comes back to it.) Null if nobody is owed an answer.
-fiber_impl* answer_due(fiber_impl* f, bool& stranded) noexcept {
+// answer_due() is the fiber that just gave control to the hub by a manual
+// switch_to()/throw_in() on the hub fiber (alive and not parked: not a park,
+// a yield nor a finish), or null. Only the hub resumes itself: such a fiber
+// gets fiber_error and goes on (it would otherwise never run again).
+// (previous_impl() is null if that fiber was freed meanwhile.)
+fiber_impl* answer_due() noexcept {
   fiber_impl* p = detail::previous_impl();
-  stranded = false;
-  if (p == nullptr || (p == f && f->dead)) {
-    return nullptr;  // (f finished: the common case)
-  }
-  if (!p->dead) {
-    return p->sched.state == st_running ? p : nullptr;
-  }
-  stranded = !f->dead && f->sched.state == st_running;
-  return stranded ? f : nullptr;
+  return p != nullptr && !p->dead && p->sched.state == st_running ? p : nullptr;
 }
 }  // namespace
 
 // run_one() resumes a ready fiber until it gives control back to the hub; a
-// fiber that gave it back otherwise (answer_due) gets a fiber_error instead
-// of being stranded.
+// fiber that gave it back by hand (answer_due) gets a fiber_error instead of
+// being stranded.
 [[gnu::always_inline]] inline void hub::run_one(fiber_impl* f) {
   fiber_impl* due = nullptr;
-  bool stranded = false;
   try {
     detail::resume_noting_switcher(f);
-    due = answer_due(f, stranded);
+    due = answer_due();
   } catch (fiber_exit&) {
-    if (_tearing_down || (due = answer_due(f, stranded)) == nullptr) {
+    if (_tearing_down || (due = answer_due()) == nullptr) {
       throw;  // the hub itself is being unwound
     }
   } catch (...) {
-    if ((due = answer_due(f, stranded)) == nullptr) {
+    if ((due = answer_due()) == nullptr) {
       if (f->dead && !f->started && detail::start_failed_hook != nullptr) {
         // It could not get a stack (fiber/: it dies without running and the
         // error comes to us): its task fails with that error.
@@ -780,14 +748,14 @@ fiber_impl* answer_due(fiber_impl* f, bool& stranded) noexcept {
   while (due != nullptr) [[unlikely]] {
     fiber_impl* target = std::exchange(due, nullptr);
     try {
-      (void)detail::switch_slow(target, {}, refusal(target, stranded));  // (a value it returns is dropped)
-      due = answer_due(f, stranded);
+      (void)detail::switch_slow(target, {}, refusal(target));  // (a value it returns is dropped)
+      due = answer_due();
     } catch (fiber_exit&) {
-      if (_tearing_down || (due = answer_due(f, stranded)) == nullptr) {
+      if (_tearing_down || (due = answer_due()) == nullptr) {
         throw;
       }
     } catch (...) {
-      if ((due = answer_due(f, stranded)) == nullptr) {
+      if ((due = answer_due()) == nullptr) {
         report_hub_exception("a fiber the hub answered");
       }
     }

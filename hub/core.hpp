@@ -33,9 +33,10 @@
 // goes on); an exception thrown into one becomes its pending interrupt,
 // raised at its wait (like kill(block=false)), and control goes back too. A
 // switch_to()/throw_in() on the hub fiber itself raises fiber_error in the
-// caller. A fiber in a manual switch whose target finished with nowhere live
-// to go but the hub or a parked fiber (a dead parent chain) gets fiber_error
-// from that switch rather than never running again.
+// caller. Not covered: a fiber in a manual switch whose target then finishes
+// with nowhere live to go but the hub or a parked fiber (a dead parent chain:
+// its creating task ended) is never resumed — greenlet's rule, the value goes
+// to the parent chain; keep manual switches among fibers whose parents live.
 //
 // Example:
 //   auto g1 = cogent::spawn([] { cogent::sleep(10ms); return 1; });

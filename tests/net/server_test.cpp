@@ -630,6 +630,13 @@ int emfile_child(int ctl_fd) {
   for (int fd : inherited) {
     ::close(fd);
   }
+  // The control socket came from the parent's table and may sit high above
+  // the free slots (the parent holds many descriptors under ASan); move it to
+  // the lowest free number so the limit below counts what it should.
+  if (int low = ::fcntl(ctl_fd, F_DUPFD_CLOEXEC, 3); low >= 0 && low < ctl_fd) {
+    ::close(ctl_fd);
+    ctl_fd = low;
+  }
   int rc = 1;
   std::thread th([&] {
     try {

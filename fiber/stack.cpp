@@ -410,6 +410,60 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
   }
 }
 
+// alt_stack is the 64 KiB alternate signal stack of one fiber-using thread:
+// installed at the thread's first fiber, unmapped when the thread ends (a
+// program that starts many short threads must not keep a mapping per thread
+// it ever had; vm.max_map_count is finite).
+struct alt_stack {
+  static constexpr std::size_t size = 64 * 1024;
+  bool checked = false;
+  void* mine = nullptr;  // null: none of ours (another was there: ASan's, the app's; or mmap failed)
+
+  void install() noexcept {
+    if (checked) {
+      return;
+    }
+    checked = true;
+    stack_t cur;
+    if (::sigaltstack(nullptr, &cur) == 0 && (cur.ss_flags & SS_DISABLE) == 0 && cur.ss_sp != nullptr) {
+      return;  // someone (ASan, the app) already provided one
+    }
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      return;  // overflow reports degrade to a plain SIGSEGV; nothing else breaks
+    }
+    stack_t ss;
+    ss.ss_sp = p;
+    ss.ss_size = size;
+    ss.ss_flags = 0;
+    if (::sigaltstack(&ss, nullptr) != 0) {
+      ::munmap(p, size);
+      return;
+    }
+    mine = p;
+  }
+
+  ~alt_stack() {
+    if (mine == nullptr) {
+      return;
+    }
+    stack_t cur;
+    if (::sigaltstack(nullptr, &cur) == 0 && cur.ss_sp == mine) {
+      if ((cur.ss_flags & SS_ONSTACK) != 0) {
+        return;  // (a thread ending from a signal handler: keep it, it is in use)
+      }
+      stack_t off;
+      std::memset(&off, 0, sizeof off);
+      off.ss_flags = SS_DISABLE;
+      if (::sigaltstack(&off, nullptr) != 0) {
+        return;
+      }
+    }
+    // Not current any more (the app installed its own since): ours is unused.
+    ::munmap(mine, size);
+  }
+};
+
 }  // namespace
 
 void report_overflow_and_abort(const char* name) noexcept {
@@ -434,25 +488,8 @@ void install_overflow_handler(overflow_inspector inspect) {
     ::sigaction(SIGBUS, &sa, &g_prev_bus);
   });
   // The handler must run on an alternate stack: the faulting stack is full.
-  thread_local bool has_altstack = false;
-  if (!has_altstack) {
-    stack_t cur;
-    if (::sigaltstack(nullptr, &cur) == 0 && (cur.ss_flags & SS_DISABLE) == 0 && cur.ss_sp != nullptr) {
-      has_altstack = true;  // someone (ASan, the app) already provided one
-      return;
-    }
-    constexpr std::size_t alt_size = 64 * 1024;
-    stack_t ss;
-    ss.ss_sp =
-        ::mmap(nullptr, alt_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (ss.ss_sp == MAP_FAILED) {
-      return;  // overflow reports degrade to a plain SIGSEGV; nothing else breaks
-    }
-    ss.ss_size = alt_size;
-    ss.ss_flags = 0;
-    ::sigaltstack(&ss, nullptr);
-    has_altstack = true;  // one 64 KiB mapping per fiber-using thread, kept for the thread's life
-  }
+  thread_local alt_stack alt;
+  alt.install();
 }
 
 }  // namespace detail

@@ -134,7 +134,8 @@ inline bool canary_intact(const char* bottom) noexcept {
 using overflow_inspector = bool (*)(const void* fault_addr, char* buf, std::size_t len) noexcept;
 
 // install_overflow_handler() sets up, once per thread, the alternate signal
-// stack and (once per process) the SIGSEGV/SIGBUS handler that reports a
+// stack (64 KiB, unmapped when the thread ends; none if the thread already
+// has one, e.g. ASan's) and (once per process) the SIGSEGV/SIGBUS handler that reports a
 // guard-page hit using `inspect`. Faults that are not ours are passed on to the
 // handler that was installed before (or the default action).
 void install_overflow_handler(overflow_inspector inspect);

@@ -1,6 +1,7 @@
 // tests/fiber/stack_test.cpp — fiber stacks (fiber/stack.hpp), the slow suite: a stack overflow is
 // reported by fiber name and aborts, both on a guard page and (beyond the guard budget) through the
-// canary; and 1,000,000 fibers can be suspended at once. Overflow tests run in a fork()ed child.
+// canary; a thread's alternate signal stack is unmapped when it ends; and 1,000,000 fibers can be
+// suspended at once. Overflow tests run in a fork()ed child.
 #include <doctest/doctest.h>
 
 #include <sys/wait.h>
@@ -12,7 +13,9 @@
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
+#include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fiber/fiber.hpp"
@@ -76,6 +79,18 @@ volatile int g_depth_limit = 1 << 30;
     last[i] = static_cast<char>(0x5a);
   }
   return buf[0] + last[span / 2];
+}
+
+// vm_size_kib() is this process's mapped address space (VmSize in /proc/self/status), in KiB.
+long vm_size_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmSize:", 0) == 0) {
+      return std::stol(line.substr(7));
+    }
+  }
+  return -1;
 }
 
 // contains() is a readable substring check for failure messages.
@@ -150,6 +165,58 @@ TEST_SUITE("stack") {
     // Under ASan our SIGSEGV handler still runs (ASan allows user SEGV handlers and provides the alternate
     // signal stack), so the report is the same.
     CHECK(contains(r.err, "stack overflow in fiber 'deep-diver'"));
+  }
+
+  TEST_CASE("a thread's alternate signal stack goes when the thread ends; overflows are still named after" *
+            doctest::timeout(120)) {
+    child_result r = run_in_child([] {
+      auto one_thread = [] {
+        std::thread t([] {
+          fiber f([](int n) { return n + 1; });
+          if (f.switch_to<int>(1) != 2) {
+            std::_Exit(5);
+          }
+        });
+        t.join();
+      };
+      one_thread();  // (the first thread's one-time costs: the pool's globals, the handler)
+      long before = vm_size_kib();
+      for (int i = 0; i < 400; ++i) {
+        one_thread();
+      }
+      long after = vm_size_kib();
+      // Every thread mapped a 64 KiB alternate signal stack (and its fiber stacks): one left behind
+      // each would be 25 MiB more; the slack is for the allocator's arenas and glibc's stack cache.
+      std::fprintf(stderr, "VmSize: %ld -> %ld KiB\n", before, after);
+      if (before < 0 || after - before > 4096) {
+        ::_exit(child_setup_failed + 1);
+      }
+      // A later thread still gets an alternate stack and its overflow report.
+      std::thread t([] {
+        fiber main = fiber::current();
+        fiber f(
+            [&main] {
+              main.switch_to();
+              recurse_forever(0);
+            },
+            {.stack_size = 64 * 1024, .name = "late-thread-diver"});
+        f.switch_to();
+        if (!f.impl()->stk.guarded) {
+          std::fprintf(stderr, "no guard page for the late thread's fiber\n");
+          ::_exit(child_setup_failed);
+        }
+        f.switch_to();
+      });
+      t.join();
+    });
+    INFO("child stderr: " << r.err);
+    REQUIRE_FALSE(r.exited(child_setup_failed));
+    CHECK_FALSE(r.exited(child_setup_failed + 1));
+    CHECK(WIFSIGNALED(r.status));
+    if (WIFSIGNALED(r.status)) {
+      CHECK(WTERMSIG(r.status) == SIGABRT);
+    }
+    CHECK(contains(r.err, "stack overflow in fiber 'late-thread-diver'"));
   }
 
   TEST_CASE("a stack overflow on a guard page is reported by name and aborts" * doctest::timeout(60)) {

@@ -15,8 +15,9 @@
 # cpu 1 for T seconds, take the server CPU time (utime+stime, /proc/<pid>/stat) over the measured
 # window -> CPU µs per round trip, stop the server (SIGINT). Writes
 #   $OUT/echo.csv          server,conns,rep,rtps,p50_us,p99_us,cpu_us_per_rt,errors
-#   $OUT/echo_summary.md   medians, rtps vs the best raw floor, CPU/rt vs the leanest raw floor
-#                          (also printed to stdout)
+#   $OUT/echo_summary.md   medians, rtps vs the best raw floor, CPU/rt vs the leanest raw floor;
+#                          then ratios paired within each rep (median over reps, per floor, and
+#                          how many reps beat both floors) — also printed to stdout
 #   $OUT/echo.png          gnuplot bar chart of median rtps per server per conns
 #   $OUT/c10k.csv          with --c10k: 10,000 connections x --rounds 100 per server: errors and
 #                          server RSS growth per connection (VmHWM at the end minus VmRSS before
@@ -258,6 +259,57 @@ if [[ $sweep -eq 1 ]]; then
             }
         }' "$csv" >"$out_dir/echo_table.md"
 
+    # Paired ratios: the reps are interleaved, so the servers of one rep ran minutes apart at most
+    # and this host's slow swings (±20 % between reps) cancel out of a within-rep ratio. For each
+    # server that is not a floor: per rep, its rtps over each floor's rtps in that rep; the median
+    # of those per floor; and the count of reps where it had at least the rtps of both floors.
+    awk -F, -v order="${server_names[*]}" -v conns_order="$conns_list" '
+        function med(list,    n, i, j, t, v) {
+            n = split(list, v, " ")
+            for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) { v[j + 1] = v[j] } v[j + 1] = t }
+            if (n == 0) { return "NA" }
+            return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        }
+        NR > 1 && $4 != "NA" { rt[$1, $2, $3] = $4 + 0; cpu[$1, $2, $3] = $7 + 0; reps[$3] = 1; seen[$1] = 1 }
+        END {
+            ns = split(order, names, " "); nc = split(conns_order, cl, " ")
+            nf = 0
+            for (si = 1; si <= ns; si++) { if (names[si] ~ /^raw_/ && (names[si] in seen)) { floors[++nf] = names[si] } }
+            if (nf == 0) { exit }
+            print "| server | conns | paired reps | rtps ratio, median per floor | reps at >= every floor | CPU/rt ratio, median per floor |"
+            print "|---|---:|---:|---|---:|---|"
+            for (ci = 1; ci <= nc; ci++) {
+                c = cl[ci]
+                for (si = 1; si <= ns; si++) {
+                    s = names[si]
+                    if (s ~ /^raw_/ || !(s in seen)) { continue }
+                    n = 0; wins = 0; split("", rl); split("", cr)
+                    for (r in reps) {
+                        if (!((s, c, r) in rt)) { continue }
+                        ok = 1; beat = 1
+                        for (k = 1; k <= nf; k++) { if (!((floors[k], c, r) in rt) || rt[floors[k], c, r] <= 0) { ok = 0 } }
+                        if (!ok) { continue }
+                        n++
+                        for (k = 1; k <= nf; k++) {
+                            f = floors[k]
+                            rl[k] = rl[k] " " rt[s, c, r] / rt[f, c, r]
+                            if (cpu[f, c, r] > 0 && cpu[s, c, r] > 0) { cr[k] = cr[k] " " cpu[s, c, r] / cpu[f, c, r] }
+                            if (rt[s, c, r] < rt[f, c, r]) { beat = 0 }
+                        }
+                        wins += beat
+                    }
+                    if (n == 0) { continue }
+                    a = ""; b = ""
+                    for (k = 1; k <= nf; k++) {
+                        m1 = med(rl[k]); m2 = med(cr[k])
+                        a = a (k > 1 ? ", " : "") sprintf("%.3fx %s", m1, floors[k])
+                        b = b (k > 1 ? ", " : "") (m2 == "NA" ? "n/a" : sprintf("%.3fx %s", m2, floors[k]))
+                    }
+                    printf "| %s | %s | %d | %s | %d of %d | %s |\n", s, c, n, a, wins, n, b
+                }
+            }
+        }' "$csv" >"$out_dir/echo_paired.md"
+
     # Plot data: one row per conns value, one column per server (median rtps).
     plot_dat=$out_dir/echo_plot.dat
     awk -F, -v order="${server_names[*]}" -v conns_order="$conns_list" '
@@ -342,6 +394,12 @@ fi
         echo
         echo "rtps ratio vs the raw floor with the most rtps; CPU/rt ratio vs the raw floor with the least CPU per round trip."
         echo
+        if [[ -s $out_dir/echo_paired.md ]]; then
+            echo "Paired by rep (each server over each floor within the same interleaved rep, then the median over reps):"
+            echo
+            cat "$out_dir/echo_paired.md"
+            echo
+        fi
         echo "![echo rtps](echo.png)"
         echo
     fi

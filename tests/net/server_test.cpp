@@ -655,6 +655,7 @@ int emfile_child(int ctl_fd) {
       rlimit rl{};
       getrlimit(RLIMIT_NOFILE, &rl);
       rl.rlim_cur = static_cast<rlim_t>(max_fd + 5);
+      std::fprintf(stderr, "emfile child: highest descriptor %d, limit %d\n", max_fd, max_fd + 5);
       if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
         rc = 3;
         return;

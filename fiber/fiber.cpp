@@ -255,7 +255,7 @@ namespace {
     self->in_value.reset();
     result = self->run(std::move(arg));
   } catch (fiber_exit& e) {
-    result = std::move(e.value());
+    result = e.value();  // (a copy: the exception object may be thrown again, as greenlet's is not consumed)
   } catch (...) {
     error = std::current_exception();
   }
@@ -615,7 +615,7 @@ std::any fiber::throw_in(std::exception_ptr e) {
     try {
       std::rethrow_exception(e);
     } catch (fiber_exit& x) {
-      return detail::switch_slow(target, std::move(x.value()), nullptr);
+      return detail::switch_slow(target, std::any(x.value()), nullptr);  // (a copy, as in entry())
     } catch (...) {
     }
   }

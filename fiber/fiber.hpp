@@ -194,6 +194,8 @@ class fiber {
   // which the dead fiber eats: the switch carries its value() instead
   // (greenlet), so killing a finished child returns that value to the
   // caller. Default: fiber_exit.
+  // A fiber_exit's value is copied out, never moved: the same exception_ptr
+  // may be thrown into several fibers, each returning the value.
   // Throws fiber_error for a null `e` or an empty handle.
   std::any throw_in(std::exception_ptr e);
   std::any throw_in() { return throw_in(std::make_exception_ptr(fiber_exit{})); }

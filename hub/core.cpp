@@ -842,9 +842,11 @@ void hub::loop() {
         continue;
       }
       // main is not waiting on the hub (it is suspended in a manual switch):
-      // there is nothing to wake; hand control back to it.
+      // there is nothing to wake; hand control back to it (through run_one:
+      // a later switch_to()/throw_in() of main on the hub fiber comes back
+      // here and is answered with fiber_error, as from any other fiber).
       mark_running(main);
-      detail::resume(main);
+      run_one(main);
       _running.store(nullptr, std::memory_order_relaxed);
       continue;
     }

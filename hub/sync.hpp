@@ -185,7 +185,8 @@ struct ready_link {
 };
 
 // ready_links is the list of an object's ready_link nodes, run in the order
-// they were added (as gevent's rawlink callbacks and the waiters are).
+// they were added (as gevent's rawlink callbacks are), after the object's own
+// waiters are woken (gevent keeps both in one list: see cogent::wait()).
 class ready_links {
  public:
   ready_links() = default;

@@ -26,8 +26,9 @@ namespace cogent {
 // finished, whatever its outcome — watching it does not count as looking at
 // its error), an event (ready once set) or an async_result (ready once set or
 // given an exception). It holds a reference: the event or async_result must
-// outlive the wait() (destroying one during it makes the wait raise
-// hub_error); a task is held by its handle. Never switches.
+// outlive the wait() (destroying one that is not yet ready during it makes
+// the wait raise hub_error; one ready at the call was already counted and is
+// not looked at again); a task is held by its handle. Never switches.
 class waitable {
  public:
   waitable(const task_base& t) : _task(t) {}  // NOLINT: implicit, as in wait({t, e})
@@ -61,8 +62,12 @@ class waitable {
 // timeout, count), which returns the objects themselves). An object that
 // becomes ready and is then reset (an event cleared) before wait() returns is
 // still reported. A zero `t` never switches (then it also works inside the
-// hub). Raises std::logic_error for an empty task handle; hub_error if an
-// event or async_result in the list is destroyed before `count` are ready
+// hub). Wake-up order: when an object becomes ready, the fibers blocked in
+// its own calls (event::wait, async_result::get, task::join) are woken before
+// the wait() callers watching it, each group oldest first (gevent runs one
+// list in arrival order, so a wait() begun first is woken first there).
+// Raises std::logic_error for an empty task handle; hub_error if an
+// event or async_result in the list, not ready at the call, is destroyed before `count` are ready
 // (after that, the wait returns what it has), or if called
 // inside the hub with a wait that would block; a pending kill or Timeout of
 // the caller. May switch.

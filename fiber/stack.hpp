@@ -135,8 +135,8 @@ using overflow_inspector = bool (*)(const void* fault_addr, char* buf, std::size
 
 // install_overflow_handler() sets up, once per thread, the alternate signal
 // stack (64 KiB, unmapped when the thread ends; none if the thread already
-// has one, e.g. ASan's) and (once per process) the SIGSEGV/SIGBUS handler that reports a
-// guard-page hit using `inspect`. Faults that are not ours are passed on to the
+// has one, e.g. ASan's) and (once per process) the SIGSEGV/SIGBUS handler
+// that reports a guard-page hit using `inspect`. Faults that are not ours are passed on to the
 // handler that was installed before (or the default action).
 void install_overflow_handler(overflow_inspector inspect);
 

@@ -66,9 +66,9 @@ class waitable {
 // its own calls (event::wait, async_result::get, task::join) are woken before
 // the wait() callers watching it, each group oldest first (gevent runs one
 // list in arrival order, so a wait() begun first is woken first there).
-// Raises std::logic_error for an empty task handle; hub_error if an
-// event or async_result in the list, not ready at the call, is destroyed before `count` are ready
-// (after that, the wait returns what it has), or if called
+// Raises std::logic_error for an empty task handle; hub_error if an event or
+// async_result in the list, not ready at the call, is destroyed before
+// `count` are ready (after that, the wait returns what it has), or if called
 // inside the hub with a wait that would block; a pending kill or Timeout of
 // the caller. May switch.
 std::vector<std::size_t> wait(const std::vector<waitable>& objects, timeout_duration t = std::nullopt,

@@ -15,6 +15,7 @@
 #include <csignal>
 #include <cstdio>
 #include <string>
+#include <thread>
 
 namespace cogent::test {
 
@@ -106,6 +107,29 @@ int exit_code_in_child(Fn fn, unsigned seconds = 2) {
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+// in_fresh_thread_child() is exit_code_in_child() with fn() run on a new thread of the child (a
+// fresh hub: the test process's own hub cannot be used in a fork child), which _exit()s with the
+// int fn returns (96 if it threw) — no thread-exit teardown of fibers a test may leave stranded.
+template <class Fn>
+int in_fresh_thread_child(Fn fn, unsigned seconds = 3) {
+  return exit_code_in_child(
+      [&] {
+        int code = 97;
+        std::thread th([&] {
+          try {
+            code = fn();
+          } catch (...) {
+            code = 96;
+          }
+          std::fflush(nullptr);
+          ::_exit(code);
+        });
+        th.join();
+        return code;
+      },
+      seconds);
 }
 
 }  // namespace cogent::test

@@ -98,6 +98,29 @@ bool contains(const std::string& s, const std::string& what) {
   return s.find(what) != std::string::npos;
 }
 
+// diver() is a fiber on a 64 KiB stack named `name` that comes back to `main` once (so its stack is
+// mapped and can be inspected) and overflows it when next switched into.
+fiber diver(fiber& main, const char* name) {
+  return fiber(
+      [&main] {
+        main.switch_to();
+        recurse_forever(0);
+      },
+      {.stack_size = 64 * 1024, .name = name});
+}
+
+// check_overflow_reported() checks that the child set up what it wanted, then aborted with the
+// overflow report naming fiber `name` on stderr.
+void check_overflow_reported(const child_result& r, const std::string& name) {
+  INFO("child stderr: " << r.err);
+  REQUIRE_FALSE(r.exited(child_setup_failed));
+  CHECK(WIFSIGNALED(r.status));
+  if (WIFSIGNALED(r.status)) {
+    CHECK(WTERMSIG(r.status) == SIGABRT);
+  }
+  CHECK(contains(r.err, "stack overflow in fiber '" + name + "'"));
+}
+
 }  // namespace
 
 TEST_SUITE("stack") {
@@ -138,12 +161,7 @@ TEST_SUITE("stack") {
       // A non-default size is always freshly mapped (never from the pool), so it gets a guard page while
       // the budget allows. The stack is mapped by the first switch: the fiber comes back once first.
       fiber main = fiber::current();
-      fiber f(
-          [&main] {
-            main.switch_to();
-            recurse_forever(0);
-          },
-          {.stack_size = 64 * 1024, .name = "deep-diver"});
+      fiber f = diver(main, "deep-diver");
       f.switch_to();
       cogent::stack_counters st = cogent::stack_stats();
       bool as_wanted = want_marker ? st.marker_guarded == markers0 + 1 && st.guarded_total == guarded0
@@ -156,15 +174,9 @@ TEST_SUITE("stack") {
       std::fprintf(stderr, "guard: %s\n", want_marker ? "marker" : "PROT_NONE");
       f.switch_to();
     });
-    INFO("child stderr: " << r.err);
-    REQUIRE_FALSE(r.exited(child_setup_failed));
-    CHECK(WIFSIGNALED(r.status));
-    if (WIFSIGNALED(r.status)) {
-      CHECK(WTERMSIG(r.status) == SIGABRT);
-    }
     // Under ASan our SIGSEGV handler still runs (ASan allows user SEGV handlers and provides the alternate
     // signal stack), so the report is the same.
-    CHECK(contains(r.err, "stack overflow in fiber 'deep-diver'"));
+    check_overflow_reported(r, "deep-diver");
   }
 
   TEST_CASE("a thread's alternate signal stack goes when the thread ends; overflows are still named after" *
@@ -194,12 +206,7 @@ TEST_SUITE("stack") {
       // A later thread still gets an alternate stack and its overflow report.
       std::thread t([] {
         fiber main = fiber::current();
-        fiber f(
-            [&main] {
-              main.switch_to();
-              recurse_forever(0);
-            },
-            {.stack_size = 64 * 1024, .name = "late-thread-diver"});
+        fiber f = diver(main, "late-thread-diver");
         f.switch_to();
         if (!f.impl()->stk.guarded) {
           std::fprintf(stderr, "no guard page for the late thread's fiber\n");
@@ -210,13 +217,8 @@ TEST_SUITE("stack") {
       t.join();
     });
     INFO("child stderr: " << r.err);
-    REQUIRE_FALSE(r.exited(child_setup_failed));
-    CHECK_FALSE(r.exited(child_setup_failed + 1));
-    CHECK(WIFSIGNALED(r.status));
-    if (WIFSIGNALED(r.status)) {
-      CHECK(WTERMSIG(r.status) == SIGABRT);
-    }
-    CHECK(contains(r.err, "stack overflow in fiber 'late-thread-diver'"));
+    CHECK_FALSE(r.exited(child_setup_failed + 1));  // (the VmSize check)
+    check_overflow_reported(r, "late-thread-diver");
   }
 
   TEST_CASE("a stack overflow on a guard page is reported by name and aborts" * doctest::timeout(60)) {
@@ -254,13 +256,7 @@ TEST_SUITE("stack") {
       canary.switch_to();
       std::fprintf(stderr, "the overflow went unnoticed\n");
     });
-    INFO("child stderr: " << r.err);
-    REQUIRE_FALSE(r.exited(child_setup_failed));
-    CHECK(WIFSIGNALED(r.status));
-    if (WIFSIGNALED(r.status)) {
-      CHECK(WTERMSIG(r.status) == SIGABRT);
-    }
-    CHECK(contains(r.err, "stack overflow in fiber 'canary-fiber'"));
+    check_overflow_reported(r, "canary-fiber");
   }
 
   TEST_CASE("beyond the guard budget, an overflow in a fiber that then finishes is still named" *

@@ -36,28 +36,7 @@ double ms_since(cogent::clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(cogent::clock::now() - t0).count();
 }
 
-// in_fresh_thread_child() forks; the child (bounded by alarm) runs fn() on a new thread (a
-// fresh hub: the test process's own hub cannot be used in a fork child) and _exit()s with
-// the int it returns. Returns the exit code, or -signal (-14: SIGALRM, it hung).
-template <class Fn>
-int in_fresh_thread_child(Fn fn, unsigned seconds = 3) {
-  return cogent::test::exit_code_in_child(
-      [&] {
-        int code = 97;
-        std::thread th([&] {
-          try {
-            code = fn();
-          } catch (...) {
-            code = 96;
-          }
-          std::fflush(nullptr);
-          ::_exit(code);  // (no thread-exit teardown of fibers possibly left stranded)
-        });
-        th.join();
-        return code;
-      },
-      seconds);
-}
+using cogent::test::in_fresh_thread_child;
 
 // ---- 1. plain fibers switching into parked tasks -----------------------------------------
 

@@ -29,35 +29,16 @@ struct custom_error : std::runtime_error {
   explicit custom_error(const std::string& s = "custom") : std::runtime_error(s) {}
 };
 
-// in_fresh_thread_child() forks; the child (bounded by alarm) runs fn() on a new thread (its own
-// hub) and _exit()s with the int it returns (as tests/hub/raw_switch_review_test.cpp).
-template <class Fn>
-int in_fresh_thread_child(Fn fn, unsigned seconds = 3) {
-  return cogent::test::exit_code_in_child(
-      [&] {
-        int code = 97;
-        std::thread th([&] {
-          try {
-            code = fn();
-          } catch (...) {
-            code = 96;
-          }
-          std::fflush(nullptr);
-          ::_exit(code);
-        });
-        th.join();
-        return code;
-      },
-      seconds);
-}
+using cogent::test::in_fresh_thread_child;
 
 // ---- 1. wake order against gevent ----------------------------------------------------------
 
 // A difference from gevent, documented in hub/wait.hpp: gevent's Event keeps one list of links
 // (Event.wait() and gevent.wait() both rawlink()), run in arrival order; cogent's event::set()
 // wakes its own waiters first, then runs the wait() links. Pinned here.
-COGENT_TEST_CASE("review14: event::set wakes its own waiters before a cogent::wait begun first (documented order)",
-                 doctest::timeout(10)) {
+COGENT_TEST_CASE(
+    "review14: event::set wakes its own waiters before a cogent::wait begun first (documented order)",
+    doctest::timeout(10)) {
   cogent::event e;
   std::vector<std::string> order;
   auto a = cogent::spawn([&] {
@@ -77,8 +58,9 @@ COGENT_TEST_CASE("review14: event::set wakes its own waiters before a cogent::wa
 }
 
 // The same documented order for async_result.
-COGENT_TEST_CASE("review14: async_result::set wakes its getters before a cogent::wait begun first (documented order)",
-                 doctest::timeout(10)) {
+COGENT_TEST_CASE(
+    "review14: async_result::set wakes its getters before a cogent::wait begun first (documented order)",
+    doctest::timeout(10)) {
   cogent::async_result<int> r;
   std::vector<std::string> order;
   auto a = cogent::spawn([&] {
@@ -98,8 +80,9 @@ COGENT_TEST_CASE("review14: async_result::set wakes its getters before a cogent:
 }
 
 // The same documented order for a finishing task: joiners, then wait() links.
-COGENT_TEST_CASE("review14: a finishing task wakes its joiners before a cogent::wait begun first (documented order)",
-                 doctest::timeout(10)) {
+COGENT_TEST_CASE(
+    "review14: a finishing task wakes its joiners before a cogent::wait begun first (documented order)",
+    doctest::timeout(10)) {
   auto t = cogent::spawn([] { cogent::sleep(5ms); });
   std::vector<std::string> order;
   auto a = cogent::spawn([&] {
@@ -137,7 +120,8 @@ COGENT_TEST_CASE("review14: two cogent::wait callers run in link order", doctest
 
 // ---- 2. result order and counts ------------------------------------------------------------
 
-COGENT_TEST_CASE("review14: results in the order objects became ready, not list order", doctest::timeout(10)) {
+COGENT_TEST_CASE("review14: results in the order objects became ready, not list order",
+                 doctest::timeout(10)) {
   cogent::event e0;
   cogent::event e1;
   cogent::async_result<void> r2;
@@ -455,12 +439,11 @@ COGENT_TEST_CASE("review14: Timeout queued behind a throw_in'd custom exception"
 
 // ---- 6. throw_in into finished fibers -------------------------------------------------------
 
-// Was a bug (fixed): fiber/fiber.cpp:617-618 `catch (fiber_exit& x) { switch_slow(target, std::move(x.value()), ...) }`
-// moves the value out of the shared exception object, so a second throw_in of the same
-// exception_ptr (a stored/broadcast kill) carries an empty std::any (entry(), fiber.cpp:258,
-// does the same for live fibers: pre-existing there).
-// The same fiber_exit exception_ptr thrown into a finished fiber twice: greenlet returns the
-// exception's value both times (it does not consume the exception object).
+// Was a bug (fixed): fiber/fiber.cpp:617-618 `catch (fiber_exit& x) { switch_slow(target,
+// std::move(x.value()), ...) }` moves the value out of the shared exception object, so a second throw_in of
+// the same exception_ptr (a stored/broadcast kill) carries an empty std::any (entry(), fiber.cpp:258, does
+// the same for live fibers: pre-existing there). The same fiber_exit exception_ptr thrown into a finished
+// fiber twice: greenlet returns the exception's value both times (it does not consume the exception object).
 TEST_CASE("review14: the same fiber_exit thrown into a finished fiber twice returns its value twice") {
   cogent::fiber child([] { return 1; });
   child.switch_to();
@@ -497,7 +480,8 @@ TEST_CASE("review14: the same fiber_exit thrown into two suspended fibers return
 
 // hub/core.hpp: "A switch_to()/throw_in() on the hub fiber itself raises fiber_error in the
 // caller." From the thread's main fiber, after a join() returned (the hub is in run_one).
-TEST_CASE("review14: main fiber switch_to / throw_in into the hub fiber after a join" * doctest::timeout(10)) {
+TEST_CASE("review14: main fiber switch_to / throw_in into the hub fiber after a join" *
+          doctest::timeout(10)) {
   int code = in_fresh_thread_child([] {
     cogent::fiber hubf;
     auto t = cogent::spawn([&] { hubf = cogent::fiber::current().parent(); });
@@ -523,103 +507,78 @@ TEST_CASE("review14: main fiber switch_to / throw_in into the hub fiber after a 
   CHECK(code == 0);
 }
 
-// Was a bug (fixed): hub/core.cpp:844-849 (detail::resume(main) at :847) — when nothing can happen and main is suspended in a manual switch,
-// the hub hands control back with a bare detail::resume(main) (not run_one(), no answer_due()).
-// A later switch_to(hub fiber) from main then returns an empty value (no fiber_error, code 60);
-// throw_in(custom) raises inside the hub's loop, which unwinds the hub fiber: custom comes back
-// out of main's throw_in and the hub fiber is dead (code 180, every later wait hangs);
-// throw_in() (fiber_exit) unwinds the hub fiber too and returns normally (code 170).
-// The same once the hub has handed control back to main from a manual switch (main switched
-// into a plain fiber that parked for good: nothing can happen, so the hub resumes main,
-// hub/core.cpp:847 `detail::resume(main)`, not run_one()).
+// Was a bug (fixed): when nothing could happen and main was suspended in a manual switch, the
+// hub handed control back with a bare resume (not run_one(), so no answer_due()). A later
+// switch_to(hub fiber) from main then returned an empty value (no fiber_error: code 60);
+// throw_in(custom) raised inside the hub's loop, which unwound the hub fiber (code 180, every
+// later wait hung); throw_in() (fiber_exit) unwound it too and returned normally (code 170).
+//
+// poke_hub_after_idle_handback() runs in a fresh-thread child: main switches by hand into a
+// fiber that parks for good, so the idle hub hands control back to main; then poke(hub fiber)
+// returns 0 if its switch was refused with fiber_error, else its own code. Returns hundreds:
+// the hub fiber died; tens: poke's code; units: 5 if the hub cannot run a task afterwards.
+template <class Poke>
+int poke_hub_after_idle_handback(Poke poke) {
+  return in_fresh_thread_child([&] {
+    cogent::fiber hubf;
+    auto t = cogent::spawn([&] { hubf = cogent::fiber::current().parent(); });
+    t.join();
+    cogent::event never;
+    cogent::fiber x([&] { never.wait(); });
+    (void)x.switch_to();  // back once the hub finds nothing to do
+    int got = poke(hubf);
+    if (hubf.dead()) {
+      return got * 10 + 100;  // (every later wait would hang)
+    }
+    auto t2 = cogent::spawn([] {
+      cogent::sleep(2ms);
+      return 4;
+    });
+    int usable = t2.join(1s) && t2.get() == 4 ? 0 : 5;
+    return got * 10 + usable;
+  });
+}
+
 TEST_CASE("review14: main fiber switch_to into the hub fiber after the hub resumed it from a manual switch" *
           doctest::timeout(10)) {
-  int code = in_fresh_thread_child([] {
-    cogent::fiber hubf;
-    auto t = cogent::spawn([&] { hubf = cogent::fiber::current().parent(); });
-    t.join();
-    cogent::event never;
-    cogent::fiber x([&] { never.wait(); });
-    (void)x.switch_to();
-    int got = 0;  // back once the hub finds nothing to do
-    try {
-      hubf.switch_to(1);
-      got = 6;  // returned without fiber_error
-    } catch (const cogent::fiber_error&) {
-    }
-    if (hubf.dead()) {
-      return got * 10 + 100;  // the hub fiber was unwound by it: every later wait hangs
-    }
-    auto t2 = cogent::spawn([] {
-      cogent::sleep(2ms);
-      return 4;
-    });
-    int usable = t2.join(1s) && t2.get() == 4 ? 0 : 5;
-    return got * 10 + usable;  // hundreds: hub fiber dead; tens: the manual switch; units: hub usable
-  });
-  CHECK(code == 0);
+  CHECK(poke_hub_after_idle_handback([](cogent::fiber& hubf) {
+          try {
+            hubf.switch_to(1);
+            return 6;  // returned without fiber_error
+          } catch (const cogent::fiber_error&) {
+            return 0;
+          }
+        }) == 0);
 }
 
-// Was a bug (fixed, see above): code 180.
 TEST_CASE("review14: main fiber throw_in into the hub fiber after the hub resumed it from a manual switch" *
           doctest::timeout(10)) {
-  int code = in_fresh_thread_child([] {
-    cogent::fiber hubf;
-    auto t = cogent::spawn([&] { hubf = cogent::fiber::current().parent(); });
-    t.join();
-    cogent::event never;
-    cogent::fiber x([&] { never.wait(); });
-    (void)x.switch_to();
-    int got = 0;
-    try {
-      hubf.throw_in(std::make_exception_ptr(custom_error("hub")));
-      got = 7;
-    } catch (const cogent::fiber_error&) {
-    } catch (const custom_error&) {
-      got = 8;  // the exception came back out of the hub's loop
-    }
-    if (hubf.dead()) {
-      return got * 10 + 100;  // the hub fiber was unwound by it: every later wait hangs
-    }
-    auto t2 = cogent::spawn([] {
-      cogent::sleep(2ms);
-      return 4;
-    });
-    int usable = t2.join(1s) && t2.get() == 4 ? 0 : 5;
-    return got * 10 + usable;  // hundreds: hub fiber dead; tens: the manual switch; units: hub usable
-  });
-  CHECK(code == 0);
+  CHECK(poke_hub_after_idle_handback([](cogent::fiber& hubf) {
+          try {
+            hubf.throw_in(std::make_exception_ptr(custom_error("hub")));
+            return 7;
+          } catch (const cogent::fiber_error&) {
+            return 0;
+          } catch (const custom_error&) {
+            return 8;  // the exception came back out of the hub's loop
+          }
+        }) == 0);
 }
 
-// Was a bug (fixed, see above): code 170.
-TEST_CASE("review14: main fiber throw_in(fiber_exit) into the hub fiber after the hub resumed it from a manual switch" *
-          doctest::timeout(10)) {
-  int code = in_fresh_thread_child([] {
-    cogent::fiber hubf;
-    auto t = cogent::spawn([&] { hubf = cogent::fiber::current().parent(); });
-    t.join();
-    cogent::event never;
-    cogent::fiber x([&] { never.wait(); });
-    (void)x.switch_to();
-    int got = 0;
-    try {
-      hubf.throw_in();
-      got = 7;
-    } catch (const cogent::fiber_error&) {
-    } catch (const cogent::fiber_exit&) {
-      got = 8;
-    }
-    if (hubf.dead()) {
-      return got * 10 + 100;  // the hub fiber was unwound by it: every later wait hangs
-    }
-    auto t2 = cogent::spawn([] {
-      cogent::sleep(2ms);
-      return 4;
-    });
-    int usable = t2.join(1s) && t2.get() == 4 ? 0 : 5;
-    return got * 10 + usable;  // hundreds: hub fiber dead; tens: the manual switch; units: hub usable
-  });
-  CHECK(code == 0);
+TEST_CASE(
+    "review14: main fiber throw_in(fiber_exit) into the hub fiber after the hub resumed it from a manual "
+    "switch" *
+    doctest::timeout(10)) {
+  CHECK(poke_hub_after_idle_handback([](cogent::fiber& hubf) {
+          try {
+            hubf.throw_in();
+            return 7;
+          } catch (const cogent::fiber_error&) {
+            return 0;
+          } catch (const cogent::fiber_exit&) {
+            return 8;
+          }
+        }) == 0);
 }
 
 }  // namespace

@@ -551,7 +551,9 @@ COGENT_TEST_CASE("started() is false for a task killed before it ran", doctest::
   bool ran = false;
   auto t = cogent::spawn([&] { ran = true; });
   auto later = cogent::spawn_later(5ms, [&] { ran = true; });
-  t.kill();
+  // No switch before both kills: a blocking kill of t first let a stalled thread's hub start `later`
+  // (its 5 ms gone) before it was killed.
+  t.kill(nullptr, false);
   later.kill();
   CHECK(t.killed());
   CHECK(later.killed());

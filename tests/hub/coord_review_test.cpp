@@ -263,11 +263,14 @@ COGENT_TEST_CASE("review: kill of a run() waiter while its job runs, then the fr
   cogent::threadpool tp(2);
   for (int i = 0; i < 20; ++i) {
     std::atomic<bool> started{false};
+    std::atomic<bool> release{false};
     auto t = cogent::spawn([&] {
       std::string s(100, 'x');
       tp.run([&] {
         started = true;
-        std::this_thread::sleep_for(2ms);
+        while (!release) {  // (not a fixed sleep: a stalled hub could see the job done before its kill)
+          std::this_thread::sleep_for(100us);
+        }
         s[0] = 'y';
         return s.size();
       });
@@ -275,8 +278,14 @@ COGENT_TEST_CASE("review: kill of a run() waiter while its job runs, then the fr
     while (!started) {
       cogent::sleep(100us);
     }
+    // The job ends only after the kill below is requested (no switch before it).
+    auto releaser = cogent::spawn([&] {
+      cogent::sleep(1ms);
+      release = true;
+    });
     t.kill();
     CHECK(t.killed());
+    releaser.join();
   }
 }
 

@@ -3,6 +3,7 @@
 // from other threads, blocking inside the hub, wait().
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -172,13 +173,17 @@ COGENT_TEST_CASE("timers in any order, some cancelled, fire in deadline order", 
 }
 
 COGENT_TEST_CASE("a 20 ms sleep takes [20, 40) ms", doctest::timeout(10)) {
+  // Never shorter, every time; not much longer, in the best of 5 (one stalled turn of a noisy
+  // machine must not fail it, a timer that always fires late must).
+  auto best = clock::duration::max();
   for (int i = 0; i < 5; ++i) {
     auto t0 = clock::now();
     cogent::sleep(20ms);
     auto took = clock::now() - t0;
     CHECK(took >= 20ms);
-    CHECK(took < 40ms);
+    best = std::min(best, took);
   }
+  CHECK(best < 40ms);
 }
 
 COGENT_TEST_CASE("sleeps of many fibers overlap", doctest::timeout(10)) {

@@ -111,7 +111,7 @@ COGENT_TEST_CASE("imap_unordered streams: each result arrives as its task finish
   CHECK(got[1].first == 50);
   CHECK(got[2].first == 20);
   CHECK(got[3].first == 200);
-  CHECK(got[0].second < 40ms);
+  CHECK(got[0].second < 150ms);  // (10 ms, with room for a stalled machine; the last ends at 210 ms)
   CHECK(got[3].second >= 200ms);
   CHECK(p.size() == 0);
 }

@@ -108,7 +108,7 @@ COGENT_TEST_CASE("review B2: a never-started task's blocking link runs in its ow
   cogent::task_base in_link;
   m.link([&](const cogent::task_base&) {
     in_link = cogent::current_task();
-    cogent::sleep(50ms);
+    cogent::sleep(500ms);
   });
   bool after = false;
   auto k = cogent::spawn([&] {
@@ -121,9 +121,9 @@ COGENT_TEST_CASE("review B2: a never-started task's blocking link runs in its ow
   k.kill();
   CHECK(k.killed());
   CHECK_FALSE(after);
-  CHECK(clock::now() - t0 < 30ms);  // not held up by the link's sleep
+  CHECK(clock::now() - t0 < 250ms);  // not held up by the link's 500 ms sleep
   CHECK(in_link == m);
-  cogent::sleep(60ms);  // the link's own sleep ends (join() returns before links are through)
+  cogent::sleep(550ms);  // the link's own sleep ends (join() returns before links are through)
 }
 
 COGENT_TEST_CASE("review B3: the killer's Timeout is not swallowed by a never-started task's blocking link",

@@ -22,6 +22,7 @@
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
 #include "tests/child.hpp"
+#include "tests/job_gate.hpp"
 #include "tests/support.hpp"
 
 namespace {
@@ -124,14 +125,16 @@ COGENT_TEST_CASE("raw switch review: plain fiber throw_in(custom) into a sleepin
 }
 
 // A task parked non-interruptibly in a thread-pool job: switches into it come straight back;
-// a throw_in stays pending and is raised once the job is done (its work is not lost).
+// a throw_in stays pending and is raised once the job is done (its work is not lost). The job
+// runs until the test opens its gate (a fixed sleep could end first on a descheduled thread).
 COGENT_TEST_CASE("raw switch review: switch_to and throw_in into a task in run_in_thread") {
   cogent::fiber bf;
   std::atomic<bool> job_done{false};
+  cogent::test::job_gate gate;
   auto b = cogent::spawn([&] {
     bf = cogent::fiber::current();
-    cogent::run_in_thread([&] {
-      std::this_thread::sleep_for(50ms);
+    cogent::run_in_thread([&, wait = gate.job()] {
+      wait();
       job_done = true;
     });
   });
@@ -142,6 +145,8 @@ COGENT_TEST_CASE("raw switch review: switch_to and throw_in into a task in run_i
   }
   CHECK_FALSE(bf.throw_in(std::make_exception_ptr(custom_error("late"))).has_value());
   CHECK_FALSE(b.ready());
+  CHECK_FALSE(job_done);
+  gate.open();
   CHECK(b.join(2s));
   CHECK(job_done);
   CHECK_THROWS_WITH_AS(b.rethrow(), "late", custom_error);
@@ -151,11 +156,12 @@ COGENT_TEST_CASE("raw switch review: switch_to and throw_in into a task in run_i
 // Nested: plain fiber A (parent: the test task) switches into parked task B, B's park hands
 // control back to A; A then switches into B again via a second plain fiber it created
 // (parent A), which finishes: its value goes to A (its parent), A's return to the test task.
+// (B's sleep is long: were it over when the fiber_exit goes in, B would return 1, not killed.)
 COGENT_TEST_CASE("raw switch review: nested plain fibers switching into a parked task") {
   cogent::fiber bf;
   auto b = cogent::spawn([&] {
     bf = cogent::fiber::current();
-    cogent::sleep(50ms);
+    cogent::sleep(500ms);
     return 1;
   });
   cogent::sleep(1ms);
@@ -216,13 +222,15 @@ TEST_CASE("raw switch review: task switches into / throws into main parked in jo
 
 // Task T switches into plain fiber F (parent T), which sleeps in the hub: T is suspended in
 // a raw switch, not parked. A kill of T can only land at T's next blocking point: kill with
-// block and a short timeout returns; once F is done, T's next sleep raises the kill.
+// block and a short timeout returns; once F is done, T's next sleep raises the kill. (F sleeps
+// 600 ms: the kill's 20 ms wait ends well before, even on a descheduled thread; a kill that
+// waited for F would take 600 ms, one that waited for T's own sleep 2 s.)
 COGENT_TEST_CASE("raw switch review: kill a task suspended in a raw switch to a sleeping plain fiber") {
   bool f_done = false;
   bool t_after_switch = false;
   auto t = cogent::spawn([&] {
     cogent::fiber f([&] {
-      cogent::sleep(80ms);
+      cogent::sleep(600ms);
       f_done = true;
       return 5;
     });
@@ -233,13 +241,13 @@ COGENT_TEST_CASE("raw switch review: kill a task suspended in a raw switch to a 
   cogent::sleep(5ms);
   auto t0 = cogent::clock::now();
   t.kill(nullptr, true, 20ms);
-  CHECK(ms_since(t0) < 70);
+  CHECK(ms_since(t0) < 400);
   CHECK_FALSE(t.ready());
-  CHECK(t.join(1s));
+  CHECK(t.join(2s));
   CHECK(f_done);
   CHECK(t_after_switch);
   CHECK(t.killed());
-  CHECK(ms_since(t0) < 1000);
+  CHECK(ms_since(t0) < 1500);
 }
 
 // The same with a Timeout of T expiring while T is inside the raw switch: it is raised at T's

@@ -6,12 +6,14 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "hub/hub.hpp"
+#include "tests/job_gate.hpp"
 #include "tests/support.hpp"
 
 namespace {
@@ -19,6 +21,7 @@ namespace {
 using namespace std::chrono_literals;
 using cogent::clock;
 using cogent::test::busy_for;
+using cogent::test::job_gate;
 
 struct custom_kill {
   int code;
@@ -287,6 +290,7 @@ COGENT_TEST_CASE("s9 kill: with a custom exception at each blocking point: get()
   cogent::channel<int> ch2;
   cogent::pool p(1);
   p.spawn([&] { ev.wait(); });
+  job_gate gate;  // the thread-pool job (last) runs until its kill is sent
   std::vector<cogent::task<void>> ts;
   ts.push_back(cogent::spawn([&] { q.get(); }));
   ts.push_back(cogent::spawn([&] { full.put(1); }));
@@ -301,11 +305,18 @@ COGENT_TEST_CASE("s9 kill: with a custom exception at each blocking point: get()
   ts.push_back(cogent::spawn([&] { p.join(); }));
   ts.push_back(cogent::spawn([&] { q.peek(); }));
   ts.push_back(cogent::spawn([&] { cogent::sleep(10s); }));
-  ts.push_back(cogent::spawn([&] { cogent::default_threadpool().run([] { std::this_thread::sleep_for(5ms); }); }));
+  ts.push_back(cogent::spawn([&] { cogent::default_threadpool().run(gate.job()); }));
   cogent::sleep(2ms);
   for (std::size_t i = 0; i < ts.size(); ++i) {
     INFO("index " << i);
+    std::optional<cogent::task<void>> opener;
+    if (i + 1 == ts.size()) {
+      opener = cogent::spawn([&] { gate.open(); });  // runs once kill() below has sent the kill
+    }
     ts[i].kill(std::make_exception_ptr(custom_kill{static_cast<int>(i)}), true, 2s);
+    if (opener) {
+      opener->join();
+    }
     REQUIRE(ts[i].ready());
     CHECK_FALSE(ts[i].successful());
     CHECK_FALSE(ts[i].killed());
@@ -705,25 +716,31 @@ COGENT_TEST_CASE("s9 task: values through get(): copies for copyable, moved once
 COGENT_TEST_CASE("s9 task: an error with joiners that all time out is reported once, when it fails",
                  doctest::timeout(10)) {
   cogent::test::error_reports reports;
-  auto t = cogent::spawn([] {
-    cogent::sleep(10ms);
+  // The tasks fail when told (events), after their joiners left: no race with the joins' timers.
+  cogent::event fail;
+  auto t = cogent::spawn([&] {
+    fail.wait();
     throw std::runtime_error("late");
   });
   auto j1 = cogent::spawn([&] { return t.join(2ms); });
   auto j2 = cogent::spawn([&] { return t.join(3ms); });
   CHECK_FALSE(j1.get());
   CHECK_FALSE(j2.get());
+  CHECK(reports.seen.empty());
+  fail.set();
   CHECK(cogent::test::eventually([&] { return t.ready(); }));
   cogent::sleep(1ms);
   CHECK(reports.seen.size() == 1);
   // A joiner killed while waiting leaves the report to the end.
-  auto t2 = cogent::spawn([] {
-    cogent::sleep(10ms);
+  cogent::event fail2;
+  auto t2 = cogent::spawn([&] {
+    fail2.wait();
     throw std::runtime_error("late2");
   });
   auto j3 = cogent::spawn([&] { t2.join(); });
   cogent::sleep(1ms);
   j3.kill();
+  fail2.set();
   CHECK(cogent::test::eventually([&] { return t2.ready(); }));
   cogent::sleep(1ms);
   CHECK(reports.seen.size() == 2);
@@ -830,14 +847,16 @@ COGENT_TEST_CASE("s9 semaphore: half the waiters killed, N releases: each surviv
 
 COGENT_TEST_CASE("s9 joinall: its caller killed; a task failing afterwards is reported once", doctest::timeout(10)) {
   cogent::test::error_reports reports;
-  auto a = cogent::spawn([] {
-    cogent::sleep(5ms);
+  cogent::event fail;  // a fails once its joiner is gone (not at a time that could come first)
+  auto a = cogent::spawn([&] {
+    fail.wait();
     throw std::runtime_error("after the joiner left");
   });
   auto j = cogent::spawn([&] { cogent::joinall({a}); });
   cogent::sleep(1ms);
   j.kill();
   CHECK(j.killed());
+  fail.set();
   a.join_unobserved(1s);
   cogent::sleep(1ms);
   REQUIRE(reports.seen.size() == 1);
@@ -1009,8 +1028,9 @@ COGENT_TEST_CASE("s9 pool: add() of an outside task that finishes while waiting 
   auto adder = cogent::spawn([&] { p.add(outside); });
   bool s3_ran = false;
   auto s3 = cogent::spawn([&] { p.spawn([&] { s3_ran = true; }); });
-  cogent::sleep(5ms);
-  CHECK(outside.ready());
+  // outside finishes while the adder waits for the slot (polled: its 1 ms timer is armed after
+  // this fiber's, so a fixed sleep could end first on a descheduled thread)
+  CHECK(cogent::test::eventually([&] { return outside.ready(); }));
   ev.set();
   CHECK(adder.join(1s));
   CHECK(s3.join(1s));
@@ -1057,15 +1077,17 @@ COGENT_TEST_CASE("s9 kill: kill(block, t) of a task in threadpool.run returns af
                  doctest::timeout(10)) {
   cogent::threadpool tp(1);
   bool after = false;
+  job_gate gate;  // the job runs until the checks below are done (at most 2 s)
   auto t = cogent::spawn([&] {
-    tp.run([] { std::this_thread::sleep_for(30ms); });
+    tp.run(gate.job(2s));
     after = true;
   });
   cogent::sleep(2ms);
   auto t0 = clock::now();
   t.kill(nullptr, true, 5ms);
-  CHECK(clock::now() - t0 < 25ms);
+  CHECK(clock::now() - t0 < 500ms);  // a kill that waited for the job: 2 s
   CHECK_FALSE(t.ready());
+  gate.open();
   CHECK(t.join(1s));
   CHECK(t.killed());
   CHECK_FALSE(after);
@@ -1078,12 +1100,14 @@ COGENT_TEST_CASE("s9 joinall(raise_error): a later failure of a task still runni
     cogent::sleep(1ms);
     throw std::runtime_error("first");
   });
-  auto b = cogent::spawn([] {
-    cogent::sleep(8ms);
+  cogent::event fail_b;  // b fails after joinall raised, not at a time that could come first
+  auto b = cogent::spawn([&] {
+    fail_b.wait();
     throw std::runtime_error("second");
   });
   CHECK_THROWS_WITH(cogent::joinall({a, b}, 1s, true), "first");
   CHECK_FALSE(b.ready());
+  fail_b.set();
   b.join_unobserved(1s);
   cogent::sleep(1ms);
   REQUIRE(reports.seen.size() == 1);
@@ -1211,11 +1235,12 @@ COGENT_TEST_CASE("s9 threadpool: Timeout fires during run(), then a custom kill:
   cogent::threadpool tp(1);
   cogent::timeout* to = nullptr;
   int outcome = 0;
+  job_gate gate;  // the job runs until the kill is sent
   auto t = cogent::spawn([&] {
     try {
       cogent::timeout sc(2ms);
       to = &sc;
-      tp.run([] { std::this_thread::sleep_for(20ms); });
+      tp.run(gate.job());
       outcome = 1;
     } catch (const cogent::timeout_error&) {
       outcome = 2;
@@ -1227,6 +1252,7 @@ COGENT_TEST_CASE("s9 threadpool: Timeout fires during run(), then a custom kill:
   });
   CHECK(cogent::test::eventually([&] { return to != nullptr && to->expired(); }));
   t.kill(std::make_exception_ptr(custom_kill{1}), false);
+  gate.open();
   t.join();
   CHECK(outcome == 3);
   CHECK(t.successful());
@@ -1236,10 +1262,11 @@ COGENT_TEST_CASE("s9 threadpool: a custom kill during run(), then its Timeout fi
                  doctest::timeout(10)) {
   cogent::threadpool tp(1);
   std::vector<int> seen;
+  job_gate gate;  // the job runs until the kill is sent and the Timeout fired
   auto t = cogent::spawn([&] {
     cogent::timeout sc(5ms);
     try {
-      tp.run([] { std::this_thread::sleep_for(20ms); });
+      tp.run(gate.job());
     } catch (const custom_kill&) {
       seen.push_back(3);
     } catch (const cogent::timeout_error&) {
@@ -1254,6 +1281,8 @@ COGENT_TEST_CASE("s9 threadpool: a custom kill during run(), then its Timeout fi
   });
   cogent::sleep(1ms);
   t.kill(std::make_exception_ptr(custom_kill{1}), false);
+  cogent::sleep(10ms);  // past the Timeout's deadline (timers fire in deadline order)
+  gate.open();
   t.join();
   CHECK(seen == std::vector<int>{3, 4});
 }
@@ -1266,6 +1295,7 @@ COGENT_TEST_CASE("s9 imap: stream dropped early, its caller killed during stop()
   int members_done = 0;
   bool after_stop = false;
   bool reached_next_block = false;
+  cogent::event stopping;  // set as the stream goes: the kill below then lands during stop()
   auto caller = cogent::spawn([&] {
     {
       auto s = p.imap_unordered(
@@ -1282,13 +1312,15 @@ COGENT_TEST_CASE("s9 imap: stream dropped early, its caller killed during stop()
           },
           items);
       cogent::sleep(2ms);  // members started
+      stopping.set();  // (the test runs once this fiber blocks: in stop())
     }  // stop(): kills them and waits ~15 ms
     after_stop = true;
     CHECK(members_done == 3);
     reached_next_block = true;
     cogent::sleep(1s);  // the deferred kill lands here
   });
-  cogent::sleep(5ms);
+  REQUIRE(stopping.wait(2s));
+  CHECK_FALSE(after_stop);
   caller.kill(nullptr, false);
   CHECK(caller.join(2s));
   CHECK(caller.killed());
@@ -1303,10 +1335,12 @@ COGENT_TEST_CASE("s9 imap: stream dropped early, its caller killed during stop()
 COGENT_TEST_CASE("s9 kill: a second kill with another exception while the first is pending is dropped",
                  doctest::timeout(10)) {
   cogent::threadpool tp(1);
-  auto t = cogent::spawn([&] { tp.run([] { std::this_thread::sleep_for(10ms); }); });
+  job_gate gate;  // the job runs until both kills are sent
+  auto t = cogent::spawn([&] { tp.run(gate.job()); });
   cogent::sleep(1ms);
   t.kill(std::make_exception_ptr(custom_kill{1}), false);
   t.kill(std::make_exception_ptr(custom_kill{2}), false);
+  gate.open();
   t.join();
   try {
     t.get();

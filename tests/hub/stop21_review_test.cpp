@@ -23,6 +23,7 @@
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
 #include "hub/wait.hpp"
+#include "tests/job_gate.hpp"
 #include "tests/support.hpp"
 
 namespace {
@@ -30,6 +31,7 @@ namespace {
 using namespace std::chrono_literals;
 using positions = std::vector<std::size_t>;
 using cogent::test::busy_for;
+using cogent::test::job_gate;
 
 struct custom_kill : std::runtime_error {
   custom_kill() : std::runtime_error("custom kill") {}
@@ -44,6 +46,11 @@ double ms_since(cogent::clock::time_point t0) {
 }
 
 // ---- 1. a Timeout expiring while a kill is pending ----------------------------------------
+// The thread-pool jobs wait on a job_gate the test opens once the kill is sent and the scope's
+// Timeout has fired (the test's own sleep past the Timeout's deadline: timers fire in deadline
+// order), not for a fixed time a descheduled hub thread could outlast. (Kill and Timeout in
+// either order leave the same state — the kill pending, the Timeout queued behind it —
+// hub::interrupt and the Timeout's fire callback, so a late kill does not change the outcome.)
 
 // kill during a thread-pool job; the scope's Timeout expires during the job too. After the kill
 // is caught inside the scope, the next wait raises the Timeout at once.
@@ -53,10 +60,11 @@ COGENT_TEST_CASE("stop21 review: kill pending in threadpool::run, Timeout expire
   bool got_timeout = false;
   bool expired_at_kill = false;
   double timeout_after_kill_ms = -1;
+  job_gate gate;
   auto t = cogent::spawn([&] {
     cogent::timeout to(10ms);
     try {
-      cogent::run_in_thread([] { std::this_thread::sleep_for(60ms); });
+      cogent::run_in_thread(gate.job());
     } catch (const cogent::fiber_exit&) {
       got_kill = true;
       expired_at_kill = to.expired();
@@ -73,22 +81,25 @@ COGENT_TEST_CASE("stop21 review: kill pending in threadpool::run, Timeout expire
   });
   cogent::sleep(3ms);
   t.kill(nullptr, false);
+  cogent::sleep(15ms);  // the Timeout fires meanwhile, the job still runs
+  gate.open();
   t.join(3s);
   REQUIRE(t.ready());
   CHECK(t.successful());
   CHECK(got_kill);
   CHECK(expired_at_kill);
   CHECK(got_timeout);
-  CHECK(timeout_after_kill_ms < 20);
+  CHECK(timeout_after_kill_ms < 500);  // at once (a lost Timeout: the full 2 s sleep)
 }
 
 COGENT_TEST_CASE("stop21 review: a custom-exception kill with a Timeout queued behind it", doctest::timeout(10)) {
   int kills = 0;
   int timeouts = 0;
+  job_gate gate;
   auto t = cogent::spawn([&] {
     cogent::timeout to(10ms);
     try {
-      cogent::run_in_thread([] { std::this_thread::sleep_for(50ms); });
+      cogent::run_in_thread(gate.job());
     } catch (const custom_kill&) {
       ++kills;
     }
@@ -102,6 +113,8 @@ COGENT_TEST_CASE("stop21 review: a custom-exception kill with a Timeout queued b
   });
   cogent::sleep(3ms);
   t.kill(std::make_exception_ptr(custom_kill{}), false);
+  cogent::sleep(15ms);  // the Timeout fires behind the kill
+  gate.open();
   t.join(3s);
   REQUIRE(t.ready());
   CHECK(t.successful());
@@ -113,10 +126,11 @@ COGENT_TEST_CASE("stop21 review: a custom-exception kill with a Timeout queued b
 COGENT_TEST_CASE("stop21 review: kill propagates out of the scope, queued Timeout withdrawn", doctest::timeout(10)) {
   bool outside_timeout = false;
   bool kill_caught = false;
+  job_gate gate;
   auto t = cogent::spawn([&] {
     try {
       cogent::timeout to(10ms);
-      cogent::run_in_thread([] { std::this_thread::sleep_for(50ms); });
+      cogent::run_in_thread(gate.job());
     } catch (const cogent::fiber_exit&) {
       kill_caught = true;
     }
@@ -128,6 +142,8 @@ COGENT_TEST_CASE("stop21 review: kill propagates out of the scope, queued Timeou
   });
   cogent::sleep(3ms);
   t.kill(nullptr, false);
+  cogent::sleep(15ms);  // the Timeout fires behind the kill
+  gate.open();
   t.join(3s);
   REQUIRE(t.ready());
   CHECK(t.successful());
@@ -141,11 +157,12 @@ COGENT_TEST_CASE("stop21 review: cancel() by another fiber withdraws a Timeout q
   cogent::timeout* scope = nullptr;
   bool late_timeout = false;
   bool kill_caught = false;
+  job_gate gate;
   auto t = cogent::spawn([&] {
     cogent::timeout to(10ms);
     scope = &to;
     try {
-      cogent::run_in_thread([] { std::this_thread::sleep_for(60ms); });
+      cogent::run_in_thread(gate.job());
     } catch (const cogent::fiber_exit&) {
       kill_caught = true;
     }
@@ -158,10 +175,11 @@ COGENT_TEST_CASE("stop21 review: cancel() by another fiber withdraws a Timeout q
   });
   cogent::sleep(3ms);
   t.kill(nullptr, false);
-  cogent::sleep(25ms);  // the Timeout fired meanwhile (the job still runs)
+  cogent::sleep(25ms);  // the Timeout fired meanwhile (the job still runs: it waits on the gate)
   REQUIRE(scope != nullptr);
   CHECK(scope->expired());
   scope->cancel();
+  gate.open();
   t.join(3s);
   REQUIRE(t.ready());
   CHECK(t.successful());
@@ -172,12 +190,13 @@ COGENT_TEST_CASE("stop21 review: cancel() by another fiber withdraws a Timeout q
 // Inner and outer scopes both expire during the job with a kill pending: each raised once, in order.
 COGENT_TEST_CASE("stop21 review: inner and outer Timeouts both expire behind a pending kill", doctest::timeout(10)) {
   std::vector<std::string> seen;
+  job_gate gate;
   auto t = cogent::spawn([&] {
     cogent::timeout outer(20ms);
     try {
       cogent::timeout inner(10ms);
       try {
-        cogent::run_in_thread([] { std::this_thread::sleep_for(60ms); });
+        cogent::run_in_thread(gate.job());
       } catch (const cogent::fiber_exit&) {
         seen.push_back("kill");
       }
@@ -201,7 +220,9 @@ COGENT_TEST_CASE("stop21 review: inner and outer Timeouts both expire behind a p
   });
   cogent::sleep(3ms);
   t.kill(nullptr, false);
+  cogent::sleep(30ms);  // both Timeouts fire behind the kill
   auto t0 = cogent::clock::now();
+  gate.open();
   t.join(3s);
   REQUIRE(t.ready());
   CHECK(t.successful());
@@ -254,10 +275,11 @@ COGENT_TEST_CASE("stop21 review: Timeout fires between a kill and the killed fib
 COGENT_TEST_CASE("stop21 review: second kill after the first, Timeout still queued", doctest::timeout(10)) {
   std::vector<std::string> seen;
   cogent::event go;
+  job_gate gate;
   auto t = cogent::spawn([&] {
     cogent::timeout to(10ms);
     try {
-      cogent::run_in_thread([] { std::this_thread::sleep_for(40ms); });
+      cogent::run_in_thread(gate.job());
     } catch (const custom_kill&) {
       seen.push_back("kill1");
     }
@@ -277,6 +299,8 @@ COGENT_TEST_CASE("stop21 review: second kill after the first, Timeout still queu
   });
   cogent::sleep(3ms);
   t.kill(std::make_exception_ptr(custom_kill{}), false);
+  cogent::sleep(15ms);  // the Timeout fires behind the first kill
+  gate.open();
   go.wait(3s);
   t.kill(std::make_exception_ptr(custom_kill{}), false);
   t.join(3s);
@@ -589,11 +613,12 @@ COGENT_TEST_CASE("stop21 review: fiber::throw_in into a task in threadpool::run,
   cogent::fiber tf;
   bool got_custom = false;
   bool got_timeout = false;
+  job_gate gate;
   auto t = cogent::spawn([&] {
     tf = cogent::fiber::current();
     cogent::timeout to(10ms);
     try {
-      cogent::run_in_thread([] { std::this_thread::sleep_for(50ms); });
+      cogent::run_in_thread(gate.job());
     } catch (const custom_kill&) {
       got_custom = true;
     }
@@ -606,6 +631,8 @@ COGENT_TEST_CASE("stop21 review: fiber::throw_in into a task in threadpool::run,
   cogent::sleep(3ms);
   tf.throw_in(std::make_exception_ptr(custom_kill{}));  // returns at once (hub: pending interrupt)
   tf = cogent::fiber();
+  cogent::sleep(15ms);  // the Timeout fires behind it
+  gate.open();
   t.join(3s);
   REQUIRE(t.ready());
   CHECK(got_custom);

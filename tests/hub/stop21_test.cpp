@@ -11,6 +11,7 @@
 #include "hub/task.hpp"
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
+#include "tests/job_gate.hpp"
 #include "tests/support.hpp"
 
 namespace {
@@ -21,14 +22,16 @@ COGENT_TEST_CASE("timeout: expiring behind a pending kill, it queues its error i
                  doctest::timeout(20)) {
   // The task is in a thread-pool job (a wait a kill does not end). The kill lands at ~5 ms and
   // stays pending; the Timeout's deadline (15 ms) passes while it is. The Timeout used to re-arm
-  // itself every 1 ms until the job ended; now no timer is left armed for it.
+  // itself every 1 ms until the job ended; now no timer is left armed for it. (The job waits on
+  // a gate opened after the checks, not a fixed sleep a descheduled hub thread could outlast.)
   bool caught_kill = false;
   bool timed_out = false;
   bool expired_while_pending = false;
+  cogent::test::job_gate gate;
   auto t = cogent::spawn([&] {
     cogent::timeout to(15ms);
     try {
-      cogent::run_in_thread([] { std::this_thread::sleep_for(120ms); });
+      cogent::run_in_thread(gate.job());
     } catch (const cogent::fiber_exit&) {
       caught_kill = true;  // gevent: except GreenletExit, and carry on
     }
@@ -45,6 +48,7 @@ COGENT_TEST_CASE("timeout: expiring behind a pending kill, it queues its error i
   CHECK(cogent::hub::current().timer_count() == 0);
   expired_while_pending = !t.ready();
   auto start = std::chrono::steady_clock::now();
+  gate.open();
   CHECK(t.join(3s));
   CHECK(expired_while_pending);
   CHECK(caught_kill);
@@ -58,10 +62,11 @@ COGENT_TEST_CASE("timeout: an error queued behind a kill is withdrawn when its s
   // wait, outside the scope, runs its full length).
   bool caught_kill = false;
   bool later_wait_ok = false;
+  cogent::test::job_gate gate;  // the job ends once the kill is sent and the Timeout fired
   auto t = cogent::spawn([&] {
     try {
       cogent::timeout to(10ms);
-      cogent::run_in_thread([] { std::this_thread::sleep_for(60ms); });
+      cogent::run_in_thread(gate.job());
     } catch (const cogent::fiber_exit&) {
       caught_kill = true;
     }
@@ -70,6 +75,8 @@ COGENT_TEST_CASE("timeout: an error queued behind a kill is withdrawn when its s
   });
   cogent::sleep(3ms);
   t.kill(nullptr, false);
+  cogent::sleep(15ms);  // past the Timeout's deadline (timers fire in deadline order)
+  gate.open();
   CHECK(t.join(3s));
   CHECK(caught_kill);
   CHECK(later_wait_ok);
@@ -88,11 +95,12 @@ COGENT_TEST_CASE("timeout: expired() is false again once another fiber's cancel(
   cogent::timeout* scope = nullptr;
   bool raised = false;
   bool expired_after = true;
+  cogent::test::job_gate gate;  // the job runs until the cancel() is done
   auto t = cogent::spawn([&] {
     cogent::timeout to(5ms);
     scope = &to;
     try {
-      cogent::run_in_thread([] { std::this_thread::sleep_for(60ms); });
+      cogent::run_in_thread(gate.job());
       cogent::sleep(1ms);
     } catch (const cogent::timeout_error&) {
       raised = true;
@@ -105,6 +113,7 @@ COGENT_TEST_CASE("timeout: expired() is false again once another fiber's cancel(
   CHECK(scope->expired());  // fired: its error is pending
   scope->cancel();
   CHECK_FALSE(scope->expired());
+  gate.open();
   CHECK(t.join(3s));
   CHECK_FALSE(raised);
   CHECK_FALSE(expired_after);

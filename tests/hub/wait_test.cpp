@@ -20,21 +20,27 @@ using positions = std::vector<std::size_t>;
 
 COGENT_TEST_CASE("wait: count 1 returns the first of a task, an event and a result to be ready",
                  doctest::timeout(10)) {
+  // The worker runs until released and the reply comes after the worker has finished: the
+  // order is caused, not a race of timers a descheduled thread could fire in one turn.
   cogent::event shutdown;
+  cogent::event release;
   cogent::async_result<std::string> reply;
-  auto worker = cogent::spawn([] { cogent::sleep(40ms); });
+  auto worker = cogent::spawn([&] { release.wait(); });
   auto setter = cogent::spawn([&] {
     cogent::sleep(10ms);
     shutdown.set();
   });
   auto start = std::chrono::steady_clock::now();
   CHECK(cogent::wait({worker, shutdown, reply}, 2s, 1) == positions{1});
-  CHECK(std::chrono::steady_clock::now() - start < 35ms);
+  // Returned at the event, not at the 2 s timeout (which would also give {1}).
+  CHECK(std::chrono::steady_clock::now() - start < 1s);
+  CHECK_FALSE(worker.ready());
   // All of them now: the event is ready at the call (listed first), then the task, then the reply.
   auto replier = cogent::spawn([&] {
-    cogent::sleep(60ms);
+    worker.join();
     reply.set("ok");
   });
+  release.set();
   CHECK(cogent::wait({worker, shutdown, reply}) == positions{1, 0, 2});
   CHECK(worker.ready());
   CHECK(reply.get() == "ok");
@@ -69,8 +75,9 @@ COGENT_TEST_CASE("wait: a timeout returns the ones that became ready, in that or
     late.set(1);
   });
   auto start = std::chrono::steady_clock::now();
-  CHECK(cogent::wait({never, late, failing}, 100ms) == positions{2, 1});
-  CHECK(std::chrono::steady_clock::now() - start >= 95ms);
+  // (200 ms: far past t1's second step even if the thread is descheduled after its first.)
+  CHECK(cogent::wait({never, late, failing}, 200ms) == positions{2, 1});
+  CHECK(std::chrono::steady_clock::now() - start >= 195ms);
   CHECK(never.waiters() == 0);
   t1.join();
   CHECK(cogent::wait({never}, 0s).empty());

@@ -775,6 +775,9 @@ COGENT_TEST_CASE("MSG_PEEK framing over TCP loopback, producer on a plain thread
     if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
       int one = 1;
       ::setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      // The consumer first waits 100 ms for the first frame: the ticker's count below does not
+      // depend on how fast this thread runs compared to the (possibly descheduled) hub's.
+      std::this_thread::sleep_for(100ms);
       produce(c, 7, 30);
     }
     ::close(c);
@@ -1022,13 +1025,21 @@ COGENT_TEST_CASE("AF_UNIX recv MSG_PEEK|MSG_WAITALL returns the part there, as l
     int s[2];
     REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0);
     ::send(s[0], "ab", 2, 0);
+    // "cd" comes only if the recv is still waiting after 500 ms (a recv that waits for all 4
+    // bytes then returns 4): not at a fixed time a descheduled caller could reach the recv after.
+    std::atomic<bool> returned{false};
     std::thread late([&] {
-      std::this_thread::sleep_for(50ms);
-      ::send(s[0], "cd", 2, 0);
+      for (int i = 0; i < 500 && !returned; ++i) {
+        std::this_thread::sleep_for(1ms);
+      }
+      if (!returned) {
+        ::send(s[0], "cd", 2, 0);
+      }
     });
     char b[4];
     auto call = [&] { return ::recv(s[1], b, 4, MSG_PEEK | MSG_WAITALL); };
     got[thread] = thread ? cogent::test::libc_result(call) : cogent::test::here_result(call);
+    returned = true;
     late.join();
     ::close(s[0]);
     ::close(s[1]);

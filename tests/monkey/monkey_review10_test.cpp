@@ -296,7 +296,7 @@ COGENT_TEST_CASE("review10: O_NONBLOCK connects answer at once without parking",
   p = cogent::test::parks([&] { got = unx(); return 0; });
   CHECK(got == "-1/11");
   CHECK_FALSE(p.parked);
-  CHECK(since(t0) < 0.1);
+  CHECK(since(t0) < 0.5);  // at once (a connect that waited for the dropped SYN: 1 s or more)
 }
 
 // UDP: connect, EISCONN does not exist (reconnect is 0), AF_UNSPEC disconnects (send without
@@ -400,8 +400,9 @@ COGENT_TEST_CASE("review10: AF_UNIX connect success, ENOENT, ECONNREFUSED and EI
 }
 
 // A full AF_UNIX backlog: a blocking connect waits until the listener accepts (another fiber,
-// 100 ms later), letting the hub run; with SO_SNDTIMEO 200 ms and nobody accepting it fails
-// with EAGAIN after ~200 ms, as libc's. SO_SNDTIMEO reads back the same.
+// 200 ms later), letting the hub run; with SO_SNDTIMEO 200 ms and nobody accepting it fails
+// with EAGAIN after ~200 ms, as libc's. SO_SNDTIMEO reads back the same. (Tick bounds leave
+// room for a thread descheduled during the wait; a call that blocked the thread gives none.)
 COGENT_TEST_CASE("review10: AF_UNIX connect to a full backlog waits for accept, or EAGAIN after SO_SNDTIMEO",
                  doctest::timeout(10)) {
   cogent::monkey::patch_all();
@@ -427,13 +428,13 @@ COGENT_TEST_CASE("review10: AF_UNIX connect to a full backlog waits for accept, 
     cogent::test::ticker tk;
     long before = tk.ticks;
     CHECK(run(true) == libc);
-    CHECK(tk.ticks - before >= 100);
+    CHECK(tk.ticks - before >= 50);
   }
   {
     full_unix_listener u("acc");
     cogent::test::ticker tk;
     auto acceptor = cogent::spawn([&] {
-      cogent::sleep(100ms);
+      cogent::sleep(200ms);
       ::close(::accept(u.fd, nullptr, nullptr));  // the filler: room for one
     });
     int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
@@ -441,7 +442,7 @@ COGENT_TEST_CASE("review10: AF_UNIX connect to a full backlog waits for accept, 
     auto t0 = steady::now();
     auto r = cogent::test::bounded([&] { return ::connect(s, u.path.sa(), u.path.len); }, 2000ms);
     CHECK(r == result{0, 0});
-    CHECK(since(t0) >= 0.08);
+    CHECK(since(t0) >= 0.18);
     CHECK(tk.ticks - before >= 50);
     acceptor.join();
     int a = ::accept(u.fd, nullptr, nullptr);
@@ -736,7 +737,7 @@ COGENT_TEST_CASE("review10: poll POLLIN|POLLPRI on a socket with ordinary or urg
     auto t0 = steady::now();
     int r = ::poll(f, 2, 1000);
     return std::to_string(r) + " " + std::to_string(f[0].revents) + " " + std::to_string(f[1].revents) +
-           (since(t0) < 0.1 ? " fast" : " slow");
+           (since(t0) < 0.5 ? " fast" : " slow");  // (the timeout is 1 s)
   };
   std::string libc = on_thread(run);
   CHECK(libc == "2 " + std::to_string(POLLIN) + " " + std::to_string(POLLIN) + " fast");

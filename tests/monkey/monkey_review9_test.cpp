@@ -183,6 +183,8 @@ COGENT_TEST_CASE("review9: shutdown(SHUT_RD) by another fiber ends a waiting rec
 // poll(2) over mixed kinds, compared with libc's on a plain thread: result, errno, whether it
 // returned at once, every revents (a regular file is always ready; a closed fd is POLLNVAL at
 // once even with timeout -1; -1 is ignored; events 0 on a widowed pipe reports POLLHUP).
+// "fast" is under 0.2 s and every timeout is 0.3 s or more: a thread descheduled for a while
+// still answers "fast" for a call that returned at once, and one that waited is "slow".
 COGENT_TEST_CASE("review9: poll over a regular file, pipe, eventfd, timerfd, -1 and a closed fd is libc's", doctest::timeout(10)) {
   cogent::monkey::patch_all();
   int file = cogent::test::open_scratch_file();
@@ -195,7 +197,7 @@ COGENT_TEST_CASE("review9: poll over a regular file, pipe, eventfd, timerfd, -1 
   ::close(closed);
   auto run = [&](int variant) {
     std::vector<pollfd> f;
-    int timeout = 300;
+    int timeout = 1000;
     if (variant == 0) {  // a regular file is always ready
       f = {{-1, POLLIN, 0}, {p[0], POLLIN, 0}, {ev, POLLIN, 0}, {file, POLLIN | POLLOUT, 0}};
     } else if (variant == 1) {  // a closed fd: POLLNVAL at once, even with -1
@@ -203,16 +205,16 @@ COGENT_TEST_CASE("review9: poll over a regular file, pipe, eventfd, timerfd, -1 
       timeout = -1;
     } else if (variant == 2) {  // nothing ready: times out
       f = {{-1, POLLIN, 0}, {p[0], POLLIN, 0}, {ev, POLLIN, 0}, {tf, POLLIN, 0}, {p[1], 0, 0}};
-      timeout = 100;
+      timeout = 300;
     } else {  // events 0 on a pipe whose other end is closed: POLLHUP is reported
       f = {{p[0], 0, 0}};
-      timeout = 100;
+      timeout = 1000;
     }
     auto t0 = steady::now();
     errno = 0;
     int r = ::poll(f.data(), f.size(), timeout);
     double took = since(t0);
-    std::string out = std::to_string(r) + "/" + std::to_string(r < 0 ? errno : 0) + (took > 0.05 ? " slow" : " fast");
+    std::string out = std::to_string(r) + "/" + std::to_string(r < 0 ? errno : 0) + (took > 0.2 ? " slow" : " fast");
     for (auto& x : f) {
       out += ' ';
       out += std::to_string(x.revents);  // (stepwise: g++ 12 -Wrestrict false positive)
@@ -236,7 +238,9 @@ COGENT_TEST_CASE("review9: poll over a regular file, pipe, eventfd, timerfd, -1 
   ::close(file);
 }
 
-// eventfd and timerfd calls themselves go to libc, but poll/select on them cooperate.
+// eventfd and timerfd calls themselves go to libc, but poll/select on them cooperate. (The waits
+// last 200 ms: at least 20 ticks even if the thread is descheduled for a good part of them; a
+// call that blocked the thread gives none.)
 COGENT_TEST_CASE("review9: poll and select on an eventfd and a timerfd let the other fibers run", doctest::timeout(10)) {
   cogent::monkey::patch_all();
   int ev = ::eventfd(0, 0);
@@ -244,7 +248,7 @@ COGENT_TEST_CASE("review9: poll and select on an eventfd and a timerfd let the o
   cogent::test::ticker tk;
   {
     auto w = cogent::spawn([&] {
-      cogent::sleep(100ms);
+      cogent::sleep(200ms);
       uint64_t one = 1;
       CHECK(::write(ev, &one, 8) == 8);
     });
@@ -260,7 +264,7 @@ COGENT_TEST_CASE("review9: poll and select on an eventfd and a timerfd let the o
   }
   {
     itimerspec its{};
-    its.it_value.tv_nsec = 100'000'000;
+    its.it_value.tv_nsec = 200'000'000;
     REQUIRE(::timerfd_settime(tf, 0, &its, nullptr) == 0);
     long before = tk.ticks;
     fd_set rd;
@@ -277,14 +281,15 @@ COGENT_TEST_CASE("review9: poll and select on an eventfd and a timerfd let the o
   ::close(tf);
 }
 
-// MSG_WAITALL with data arriving in ten pieces (all 1000 bytes, in order), then EOF after 5.
+// MSG_WAITALL with data arriving in ten pieces 20 ms apart (all 1000 bytes, in order), then EOF
+// after 5.
 COGENT_TEST_CASE("review9: recv MSG_WAITALL gathers pieces cooperatively and returns the short count at EOF", doctest::timeout(10)) {
   cogent::monkey::patch_all();
   tcp_pair p;
   cogent::test::ticker tk;
   auto w = cogent::spawn([&] {
     for (int i = 0; i < 10; ++i) {
-      cogent::sleep(10ms);
+      cogent::sleep(20ms);
       std::string chunk(100, static_cast<char>('a' + i));
       CHECK(::send(p.c, chunk.data(), chunk.size(), 0) == 100);
     }
@@ -452,7 +457,8 @@ COGENT_TEST_CASE("review9: recvmsg with 0, 3, 1024 and 1025 iovecs, plain, MSG_T
 }
 
 // select()'s except set and poll(POLLPRI) on a TCP socket whose peer sends one urgent byte
-// (MSG_OOB) 100 ms later. libc (a plain thread, checked first) returns 1 after ~100 ms.
+// (MSG_OOB) 100 ms later (200 ms for the hooked call: room for its ticker count on a descheduled
+// thread). libc (a plain thread, checked first) returns 1 after ~100 ms.
 // Fixed in stop 21 (await_poll adds POLLRDBAND to a POLLPRI watch: io_uring's poll wake-up
 // ignores POLLPRI in the op's mask, the kernel's IO_ASYNC_POLL_COMMON). Was: the hooked
 // select/poll park on an io_uring poll op for POLLPRI alone, which the
@@ -500,7 +506,7 @@ COGENT_TEST_CASE("review9: select's except set and poll POLLPRI wake on TCP urge
     tcp_pair p;
     cogent::test::ticker tk;
     auto w = cogent::spawn([&] {
-      cogent::sleep(100ms);
+      cogent::sleep(200ms);
       CHECK(::send(p.c, "!", 1, MSG_OOB) == 1);
     });
     long before = tk.ticks;

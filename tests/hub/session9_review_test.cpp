@@ -1312,7 +1312,7 @@ COGENT_TEST_CASE("s9 imap: stream dropped early, its caller killed during stop()
           },
           items);
       cogent::sleep(2ms);  // members started
-      stopping.set();  // (the test runs once this fiber blocks: in stop())
+      stopping.set();      // (the test runs once this fiber blocks: in stop())
     }  // stop(): kills them and waits ~15 ms
     after_stop = true;
     CHECK(members_done == 3);

@@ -214,7 +214,8 @@ COGENT_TEST_CASE("review9: poll over a regular file, pipe, eventfd, timerfd, -1 
     errno = 0;
     int r = ::poll(f.data(), f.size(), timeout);
     double took = since(t0);
-    std::string out = std::to_string(r) + "/" + std::to_string(r < 0 ? errno : 0) + (took > 0.2 ? " slow" : " fast");
+    std::string out =
+        std::to_string(r) + "/" + std::to_string(r < 0 ? errno : 0) + (took > 0.2 ? " slow" : " fast");
     for (auto& x : f) {
       out += ' ';
       out += std::to_string(x.revents);  // (stepwise: g++ 12 -Wrestrict false positive)

@@ -17,6 +17,7 @@
 #include "hub/task.hpp"
 #include "hub/threadpool.hpp"
 #include "hub/timeout.hpp"
+#include "tests/job_gate.hpp"
 #include "tests/support.hpp"
 
 namespace {
@@ -263,14 +264,12 @@ COGENT_TEST_CASE("review: kill of a run() waiter while its job runs, then the fr
   cogent::threadpool tp(2);
   for (int i = 0; i < 20; ++i) {
     std::atomic<bool> started{false};
-    std::atomic<bool> release{false};
+    cogent::test::job_gate gate;  // (not a fixed sleep: a stalled hub could see the job done before its kill)
     auto t = cogent::spawn([&] {
       std::string s(100, 'x');
-      tp.run([&] {
+      tp.run([&, wait_for_gate = gate.job()] {
         started = true;
-        while (!release) {  // (not a fixed sleep: a stalled hub could see the job done before its kill)
-          std::this_thread::sleep_for(100us);
-        }
+        wait_for_gate();
         s[0] = 'y';
         return s.size();
       });
@@ -279,13 +278,10 @@ COGENT_TEST_CASE("review: kill of a run() waiter while its job runs, then the fr
       cogent::sleep(100us);
     }
     // The job ends only after the kill below is requested (no switch before it).
-    auto releaser = cogent::spawn([&] {
-      cogent::sleep(1ms);
-      release = true;
-    });
+    auto opener = cogent::spawn([&] { gate.open(); });
     t.kill();
     CHECK(t.killed());
-    releaser.join();
+    opener.join();
   }
 }
 

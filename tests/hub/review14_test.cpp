@@ -18,6 +18,7 @@
 #include "hub/timeout.hpp"
 #include "hub/wait.hpp"
 #include "tests/child.hpp"
+#include "tests/job_gate.hpp"
 #include "tests/support.hpp"
 
 namespace {
@@ -352,12 +353,13 @@ COGENT_TEST_CASE("review14: queued Timeout raised by the next cogent::wait, even
   bool got_kill = false;
   bool got_timeout = false;
   bool expired_before = false;
+  cogent::test::job_gate gate;  // the job ends after the kill and the Timeout, not after a fixed sleep
   auto t = cogent::spawn([&] {
     cogent::event ready;
     ready.set();
-    cogent::timeout to(5ms);
+    cogent::timeout to(100ms);
     try {
-      cogent::run_in_thread([] { std::this_thread::sleep_for(30ms); });
+      cogent::run_in_thread(gate.job());
     } catch (const cogent::fiber_exit&) {
       got_kill = true;
     }
@@ -371,6 +373,8 @@ COGENT_TEST_CASE("review14: queued Timeout raised by the next cogent::wait, even
   });
   cogent::sleep(2ms);
   t.kill(nullptr, false);
+  cogent::sleep(110ms);  // past the Timeout's deadline (timers fire in deadline order)
+  gate.open();
   t.join(3s);
   REQUIRE(t.ready());
   CHECK(got_kill);
@@ -384,11 +388,12 @@ COGENT_TEST_CASE("review14: self-cancel of a Timeout queued behind a caught kill
   bool got_kill = false;
   bool late = false;
   bool expired_after = true;
+  cogent::test::job_gate gate;
   auto t = cogent::spawn([&] {
     {
-      cogent::timeout to(5ms);
+      cogent::timeout to(100ms);
       try {
-        cogent::run_in_thread([] { std::this_thread::sleep_for(30ms); });
+        cogent::run_in_thread(gate.job());
       } catch (const cogent::fiber_exit&) {
         got_kill = true;
       }
@@ -408,6 +413,8 @@ COGENT_TEST_CASE("review14: self-cancel of a Timeout queued behind a caught kill
   });
   cogent::sleep(2ms);
   t.kill(nullptr, false);
+  cogent::sleep(110ms);  // past the Timeout's deadline
+  gate.open();
   t.join(3s);
   CHECK(got_kill);
   CHECK_FALSE(late);
@@ -420,11 +427,12 @@ COGENT_TEST_CASE("review14: self-cancel of a Timeout queued behind a caught kill
 COGENT_TEST_CASE("review14: Timeout queued behind a throw_in'd custom exception", doctest::timeout(10)) {
   cogent::fiber tf;
   std::vector<std::string> seen;
+  cogent::test::job_gate gate;
   auto t = cogent::spawn([&] {
     tf = cogent::fiber::current();
-    cogent::timeout to(5ms);
+    cogent::timeout to(100ms);
     try {
-      cogent::run_in_thread([] { std::this_thread::sleep_for(30ms); });
+      cogent::run_in_thread(gate.job());
     } catch (const custom_error&) {
       seen.push_back("custom");
     }
@@ -437,6 +445,8 @@ COGENT_TEST_CASE("review14: Timeout queued behind a throw_in'd custom exception"
   cogent::sleep(2ms);
   cogent::fiber p([&] { tf.throw_in(std::make_exception_ptr(custom_error())); });
   p.switch_to();
+  cogent::sleep(110ms);  // past the Timeout's deadline
+  gate.open();
   t.join(3s);
   REQUIRE(t.ready());
   CHECK(seen == std::vector<std::string>{"custom", "timeout"});

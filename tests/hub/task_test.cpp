@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "tests/child.hpp"
+#include "tests/job_gate.hpp"
 #include "tests/support.hpp"
 
 namespace {
@@ -438,10 +439,11 @@ COGENT_TEST_CASE("named tasks", doctest::timeout(10)) {
 COGENT_TEST_CASE("a kill is not lost behind a pending Timeout error", doctest::timeout(10)) {
   bool caught = false;
   bool survived = false;
+  cogent::test::job_gate gate;  // the job ends once the kill is sent, not after a fixed sleep
   auto t = cogent::spawn([&] {
     try {
       cogent::timeout to(5ms);
-      cogent::default_threadpool().run([] { std::this_thread::sleep_for(50ms); });  // non-interruptible wait
+      cogent::default_threadpool().run(gate.job());  // non-interruptible wait
     } catch (const cogent::timeout_error&) {
       caught = true;
     }
@@ -449,21 +451,29 @@ COGENT_TEST_CASE("a kill is not lost behind a pending Timeout error", doctest::t
     survived = true;
   });
   cogent::sleep(20ms);  // the timeout fired while the task waits on the thread pool
+  auto opener = cogent::spawn([&] { gate.open(); });  // runs once the kill below is sent
   t.kill(nullptr, true, 1s);
   CHECK(t.ready());
   CHECK(t.killed());
   CHECK_FALSE(caught);  // the kill took the place of the pending timeout
   CHECK_FALSE(survived);
+  opener.join();
 }
 
 COGENT_TEST_CASE("nested timeouts: the outer one still fires after the inner one is caught",
                  doctest::timeout(10)) {
   bool outer_fired = false;
+  cogent::test::job_gate gate;
+  // Opens the gate after both deadlines (its timer is later than the outer one's): both expire meanwhile.
+  auto opener = cogent::spawn([&] {
+    cogent::sleep(40ms);
+    gate.open();
+  });
   try {
     cogent::timeout outer(30ms);
     try {
       cogent::timeout inner(5ms);
-      cogent::default_threadpool().run([] { std::this_thread::sleep_for(60ms); });  // both expire meanwhile
+      cogent::default_threadpool().run(gate.job());
     } catch (const cogent::timeout_error&) {
     }
     cogent::sleep(1s);
@@ -471,6 +481,7 @@ COGENT_TEST_CASE("nested timeouts: the outer one still fires after the inner one
     outer_fired = true;
   }
   CHECK(outer_fired);
+  opener.join();  // (it uses the gate)
 }
 
 COGENT_TEST_CASE("throw_in() into a task parked in the hub raises at its blocking point",

@@ -35,69 +35,55 @@ using cogent::test::in_fresh_thread_child;
 // ---- 1. wake order against gevent ----------------------------------------------------------
 
 // A difference from gevent, documented in hub/wait.hpp: gevent's Event keeps one list of links
-// (Event.wait() and gevent.wait() both rawlink()), run in arrival order; cogent's event::set()
-// wakes its own waiters first, then runs the wait() links. Pinned here.
+// (Event.wait() and gevent.wait() both rawlink()), run in arrival order; cogent's event::set(),
+// async_result::set() and a finishing task wake the object's own waiters first, then run the
+// wait() links. Pinned here for each.
+//
+// wake_order: a cogent::wait({obj}) caller links first, then a caller of the object's own wait
+// (`own`, named `own_name`) parks; fire() makes obj ready. Returns the order the two went on in.
+template <class Obj, class Own, class Fire>
+std::vector<std::string> wake_order(Obj& obj, const char* own_name, Own own, Fire fire) {
+  std::vector<std::string> order;
+  auto a = cogent::spawn([&] {
+    cogent::wait({obj});
+    order.push_back("wait");
+  });
+  cogent::sleep(1ms);  // a has run and linked
+  auto b = cogent::spawn([&] {
+    own();
+    order.push_back(own_name);
+  });
+  cogent::sleep(1ms);  // b has run and parked
+  fire();
+  cogent::joinall({a, b});
+  INFO("order: " << (order.empty() ? std::string() : order.front() + ", " + order.back()));
+  return order;
+}
+
 COGENT_TEST_CASE(
     "review14: event::set wakes its own waiters before a cogent::wait begun first (documented order)",
     doctest::timeout(10)) {
   cogent::event e;
-  std::vector<std::string> order;
-  auto a = cogent::spawn([&] {
-    cogent::wait({e});
-    order.push_back("wait");
-  });
-  cogent::sleep(1ms);  // a is linked first
-  auto b = cogent::spawn([&] {
-    e.wait();
-    order.push_back("event.wait");
-  });
-  cogent::sleep(1ms);
-  e.set();
-  cogent::joinall({a, b});
-  INFO("order: " << (order.empty() ? std::string() : order.front() + ", " + order.back()));
-  CHECK(order == std::vector<std::string>{"event.wait", "wait"});
+  CHECK(wake_order(
+            e, "event.wait", [&] { e.wait(); }, [&] { e.set(); }) ==
+        std::vector<std::string>{"event.wait", "wait"});
 }
 
-// The same documented order for async_result.
 COGENT_TEST_CASE(
     "review14: async_result::set wakes its getters before a cogent::wait begun first (documented order)",
     doctest::timeout(10)) {
   cogent::async_result<int> r;
-  std::vector<std::string> order;
-  auto a = cogent::spawn([&] {
-    cogent::wait({r});
-    order.push_back("wait");
-  });
-  cogent::sleep(1ms);
-  auto b = cogent::spawn([&] {
-    (void)r.get();
-    order.push_back("get");
-  });
-  cogent::sleep(1ms);
-  r.set(1);
-  cogent::joinall({a, b});
-  INFO("order: " << (order.empty() ? std::string() : order.front() + ", " + order.back()));
-  CHECK(order == std::vector<std::string>{"get", "wait"});
+  CHECK(wake_order(
+            r, "get", [&] { (void)r.get(); }, [&] { r.set(1); }) == std::vector<std::string>{"get", "wait"});
 }
 
-// The same documented order for a finishing task: joiners, then wait() links.
 COGENT_TEST_CASE(
     "review14: a finishing task wakes its joiners before a cogent::wait begun first (documented order)",
     doctest::timeout(10)) {
-  auto t = cogent::spawn([] { cogent::sleep(5ms); });
-  std::vector<std::string> order;
-  auto a = cogent::spawn([&] {
-    cogent::wait({t});
-    order.push_back("wait");
-  });
-  cogent::sleep(1ms);
-  auto b = cogent::spawn([&] {
-    t.join();
-    order.push_back("join");
-  });
-  cogent::joinall({a, b});
-  INFO("order: " << (order.empty() ? std::string() : order.front() + ", " + order.back()));
-  CHECK(order == std::vector<std::string>{"join", "wait"});
+  cogent::event go;  // the task ends when told, after both waiters are parked
+  auto t = cogent::spawn([&] { go.wait(); });
+  CHECK(wake_order(
+            t, "join", [&] { t.join(); }, [&] { go.set(); }) == std::vector<std::string>{"join", "wait"});
 }
 
 // Sanity: two cogent::wait() callers on one event are woken in the order they linked.

@@ -2,7 +2,7 @@
 //
 // A single-threaded liburing TCP echo server with no cogent code in it. Usage:
 //
-//     raw_uring_echo <port> [--multishot-recv] [--fixed-files]    # port 0 picks a free port
+//     raw_uring_echo <port> [--multishot-recv] [--fixed-files] [--poll-first]   # port 0: a free port
 //
 // Prints `port <N>` as the first stdout line (flushed), then serves until SIGINT/SIGTERM
 // and exits 0. Driven by bench/echo_load, orchestrated by bench/echo_bench.sh.
@@ -26,6 +26,11 @@
 // slots, so it needs RLIMIT_NOFILE >= 16384), each accepted socket registered with one
 // io_uring_register call and its recv/send using IOSQE_FIXED_FILE, which skips the per-op
 // fget/fput of the socket's file (≈ 2.8 % of this server's CPU in perf at 1000 connections).
+//
+// --poll-first is a third reference: a recv that follows a completed send carries
+// IORING_RECVSEND_POLL_FIRST, so the kernel arms the poll at once instead of first trying a recv
+// that, in a ping-pong, may find the socket empty (the peer has not answered yet) and fail EAGAIN.
+// (Measured worse: most of those recvs find the answer already there; BENCHMARKS.md.)
 
 #include <arpa/inet.h>
 #include <liburing.h>
@@ -56,7 +61,7 @@ void on_signal(int) {
 constexpr std::size_t k_buf_size = 4096;
 constexpr unsigned k_sq_entries = 4096;
 constexpr unsigned k_cq_entries = 32768;
-constexpr unsigned k_ring_bufs = 4096;  // --multishot-recv: provided buffers (a power of two)
+constexpr unsigned k_ring_bufs = 4096;     // --multishot-recv: provided buffers (a power of two)
 constexpr unsigned k_fixed_slots = 16384;  // --fixed-files: registered file table (within RLIMIT_NOFILE)
 
 enum op_kind : uint64_t { op_accept = 1, op_recv = 2, op_send = 3 };
@@ -85,8 +90,11 @@ struct conn_state {
 
 class echo_server {
  public:
-  echo_server(int listen_fd, bool multishot_recv, bool fixed_files)
-      : listen_fd_(listen_fd), multishot_recv_(multishot_recv), fixed_files_(fixed_files) {
+  echo_server(int listen_fd, bool multishot_recv, bool fixed_files, bool poll_first)
+      : listen_fd_(listen_fd),
+        multishot_recv_(multishot_recv),
+        fixed_files_(fixed_files),
+        poll_first_(poll_first) {
     const unsigned flag_sets[] = {
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
         IORING_SETUP_COOP_TASKRUN,
@@ -195,7 +203,7 @@ class echo_server {
     io_uring_buf_ring_advance(buf_ring_, 1);
   }
 
-  void arm_recv(int fd, conn_state& c) {
+  void arm_recv(int fd, conn_state& c, bool after_send = false) {
     io_uring_sqe* sqe = get_sqe();
     if (multishot_recv_) {
       io_uring_prep_recv_multishot(sqe, fd, nullptr, 0, 0);
@@ -203,6 +211,9 @@ class echo_server {
       sqe->buf_group = 0;
     } else {
       io_uring_prep_recv(sqe, fd, c.buf.get(), k_buf_size, 0);
+      if (poll_first_ && after_send) {
+        sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+      }
     }
     io_uring_sqe_set_data64(sqe, make_tag(fd, op_recv));
     use_fixed(sqe);
@@ -271,7 +282,7 @@ class echo_server {
           arm_send(fd, c);  // partial send: send the rest
         } else if (!multishot_recv_ || c.rearm) {
           c.rearm = false;
-          arm_recv(fd, c);
+          arm_recv(fd, c, /*after_send=*/true);
         }
         break;
       }
@@ -308,6 +319,7 @@ class echo_server {
   bool multishot_accept_ = true;
   bool multishot_recv_;
   bool fixed_files_;
+  bool poll_first_;  // --poll-first
   std::vector<conn_state> conns_;
   io_uring_buf_ring* buf_ring_ = nullptr;  // --multishot-recv
   std::unique_ptr<char[]> ring_mem_;
@@ -320,11 +332,13 @@ int main(int argc, char** argv) {
 
   bool multishot_recv = false;
   bool fixed_files = false;
+  bool poll_first = false;
   for (int i = 2; i < argc; ++i) {
     multishot_recv |= std::strcmp(argv[i], "--multishot-recv") == 0;
     fixed_files |= std::strcmp(argv[i], "--fixed-files") == 0;
+    poll_first |= std::strcmp(argv[i], "--poll-first") == 0;
   }
-  echo_server server(listen_fd, multishot_recv, fixed_files);
+  echo_server server(listen_fd, multishot_recv, fixed_files, poll_first);
   server.run();
   return 0;
 }

@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -2233,6 +2234,142 @@ COGENT_HOOK int getnameinfo(const sockaddr* addr, socklen_t alen, char* host, so
     return real.getnameinfo(addr, alen, host, hostlen, serv, servlen, flags);
   }
   return resolve_getnameinfo(c, addr, alen, host, hostlen, serv, servlen, flags);
+}
+
+// ---- child processes ------------------------------------------------------------------
+
+namespace {
+
+// The pauses of a wait for a child that no pidfd can watch (pid <= 0,
+// WUNTRACED/WCONTINUED, pidfd_open failed): 1 ms, doubling up to 16 ms, so
+// such a wait sees the child's change of state up to 16 ms late.
+constexpr auto child_pause_first = std::chrono::milliseconds(1);
+constexpr auto child_pause_max = std::chrono::milliseconds(16);
+
+// open_pidfd() is a close-on-exec pidfd for pid, -1 if pidfd_open fails
+// (ESRCH: gone and reaped; ENOSYS...). It is moved up to half the soft
+// RLIMIT_NOFILE (as held_fd's duplicates), if there is room, so an open()
+// of another fiber meanwhile gets the number libc would give it.
+int open_pidfd(pid_t pid) noexcept {
+  errno_keeper keep;
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) {
+    return -1;
+  }
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    int base = static_cast<int>(std::min<rlim_t>(rl.rlim_cur / 2, INT_MAX));
+    if (base > fd) {
+      if (int high = real.fcntl(fd, F_DUPFD_CLOEXEC, base); high >= 0) {
+        real.close(fd);
+        fd = high;
+      }
+    }
+  }
+  return fd;
+}
+
+// child_wait() is the cooperative core of waitpid/wait/wait3/wait4 called
+// without WNOHANG: now(opts) is the real call made with opts (always with
+// WNOHANG here). Returns what libc's blocking call would: a child's pid
+// (status written by the real call), or -1 with its errno (ECHILD, EINVAL,
+// ...); -1/EINTR (ECANCELED on a retry) if an interrupt came first, with
+// nothing reaped.
+template <class Now>
+pid_t child_wait(call_ctx& c, pid_t pid, int options, Now now) noexcept {
+  const int nohang = options | WNOHANG;
+  if (pid_t r = now(nohang); r != 0) {
+    return r;  // a child was ready, or libc's error
+  }
+  if (pid > 0 && (options & (WUNTRACED | WCONTINUED)) == 0) {
+    // A pidfd is readable once its process has exited: wait on it as the fd
+    // waits do (an io_uring poll op, cancelled and reaped on an interrupt).
+    if (int pfd = open_pidfd(pid); pfd >= 0) {
+      // Again now that the pidfd exists: had the child been reaped by another
+      // thread and its pid reused by a process that is not our child, this is
+      // ECHILD at once instead of a wait for a stranger.
+      pid_t r = now(nohang);
+      int w = 0;
+      if (r == 0) {
+        w = await_ready(c, pfd, POLLIN, clock::time_point::max());
+        if (w > 0) {
+          r = now(nohang);
+        }
+      }
+      {
+        errno_keeper keep;
+        real.close(pfd);
+      }
+      if (r != 0) {
+        return r;
+      }
+      if (w == -EINTR || w == -ECANCELED) {
+        return fail(w);
+      }
+      // Exited but not reapable by this call (or the poll failed): poll below.
+    }
+  }
+  auto pause = std::chrono::duration_cast<clock::duration>(child_pause_first);
+  for (;;) {
+    if (int w = park_until(c, clock::now() + pause); w < 0) {
+      return fail(w);
+    }
+    if (pid_t r = now(nohang); r != 0) {
+      return r;
+    }
+    pause = std::min<clock::duration>(pause * 2, child_pause_max);
+  }
+}
+
+}  // namespace
+
+COGENT_HOOK pid_t waitpid(pid_t pid, int* status, int options) {
+  call_ctx c;
+  if ((options & WNOHANG) != 0 || !enter(c)) {
+    return real.waitpid(pid, status, options);
+  }
+  return child_wait(c, pid, options, [&](int o) { return real.waitpid(pid, status, o); });
+}
+
+COGENT_HOOK pid_t wait(int* status) {
+  call_ctx c;
+  if (!enter(c)) {
+    return real.wait(status);
+  }
+  return child_wait(c, -1, 0, [&](int o) { return real.waitpid(-1, status, o); });
+}
+
+COGENT_HOOK pid_t wait3(int* status, int options, rusage* ru) noexcept {
+  call_ctx c;
+  if ((options & WNOHANG) != 0 || !enter(c)) {
+    return real.wait3(status, options, ru);
+  }
+  return child_wait(c, -1, options, [&](int o) { return real.wait4(-1, status, o, ru); });
+}
+
+COGENT_HOOK pid_t wait4(pid_t pid, int* status, int options, rusage* ru) noexcept {
+  call_ctx c;
+  if ((options & WNOHANG) != 0 || !enter(c)) {
+    return real.wait4(pid, status, options, ru);
+  }
+  return child_wait(c, pid, options, [&](int o) { return real.wait4(pid, status, o, ru); });
+}
+
+// system(NULL) only asks whether a shell exists: libc's, here.
+COGENT_HOOK int system(const char* cmd) {
+  call_ctx c;
+  if (cmd == nullptr || !enter(c)) {
+    return real.system(cmd);
+  }
+  return run_system(c, cmd);
+}
+
+COGENT_HOOK int pclose(FILE* fp) {
+  call_ctx c;
+  if (fp == nullptr || !enter(c)) {
+    return real.pclose(fp);
+  }
+  return run_pclose(c, fp);
 }
 
 // ---- fd flags and options ----------------------------------------------------------------

@@ -226,6 +226,18 @@ real_fns real = {
           "gethostbyaddr_r");
       return fn != nullptr ? fn(a, l, t, ret, buf, len, res, herr) : ENOSYS;
     },
+    [](pid_t p, int* st, int o) { return static_cast<pid_t>(syscall(SYS_wait4, p, st, o, nullptr)); },
+    [](int* st) { return static_cast<pid_t>(syscall(SYS_wait4, -1, st, 0, nullptr)); },
+    [](int* st, int o, rusage* ru) { return static_cast<pid_t>(syscall(SYS_wait4, -1, st, o, ru)); },
+    [](pid_t p, int* st, int o, rusage* ru) { return static_cast<pid_t>(syscall(SYS_wait4, p, st, o, ru)); },
+    [](const char* cmd) {
+      auto fn = lazy_symbol<int (*)(const char*)>("system");
+      return fn != nullptr ? fn(cmd) : -1;
+    },
+    [](FILE* fp) {
+      auto fn = lazy_symbol<int (*)(FILE*)>("pclose");
+      return fn != nullptr ? fn(fp) : -1;
+    },
 };
 
 void resolve_real() noexcept {
@@ -291,6 +303,12 @@ void resolve_real() noexcept {
   set(real.getnameinfo, "getnameinfo");
   set(real.gethostbyaddr, "gethostbyaddr");
   set(real.gethostbyaddr_r, "gethostbyaddr_r");
+  set(real.waitpid, "waitpid");
+  set(real.wait, "wait");
+  set(real.wait3, "wait3");
+  set(real.wait4, "wait4");
+  set(real.system, "system");
+  set(real.pclose, "pclose");
 }
 
 namespace {
@@ -750,6 +768,55 @@ int resolve_gethostbyaddr_r(call_ctx& c, const void* addr, socklen_t alen, int t
                             size_t len, hostent** result, int* h_errnop) noexcept {
   return hostent_r(c, result, h_errnop,
                    [&] { return real.gethostbyaddr_r(addr, alen, type, ret, buf, len, result, h_errnop); });
+}
+
+// ---- system() and pclose() on the thread pool -------------------------------------
+
+int run_system(call_ctx& c, const char* cmd) noexcept {
+  // glibc's system() starts the shell with its calling thread's signal mask,
+  // and a worker blocks every asynchronous signal: for the length of the
+  // call the worker takes this thread's mask, so the command sees the signals
+  // it would see from libc (a `kill $$` in it works).
+  sigset_t mask;
+  pthread_sigmask(SIG_SETMASK, nullptr, &mask);
+  int rc = -1;
+  int err = 0;
+  bool ran = run_blocking(c, [&] {
+    sigset_t worker;
+    pthread_sigmask(SIG_SETMASK, &mask, &worker);
+    rc = real.system(cmd);
+    err = errno;
+    pthread_sigmask(SIG_SETMASK, &worker, nullptr);
+  });
+  if (!ran) {
+    if (has_pending(c)) {
+      return fail(interrupted(c));
+    }
+    return real.system(cmd);  // the pool could not take it: libc's, here
+  }
+  if (rc == -1) {
+    errno = err;
+  }
+  return rc;
+}
+
+int run_pclose(call_ctx& c, FILE* fp) noexcept {
+  int rc = -1;
+  int err = 0;
+  bool ran = run_blocking(c, [&] {
+    rc = real.pclose(fp);
+    err = errno;
+  });
+  if (!ran) {
+    // An interrupt pending at entry (or a pool that cannot take the job):
+    // failing would leave the stream open and the child a zombie, and C code
+    // does not retry pclose(). libc's, here.
+    return real.pclose(fp);
+  }
+  if (rc == -1) {
+    errno = err;
+  }
+  return rc;
 }
 
 }  // namespace cogent::monkey::detail

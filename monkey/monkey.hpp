@@ -14,9 +14,10 @@
 // sleep usleep nanosleep clock_nanosleep
 // getaddrinfo gethostbyname gethostbyname_r getnameinfo gethostbyaddr
 // gethostbyaddr_r fcntl (fcntl64) ioctl(FIONBIO)
-// setsockopt getsockopt dup dup2 dup3 pipe pipe2 open openat (and *64), and
-// the _FORTIFY_SOURCE entry points __read_chk __pread_chk __pread64_chk
-// __recv_chk __recvfrom_chk __poll_chk __ppoll_chk (code built with
+// setsockopt getsockopt dup dup2 dup3 pipe pipe2 open openat (and *64),
+// waitpid wait wait3 wait4 system pclose, and the _FORTIFY_SOURCE entry
+// points __read_chk __pread_chk __pread64_chk __recv_chk __recvfrom_chk
+// __poll_chk __ppoll_chk (code built with
 // -D_FORTIFY_SOURCE calls these; each does glibc's buffer-size check, failing
 // with __chk_fail() as glibc does, then runs the plain function's hook).
 //
@@ -73,7 +74,25 @@
 // edge-triggered and one-shot registrations behave as in libc); sleeps park on a
 // hub timer; getaddrinfo/gethostbyname and the reverse lookups (getnameinfo
 // unless all it is asked for is numeric, gethostbyaddr) run on cogent's
-// thread pool. Results
+// thread pool. waitpid/wait/wait3/wait4 without WNOHANG (WNOHANG is libc's)
+// first ask with WNOHANG added (a child already there, or an error such as
+// ECHILD/EINVAL, is returned at once); then, for a pid > 0 without
+// WUNTRACED/WCONTINUED, the fiber parks on an io_uring poll of a pidfd of the
+// child (pidfd_open; close-on-exec, numbered from half the soft RLIMIT_NOFILE
+// up, closed when the call ends) and asks again with WNOHANG once it exits;
+// every other wait (pid <= 0, WUNTRACED/WCONTINUED, pidfd_open failed) asks
+// with WNOHANG after hub-timer pauses of 1 ms doubling to 16 ms, so it sees
+// the change of state up to 16 ms late. No wait for a child ever runs on a
+// thread-pool worker (a killed fiber would leave one reaping a child nobody
+// collects). system() (not system(NULL), which is libc's) and pclose() wait
+// with glibc's internal waitpid, which no hook sees: the real call runs on
+// cogent's thread pool while the fiber parks; for the length of a system()
+// the worker takes the calling thread's signal mask (glibc starts the shell
+// with its caller's mask: the command sees the signals it would from libc;
+// a process-directed signal may meanwhile be handled on that worker). popen()
+// itself does not wait and is libc's; reading or writing its FILE* through
+// stdio is not cooperative (see Known gaps), but read()/write() on
+// fileno(fp) are (hooked pipe fds). Results
 // and errno are libc's: SO_RCVTIMEO expiry -> EAGAIN, SO_SNDTIMEO on connect
 // -> EINPROGRESS (AF_UNIX: EAGAIN), refused connect -> ECONNREFUSED, F_GETFL
 // reports what the user set (the kernel fd keeps exactly the user's flags),
@@ -95,6 +114,16 @@
 // fails with EINTR; if the same fiber retries with the interrupt still
 // pending (C code that loops on EINTR, e.g. hiredis's reader) the retries
 // fail with ECANCELED so the C code takes its error path and returns.
+// A waitpid/wait/wait3/wait4 so ended has reaped nothing (the child stays
+// waitable, its pidfd is closed); one that finds a child already there
+// returns it even with an interrupt pending. A thread-pool job cannot be
+// cancelled: a kill or Timeout that hits a fiber in getaddrinfo & co.,
+// system() or pclose() waits for the job (the command runs to its end; its
+// child is not signalled), the call returns the job's result and the
+// interrupt is raised at the next switch point, as above. With an interrupt
+// already pending at entry the lookups and system() fail at once (the
+// command never runs) but pclose() runs libc's call in place, blocking the
+// thread until the child exits: it must not leave the stream open.
 //
 // Linking (the hooks must be found before libc's definitions):
 //  - shared: link libcogent_monkey.so into the EXECUTABLE (meson:
@@ -126,9 +155,10 @@
 // socket with nothing to read (or no room) it blocks the thread — use
 // read()/write() (hooked), or cogent::net; an open() of a FIFO without
 // O_NONBLOCK blocks the thread until the other end is opened (open it
-// O_NONBLOCK, then clear the flag); system() and popen()/pclose() wait for
-// the child with internal calls and block the thread while it runs (call them
-// through cogent::run_in_thread). Also: fds closed behind libc's back (close_range, syscall(SYS_close),
+// O_NONBLOCK, then clear the flag); so does stdio on a popen()ed FILE* (fgets,
+// fread, fwrite of its pipe: read(fileno(fp), ...) cooperates); waitid() is
+// not hooked (libc's, blocking the thread without WNOHANG). Also: fds closed
+// behind libc's back (close_range, syscall(SYS_close),
 // an fclose of an fdopen'd socket) or created by calls we do not hook
 // (eventfd, memfd_create, ...) can leave a stale table entry until the number
 // is reused through a hooked call or an io_uring accept/close (cogent::net's

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,6 +24,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 
 #include "fiber/detail/fiber_impl.hpp"
 #include "hub/core.hpp"
@@ -94,6 +96,12 @@ struct real_fns {
   int (*getnameinfo)(const sockaddr*, socklen_t, char*, socklen_t, char*, socklen_t, int);
   hostent* (*gethostbyaddr)(const void*, socklen_t, int);
   int (*gethostbyaddr_r)(const void*, socklen_t, int, hostent*, char*, size_t, hostent**, int*);
+  pid_t (*waitpid)(pid_t, int*, int);
+  pid_t (*wait)(int*);
+  pid_t (*wait3)(int*, int, rusage*);
+  pid_t (*wait4)(pid_t, int*, int, rusage*);
+  int (*system)(const char*);
+  int (*pclose)(FILE*);
 };
 extern real_fns real;
 
@@ -299,6 +307,16 @@ int resolve_gethostbyname_r(call_ctx& c, const char* name, hostent* ret, char* b
                             hostent** result, int* h_errnop) noexcept;
 int resolve_gethostbyaddr_r(call_ctx& c, const void* addr, socklen_t alen, int type, hostent* ret, char* buf,
                             size_t len, hostent** result, int* h_errnop) noexcept;
+
+// run_system()/run_pclose() run the real system()/pclose() on the thread
+// pool while the fiber parks. An interrupt that arrives meanwhile waits for
+// the job (the command runs to its end) and is left pending; the result is
+// libc's. system() with an interrupt pending at entry fails with -1/EINTR
+// without running the command; pclose() then closes in place (libc's call on
+// this thread), so the stream is never left open. If the pool cannot take
+// the job, both run libc's call in place.
+int run_system(call_ctx& c, const char* cmd) noexcept;
+int run_pclose(call_ctx& c, FILE* fp) noexcept;
 
 // set_errno() stores -r into errno and returns -1 (the libc convention).
 inline int fail(int neg_errno) noexcept {

@@ -891,10 +891,10 @@ COGENT_TEST_CASE("fgets on an empty pipe lets the writer fiber run", doctest::ti
   CHECK(took < 0.5);
 }
 
-// system() and popen()/pclose() wait for their child with glibc's internal waitpid and read with
-// its internal __read: nothing cooperates. monkey.hpp does not list them (neither as hooked nor
-// as a gap); this case records what they do: correct results, but the hub is blocked meanwhile.
-COGENT_TEST_CASE("system() and popen() work from a fiber (and block the thread while they wait)",
+// system() and pclose() are hooked (run on the thread pool: monkey_wait_test checks they
+// cooperate); stdio reads of a popen()ed FILE* use glibc's internal __read and block the thread
+// (monkey.hpp, Known gaps). This case records their results and fd bookkeeping.
+COGENT_TEST_CASE("system() and popen() work from a fiber (stdio reads of popen block the thread)",
                  doctest::timeout(30)) {
   cogent::monkey::patch_all();
   int fds0 = open_fds();

@@ -2364,7 +2364,20 @@ COGENT_HOOK int system(const char* cmd) {
   return run_system(c, cmd);
 }
 
+// pclose() closes the stream's fd inside libc, where the close hook does not
+// see it: first what close() does before closing (the number's queued ops to
+// the kernel, the calls waiting with it given a duplicate, the table entry
+// forgotten), or a file later given that number by a call we do not hook
+// (eventfd, another popen()) would be taken for the pipe.
 COGENT_HOOK int pclose(FILE* fp) {
+  if (fp != nullptr) {
+    errno_keeper keep;
+    if (int fd = fileno(fp); fd >= 0) {
+      flush_before_renumber();
+      detach_holders(fd);
+      reset_fd(fd);
+    }
+  }
   call_ctx c;
   if (fp == nullptr || !enter(c)) {
     return real.pclose(fp);

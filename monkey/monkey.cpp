@@ -772,22 +772,63 @@ int resolve_gethostbyaddr_r(call_ctx& c, const void* addr, socklen_t alen, int t
 
 // ---- system() and pclose() on the thread pool -------------------------------------
 
+namespace {
+
+// sigchld_blocked blocks SIGCHLD in the calling thread for its lifetime, as
+// glibc's system() does in its caller: a SIGCHLD handler that reaps
+// (waitpid(-1, WNOHANG) in a loop) runs on this thread only once the
+// command has been waited for, so it cannot take the shell from system()'s
+// own waitpid (which would then return -1/ECHILD). Nested (two fibers of
+// the thread in system() at once): the last one out unblocks it, and only
+// if it was not blocked before the first.
+thread_local int t_sigchld_depth = 0;
+thread_local bool t_sigchld_unblock = false;
+
+struct sigchld_blocked {
+  sigchld_blocked() noexcept {
+    if (t_sigchld_depth++ == 0) {
+      sigset_t chld;
+      sigset_t old;
+      sigemptyset(&chld);
+      sigaddset(&chld, SIGCHLD);
+      t_sigchld_unblock = pthread_sigmask(SIG_BLOCK, &chld, &old) == 0 && sigismember(&old, SIGCHLD) == 0;
+    }
+  }
+  ~sigchld_blocked() {
+    if (--t_sigchld_depth == 0 && t_sigchld_unblock) {
+      sigset_t chld;
+      sigemptyset(&chld);
+      sigaddset(&chld, SIGCHLD);
+      pthread_sigmask(SIG_UNBLOCK, &chld, nullptr);
+    }
+  }
+  sigchld_blocked(const sigchld_blocked&) = delete;
+  sigchld_blocked& operator=(const sigchld_blocked&) = delete;
+};
+
+}  // namespace
+
 int run_system(call_ctx& c, const char* cmd) noexcept {
   // glibc's system() starts the shell with its calling thread's signal mask,
   // and a worker blocks every asynchronous signal: for the length of the
   // call the worker takes this thread's mask, so the command sees the signals
-  // it would see from libc (a `kill $$` in it works).
+  // it would see from libc (a `kill $$` in it works). This thread meanwhile
+  // blocks SIGCHLD, as glibc's caller does (sigchld_blocked).
   sigset_t mask;
   pthread_sigmask(SIG_SETMASK, nullptr, &mask);
   int rc = -1;
   int err = 0;
-  bool ran = run_blocking(c, [&] {
-    sigset_t worker;
-    pthread_sigmask(SIG_SETMASK, &mask, &worker);
-    rc = real.system(cmd);
-    err = errno;
-    pthread_sigmask(SIG_SETMASK, &worker, nullptr);
-  });
+  bool ran = false;
+  {
+    sigchld_blocked chld;
+    ran = run_blocking(c, [&] {
+      sigset_t worker;
+      pthread_sigmask(SIG_SETMASK, &mask, &worker);
+      rc = real.system(cmd);
+      err = errno;
+      pthread_sigmask(SIG_SETMASK, &worker, nullptr);
+    });
+  }
   if (!ran) {
     if (has_pending(c)) {
       return fail(interrupted(c));

@@ -89,7 +89,11 @@
 // cogent's thread pool while the fiber parks; for the length of a system()
 // the worker takes the calling thread's signal mask (glibc starts the shell
 // with its caller's mask: the command sees the signals it would from libc;
-// a process-directed signal may meanwhile be handled on that worker). popen()
+// a process-directed signal may meanwhile be handled on that worker), and
+// the calling thread blocks SIGCHLD until the command has been waited for,
+// as glibc's caller does (a SIGCHLD handler that reaps every child cannot
+// take the shell). pclose() first forgets its stream's fd number as close()
+// does (libc closes it where no hook sees it). popen()
 // itself does not wait and is libc's; reading or writing its FILE* through
 // stdio is not cooperative (see Known gaps), but read()/write() on
 // fileno(fp) are (hooked pipe fds). Results

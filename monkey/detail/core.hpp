@@ -311,7 +311,8 @@ int resolve_gethostbyaddr_r(call_ctx& c, const void* addr, socklen_t alen, int t
 // run_system()/run_pclose() run the real system()/pclose() on the thread
 // pool while the fiber parks. An interrupt that arrives meanwhile waits for
 // the job (the command runs to its end) and is left pending; the result is
-// libc's. system() with an interrupt pending at entry fails with -1/EINTR
+// libc's; system()'s calling thread blocks SIGCHLD meanwhile, as glibc's
+// does. system() with an interrupt pending at entry fails with -1/EINTR
 // without running the command; pclose() then closes in place (libc's call on
 // this thread), so the stream is never left open. If the pool cannot take
 // the job, both run libc's call in place.

@@ -1168,12 +1168,19 @@ static void detach_holders(int fd) noexcept {
   unlock_holders(*e);
 }
 
-COGENT_HOOK int close(int fd) {
+// before_close() is what a close of fd does first, wherever the close itself
+// happens (the close hook; libc's pclose): the number's queued ops go to the
+// kernel, calls waiting with it are given a duplicate, and the fd is
+// forgotten — once closed, its number may be reused at once by another
+// thread, whose creation hook then records the new file.
+static void before_close(int fd) noexcept {
   flush_before_renumber();
   detach_holders(fd);
-  // Forget the fd first: once closed, its number may be reused at once by
-  // another thread, whose creation hook then records the new file.
   reset_fd(fd);
+}
+
+COGENT_HOOK int close(int fd) {
+  before_close(fd);
   return real.close(fd);
 }
 
@@ -2365,17 +2372,13 @@ COGENT_HOOK int system(const char* cmd) {
 }
 
 // pclose() closes the stream's fd inside libc, where the close hook does not
-// see it: first what close() does before closing (the number's queued ops to
-// the kernel, the calls waiting with it given a duplicate, the table entry
-// forgotten), or a file later given that number by a call we do not hook
-// (eventfd, another popen()) would be taken for the pipe.
+// see it: before_close() first, or a file later given that number by a call
+// we do not hook (eventfd, another popen()) would be taken for the pipe.
 COGENT_HOOK int pclose(FILE* fp) {
   if (fp != nullptr) {
     errno_keeper keep;
     if (int fd = fileno(fp); fd >= 0) {
-      flush_before_renumber();
-      detach_holders(fd);
-      reset_fd(fd);
+      before_close(fd);
     }
   }
   call_ctx c;

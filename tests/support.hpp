@@ -13,6 +13,7 @@
 
 #include <doctest/doctest.h>
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -32,6 +33,22 @@
 #include "hub/timeout.hpp"
 
 namespace cogent::test {
+
+// open_fds() counts this process's open descriptors (-1 if /proc is unreadable).
+inline int open_fds() {
+  int n = 0;
+  DIR* d = ::opendir("/proc/self/fd");
+  if (d == nullptr) {
+    return -1;
+  }
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] != '.') {
+      ++n;
+    }
+  }
+  ::closedir(d);
+  return n - 1;  // the DIR's own fd
+}
 
 // cancel_when_expired() yields until *to (set by the waiter) has fired, runs
 // `between` (e.g. a release that passes over the leaving waiter), then

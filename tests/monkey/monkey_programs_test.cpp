@@ -52,21 +52,7 @@ using cogent::test::since;
 
 namespace {
 
-// open_fds() counts this process's open descriptors (the /proc listing's own fd excluded).
-int open_fds() {
-  int n = 0;
-  DIR* d = ::opendir("/proc/self/fd");
-  if (d == nullptr) {
-    return -1;
-  }
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') {
-      ++n;
-    }
-  }
-  ::closedir(d);
-  return n - 1;
-}
+using cogent::test::open_fds;
 
 // ---- program 1: a blocking line server and its blocking clients --------------------------------
 

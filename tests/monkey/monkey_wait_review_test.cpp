@@ -27,10 +27,9 @@
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
 #include "monkey/monkey.hpp"
+#include "tests/monkey/children.hpp"
 #include "tests/monkey/fibers.hpp"
 #include "tests/support.hpp"
-
-extern char** environ;
 
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
@@ -39,25 +38,8 @@ namespace {
 
 using result = cogent::test::call_result;
 using cogent::test::since;
-
-// spawn_sh() starts `sh -c cmd` (with attributes `at` if given) and returns its pid.
-pid_t spawn_sh(const char* cmd, const posix_spawnattr_t* at = nullptr) {
-  const char* argv[] = {"sh", "-c", cmd, nullptr};
-  pid_t pid = -1;
-  int rc = ::posix_spawn(&pid, "/bin/sh", nullptr, at, const_cast<char**>(argv), environ);
-  REQUIRE(rc == 0);
-  return pid;
-}
-
-// ticks_during() runs call() while a 10 ms ticker runs: its result and the ticks across it.
-template <class F>
-auto ticks_during(F call) {
-  cogent::test::ticker tk(10ms);
-  cogent::sleep(1ms);
-  long before = tk.ticks;
-  auto r = call();
-  return std::make_pair(r, tk.ticks - before);
-}
+using cogent::test::spawn_sh;
+using cogent::test::ticks_during;
 
 // sigchld_set installs a SIGCHLD disposition for its lifetime.
 struct sigchld_set {
@@ -242,7 +224,7 @@ COGENT_TEST_CASE("wait review: a process group, __WCLONE and bad options", docte
   posix_spawnattr_init(&at);
   posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
   posix_spawnattr_setpgroup(&at, 0);
-  pid_t pid = spawn_sh("sleep 0.2; exit 5", &at);
+  pid_t pid = spawn_sh("sleep 0.2; exit 5", -1, &at);
   posix_spawnattr_destroy(&at);
   int st = -1;
   auto [r, ticks] = ticks_during([&] { return ::waitpid(-pid, &st, 0); });

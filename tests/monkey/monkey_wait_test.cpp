@@ -27,10 +27,9 @@
 #include "hub/task.hpp"
 #include "hub/timeout.hpp"
 #include "monkey/monkey.hpp"
+#include "tests/monkey/children.hpp"
 #include "tests/monkey/fibers.hpp"
 #include "tests/support.hpp"
-
-extern char** environ;
 
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
@@ -39,37 +38,10 @@ namespace {
 
 using result = cogent::test::call_result;
 using cogent::test::since;
+using cogent::test::spawn_sh;
+using cogent::test::ticks_during;
 
-// open_fds() counts this process's open descriptors (the /proc listing's own fd excluded).
-int open_fds() {
-  int n = 0;
-  DIR* d = ::opendir("/proc/self/fd");
-  if (d == nullptr) {
-    return -1;
-  }
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') {
-      ++n;
-    }
-  }
-  ::closedir(d);
-  return n - 1;
-}
-
-// spawn_sh() starts `sh -c cmd` (stdin from stdin_fd if >= 0) and returns its pid.
-pid_t spawn_sh(const char* cmd, int stdin_fd = -1) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  if (stdin_fd >= 0) {
-    posix_spawn_file_actions_adddup2(&fa, stdin_fd, 0);
-  }
-  const char* argv[] = {"sh", "-c", cmd, nullptr};
-  pid_t pid = -1;
-  int rc = ::posix_spawn(&pid, "/bin/sh", &fa, nullptr, const_cast<char**>(argv), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  REQUIRE(rc == 0);
-  return pid;
-}
+using cogent::test::open_fds;
 
 // fallback_write writes "go\n" to fd from a plain thread after 3 s unless destroyed first: if a
 // wait went to libc and blocks the hub, the child it waits for ends all the same, so the test
@@ -136,17 +108,6 @@ struct held_child {
   }
 };
 
-// ticks_during() runs call() while a ticker (10 ms period) runs, and returns the call's result with
-// the ticks counted across it alone.
-template <class F>
-auto ticks_during(F call) {
-  cogent::test::ticker tk(10ms);
-  cogent::sleep(1ms);  // the ticker has started
-  long before = tk.ticks;
-  auto r = call();
-  return std::make_pair(r, tk.ticks - before);
-}
-
 }  // namespace
 
 // ---- the waits cooperate and return libc's status -------------------------------------------------
@@ -178,38 +139,30 @@ COGENT_TEST_CASE(
     doctest::timeout(20)) {
   cogent::monkey::patch_all();
   int fds0 = open_fds();
-  SUBCASE("waitpid(-1)") {
-    pid_t pid = spawn_sh("sleep 0.2; exit 11");
+  // reaps(code, call): a child that sleeps 200 ms then exits `code`, waited for by call(&status).
+  auto reaps = [](int code, auto call) {
+    std::string cmd = "sleep 0.2; exit " + std::to_string(code);
+    pid_t pid = spawn_sh(cmd.c_str());
     int st = -1;
-    auto [r, ticks] = ticks_during([&] { return ::waitpid(-1, &st, 0); });
+    auto [r, ticks] = ticks_during([&] { return call(&st); });
     CHECK(r == pid);
-    CHECK(WEXITSTATUS(st) == 11);
+    CHECK(WEXITSTATUS(st) == code);
     CHECK(ticks >= 3);
+  };
+  SUBCASE("waitpid(-1)") {
+    reaps(11, [](int* st) { return ::waitpid(-1, st, 0); });
   }
   SUBCASE("waitpid(0): this process group") {
-    pid_t pid = spawn_sh("sleep 0.2; exit 12");
-    int st = -1;
-    auto [r, ticks] = ticks_during([&] { return ::waitpid(0, &st, 0); });
-    CHECK(r == pid);
-    CHECK(WEXITSTATUS(st) == 12);
-    CHECK(ticks >= 3);
+    reaps(12, [](int* st) { return ::waitpid(0, st, 0); });
   }
   SUBCASE("wait()") {
-    pid_t pid = spawn_sh("sleep 0.2; exit 13");
-    int st = -1;
-    auto [r, ticks] = ticks_during([&] { return ::wait(&st); });
-    CHECK(r == pid);
-    CHECK(WEXITSTATUS(st) == 13);
-    CHECK(ticks >= 3);
+    reaps(13, [](int* st) { return ::wait(st); });
   }
   SUBCASE("wait3()") {
-    pid_t pid = spawn_sh("sleep 0.2; exit 14");
-    int st = -1;
-    rusage ru{};
-    auto [r, ticks] = ticks_during([&] { return ::wait3(&st, 0, &ru); });
-    CHECK(r == pid);
-    CHECK(WEXITSTATUS(st) == 14);
-    CHECK(ticks >= 3);
+    reaps(14, [](int* st) {
+      rusage ru{};
+      return ::wait3(st, 0, &ru);
+    });
   }
   SUBCASE("wait4(pid) with rusage, and a null status") {
     pid_t pid = spawn_sh("sleep 0.2; exit 15");

@@ -19,6 +19,7 @@
 #include "hub/task.hpp"
 #include "net/socket.hpp"
 #include "tests/child.hpp"
+#include "tests/support.hpp"  // open_fds()
 
 namespace cogent::test {
 
@@ -75,21 +76,6 @@ inline connected_pair make_pair() {
   return p;
 }
 
-// open_fds() counts this process's open descriptors (-1 if /proc is unreadable).
-inline int open_fds() {
-  int n = 0;
-  DIR* d = ::opendir("/proc/self/fd");
-  if (d == nullptr) {
-    return -1;
-  }
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') {
-      ++n;
-    }
-  }
-  ::closedir(d);
-  return n - 1;  // the DIR's own fd
-}
 
 // fd_open() is whether fd is an open descriptor of this process.
 inline bool fd_open(int fd) {
